@@ -1,0 +1,24 @@
+# The README's two commands are `make demo` and `make test`; .ci/run calls `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-test demo test lint clean
+
+setup:
+	scripts/bootstrap run
+
+setup-test:
+	scripts/bootstrap test
+
+demo: setup
+	$(VENV)/bin/dcpue demo $(DEMO_ARGS)
+
+test: setup-test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint:
+	$(VENV)/bin/ruff check dcpue ingest analytics tests
+
+clean:
+	rm -rf $(VENV) dcpue-data tests/artifacts *.egg-info build

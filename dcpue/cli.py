@@ -1,0 +1,4 @@
+"""The ``dcpue`` command."""
+
+def main() -> int:
+    return 0

@@ -1,0 +1,64 @@
+"""Small interfaces between the pure core and the outside world.
+
+The embedded runtime (:mod:`dcpue.runtime`) implements them in-process; the Kafka and
+InfluxDB adapters implement the same contracts for the distributed deployment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import pandas as pd
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A record on the bus. ``key`` is the site id for readings (one site stays on one partition)."""
+
+    topic: str
+    value: bytes
+    key: str | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    partition: int = 0
+    offset: int = -1
+
+
+class Producer(Protocol):
+    def send(self, topic: str, value: bytes, key: str | None = None,
+             headers: tuple[tuple[str, bytes], ...] = ()) -> None:
+        """Queue a record; may block when the bus applies backpressure."""
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Return once every queued record is acknowledged by the bus."""
+
+    def close(self) -> None: ...
+
+
+class Consumer(Protocol):
+    def poll(self, timeout_s: float, max_records: int = 500) -> list[Message]:
+        """Return up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
+
+    def commit(self) -> None:
+        """Mark every record returned so far as processed (call only after its results are written)."""
+
+    def close(self) -> None: ...
+
+
+class ResultStore(Protocol):
+    """Where analytics results go: the local file store embedded, InfluxDB distributed."""
+
+    def write_windows(self, windows: pd.DataFrame) -> None:
+        """Upsert window results; the same (scope, id, window, start) overwrites (idempotent replay)."""
+
+    def write_dead_letters(self, letters: pd.DataFrame) -> None:
+        """Keep records that could not be used, with their reason."""
+
+    def query_windows(self, scope: str, window: str, ids: list[str] | None = None,
+                      start_ms: int | None = None, end_ms: int | None = None) -> pd.DataFrame:
+        """Window results of one scope (site, cluster, fleet) and window length, oldest first."""
+
+    def latest_windows(self, scope: str, window: str) -> pd.DataFrame:
+        """The newest window per id of one scope and window length."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,159 @@
+"""Settings: one frozen object built at the entry point from a YAML file and ``DCPUE_*`` variables.
+
+Precedence, highest first: command-line options, environment (``DCPUE_ENGINE__TARGET_PUE=1.25``;
+``__`` separates nesting levels), the config file (``--config`` or ``DCPUE_CONFIG``), defaults.
+Library code receives the parts it needs; only :func:`load_settings` reads files or the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dcpue.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EngineSettings(_Section):
+    """How the PUE engine forms windows and judges them."""
+
+    target_pue: float = Field(1.2, gt=1.0)  # Guizhou 2023–2025 plan target for new large sites
+    coverage_threshold: float = Field(0.9, gt=0, le=1)  # share of a window with valid data to report a figure
+    max_gap_s: float = Field(300, gt=0)  # longer gaps between power samples are not integrated
+    allowed_lateness_s: float = Field(120, ge=0)  # late readings within this still update their window
+    spike_tolerance: float = Field(1.5, ge=1)  # counter deltas above rated_kw × dt × this are rejected
+    hierarchy_tolerance: float = Field(0.05, ge=0)  # sub-meters vs facility meter
+    base_window_s: int = Field(60, ge=10)  # live window; larger windows roll up from it
+    live_history_h: float = Field(6, gt=0)  # how much live (1 min) history the store keeps
+
+
+class TopicSettings(_Section):
+    readings: str = "dcpue.readings.v1"
+    metrics: str = "dcpue.metrics.v1"
+    dead_letters: str = "dcpue.deadletter.v1"
+
+
+class BusSettings(_Section):
+    kind: Literal["embedded", "kafka"] = "embedded"
+    max_pending_messages: int = Field(10_000, gt=0)  # embedded bus blocks producers beyond this
+    topics: TopicSettings = TopicSettings()
+
+
+class StoreSettings(_Section):
+    kind: Literal["file", "influxdb"] = "file"
+    path: Path = Path("dcpue-data/dcpue.sqlite")
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8600, ge=0, le=65535)
+
+
+class SimulatorSettings(_Section):
+    sites: int = Field(12, ge=1, le=5000)
+    seed: int = 7
+    speed: float = Field(1440.0, gt=0)  # simulated seconds per wall second (1440: a day in a minute)
+    sample_interval_s: float = Field(60, gt=0)  # simulated seconds between meter samples
+    start: str | None = None  # ISO date of the simulated start; default: 30 days before now
+    faults: bool = True
+
+
+class Settings(BaseSettings):
+    """Everything a dcpue process is configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DCPUE_", env_nested_delimiter="__", frozen=True, extra="forbid", validate_default=True
+    )
+
+    registry: Path | None = None  # site registry YAML; None: the simulator generates a demo fleet
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    engine: EngineSettings = EngineSettings()
+    bus: BusSettings = BusSettings()
+    store: StoreSettings = StoreSettings()
+    http: HttpSettings = HttpSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        lines.append(f"{source}: field '{field}': {msg}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from the config file, ``DCPUE_*`` environment and ``overrides``.
+
+    ``overrides`` are nested dicts of already-typed values (e.g. from CLI flags); ``None`` values
+    are ignored. Raises :class:`ConfigError` naming the file, the field and the problem.
+    """
+    config_file = config_file or os.environ.get("DCPUE_CONFIG")
+    file_data: dict[str, Any] = {}
+    source = "environment/options"
+    if config_file:
+        path = Path(config_file)
+        source = f"{path} (or DCPUE_* environment)"
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the config file must be a mapping of settings")
+        file_data = loaded or {}
+    clean = _drop_none(overrides)
+    try:
+        # environment beats the file, explicit options beat both
+        data = _deep_merge(_deep_merge(file_data, _env_layer()), clean)
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            nested = _drop_none(value)
+            if nested:
+                out[key] = nested
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def _env_layer() -> dict[str, Any]:
+    """``DCPUE_*`` variables as a nested dict (``__`` nests), so they can be merged over the file."""
+    layer: dict[str, Any] = {}
+    for name, value in os.environ.items():
+        if not name.startswith("DCPUE_") or name == "DCPUE_CONFIG":
+            continue
+        path = name.removeprefix("DCPUE_").lower().split("__")
+        node = layer
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return layer

@@ -1,0 +1,216 @@
+"""Versioned wire format for reading batches, the payload of the readings topic.
+
+One message carries many readings of one site, column-wise, encoded as MessagePack::
+
+    {"schema": "dcpue.readings", "v": 1, "site": "gy-01",
+     "point": [str, ...], "ts": [int ms, ...], "value": [float, ...], "quality": [int, ...]}
+
+Decoding validates every record on its own: a malformed record is returned as a
+:class:`Reject` with its reason while the rest of the batch is kept. Only a message
+that is not a batch at all (not MessagePack, unknown schema or version, columns of
+different lengths) raises :class:`~dcpue.errors.DecodeError`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import numpy as np
+import pandas as pd
+
+from dcpue.errors import DecodeError
+from dcpue.model import Quality, readings_frame
+
+SCHEMA = "dcpue.readings"
+VERSION = 1
+SUPPORTED_VERSIONS = frozenset({1})
+# plausible timestamps: 2000-01-01 .. 2100-01-01 in ms
+TS_MIN_MS = 946_684_800_000
+TS_MAX_MS = 4_102_444_800_000
+MAX_QUALITY = int(max(Quality)) * 2 - 1
+
+
+class _BatchV1(msgspec.Struct, forbid_unknown_fields=False):
+    """Fast-path shape of a well-formed v1 batch."""
+
+    schema: str
+    v: int
+    site: str
+    point: list[str]
+    ts: list[int]
+    value: list[float]
+    quality: list[int]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_fast_decoder = msgspec.msgpack.Decoder(_BatchV1)
+_generic_decoder = msgspec.msgpack.Decoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """One record that failed validation, with its position in the batch and the reason."""
+
+    site: str
+    index: int
+    reason: str
+    record: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"site": self.site, "index": self.index, "reason": self.reason, "record": self.record}
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    """The valid readings of a batch (a readings DataFrame) and the records rejected from it."""
+
+    site: str
+    readings: pd.DataFrame
+    rejects: list[Reject] = field(default_factory=list)
+
+
+def encode_batch(site: str, point: Any, ts_ms: Any, value: Any, quality: Any = None) -> bytes:
+    """Encode one site's readings as a v1 batch message.
+
+    ``point``, ``ts_ms`` [ms since epoch, UTC], ``value`` (in each point's registry unit)
+    and ``quality`` are equal-length sequences or arrays.
+    """
+    points = [str(p) for p in point]
+    n = len(points)
+    qualities = [0] * n if quality is None else np.asarray(quality, dtype=np.int64).tolist()
+    return _encoder.encode(
+        {
+            "schema": SCHEMA,
+            "v": VERSION,
+            "site": site,
+            "point": points,
+            "ts": np.asarray(ts_ms, dtype=np.int64).tolist(),
+            "value": np.asarray(value, dtype=np.float64).tolist(),
+            "quality": qualities,
+        }
+    )
+
+
+def encode_frame(site: str, frame: pd.DataFrame) -> bytes:
+    """Encode the rows of a readings DataFrame (all of one site) as a v1 batch."""
+    return encode_batch(site, frame["point"], frame["ts"], frame["value"], frame["quality"])
+
+
+def decode_batch(data: bytes) -> DecodedBatch:
+    """Decode a batch message, keeping every valid record and rejecting the others with a reason."""
+    try:
+        batch = _fast_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return _decode_slow(data)
+    _check_envelope(batch.schema, batch.v, batch.site)
+    n = _check_lengths(batch.point, batch.ts, batch.value, batch.quality)
+    ts = np.asarray(batch.ts, dtype=np.int64) if n else np.empty(0, np.int64)
+    value = np.asarray(batch.value, dtype=np.float64) if n else np.empty(0, np.float64)
+    quality = np.asarray(batch.quality, dtype=np.int64) if n else np.empty(0, np.int64)
+    bad_ts = (ts < TS_MIN_MS) | (ts >= TS_MAX_MS)
+    bad_value = ~np.isfinite(value)
+    bad_quality = (quality < 0) | (quality > MAX_QUALITY)
+    bad_point = np.fromiter((not p for p in batch.point), dtype=bool, count=n)
+    bad = bad_ts | bad_value | bad_quality | bad_point
+    rejects: list[Reject] = []
+    if bad.any():
+        for i in np.flatnonzero(bad):
+            reason = _first_reason(
+                (bad_point[i], "point is empty"),
+                (bad_ts[i], f"ts {int(ts[i])} is outside 2000-01-01..2100-01-01 (expected ms since epoch)"),
+                (bad_value[i], f"value {value[i]!r} is not a finite number"),
+                (bad_quality[i], f"quality {int(quality[i])} is not a valid flag set (0..{MAX_QUALITY})"),
+            )
+            record = {
+                "point": batch.point[i],
+                "ts": int(ts[i]),
+                "value": _jsonable(value[i]),
+                "quality": int(quality[i]),
+            }
+            rejects.append(Reject(batch.site, int(i), reason, record))
+    keep = ~bad
+    frame = readings_frame(batch.site, np.asarray(batch.point, dtype=object)[keep], ts[keep], value[keep], quality[keep])
+    return DecodedBatch(batch.site, frame, rejects)
+
+
+def _first_reason(*checks: tuple[bool, str]) -> str:
+    return next(reason for failed, reason in checks if failed)
+
+
+def _jsonable(value: float) -> float | str:
+    return value if math.isfinite(value) else repr(value)
+
+
+def _check_envelope(schema: object, version: object, site: object) -> None:
+    if schema != SCHEMA:
+        raise DecodeError(f"not a readings batch: schema is {schema!r}, expected {SCHEMA!r}")
+    if version not in SUPPORTED_VERSIONS:
+        raise DecodeError(f"unsupported readings batch version {version!r} (supported: {sorted(SUPPORTED_VERSIONS)})")
+    if not isinstance(site, str) or not site:
+        raise DecodeError("batch has no site")
+
+
+def _check_lengths(*columns: object) -> int:
+    if not all(isinstance(c, list) for c in columns):
+        raise DecodeError("batch columns point, ts, value and quality must be lists")
+    lengths = {len(c) for c in columns}  # type: ignore[arg-type]
+    if len(lengths) != 1:
+        raise DecodeError(f"batch columns have different lengths: {sorted(lengths)}")
+    return lengths.pop()
+
+
+def _decode_slow(data: bytes) -> DecodedBatch:
+    """Record-by-record validation for batches whose columns hold values of the wrong type."""
+    try:
+        raw = _generic_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise DecodeError(f"not a MessagePack message: {exc}") from None
+    if not isinstance(raw, dict):
+        raise DecodeError("not a readings batch: top level is not a map")
+    _check_envelope(raw.get("schema"), raw.get("v"), raw.get("site"))
+    site = raw["site"]
+    cols = [raw.get(name) for name in ("point", "ts", "value", "quality")]
+    n = _check_lengths(*cols)
+    keep_point, keep_ts, keep_value, keep_quality = [], [], [], []
+    rejects: list[Reject] = []
+    for i in range(n):
+        point, ts, value, quality = (col[i] for col in cols)  # type: ignore[index]
+        reason = _record_problem(point, ts, value, quality)
+        if reason is None:
+            keep_point.append(point)
+            keep_ts.append(ts)
+            keep_value.append(float(value))
+            keep_quality.append(quality)
+        else:
+            record = {"point": point, "ts": ts, "value": value, "quality": quality}
+            rejects.append(Reject(site, i, reason, {k: _plain(v) for k, v in record.items()}))
+    frame = readings_frame(site, keep_point, np.asarray(keep_ts, np.int64), np.asarray(keep_value, np.float64),
+                           np.asarray(keep_quality, np.int64))
+    return DecodedBatch(site, frame, rejects)
+
+
+def _plain(value: object) -> object:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return _jsonable(value)
+    return repr(value)
+
+
+def _record_problem(point: object, ts: object, value: object, quality: object) -> str | None:
+    if not isinstance(point, str) or not point:
+        return f"point {point!r} is not a non-empty string"
+    if isinstance(ts, bool) or not isinstance(ts, int):
+        return f"ts {ts!r} is not an integer (expected ms since epoch)"
+    if not TS_MIN_MS <= ts < TS_MAX_MS:
+        return f"ts {ts} is outside 2000-01-01..2100-01-01 (expected ms since epoch)"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"value {value!r} is not a number"
+    if not math.isfinite(value):
+        return f"value {value!r} is not a finite number"
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 0 <= quality <= MAX_QUALITY:
+        return f"quality {quality!r} is not a valid flag set (0..{MAX_QUALITY})"
+    return None

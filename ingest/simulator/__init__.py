@@ -1,0 +1,1 @@
+"""Fleet simulator: physically plausible telemetry for a fleet of Guizhou data centers."""
