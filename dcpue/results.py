@@ -1,0 +1,123 @@
+"""The shape of analytics results: one row per (scope, id, window, start).
+
+Every store, the HTTP API, dashboards and the provincial feed read this one schema.
+Energies are in [kWh], water in [L], powers in [kW]; ratios are dimensionless except
+WUE [L/kWh] and CUE [kgCO2/kWh]. A ratio is NaN whenever the figure is not valid
+(``status`` says why) — an incomplete window is never reported as a number.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import numpy as np
+import pandas as pd
+
+
+class Scope(StrEnum):
+    SITE = "site"
+    CLUSTER = "cluster"
+    FLEET = "fleet"
+
+
+class Status(StrEnum):
+    OK = "ok"
+    INCOMPLETE = "incomplete"  # coverage below the threshold
+    METER_FAULT = "meter_fault"  # PUE < 1, zero IT energy: numbers that cannot be true
+    NO_DATA = "no_data"
+
+
+# calendar windows: label -> pandas frequency used to floor timestamps (UTC)
+WINDOWS: dict[str, str] = {"1m": "1min", "15m": "15min", "1h": "1h", "1d": "1D", "1mo": "MS"}
+# the rolling annualized figure: the 365 days ending at the newest data, re-emitted as it moves
+ROLLING_ANNUAL = "12mo"
+ALL_WINDOWS = (*WINDOWS, ROLLING_ANNUAL)
+
+COOLING_SUBSYSTEM_COLUMNS = (
+    "cooling_chiller_kwh",
+    "cooling_crah_kwh",
+    "cooling_cdu_kwh",
+    "cooling_pump_kwh",
+    "cooling_cooling_tower_kwh",
+    "cooling_dry_cooler_kwh",
+)
+
+ENERGY_COLUMNS = (
+    "facility_kwh",
+    "it_kwh",
+    "cooling_kwh",
+    *COOLING_SUBSYSTEM_COLUMNS,
+    "losses_kwh",
+    "lighting_kwh",
+    "renewable_kwh",
+    "reused_kwh",
+    "total_kwh",
+    "water_l",
+)
+
+METRIC_COLUMNS = (
+    "pue",
+    "ppue_cooling",
+    "clf",
+    "plf",
+    "olf",
+    "wue",
+    "cue",
+    "ref",
+    "erf",
+    "pue_gap",
+)
+
+KEY_COLUMNS = ("scope", "id", "window", "start_ms")
+
+WINDOW_COLUMNS: tuple[str, ...] = (
+    *KEY_COLUMNS,
+    "end_ms",
+    "final",
+    "status",
+    "coverage",
+    "it_category",
+    *ENERGY_COLUMNS,
+    "facility_kw",
+    "it_kw",
+    *METRIC_COLUMNS,
+    "grade",
+    "hierarchy_error",
+    "racks_installed",
+    "racks_in_service",
+    "occupancy",
+    "it_utilization",
+    "flags",
+)
+
+_INT_COLUMNS = {"start_ms", "end_ms", "it_category", "racks_installed", "racks_in_service"}
+_STR_COLUMNS = {"scope", "id", "window", "status", "grade", "flags"}
+_BOOL_COLUMNS = {"final"}
+
+WINDOW_DTYPES: dict[str, object] = {
+    col: (np.int64 if col in _INT_COLUMNS else object if col in _STR_COLUMNS else bool if col in _BOOL_COLUMNS
+          else np.float64)
+    for col in WINDOW_COLUMNS
+}
+
+
+def empty_windows() -> pd.DataFrame:
+    """A window-results DataFrame with no rows."""
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in WINDOW_DTYPES.items()})
+
+
+def conform_windows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return ``frame`` with exactly :data:`WINDOW_COLUMNS` in order and their dtypes (missing → default)."""
+    out = pd.DataFrame(index=frame.index)
+    for col, dtype in WINDOW_DTYPES.items():
+        if col in frame:
+            out[col] = frame[col]
+        elif dtype is object:
+            out[col] = ""
+        elif dtype is bool:
+            out[col] = False
+        elif dtype is np.int64:
+            out[col] = 0
+        else:
+            out[col] = np.nan
+    return out.astype(WINDOW_DTYPES).reset_index(drop=True)
