@@ -1,0 +1,380 @@
+"""The HTTP API and the built-in live page, as one FastAPI application.
+
+:func:`create_app` wires an already-open :class:`~dcpue.ports.ResultStore`, the site
+:class:`~dcpue.registry.Registry` and the engine settings into an app; it performs no I/O
+itself and reads no environment (the entry point builds and hands everything in). The only
+files it touches are the packaged static assets of the page.
+
+Every JSON number that is not valid (NaN, ±inf) is sent as ``null``; the row's ``status``
+says why. Energies are [kWh], powers [kW], water [L]; ratios are dimensionless.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field, create_model
+
+from dcpue.errors import DcpueError
+from dcpue.ports import ResultStore
+from dcpue.registry import Registry
+from dcpue.results import ALL_WINDOWS, WINDOW_DTYPES, Scope, Status
+from dcpue.settings import EngineSettings
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+API_PREFIX = "/api/v1"
+# windows the fleet and site tables summarise (newest row of each)
+SUMMARY_WINDOWS = ("1m", "1h", "1d", "12mo")
+LIVE_WINDOW = "1m"
+MAX_LIMIT = 50_000
+
+
+# ---------------------------------------------------------------------------------------------
+# response models
+# ---------------------------------------------------------------------------------------------
+
+def _column_description(col: str) -> str:
+    """A short description with the unit, derived from the schema's naming convention."""
+    if col.endswith("_kwh"):
+        return "energy in the window [kWh]"
+    if col == "water_l":
+        return "water consumed in the window [L]"
+    if col.endswith("_kw"):
+        return "mean power over the window [kW]"
+    if col.endswith("_ms"):
+        return "UTC epoch milliseconds (start inclusive, end exclusive)"
+    return {
+        "scope": "site, cluster or fleet",
+        "id": "site, cluster or fleet id",
+        "window": f"window length, one of {', '.join(ALL_WINDOWS)}",
+        "final": "true once the window can no longer change",
+        "status": "ok, incomplete, meter_fault or no_data; figures are null unless ok",
+        "coverage": "share of the window with valid data [0..1]",
+        "it_category": "ISO/IEC 30134-2 IT measurement category (1 UPS out, 2 PDU out, 3 IT input; 0 unknown)",
+        "pue": "power usage effectiveness = facility / IT energy [-]",
+        "pue_gap": "pue - target PUE [-]",
+        "wue": "water usage effectiveness [L/kWh]",
+        "cue": "carbon usage effectiveness [kgCO2/kWh]",
+        "grade": "GB 40879-2021 energy-efficiency grade, empty when not graded",
+        "occupancy": "上架率: racks in service / racks installed [-]",
+        "it_utilization": "IT load / design IT load, by power [-]",
+    }.get(col, "")
+
+
+def _window_field(col: str, dtype: object) -> tuple[Any, Any]:
+    desc = _column_description(col)
+    if dtype is np.int64:
+        return int, Field(description=desc)
+    if dtype is bool:
+        return bool, Field(description=desc)
+    if dtype is object:
+        return str, Field(description=desc)
+    return float | None, Field(description=desc)
+
+
+# Built from the schema so the API can never drift from dcpue.results.
+WindowRow = create_model(  # type: ignore[call-overload]
+    "WindowRow",
+    __doc__="One window result (dcpue.results schema); null where a figure is not valid.",
+    **{col: _window_field(col, dtype) for col, dtype in WINDOW_DTYPES.items()},
+)
+
+
+class Health(BaseModel):
+    status: str = Field(description="'ok' when alive/ready")
+    detail: str | None = None
+
+
+class SiteRow(BaseModel):
+    """One row of the fleet table: registry metadata plus the newest figures of the site."""
+
+    id: str
+    name: str
+    city: str
+    cluster: str = Field(description="hub cluster id, empty when none")
+    cooling: str = Field(description="cooling architecture: air, liquid or hybrid")
+    commissioned: int = Field(description="year the site was commissioned")
+    racks_installed: int = Field(description="racks installed [count]")
+    racks_in_service: int = Field(description="racks in service [count]")
+    occupancy: float | None = Field(
+        description="上架率 by rack count: racks_in_service / racks_installed [-]; null when no racks installed"
+    )
+    design_it_kw: float = Field(description="design IT load [kW]")
+    it_utilization: float | None = Field(
+        description="IT-load utilization by power: live it_kw / design_it_kw [-]; null without live data"
+    )
+    target_pue: float = Field(description="the site's PUE target (site override, else the engine target) [-]")
+    status: str = Field(description="status of the newest 1m window; 'no_data' when the site has none")
+    start_ms: int | None = Field(description="start of the newest 1m window [UTC epoch ms]")
+    end_ms: int | None = Field(description="end of the newest 1m window [UTC epoch ms]")
+    pue: float | None = Field(description="live PUE, newest 1m window [-]")
+    pue_gap: float | None = Field(description="pue - target_pue [-]; negative is better than target")
+    coverage: float | None = Field(description="share of the newest 1m window with valid data [0..1]")
+    it_kw: float | None = Field(description="live IT load [kW]")
+    facility_kw: float | None = Field(description="live facility load [kW]")
+    it_category: int | None = Field(description="ISO/IEC 30134-2 IT measurement category, null without data")
+    grade: str | None = Field(description="GB 40879-2021 grade from the newest 1m window, null when not graded")
+    pue_1h: float | None = Field(description="PUE of the newest 1h window [-]")
+    status_1h: str
+    pue_1d: float | None = Field(description="PUE of the newest 1d window [-]")
+    status_1d: str
+    pue_12mo: float | None = Field(description="annualized PUE, rolling 365 days to the newest data [-]")
+    status_12mo: str
+
+
+class SitesResponse(BaseModel):
+    target_pue: float = Field(description="engine target PUE [-]")
+    sites: list[SiteRow]
+
+
+class FleetResponse(BaseModel):
+    target_pue: float
+    fleet: dict[str, WindowRow | None] = Field(  # type: ignore[valid-type]
+        description="newest fleet-scope window per window length (1m, 1h, 1d, 12mo); null when none"
+    )
+    clusters: dict[str, list[WindowRow]] = Field(  # type: ignore[valid-type]
+        description="newest cluster-scope window of each cluster per window length"
+    )
+
+
+class WindowsResponse(BaseModel):
+    site: str
+    window: str
+    count: int
+    rows: list[WindowRow]  # type: ignore[valid-type]
+
+
+class DeadLetter(BaseModel):
+    received_ms: int = Field(description="when the store received it [UTC epoch ms]")
+    topic: str
+    key: str | None
+    reason: str
+    payload: Any
+
+
+class DeadLettersResponse(BaseModel):
+    count: int
+    dead_letters: list[DeadLetter]
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+def _clean(value: Any) -> Any:
+    """A JSON-safe Python value: numpy scalars unwrapped, NaN/inf → None, containers recursed."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if value is pd.NaT:
+        return None
+    return value
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of ``frame`` as JSON-safe dicts (NaN → None)."""
+    cols = list(frame.columns)
+    return [
+        {c: _clean(v) for c, v in zip(cols, row, strict=True)}
+        for row in frame.itertuples(index=False, name=None)
+    ]
+
+
+def _newest_by_id(store: ResultStore, scope: str, window: str) -> dict[str, dict[str, Any]]:
+    return {r["id"]: r for r in _records(store.latest_windows(scope, window))}
+
+
+def _parse_time(value: str | None, name: str) -> int | None:
+    """``start``/``end`` query values: epoch milliseconds or an ISO-8601 time (naive = UTC)."""
+    if value is None or value == "":
+        return None
+    text = value.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        ts = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        ts = None
+    if ts is None or ts is pd.NaT:
+        raise HTTPException(
+            422, f"{name}={value!r} is not a time; give epoch milliseconds or ISO-8601 (e.g. 2025-06-01T00:00Z)"
+        )
+    if ts.tzinfo is None:
+        ts = ts.tz_localize("UTC")
+    return int(ts.value // 1_000_000)
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or den <= 0:
+        return None
+    out = num / den
+    return out if math.isfinite(out) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the app
+# ---------------------------------------------------------------------------------------------
+
+def create_app(
+    store: ResultStore,
+    registry: Registry,
+    engine_settings: EngineSettings,
+    status: Callable[[], dict[str, Any]] | None = None,
+) -> FastAPI:
+    """Build the API and page over an open ``store``.
+
+    ``status`` is called on every ``GET /api/v1/status`` and should be cheap; whatever it returns
+    (simulated clock, counters) is passed through, NaN made null. The page shows ``sim_time_ms``
+    (epoch ms) or ``sim_time`` (ISO text) as the simulated clock when present.
+    """
+    target = float(engine_settings.target_pue)
+    sites_meta = registry.sites_table
+    site_targets = {
+        s.id: float(s.pue_target) if s.pue_target is not None else target for s in registry.sites
+    }
+
+    app = FastAPI(
+        title="dcpue",
+        summary="Data-center energy and PUE monitoring: window results, fleet table, live page",
+        version="1",
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+        redoc_url=None,
+    )
+
+    @app.exception_handler(DcpueError)
+    async def _store_unavailable(request: Request, exc: DcpueError) -> JSONResponse:
+        # the store is the only thing the handlers call that raises DcpueError (closed, locked, …)
+        return JSONResponse({"detail": f"result store unavailable: {exc}"}, status_code=503)
+
+    @app.get("/healthz", response_model=Health, tags=["health"], summary="The process is alive")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz", response_model=Health, tags=["health"], summary="The result store answers queries",
+        responses={503: {"model": Health, "description": "the store does not answer"}},
+    )
+    def readyz() -> Any:
+        try:
+            store.query_windows(Scope.FLEET.value, LIVE_WINDOW, ids=["__readyz__"])
+        except Exception as exc:  # noqa: BLE001 — any failure means "not ready", and says why
+            return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get(f"{API_PREFIX}/sites", response_model=SitesResponse, tags=["fleet"],
+             summary="Fleet table: one row per registry site with its newest figures")
+    def sites() -> dict[str, Any]:
+        newest = {w: _newest_by_id(store, Scope.SITE.value, w) for w in SUMMARY_WINDOWS}
+        rows = []
+        for site_id, meta in sites_meta.iterrows():
+            live = newest[LIVE_WINDOW].get(site_id)
+            site_target = site_targets[site_id]
+            pue = live["pue"] if live else None
+            it_kw = live["it_kw"] if live else None
+            row: dict[str, Any] = {
+                "id": site_id,
+                "name": meta["name"],
+                "city": meta["city"],
+                "cluster": meta["cluster"],
+                "cooling": meta["cooling"],
+                "commissioned": int(meta["commissioned"]),
+                "racks_installed": int(meta["racks_installed"]),
+                "racks_in_service": int(meta["racks_in_service"]),
+                # two different questions, never merged: how full by racks vs how loaded by power
+                "occupancy": _ratio(float(meta["racks_in_service"]), float(meta["racks_installed"])),
+                "design_it_kw": float(meta["design_it_kw"]),
+                "it_utilization": _ratio(it_kw, float(meta["design_it_kw"])),
+                "target_pue": site_target,
+                "status": live["status"] if live else Status.NO_DATA.value,
+                "start_ms": live["start_ms"] if live else None,
+                "end_ms": live["end_ms"] if live else None,
+                "pue": pue,
+                "pue_gap": None if pue is None else pue - site_target,
+                "coverage": live["coverage"] if live else None,
+                "it_kw": it_kw,
+                "facility_kw": live["facility_kw"] if live else None,
+                "it_category": live["it_category"] if live else None,
+                "grade": (live["grade"] or None) if live else None,
+            }
+            for w in SUMMARY_WINDOWS[1:]:
+                r = newest[w].get(site_id)
+                row[f"pue_{w}"] = r["pue"] if r else None
+                row[f"status_{w}"] = r["status"] if r else Status.NO_DATA.value
+            rows.append(row)
+        return {"target_pue": target, "sites": rows}
+
+    @app.get(f"{API_PREFIX}/fleet", response_model=FleetResponse, tags=["fleet"],
+             summary="Newest fleet and cluster windows (1m, 1h, 1d, 12mo)")
+    def fleet() -> dict[str, Any]:
+        fleet_rows: dict[str, Any] = {}
+        clusters: dict[str, Any] = {}
+        for w in SUMMARY_WINDOWS:
+            rows = _records(store.latest_windows(Scope.FLEET.value, w))
+            # one fleet id is expected; if several exist, the newest window wins
+            fleet_rows[w] = max(rows, key=lambda r: r["start_ms"]) if rows else None
+            clusters[w] = _records(store.latest_windows(Scope.CLUSTER.value, w))
+        return {"target_pue": target, "fleet": fleet_rows, "clusters": clusters}
+
+    @app.get(
+        f"{API_PREFIX}/sites/{{site_id}}/windows", response_model=WindowsResponse, tags=["fleet"],
+        summary="Time series of one site's windows, oldest first",
+        responses={404: {"description": "unknown site"}, 422: {"description": "unknown window or bad time"}},
+    )
+    def site_windows(
+        site_id: str = PathParam(description="site id from the registry"),
+        window: str = Query("1h", description=f"window length: {', '.join(ALL_WINDOWS)}",
+                            json_schema_extra={"enum": list(ALL_WINDOWS)}),
+        start: str | None = Query(None, description="windows starting at or after this (epoch ms or ISO-8601)"),
+        end: str | None = Query(None, description="windows starting before this (epoch ms or ISO-8601)"),
+        limit: int = Query(1000, ge=1, le=MAX_LIMIT, description="at most this many of the newest rows"),
+    ) -> dict[str, Any]:
+        if site_id not in site_targets:
+            raise HTTPException(
+                404, f"unknown site {site_id!r}: the registry has {len(site_targets)} sites; "
+                     f"GET {API_PREFIX}/sites lists them"
+            )
+        if window not in ALL_WINDOWS:
+            raise HTTPException(422, f"unknown window {window!r}; valid windows: {', '.join(ALL_WINDOWS)}")
+        start_ms, end_ms = _parse_time(start, "start"), _parse_time(end, "end")
+        frame = store.query_windows(Scope.SITE.value, window, ids=[site_id], start_ms=start_ms, end_ms=end_ms)
+        rows = _records(frame.tail(limit))
+        return {"site": site_id, "window": window, "count": len(rows), "rows": rows}
+
+    @app.get(f"{API_PREFIX}/status", tags=["runtime"],
+             summary="Runtime status (simulated clock, counters) and the target PUE")
+    def runtime_status() -> dict[str, Any]:
+        info = _clean(dict(status())) if status is not None else {}
+        info["target_pue"] = target
+        info.setdefault("site_count", len(site_targets))
+        return info
+
+    @app.get(f"{API_PREFIX}/dead-letters", response_model=DeadLettersResponse, tags=["runtime"],
+             summary="The newest records that could not be used, newest first")
+    def dead_letters(limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
+        reader = getattr(store, "dead_letters", None)
+        if reader is None:  # a store that keeps no dead letters (not part of the ResultStore port)
+            return {"count": 0, "dead_letters": []}
+        rows = _records(reader(limit=limit))
+        return {"count": len(rows), "dead_letters": rows}
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
