@@ -110,7 +110,8 @@ class SiteRow(BaseModel):
     )
     design_it_kw: float = Field(description="design IT load [kW]")
     it_utilization: float | None = Field(
-        description="IT-load utilization by power: live it_kw / design_it_kw [-]; null without live data"
+        description="IT-load utilization by power: live it_kw / design_it_kw [-]; null without live data "
+                    "or when the live window is a meter fault"
     )
     target_pue: float = Field(description="the site's PUE target (site override, else the engine target) [-]")
     status: str = Field(description="status of the newest 1m window; 'no_data' when the site has none")
@@ -286,6 +287,8 @@ def create_app(
             site_target = site_targets[site_id]
             pue = live["pue"] if live else None
             it_kw = live["it_kw"] if live else None
+            # a meter-fault window's IT figure cannot be true, so it yields no utilization
+            trusted_it_kw = it_kw if live and live["status"] != Status.METER_FAULT.value else None
             row: dict[str, Any] = {
                 "id": site_id,
                 "name": meta["name"],
@@ -298,7 +301,7 @@ def create_app(
                 # two different questions, never merged: how full by racks vs how loaded by power
                 "occupancy": _ratio(float(meta["racks_in_service"]), float(meta["racks_installed"])),
                 "design_it_kw": float(meta["design_it_kw"]),
-                "it_utilization": _ratio(it_kw, float(meta["design_it_kw"])),
+                "it_utilization": _ratio(trusted_it_kw, float(meta["design_it_kw"])),
                 "target_pue": site_target,
                 "status": live["status"] if live else Status.NO_DATA.value,
                 "start_ms": live["start_ms"] if live else None,
