@@ -171,15 +171,16 @@
       const ends = state.sites.map((s) => s.end_ms).filter(isNum);
       if (ends.length) clock = Math.max(...ends);
     }
-    $("sim-clock").textContent = isNum(clock) ? `${fmtClock(clock)} ${tzLabel()}` : "–";
+    $("sim-clock").textContent = isNum(clock) ? fmtClock(clock) : "–";
+    $("sim-clock-tz").textContent = tzLabel();
 
     const counts = {};
     state.sites.forEach((s) => { counts[s.status] = (counts[s.status] || 0) + 1; });
-    const parts = [`${state.sites.length} sites`];
-    ["ok", "incomplete", "meter_fault", "no_data"].forEach((k) => {
-      if (counts[k]) parts.push(`${counts[k]} ${STATUS_LABEL[k]}`);
-    });
-    $("site-counts").textContent = parts.join(" · ");
+    $("site-total").textContent = state.sites.length;
+    const parts = ["ok", "incomplete", "meter_fault", "no_data"]
+      .filter((k) => counts[k])
+      .map((k) => `<span class="count ${k}">${counts[k]} ${STATUS_LABEL[k]}</span>`);
+    replaceHtml($("site-counts"), parts.join(" "));
 
     const chips = (fleet.clusters["1m"] || []).map((c) => {
       const v = c.status === "ok" && isNum(c.pue)
@@ -248,10 +249,14 @@
     $("selected-name").textContent = sel ? `${sel.name} · ${sel.city} · ${sel.cooling} cooling` : "";
   }
 
+  function updateHash() {
+    history.replaceState(null, "", `#site=${encodeURIComponent(state.selected)}&window=${state.window}`);
+  }
+
   function select(id) {
     if (id === state.selected) return;
     state.selected = id;
-    history.replaceState(null, "", `#site=${encodeURIComponent(id)}`);
+    updateHash();
     renderTable();
     refresh();
   }
@@ -360,7 +365,8 @@
     const svg = $("power-chart");
     const hours = (r) => (r.end_ms - r.start_ms) / 3600e3;
     const kw = (r, col) => (isNum(r[col]) ? r[col] / hours(r) : 0); // unmetered component: contributes nothing
-    const ok = (r) => isNum(r.it_kwh) && r.it_kwh > 0;
+    // only valid windows: an incomplete window's energy covers part of it and would read as a dip
+    const ok = (r) => r.status === "ok" && isNum(r.it_kwh) && r.it_kwh > 0;
     const usable = rows.filter(ok);
     if (!usable.length) { empty(svg, "no power data for this window"); return; }
     const f = frame(svg);
@@ -454,10 +460,18 @@
 
   // ---------------------------------------------------------------- wiring
 
+  // links like #site=gy-a&window=1h open that site and window
+  const hashWindow = (location.hash.match(/window=([^&]+)/) || [])[1];
+  if (hashWindow && WINDOW_LIMITS[hashWindow]) state.window = hashWindow;
+  document.querySelectorAll(".window-picker button").forEach((o) => {
+    o.classList.toggle("active", o.dataset.window === state.window);
+  });
+
   document.querySelectorAll(".window-picker button").forEach((b) => {
     b.addEventListener("click", () => {
       state.window = b.dataset.window;
       document.querySelectorAll(".window-picker button").forEach((o) => o.classList.toggle("active", o === b));
+      if (state.selected) updateHash();
       refresh();
     });
   });
