@@ -32,6 +32,7 @@ class EngineSettings(_Section):
     spike_tolerance: float = Field(1.5, ge=1)  # counter deltas above rated_kw × dt × this are rejected
     hierarchy_tolerance: float = Field(0.05, ge=0)  # sub-meters vs facility meter
     base_window_s: int = Field(60, ge=10)  # live window; larger windows roll up from it
+    timezone: str = "Asia/Shanghai"  # calendar of day and month windows
     live_history_h: float = Field(6, gt=0)  # how much live (1 min) history the store keeps
 
 

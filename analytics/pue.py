@@ -1,0 +1,295 @@
+"""PUE and its companions per ISO/IEC 30134 and GB 40879-2021, from energy flows per window.
+
+Three steps, all pure and vectorized:
+
+1. :func:`site_flows` turns per-point window integrals (:func:`dcpue.analytics.energy.point_windows`)
+   into energy *flows* per site and window: facility input, IT per measurement category,
+   cooling per subsystem, losses, lighting, renewable, reused heat, water. Redundant meters of
+   one boundary are resolved by source precedence; distinct boundaries of a flow are summed and
+   the flow is only as covered as its least-covered part.
+2. Flows are additive, so longer windows are plain sums (:func:`rollup_flows`).
+3. :func:`window_metrics` computes PUE, pPUE, CLF, PLF, OLF, WUE, CUE, REF, ERF, the gap to the
+   target and the GB 40879 grade — only for windows whose coverage reaches the threshold;
+   :func:`group_metrics` does it energy-weighted for clusters and the fleet.
+
+Definitions (energies over the same window, [kWh]):
+
+* total = facility input + on-site renewable (ISO/IEC 30134-2 counts every energy source);
+* PUE = total / IT; pPUE(cooling) = (IT + cooling) / IT; CLF = cooling / IT;
+  PLF = losses / IT; OLF = lighting / IT;
+* WUE = water [L] / IT (ISO/IEC 30134-9); CUE = facility input × grid factor [kgCO2/kWh] / IT
+  (ISO/IEC 30134-8); REF = renewable / total (30134-3); ERF = reused / total (30134-6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from dcpue.model import CoolingSubsystem, Role
+from dcpue.results import COOLING_SUBSYSTEM_COLUMNS, Scope, Status, conform_windows
+
+IT_CATEGORIES = (1, 2, 3)
+COOLING_FLOWS = tuple(f"cooling_{s.value}" for s in CoolingSubsystem)
+SIMPLE_FLOWS = {
+    Role.FACILITY.value: "facility",
+    Role.LOSSES.value: "losses",
+    Role.LIGHTING.value: "lighting",
+    Role.RENEWABLE.value: "renewable",
+    Role.REUSED_HEAT.value: "reused",
+    Role.WATER.value: "water",
+}
+FLOWS: tuple[str, ...] = (
+    "facility", *(f"it{c}" for c in IT_CATEGORIES), *COOLING_FLOWS, "losses", "lighting", "renewable", "reused",
+    "water",
+)
+FLOW_ENERGY = tuple(f"{f}_e" for f in FLOWS)
+FLOW_COVERED = tuple(f"{f}_cov" for f in FLOWS)
+
+# GB 40879-2021 energy-efficiency grades by electric energy usage effectiveness (PUE):
+# grade 1 ≤ 1.20, grade 2 ≤ 1.30, grade 3 ≤ 1.50 (grade 3 is the allowable limit).
+GB40879_GRADES: tuple[tuple[str, float], ...] = (("1", 1.20), ("2", 1.30), ("3", 1.50))
+GRADE_BEYOND_LIMIT = "beyond_limit"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricParams:
+    """Judgement thresholds of :func:`window_metrics` (see :class:`dcpue.settings.EngineSettings`)."""
+
+    target_pue: float = 1.2
+    coverage_threshold: float = 0.9
+    hierarchy_tolerance: float = 0.05
+
+
+def flow_of_points(points: pd.DataFrame) -> pd.Series:
+    """The flow name of every energy-balance point of a ``points_table`` (sensors are left out)."""
+    role = points["role"]
+    flow = role.map(SIMPLE_FLOWS)
+    flow = flow.where(role != Role.IT.value, "it" + points["it_category"].astype(str))
+    flow = flow.where(role != Role.COOLING.value, "cooling_" + points["cooling_subsystem"].astype(str))
+    return flow.dropna()
+
+
+def site_flows(pw: pd.DataFrame, points: pd.DataFrame, window_s: float | np.ndarray | None = None) -> pd.DataFrame:
+    """Energy flows per (site, start_ms) from per-point window integrals.
+
+    ``pw`` holds one row per (site, point, start_ms) — rows for registry points without any
+    data in a window count as zero coverage. Returns a wide frame indexed by (site, start_ms)
+    with ``<flow>_e`` [kWh, water L] and ``<flow>_cov`` [covered s] for every flow in
+    :data:`FLOWS`; NaN where the site has no meter for that flow.
+    """
+    flows_of = flow_of_points(points)
+    if pw.empty or flows_of.empty:
+        return _empty_flows()
+    meta = points.loc[flows_of.index, ["boundary", "precedence"]].assign(flow=flows_of)
+    sites = pw["site"].unique()
+    starts = np.sort(pw["start_ms"].unique())
+    meta = meta[meta.index.get_level_values("site").isin(sites)]
+    grid = pd.MultiIndex.from_tuples(
+        [(s, p, t) for (s, p) in meta.index for t in starts], names=["site", "point", "start_ms"]
+    )
+    full = pw.set_index(["site", "point", "start_ms"])[["integral", "covered_s"]].reindex(grid, fill_value=0.0)
+    full = full.join(meta, on=["site", "point"]).reset_index()
+
+    # redundant meters of one boundary: the best-covered tier, then source precedence
+    best = full.groupby(["site", "start_ms", "flow", "boundary"])["covered_s"].transform("max")
+    full["adequate"] = full["covered_s"] >= 0.9 * best
+    full = full.sort_values(["site", "start_ms", "flow", "boundary", "adequate", "precedence"],
+                            ascending=[True, True, True, True, False, True], kind="stable")
+    chosen = full.drop_duplicates(["site", "start_ms", "flow", "boundary"], keep="first")
+
+    per_flow = chosen.groupby(["site", "start_ms", "flow"]).agg(e=("integral", "sum"), cov=("covered_s", "min"))
+    wide = per_flow.unstack("flow")
+    wide.columns = [f"{flow}_{kind}" for kind, flow in wide.columns]
+    return wide.reindex(columns=[c for f in FLOWS for c in (f"{f}_e", f"{f}_cov")])
+
+
+def _empty_flows() -> pd.DataFrame:
+    index = pd.MultiIndex.from_arrays([[], np.array([], dtype=np.int64)], names=["site", "start_ms"])
+    return pd.DataFrame(index=index, columns=[c for f in FLOWS for c in (f"{f}_e", f"{f}_cov")], dtype=np.float64)
+
+
+def rollup_flows(flows: pd.DataFrame, starts_of: pd.Series | np.ndarray) -> pd.DataFrame:
+    """Sum flows into longer windows; ``starts_of`` gives the longer window's start for each row.
+
+    Sums keep NaN for flows a site does not meter (``min_count=1``).
+    """
+    keyed = flows.reset_index()
+    keyed["start_ms"] = np.asarray(starts_of, dtype=np.int64)
+    return keyed.groupby(["site", "start_ms"]).sum(min_count=1)
+
+
+def _safe_ratio(num: pd.Series, den: pd.Series) -> pd.Series:
+    return num / den.where(den > 0)
+
+
+def grade(pue: pd.Series | np.ndarray | float) -> np.ndarray:
+    """GB 40879-2021 grade of each PUE: "1", "2", "3", "beyond_limit", or "" where PUE is NaN."""
+    values = np.atleast_1d(np.asarray(pue, dtype=np.float64))
+    out = np.full(values.shape, GRADE_BEYOND_LIMIT, dtype=object)
+    for label, bound in reversed(GB40879_GRADES):
+        out[values <= bound + 1e-12] = label
+    out[np.isnan(values)] = ""
+    return out
+
+
+def window_metrics(
+    flows: pd.DataFrame,
+    sites: pd.DataFrame,
+    window: str,
+    end_ms: pd.Series | np.ndarray,
+    elapsed_s: pd.Series | np.ndarray,
+    params: MetricParams = MetricParams(),
+) -> pd.DataFrame:
+    """Site window results (:data:`dcpue.results.WINDOW_COLUMNS`) from flows indexed by (site, start_ms).
+
+    ``sites`` is :attr:`dcpue.registry.Registry.sites_table`; ``end_ms`` the window ends and
+    ``elapsed_s`` how much of each window has passed (the full length once it is closed), the
+    denominator of coverage.
+    """
+    f = flows.reset_index()
+    n = len(f)
+    elapsed = np.asarray(elapsed_s, dtype=np.float64)
+    meta = sites.reindex(f["site"]).reset_index(drop=True)
+    thr = params.coverage_threshold
+
+    def cov(name: str) -> pd.Series:
+        return f[f"{name}_cov"] / elapsed
+
+    # IT: the highest measurement category that is covered well enough, else the best covered
+    it_cov = pd.concat([cov(f"it{c}").rename(c) for c in IT_CATEGORIES], axis=1)
+    ok_cats = it_cov.ge(thr)
+    highest_ok = ok_cats.mul(pd.Series(IT_CATEGORIES, index=IT_CATEGORIES)).max(axis=1)
+    best_cov_cat = it_cov.fillna(-1).idxmax(axis=1).where(it_cov.notna().any(axis=1), 0)
+    category = np.where(highest_ok > 0, highest_ok, best_cov_cat).astype(np.int64)
+    it_e = np.select([category == c for c in IT_CATEGORIES], [f[f"it{c}_e"] for c in IT_CATEGORIES], np.nan)
+    it_coverage = np.select([category == c for c in IT_CATEGORIES], [it_cov[c] for c in IT_CATEGORIES], 0.0)
+
+    cooling_e = f[[f"{c}_e" for c in COOLING_FLOWS]].sum(axis=1, min_count=1)
+    cooling_cov = f[[f"{c}_cov" for c in COOLING_FLOWS]].min(axis=1) / elapsed
+    facility_e = f["facility_e"]
+    facility_cov = cov("facility")
+    renewable_e = f["renewable_e"].fillna(0.0)
+    total_e = facility_e + renewable_e
+    coverage = np.fmin(facility_cov.fillna(0), pd.Series(it_coverage).fillna(0))
+
+    it = pd.Series(it_e)
+    pue_raw = _safe_ratio(total_e, it)
+    has_any = (f["facility_cov"].fillna(0) > 0) | (it_cov.fillna(0) > 0).any(axis=1)
+    complete = coverage >= thr
+    fault_zero_it = complete & ~(it > 0)
+    fault_below_one = complete & (pue_raw < 1.0)
+    status = np.select(
+        [~has_any, fault_zero_it | fault_below_one, ~complete],
+        [Status.NO_DATA.value, Status.METER_FAULT.value, Status.INCOMPLETE.value],
+        Status.OK.value,
+    )
+    ok = pd.Series(status == Status.OK.value)
+
+    def valid(values: pd.Series, extra: pd.Series | bool = True) -> pd.Series:
+        return values.where(ok & extra)
+
+    cooling_ok = cooling_cov >= thr
+    pue = valid(pue_raw)
+    out = pd.DataFrame(
+        {
+            "scope": Scope.SITE.value,
+            "id": f["site"],
+            "window": window,
+            "start_ms": f["start_ms"].astype(np.int64),
+            "end_ms": np.asarray(end_ms, dtype=np.int64),
+            "status": status,
+            "coverage": coverage.clip(upper=1.0),
+            "it_category": category,
+            "facility_kwh": facility_e,
+            "it_kwh": it,
+            "cooling_kwh": cooling_e,
+            **{col: f[f"{flow}_e"] for col, flow in zip(COOLING_SUBSYSTEM_COLUMNS, COOLING_FLOWS, strict=True)},
+            "losses_kwh": f["losses_e"],
+            "lighting_kwh": f["lighting_e"],
+            "renewable_kwh": f["renewable_e"],
+            "reused_kwh": f["reused_e"],
+            "total_kwh": total_e,
+            "water_l": f["water_e"],
+            "facility_kw": _safe_ratio(facility_e, f["facility_cov"] / 3600.0),
+            "it_kw": _safe_ratio(it, pd.Series(it_coverage * elapsed / 3600.0)),
+            "pue": pue,
+            "ppue_cooling": valid(_safe_ratio(it + cooling_e, it), cooling_ok),
+            "clf": valid(_safe_ratio(cooling_e, it), cooling_ok),
+            "plf": valid(_safe_ratio(f["losses_e"], it), cov("losses") >= thr),
+            "olf": valid(_safe_ratio(f["lighting_e"], it), cov("lighting") >= thr),
+            "wue": valid(_safe_ratio(f["water_e"], it), cov("water") >= thr),
+            "cue": valid(_safe_ratio(facility_e * meta["grid_emission_factor"], it)),
+            "ref": valid(_safe_ratio(f["renewable_e"], total_e), cov("renewable") >= thr),
+            "erf": valid(_safe_ratio(f["reused_e"], total_e), cov("reused") >= thr),
+        }
+    )
+    target = meta["pue_target"].fillna(params.target_pue)
+    out["pue_gap"] = out["pue"] - target
+    out["grade"] = grade(out["pue"])
+    children = it + cooling_e.fillna(0) + f["losses_e"].fillna(0) + f["lighting_e"].fillna(0)
+    out["hierarchy_error"] = valid(_safe_ratio(children - total_e, total_e))
+    # a shortfall is only a finding when every child flow is metered; an excess always is
+    balance_metered = cooling_e.notna() & f["losses_e"].notna() & f["lighting_e"].notna()
+    hierarchy_bad = (out["hierarchy_error"] > params.hierarchy_tolerance) | (
+        balance_metered & (out["hierarchy_error"].abs() > params.hierarchy_tolerance))
+    out["racks_installed"] = meta["racks_installed"].fillna(0).astype(np.int64)
+    out["racks_in_service"] = meta["racks_in_service"].fillna(0).astype(np.int64)
+    out["occupancy"] = _safe_ratio(meta["racks_in_service"].astype(float), meta["racks_installed"].astype(float))
+    out["it_utilization"] = out["it_kw"] / meta["design_it_kw"]
+    flags = np.full(n, "", dtype=object)
+    flags = _add_flag(flags, fault_below_one.to_numpy(), "pue_below_1")
+    flags = _add_flag(flags, fault_zero_it.to_numpy(), "it_energy_zero")
+    flags = _add_flag(flags, hierarchy_bad.to_numpy(), "hierarchy")
+    out["flags"] = flags
+    return conform_windows(out)
+
+
+def _add_flag(flags: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:
+    return np.where(mask, np.where(flags == "", name, flags + "," + name), flags)
+
+
+def group_metrics(site_windows: pd.DataFrame, members: pd.Series, scope: Scope,
+                  params: MetricParams = MetricParams()) -> pd.DataFrame:
+    """Energy-weighted cluster or fleet results from site results of one window length.
+
+    ``members`` maps site id → group id (the cluster, or one fleet id). PUE = Σ total ÷ Σ IT
+    over the member sites whose window is ``ok``; never an average of ratios. ``coverage`` is
+    the share of member sites that are ``ok``; below the threshold the group is incomplete.
+    """
+    if site_windows.empty:
+        return conform_windows(pd.DataFrame())
+    frame = site_windows.assign(group=site_windows["id"].map(members)).dropna(subset=["group"])
+    ok = frame["status"] == Status.OK.value
+    energy_cols = ["facility_kwh", "it_kwh", "cooling_kwh", *COOLING_SUBSYSTEM_COLUMNS, "losses_kwh",
+                   "lighting_kwh", "renewable_kwh", "reused_kwh", "total_kwh", "water_l", "facility_kw", "it_kw",
+                   "racks_installed", "racks_in_service"]
+    summed = frame[ok].groupby(["group", "window", "start_ms"])[energy_cols].sum(min_count=1)
+    keys = frame.groupby(["group", "window", "start_ms"]).agg(end_ms=("end_ms", "max"), final=("final", "all"))
+    size = members.value_counts()
+    n_ok = frame[ok].groupby(["group", "window", "start_ms"]).size()
+    g = keys.join(summed).join(n_ok.rename("n_ok")).reset_index()
+    g["n_ok"] = g["n_ok"].fillna(0)
+    g["coverage"] = g["n_ok"] / g["group"].map(size)
+    complete = g["coverage"] >= params.coverage_threshold
+    pue_raw = _safe_ratio(g["total_kwh"], g["it_kwh"])
+    has_data = (frame["status"] != Status.NO_DATA.value).groupby(
+        [frame["group"], frame["window"], frame["start_ms"]]).any()
+    g["has_data"] = pd.MultiIndex.from_frame(g[["group", "window", "start_ms"]]).map(has_data).fillna(False)
+    g["status"] = np.select([~g["has_data"].astype(bool), complete], [Status.NO_DATA.value, Status.OK.value],
+                            Status.INCOMPLETE.value)
+    good = g["status"] == Status.OK.value
+    g["pue"] = pue_raw.where(good)
+    g["ppue_cooling"] = _safe_ratio(g["it_kwh"] + g["cooling_kwh"], g["it_kwh"]).where(good)
+    g["clf"] = _safe_ratio(g["cooling_kwh"], g["it_kwh"]).where(good)
+    g["plf"] = _safe_ratio(g["losses_kwh"], g["it_kwh"]).where(good)
+    g["pue_gap"] = g["pue"] - params.target_pue
+    g["grade"] = grade(g["pue"])
+    g["occupancy"] = _safe_ratio(g["racks_in_service"], g["racks_installed"])
+    g["scope"] = scope.value
+    g["id"] = g["group"]
+    g["racks_installed"] = g["racks_installed"].fillna(0)
+    g["racks_in_service"] = g["racks_in_service"].fillna(0)
+    return conform_windows(g)

@@ -1,0 +1,330 @@
+"""Streaming windows: readings in, live and rolled-up PUE windows out, late data handled.
+
+:class:`StreamEngine` is stateful but does no I/O. Per site it keeps the raw readings of the
+windows still open, the flows of base (live, 1 min by default) windows that may still change,
+and running sums of finalized base windows for 15 min, hour, day and month windows (energy is
+additive, so a day is the sum of its minutes). A base window is finalized once the site's
+newest reading is ``allowed_lateness_s`` past its end; a reading that arrives for a finalized
+window is counted as too late and dropped, while later-but-in-time readings simply update their
+open window on the next :meth:`StreamEngine.advance`.
+
+Every emitted row is keyed by (scope, id, window, start) and carries ``final``; a store that
+upserts by key (the file store, InfluxDB) therefore ends with exactly one, final, row per window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from dcpue.analytics.energy import EnergyParams, point_windows
+from dcpue.analytics.pue import MetricParams, group_metrics, rollup_flows, site_flows, window_metrics
+from dcpue.model import empty_readings
+from dcpue.registry import Registry
+from dcpue.results import ROLLING_ANNUAL, WINDOWS, Scope, conform_windows, empty_windows
+from dcpue.settings import EngineSettings
+
+DAY_MS = 86_400_000
+ANNUAL_DAYS = 365
+FLEET_ID = "fleet"
+
+
+def window_starts(ts_ms: np.ndarray | pd.Series, label: str, tz: str = "UTC") -> np.ndarray:
+    """Start [ms] of the ``label`` window (see :data:`dcpue.results.WINDOWS`) holding each timestamp.
+
+    Days and months follow the calendar of ``tz`` (an operator's "day" is a local day).
+    """
+    ts = np.asarray(ts_ms, dtype=np.int64)
+    uniq, inverse = np.unique(ts, return_inverse=True)  # few distinct values: convert each once
+    local = pd.to_datetime(uniq, unit="ms", utc=True).tz_convert(tz)
+    freq = WINDOWS[label]
+    if freq == "MS":
+        naive = local.tz_localize(None).to_period("M").to_timestamp()
+        floored = naive.tz_localize(tz)
+    else:
+        floored = local.floor(freq)
+    return np.asarray(floored.as_unit("ms").asi8, dtype=np.int64)[inverse]
+
+
+def window_ends(starts_ms: np.ndarray | pd.Series, label: str, tz: str = "UTC") -> np.ndarray:
+    """End [ms] of ``label`` windows starting at ``starts_ms``."""
+    starts = np.asarray(starts_ms, dtype=np.int64)
+    uniq, inverse = np.unique(starts, return_inverse=True)
+    local = pd.to_datetime(uniq, unit="ms", utc=True).tz_convert(tz)
+    freq = WINDOWS[label]
+    offset = pd.offsets.MonthBegin(1) if freq == "MS" else pd.offsets.Day(1) if freq == "1D" else pd.Timedelta(freq)
+    return np.asarray((local + offset).as_unit("ms").asi8, dtype=np.int64)[inverse]
+
+
+@dataclass
+class EngineCounters:
+    """What the engine has seen; exposed as self-monitoring metrics."""
+
+    accepted: int = 0
+    late_dropped: int = 0
+    late_by_site: dict[str, int] = field(default_factory=dict)
+
+
+class StreamEngine:
+    """Incremental PUE windows for every site of a registry."""
+
+    ROLLUPS = ("15m", "1h", "1d", "1mo")
+
+    def __init__(self, registry: Registry, settings: EngineSettings = EngineSettings()) -> None:
+        self.registry = registry
+        self.points = registry.points_table
+        self.sites = registry.sites_table
+        self.base_label = "1m" if settings.base_window_s == 60 else f"{settings.base_window_s}s"
+        self.base_ms = settings.base_window_s * 1000
+        self.lateness_ms = int(settings.allowed_lateness_s * 1000)
+        self.max_gap_ms = int(settings.max_gap_s * 1000)
+        self.energy_params = EnergyParams(settings.max_gap_s, settings.spike_tolerance)
+        self.metric_params = MetricParams(settings.target_pue, settings.coverage_threshold,
+                                          settings.hierarchy_tolerance)
+        self.tz = settings.timezone
+        self.counters = EngineCounters()
+        self._buffer = empty_readings()
+        self._pending: list[pd.DataFrame] = []
+        self._max_ts: dict[str, int] = {}
+        self._final_until: dict[str, int] = {}  # base windows before this are folded and immutable
+        self._open = pd.DataFrame()  # base-window flows that may still change, indexed (site, start_ms)
+        self._acc: dict[str, pd.DataFrame] = {label: pd.DataFrame() for label in self.ROLLUPS}
+        self._recent: dict[str, pd.DataFrame] = {}  # newest site rows per window, for group figures
+        self._dirty: set[str] = set()
+        clusters = self.sites["cluster"]
+        self._cluster_members = clusters[clusters != ""]
+        self._fleet_members = pd.Series(FLEET_ID, index=self.sites.index)
+
+    # -- input -------------------------------------------------------------------------------
+    def add(self, readings: pd.DataFrame) -> int:
+        """Accept readings (any order, any sites of the registry); returns how many were too late."""
+        if readings.empty:
+            return 0
+        final_until = readings["site"].map(self._final_until)
+        late = (readings["ts"] < final_until).to_numpy()  # NaN (site not started) compares False
+        n_late = int(late.sum())
+        if n_late:
+            self.counters.late_dropped += n_late
+            for site, count in readings.loc[late, "site"].value_counts().items():
+                self.counters.late_by_site[site] = self.counters.late_by_site.get(site, 0) + int(count)
+            readings = readings[~late]
+        if readings.empty:
+            return n_late
+        self.counters.accepted += len(readings)
+        for site, ts in readings.groupby("site")["ts"].max().items():
+            self._max_ts[site] = max(self._max_ts.get(site, ts), int(ts))
+        self._dirty.update(readings["site"].unique())
+        self._pending.append(readings)
+        return n_late
+
+    # -- output ------------------------------------------------------------------------------
+    def advance(self) -> pd.DataFrame:
+        """Recompute what new readings touched, finalize what lateness allows; return rows to upsert."""
+        if not self._dirty:
+            return empty_windows()
+        if self._pending:
+            self._buffer = pd.concat([self._buffer, *self._pending], ignore_index=True)
+            self._pending = []
+        dirty = sorted(self._dirty)
+        self._dirty.clear()
+
+        base_flows = self._recompute_base(dirty)
+        self._finalize(dirty)
+        base_rows = (self._metrics(base_flows, self.base_label, self._base_ends(base_flows))
+                     if not base_flows.empty else empty_windows())
+        emitted = [base_rows]
+        touched = base_rows[["id", "start_ms"]] if not base_rows.empty else pd.DataFrame(columns=["id", "start_ms"])
+        for label in self.ROLLUPS:
+            emitted.append(self._rollup_rows(label, touched))
+        emitted.append(self._annual_rows(dirty))
+        site_rows = pd.concat([e for e in emitted if not e.empty], ignore_index=True) if any(
+            not e.empty for e in emitted) else empty_windows()
+        groups = self._group_rows(site_rows)
+        self._prune_buffer(dirty)
+        self._prune_accumulators()
+        out = pd.concat([site_rows, groups], ignore_index=True) if not groups.empty else site_rows
+        return conform_windows(out)
+
+    def _recompute_base(self, dirty: list[str]) -> pd.DataFrame:
+        """Recompute the flows of every open base window of the dirty sites; returns them."""
+        buf = self._buffer[self._buffer["site"].isin(dirty)]
+        if buf.empty:
+            return pd.DataFrame()
+        lo_by_site = {
+            s: self._final_until.get(s, int(buf.loc[buf["site"] == s, "ts"].min()) // self.base_ms * self.base_ms)
+            for s in dirty
+        }
+        rows = []
+        # sites usually advance together; group them by their first open window to share edges
+        by_lo: dict[int, list[str]] = {}
+        for site, lo in lo_by_site.items():
+            by_lo.setdefault(lo, []).append(site)
+        for lo, sites in by_lo.items():
+            hi = max(self._max_ts[s] for s in sites) // self.base_ms * self.base_ms + self.base_ms
+            edges = np.arange(lo, hi + 1, self.base_ms, dtype=np.int64)
+            part = buf[buf["site"].isin(sites)]
+            pw = point_windows(part, self.points, edges, self.energy_params)
+            # windows beyond a site's own newest reading are not open yet
+            pw = pw[pw["start_ms"] <= pw["site"].map(self._max_ts)]
+            flows = site_flows(pw, self.points)
+            if flows.empty:
+                continue
+            rows.append(flows)
+        if not rows:
+            return pd.DataFrame()
+        flows = pd.concat(rows)
+        if not self._open.empty:
+            keep = ~self._open.index.get_level_values("site").isin(flows.index.get_level_values("site").unique())
+            self._open = pd.concat([self._open[keep], flows]).sort_index()
+        else:
+            self._open = flows.sort_index()
+        return flows
+
+    def _base_ends(self, flows: pd.DataFrame) -> np.ndarray:
+        return flows.index.get_level_values("start_ms").to_numpy(np.int64) + self.base_ms
+
+    def _metrics(self, flows: pd.DataFrame, label: str, ends: np.ndarray) -> pd.DataFrame:
+        sites = flows.index.get_level_values("site")
+        starts = flows.index.get_level_values("start_ms").to_numpy(np.int64)
+        now = sites.map(self._max_ts).to_numpy(np.int64)
+        elapsed_ms = np.clip(np.minimum(ends, now) - starts, self.base_ms, None)
+        rows = window_metrics(flows, self.sites, label, ends, elapsed_ms / 1000.0, self.metric_params)
+        final_until = sites.map(lambda s: self._final_until.get(s, -1)).to_numpy(np.int64)
+        rows["final"] = ends <= final_until
+        return rows
+
+    def _finalize(self, dirty: list[str]) -> None:
+        """Fold base windows whose end is past each site's watermark into the rollup sums."""
+        if self._open.empty:
+            return
+        sites = self._open.index.get_level_values("site")
+        starts = self._open.index.get_level_values("start_ms").to_numpy(np.int64)
+        watermark = sites.map(lambda s: self._max_ts.get(s, 0) - self.lateness_ms).to_numpy(np.int64)
+        closing = (starts + self.base_ms <= watermark) & np.asarray(sites.isin(dirty))
+        if not closing.any():
+            return
+        done = self._open[closing]
+        self._open = self._open[~closing]
+        for site, last_start in done.reset_index().groupby("site")["start_ms"].max().items():
+            self._final_until[site] = int(last_start) + self.base_ms
+        ts = done.index.get_level_values("start_ms").to_numpy(np.int64)
+        for label in self.ROLLUPS:
+            part = rollup_flows(done, window_starts(ts, label, self.tz))
+            acc = self._acc[label]
+            self._acc[label] = part if acc.empty else acc.add(part, fill_value=0).where(
+                acc.reindex(acc.index.union(part.index)).notna() | part.reindex(acc.index.union(part.index)).notna())
+
+    def _prune_accumulators(self) -> None:
+        """Forget sums no future row needs: closed 15 min and hour windows (already emitted final),
+        days older than the annual window, months older than ~13 months."""
+        keep_for = {"15m": 0, "1h": 0, "1d": (ANNUAL_DAYS + 1) * DAY_MS, "1mo": 400 * DAY_MS}
+        for label, keep_ms in keep_for.items():
+            acc = self._acc[label]
+            if acc.empty:
+                continue
+            final_until = acc.index.get_level_values("site").map(self._final_until).to_numpy(np.float64)
+            ends = window_ends(acc.index.get_level_values("start_ms"), label, self.tz)
+            self._acc[label] = acc[ends + keep_ms > final_until]
+
+    def _combined(self, label: str, keys: pd.MultiIndex) -> pd.DataFrame:
+        """Folded sums plus still-open base windows, for the given (site, start) windows of ``label``."""
+        parts = []
+        acc = self._acc[label]
+        if not acc.empty:
+            parts.append(acc[acc.index.isin(keys)])
+        if not self._open.empty:
+            open_starts = window_starts(self._open.index.get_level_values("start_ms"), label, self.tz)
+            open_keys = pd.MultiIndex.from_arrays([self._open.index.get_level_values("site"), open_starts])
+            mask = open_keys.isin(keys)
+            if mask.any():
+                parts.append(rollup_flows(self._open[mask], open_starts[mask]))
+        parts = [p for p in parts if not p.empty]
+        if not parts:
+            return pd.DataFrame()
+        return pd.concat(parts).groupby(level=["site", "start_ms"]).sum(min_count=1)
+
+    def _rollup_rows(self, label: str, touched: pd.DataFrame) -> pd.DataFrame:
+        if touched.empty:
+            return empty_windows()
+        keys = pd.MultiIndex.from_arrays(
+            [touched["id"].to_numpy(), window_starts(touched["start_ms"], label, self.tz)], names=["site", "start_ms"]
+        ).unique()
+        flows = self._combined(label, keys)
+        if flows.empty:
+            return empty_windows()
+        return self._metrics(flows, label, window_ends(flows.index.get_level_values("start_ms"), label, self.tz))
+
+    def _annual_rows(self, dirty: list[str]) -> pd.DataFrame:
+        """The rolling annual figure per site: the 365 days ending with the site's current day."""
+        rows = []
+        for site in dirty:
+            if site not in self._max_ts:
+                continue
+            day_end = self._max_ts[site] // DAY_MS * DAY_MS + DAY_MS
+            start = day_end - ANNUAL_DAYS * DAY_MS
+            days = self._acc["1d"]
+            parts = []
+            if not days.empty and site in days.index.get_level_values("site"):
+                d = days.xs(site, level="site", drop_level=False)
+                parts.append(d[d.index.get_level_values("start_ms") >= start])
+            if not self._open.empty and site in self._open.index.get_level_values("site"):
+                parts.append(self._open.xs(site, level="site", drop_level=False))
+            parts = [p for p in parts if not p.empty]
+            if not parts:
+                continue
+            flows = pd.concat(parts).groupby(level="site").sum(min_count=1)
+            flows.index = pd.MultiIndex.from_arrays([flows.index, [start]], names=["site", "start_ms"])
+            rows.append(flows)
+        if not rows:
+            return empty_windows()
+        flows = pd.concat(rows)
+        ends = flows.index.get_level_values("start_ms").to_numpy(np.int64) + ANNUAL_DAYS * DAY_MS
+        out = self._metrics(flows, ROLLING_ANNUAL, ends)
+        out["final"] = False  # a rolling figure moves on; it never closes
+        return out
+
+    def _group_rows(self, site_rows: pd.DataFrame) -> pd.DataFrame:
+        if site_rows.empty:
+            return empty_windows()
+        out = []
+        keep = max(4, self.lateness_ms // self.base_ms + 3)
+        for label, rows in site_rows.groupby("window"):
+            recent = self._recent.get(label)
+            merged = rows if recent is None else pd.concat([recent, rows]).drop_duplicates(
+                ["id", "start_ms"], keep="last")
+            starts = np.sort(merged["start_ms"].unique())[-keep:]
+            merged = merged[merged["start_ms"].isin(starts)]
+            self._recent[label] = merged
+            affected = merged[merged["start_ms"].isin(rows["start_ms"].unique())]
+            if label == ROLLING_ANNUAL:
+                # each site's annual window is keyed by its own day; group the newest per site
+                affected = merged.sort_values("start_ms").drop_duplicates("id", keep="last")
+                affected = affected.assign(start_ms=affected["start_ms"].max(), end_ms=affected["end_ms"].max())
+            for members, scope in ((self._cluster_members, Scope.CLUSTER), (self._fleet_members, Scope.FLEET)):
+                if not members.empty:
+                    out.append(group_metrics(affected, members, scope, self.metric_params))
+        out = [o for o in out if not o.empty]
+        return pd.concat(out, ignore_index=True) if out else empty_windows()
+
+    def _prune_buffer(self, dirty: list[str]) -> None:
+        """Drop readings no open window needs; keep each series' last sample before the open range."""
+        if self._buffer.empty or not self._final_until:
+            return
+        buf = self._buffer
+        horizon = buf["site"].map(self._final_until).fillna(-np.inf).to_numpy() - self.max_gap_ms
+        old = buf["ts"].to_numpy() < horizon
+        if not old.any():
+            return
+        last_old = buf[old].sort_values("ts").drop_duplicates(["site", "point"], keep="last")
+        self._buffer = pd.concat([last_old, buf[~old]], ignore_index=True)
+
+    def snapshot_counters(self) -> dict[str, int]:
+        """Counters for self-monitoring."""
+        return {
+            "accepted": self.counters.accepted,
+            "late_dropped": self.counters.late_dropped,
+            "buffered_readings": len(self._buffer),
+            "open_windows": len(self._open),
+        }
