@@ -1,4 +1,263 @@
-"""The ``dcpue`` command."""
+"""The ``dcpue`` command: the only place that reads files, environment and arguments.
 
-def main() -> int:
+Subcommands:
+
+* ``dcpue demo`` — simulated Guizhou fleet → analytics → store, with the live web page.
+* ``dcpue pue READINGS --sites SITES.yaml`` — batch PUE from a meter export.
+* ``dcpue registry check FILE`` / ``dcpue registry generate`` — validate or create a site registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dcpue import __version__
+from dcpue.errors import ConfigError, DcpueError
+from dcpue.registry import Registry, dump_registry, load_registry
+from dcpue.settings import Settings, load_settings
+
+log = logging.getLogger("dcpue")
+
+EXIT_CONFIG = 2
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr,
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+# -- demo ---------------------------------------------------------------------------------
+def _demo_registry(settings: Settings) -> Registry:
+    if settings.registry is not None:
+        return load_registry(settings.registry)
+    from dcpue.ingest.simulator import generate_fleet
+
+    return generate_fleet(settings.simulator.sites, seed=settings.simulator.seed)
+
+
+def _sim_start_ms(settings: Settings) -> int:
+    if settings.simulator.start:
+        try:
+            stamp = pd.Timestamp(settings.simulator.start)
+        except ValueError as exc:
+            raise ConfigError(f"field 'simulator.start': not a date: {exc}") from None
+        stamp = stamp.tz_localize(settings.engine.timezone) if stamp.tzinfo is None else stamp
+        return int(stamp.value // 1_000_000)
+    day = 86_400_000
+    return (int(time.time() * 1000) // day - 30) * day  # midnight UTC 30 days ago
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the embedded pipeline on a simulated fleet until --duration or Ctrl-C."""
+    from dcpue.ingest.simulator import FleetSimulator
+    from dcpue.runtime.embedded import EmbeddedPipeline, SimClock
+    from dcpue.runtime.store import FileStore
+
+    settings = load_settings(args.config, registry=args.registry, log_level=args.log_level,
+                             http={"port": args.port, "host": args.host},
+                             store={"path": args.store},
+                             simulator={"sites": args.sites, "speed": args.speed, "seed": args.seed,
+                                        "faults": False if args.no_faults else None})
+    _configure_logging(settings.log_level)
+    registry = _demo_registry(settings)
+    store_path = Path(settings.store.path)
+    if not args.keep_store:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{store_path}{suffix}").unlink(missing_ok=True)  # a fresh simulated timeline each run
+    store = FileStore(store_path).setup()
+    start_ms = _sim_start_ms(settings)
+    simulator = FleetSimulator(registry, seed=settings.simulator.seed, start_ms=start_ms,
+                               sample_interval_s=settings.simulator.sample_interval_s,
+                               faults=settings.simulator.faults)
+    pipeline = EmbeddedPipeline(settings, registry, simulator, SimClock(start_ms, settings.simulator.speed), store)
+
+    def _stop(signum: int, _frame: Any) -> None:
+        print(f"\n{signal.Signals(signum).name}: stopping, draining what is on the bus …", file=sys.stderr)
+        pipeline.stop_event.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    pipeline.start()
+    if pipeline.errors:
+        pipeline.stop()
+        print(f"dcpue demo: {pipeline.errors[0]}", file=sys.stderr)
+        return 1
+    url = f"http://{settings.http.host}:{pipeline.http_port}/"
+    print(f"dcpue demo: {len(registry.sites)} simulated sites, {settings.simulator.speed:g}× real time; "
+          f"live page at {url}  (Ctrl-C to stop)", flush=True)
+    summary = (lambda: None) if args.quiet else (lambda: _print_summary(store_path, pipeline.status()))
+    pipeline.wait(args.duration, on_tick=summary, tick_s=args.summary_every)
+    pipeline.stop()
+    status = pipeline.status()
+    print(f"dcpue demo: stopped; {status['readings']} readings, {status['windows_written']} windows written, "
+          f"{status['dead_letters']} dead letters, store {store_path}", flush=True)
+    if pipeline.errors:
+        print(f"dcpue demo: failed: {pipeline.errors[0]!r}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _print_summary(store_path: Path, status: dict[str, Any]) -> None:
+    from dcpue.runtime.store import FileStore
+
+    reader = FileStore(store_path).setup()
+    try:
+        sites = reader.latest_windows("site", "1h").set_index("id")
+        fleet = reader.latest_windows("fleet", "1h")
+    finally:
+        reader.close()
+    sim = pd.Timestamp(status["sim_time_ms"], unit="ms", tz="UTC").tz_convert("Asia/Shanghai")
+    fleet_pue = _fmt(fleet["pue"].iloc[0]) if not fleet.empty else "-"
+    lines = [f"— simulated {sim:%Y-%m-%d %H:%M} (UTC+8) · fleet PUE (1 h) {fleet_pue} · target 1.2 · "
+             f"{status['readings']} readings · {status['dead_letters']} dead letters"]
+    lines.append(f"  {'site':<8}{'PUE 1h':>8}{'gap':>8}{'grade':>14}{'IT kW':>10}{'status':>12}")
+    for site_id, row in sites.iterrows():
+        lines.append(f"  {site_id:<8}{_fmt(row['pue']):>8}{_fmt(row['pue_gap']):>8}{row['grade'] or '-':>14}"
+                     f"{_fmt(row['it_kw'], 0):>10}{row['status']:>12}")
+    print("\n".join(lines), flush=True)
+
+
+# -- pue ----------------------------------------------------------------------------------
+def cmd_pue(args: argparse.Namespace) -> int:
+    """Batch PUE from a meter export."""
+    from dcpue.analytics.batch import batch_windows
+    from dcpue.runtime.files import read_readings_file
+
+    settings = load_settings(args.config, log_level=args.log_level)
+    _configure_logging(settings.log_level)
+    registry = load_registry(args.sites)
+    readings, rejects = read_readings_file(args.readings, registry, naive_tz=args.tz or settings.engine.timezone)
+    if not rejects.empty:
+        print(f"dcpue pue: {len(rejects)} row(s) of {args.readings} not used; first: line "
+              f"{rejects['line'].iloc[0]}: {rejects['reason'].iloc[0]}", file=sys.stderr)
+        if args.rejects:
+            rejects.to_csv(args.rejects, index=False)
+    windows = batch_windows(readings, registry, args.window, settings.engine)
+    columns = ["scope", "id", "window", "start", "status", "coverage", "it_category", "facility_kwh", "it_kwh",
+               "cooling_kwh", "pue", "pue_gap", "grade", "ppue_cooling", "clf", "plf", "wue", "cue", "ref", "erf",
+               "flags"]
+    out = windows.assign(
+        start=pd.to_datetime(windows["start_ms"], unit="ms", utc=True).dt.tz_convert(settings.engine.timezone)
+        .dt.strftime("%Y-%m-%dT%H:%M%z"))
+    if args.format == "json":
+        records = json.loads(windows.to_json(orient="records"))
+        text = json.dumps(records, ensure_ascii=False, indent=1)
+    elif args.format == "csv":
+        text = out[columns].to_csv(index=False)
+    else:
+        table = out[columns[:13]].copy()
+        for col in ("coverage", "pue", "pue_gap"):
+            table[col] = table[col].map(_fmt)
+        for col in ("facility_kwh", "it_kwh", "cooling_kwh"):
+            table[col] = table[col].map(lambda v: _fmt(v, 1))
+        text = table.to_string(index=False)
+    if args.output:
+        Path(args.output).write_text(text + ("\n" if not text.endswith("\n") else ""), encoding="utf-8")
+    else:
+        print(text)
+    if args.chart:
+        from dcpue.runtime.charts import pue_chart
+
+        pue_chart(windows, args.chart, target=settings.engine.target_pue)
+        print(f"dcpue pue: chart written to {args.chart}", file=sys.stderr)
+    return 0
+
+
+# -- registry -----------------------------------------------------------------------------
+def cmd_registry_check(args: argparse.Namespace) -> int:
+    registry = load_registry(args.file)
+    points = sum(len(s.points) for s in registry.sites)
+    print(f"{args.file}: ok — {len(registry.sites)} sites, {points} points, {len(registry.clusters)} clusters")
+    return 0
+
+
+def cmd_registry_generate(args: argparse.Namespace) -> int:
+    from dcpue.ingest.simulator import generate_fleet
+
+    text = dump_registry(generate_fleet(args.sites, seed=args.seed))
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dcpue", description="Data-center energy and PUE monitoring.")
+    parser.add_argument("--version", action="version", version=f"dcpue {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="YAML settings file (also DCPUE_CONFIG)")
+    common.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", parents=[common], help="simulated fleet with live PUE in the browser")
+    demo.add_argument("--sites", type=int, help="number of simulated sites (default 12)")
+    demo.add_argument("--speed", type=float, help="simulated seconds per real second (default 1440: a day a minute)")
+    demo.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
+    demo.add_argument("--port", type=int, help="HTTP port (default 8600; 0 picks a free one)")
+    demo.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
+    demo.add_argument("--seed", type=int, help="simulator seed (default 7)")
+    demo.add_argument("--registry", help="site registry YAML instead of the generated fleet")
+    demo.add_argument("--store", help="result store file (default dcpue-data/dcpue.sqlite)")
+    demo.add_argument("--keep-store", action="store_true", help="do not clear the store at start")
+    demo.add_argument("--no-faults", action="store_true", help="simulate without injected meter faults")
+    demo.add_argument("--quiet", action="store_true", help="no terminal summary")
+    demo.add_argument("--summary-every", type=float, default=5.0, help="seconds between terminal summaries")
+    demo.set_defaults(func=cmd_demo)
+
+    pue = sub.add_parser("pue", parents=[common], help="batch PUE from a CSV/Parquet meter export")
+    pue.add_argument("readings", help="long-form file: timestamp,site,point,value[,quality]")
+    pue.add_argument("--sites", required=True, help="site registry YAML")
+    pue.add_argument("--window", default="1d", choices=["1m", "15m", "1h", "1d", "1mo"])
+    pue.add_argument("--format", default="table", choices=["table", "json", "csv"])
+    pue.add_argument("--output", "-o", help="write the result here instead of stdout")
+    pue.add_argument("--chart", help="also draw PUE per site against the target into this PNG")
+    pue.add_argument("--rejects", help="write rows that could not be used (line, reason) to this CSV")
+    pue.add_argument("--tz", help="timezone of timestamps without an offset (default: engine timezone)")
+    pue.set_defaults(func=cmd_pue)
+
+    reg = sub.add_parser("registry", help="site registry tools")
+    reg_sub = reg.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
+    check = reg_sub.add_parser("check", help="validate a site registry")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_registry_check)
+    gen = reg_sub.add_parser("generate", help="write the simulated demo fleet as a registry")
+    gen.add_argument("--sites", type=int, default=12)
+    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--output", "-o")
+    gen.set_defaults(func=cmd_registry_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dcpue`` command; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"dcpue: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except DcpueError as exc:
+        print(f"dcpue: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""The embedded pipeline: collector → in-process bus → analytics worker → file store → HTTP.
+
+Everything runs in one process with no servers to install. Each stage is a thread talking
+through the same ports the distributed deployment uses (the bus is Kafka-shaped, the store
+upserts like InfluxDB), so swapping adapters changes no stage.
+
+Shutdown is orderly: the collector stops first, the worker drains and commits everything
+already on the bus, and only then is the store closed, so nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import uvicorn
+
+from dcpue.ingest.base import Collector
+from dcpue.registry import Registry
+from dcpue.runtime.bus import InProcessBus
+from dcpue.runtime.store import FileStore
+from dcpue.runtime.worker import AnalyticsWorker
+from dcpue.settings import Settings
+from dcpue.wire import encode_frame
+
+log = logging.getLogger(__name__)
+
+ANALYTICS_GROUP = "dcpue-analytics"
+
+
+@dataclass
+class SimClock:
+    """Maps wall time to simulated time: ``start_ms`` plus elapsed wall time × ``speed``."""
+
+    start_ms: int
+    speed: float
+    _t0: float = 0.0
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+
+    def now_ms(self) -> int:
+        return self.start_ms + int((time.monotonic() - self._t0) * self.speed * 1000)
+
+
+class EmbeddedPipeline:
+    """Runs one collector, one analytics worker and the HTTP API in this process."""
+
+    def __init__(self, settings: Settings, registry: Registry, collector: Collector, clock: SimClock,
+                 store: FileStore, serve_http: bool = True) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.collector = collector
+        self.clock = clock
+        self.store = store
+        self.bus = InProcessBus(settings.bus.max_pending_messages)
+        self.worker = AnalyticsWorker(
+            registry, settings, self.bus.consumer([settings.bus.topics.readings], ANALYTICS_GROUP), store
+        )
+        self.serve_http = serve_http
+        self.stop_event = threading.Event()
+        self.collector_done = threading.Event()
+        self.errors: list[BaseException] = []
+        self.batches_sent = 0
+        self.sim_now_ms = clock.start_ms
+        self._server: uvicorn.Server | None = None
+        self._threads: list[threading.Thread] = []
+        self.http_port: int | None = None
+
+    # -- stages --------------------------------------------------------------------------
+    def _collect(self) -> None:
+        producer = self.bus.producer(send_timeout_s=None)
+        topic = self.settings.bus.topics.readings
+        try:
+            self.collector.setup()
+            while not self.stop_event.is_set():
+                now = self.clock.now_ms()
+                for site, frame in self.collector.poll(now):
+                    producer.send(topic, encode_frame(site, frame), key=site)
+                    self.batches_sent += 1
+                self.sim_now_ms = now
+                self.stop_event.wait(0.5)
+        except BaseException as exc:  # a dying collector must stop the pipeline, not hang it
+            log.exception("collector failed")
+            self.errors.append(exc)
+            self.stop_event.set()
+        finally:
+            self.collector.close()
+            self.collector_done.set()
+
+    def _analyze(self) -> None:
+        try:
+            while not (self.collector_done.is_set() and self.bus.lag(ANALYTICS_GROUP, self.settings.bus.topics.readings) == 0):
+                self.worker.step(timeout_s=0.2)
+        except BaseException as exc:
+            log.exception("analytics worker failed")
+            self.errors.append(exc)
+            self.stop_event.set()
+
+    def status(self) -> dict[str, object]:
+        """What the status endpoint and the terminal summary show."""
+        return {
+            "mode": "embedded",
+            "sim_time_ms": self.sim_now_ms,
+            "speed": self.clock.speed,
+            "sites": len(self.registry.sites),
+            "batches_sent": self.batches_sent,
+            "bus_lag": self.bus.lag(ANALYTICS_GROUP, self.settings.bus.topics.readings),
+            **self.worker.status(),
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        self.clock.start()
+        self._spawn(self._collect, "collector")
+        self._spawn(self._analyze, "analytics")
+        if self.serve_http:
+            from dcpue.web.app import create_app
+
+            app = create_app(self.store, self.registry, self.settings.engine, status=self.status)
+            config = uvicorn.Config(app, host=self.settings.http.host, port=self.settings.http.port,
+                                    log_level="warning", access_log=False, lifespan="off")
+            self._server = uvicorn.Server(config)
+            self._server.install_signal_handlers = lambda: None  # the CLI owns signals
+            self._spawn(self._server.run, "http")
+            deadline = time.monotonic() + 10
+            while not self._server.started and time.monotonic() < deadline and not self.stop_event.is_set():
+                time.sleep(0.05)
+            if self._server.started:
+                sockets = [s for server in self._server.servers for s in server.sockets]
+                self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http.port
+            else:
+                self.errors.append(RuntimeError(
+                    f"HTTP server did not start on {self.settings.http.host}:{self.settings.http.port}"))
+                self.stop_event.set()
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=f"dcpue-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop collecting, drain the bus into the store, stop HTTP, close the store."""
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            if thread.name in ("dcpue-collector", "dcpue-analytics"):
+                thread.join(max(0.0, deadline - time.monotonic()))
+        if self._server is not None:
+            self._server.should_exit = True
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.bus.close()
+        self.store.close()
+
+    def wait(self, duration_s: float | None, on_tick: Callable[[], None] | None = None,
+             tick_s: float = 5.0) -> None:
+        """Block until ``duration_s`` passed or the pipeline stopped, calling ``on_tick`` periodically."""
+        end = None if duration_s is None else time.monotonic() + duration_s
+        next_tick = time.monotonic() + tick_s
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            if end is not None and now >= end:
+                break
+            if on_tick is not None and now >= next_tick:
+                on_tick()
+                next_tick = now + tick_s
+            self.stop_event.wait(min(0.2, max(0.0, (end or now + 1) - now)))
