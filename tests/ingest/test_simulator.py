@@ -1,0 +1,469 @@
+"""Tests of the fleet generator and the fleet simulator (dcpue.ingest.simulator)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psychrolib
+import pytest
+import yaml
+from dcpue.ingest.base import Collector
+from dcpue.ingest.simulator import FaultKind, FleetSimulator, archetype_of, climate, generate_fleet
+
+from dcpue.model import READING_COLUMNS, CoolingSubsystem, Quantity, Role
+from dcpue.registry import dump_registry, load_registry, parse_registry
+from dcpue.wire import decode_batch, encode_frame
+
+REPO = Path(__file__).resolve().parents[2]
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+MIN_MS = 60_000
+
+
+def utc_ms(stamp: str) -> int:
+    return int(pd.Timestamp(stamp).value // 1_000_000)
+
+
+JAN = utc_ms("2024-01-08T00:00Z")
+JUL = utc_ms("2024-07-08T00:00Z")
+APR = utc_ms("2024-04-08T00:00Z")
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    return generate_fleet(12, seed=7)
+
+
+def site_of(registry, kind: str, city: str | None = None):
+    return next(s for s in registry.sites if archetype_of(s) == kind and (city is None or s.city == city))
+
+
+def collect(frames: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
+    if not frames:
+        return pd.DataFrame(columns=list(READING_COLUMNS))
+    out = pd.concat([f for _, f in frames], ignore_index=True)
+    return out.sort_values(["site", "point", "ts"], ignore_index=True)
+
+
+def series(frame: pd.DataFrame, site: str, point: str) -> pd.Series:
+    rows = frame[(frame["site"] == site) & (frame["point"] == point)]
+    return pd.Series(rows["value"].to_numpy(), index=rows["ts"].to_numpy())
+
+
+# -- fleet generation ---------------------------------------------------------------------------
+
+def test_demo_registry_file_is_the_generated_fleet(fleet):
+    path = REPO / "deploy" / "sites" / "guizhou-demo.yaml"
+    assert path.read_text(encoding="utf-8") == dump_registry(fleet), (
+        "deploy/sites/guizhou-demo.yaml drifted; regenerate with dump_registry(generate_fleet(12, seed=7))"
+    )
+    assert load_registry(path) == fleet
+
+
+@pytest.mark.parametrize("n_sites,seed", [(1, 0), (4, 1), (12, 7), (12, 3), (40, 123)])
+def test_generated_fleets_validate_and_have_every_archetype(n_sites, seed):
+    registry = generate_fleet(n_sites, seed)
+    assert parse_registry(yaml.safe_load(dump_registry(registry))) == registry  # round-trips and validates
+    assert generate_fleet(n_sites, seed) == registry  # deterministic
+    assert len(registry.sites) == n_sites
+    kinds = {archetype_of(s) for s in registry.sites}
+    if n_sites >= 4:
+        assert kinds == {"liquid", "hybrid", "enterprise", "legacy"}
+    for site in registry.sites:
+        kind = archetype_of(site)
+        per_rack = site.design_it_kw / site.racks_installed
+        occupancy = site.racks_in_service / site.racks_installed
+        subsystems = {p.cooling_subsystem for p in site.points if p.role is Role.COOLING}
+        if kind == "legacy":
+            assert per_rack == 2.5 and 30 <= site.racks_installed <= 300 and 0.3 <= occupancy <= 0.5
+            assert 2008 <= site.commissioned <= 2014 and site.cluster is None
+        if kind == "liquid":
+            assert site.racks_installed >= 1000 and per_rack > 10 and 2019 <= site.commissioned <= 2024
+            assert {CoolingSubsystem.CDU, CoolingSubsystem.PUMP, CoolingSubsystem.DRY_COOLER,
+                    CoolingSubsystem.CRAH} <= subsystems and CoolingSubsystem.CHILLER not in subsystems
+        if kind in ("enterprise", "legacy"):
+            assert {CoolingSubsystem.CRAH, CoolingSubsystem.CHILLER} <= subsystems
+            assert CoolingSubsystem.CDU not in subsystems
+        if kind == "hybrid":
+            assert {CoolingSubsystem.CRAH, CoolingSubsystem.CHILLER, CoolingSubsystem.CDU} <= subsystems
+        assert (site.cluster == "gui-an") == (site.city == "Gui'an" and kind in ("liquid", "hybrid"))
+        facility = [p for p in site.points if p.role is Role.FACILITY and p.quantity is Quantity.ENERGY]
+        assert facility and facility[0].rated_kw and facility[0].unit == "kWh"
+        assert len([p for p in site.points if p.role is Role.IT and p.it_category == 1]) >= 2
+        assert len([p for p in site.points if p.tags.get("location") == "rack_inlet"]) >= 3
+        assert any(p.quantity is Quantity.SETPOINT for p in site.points)
+        has_tower = CoolingSubsystem.COOLING_TOWER in subsystems
+        assert has_tower == any(p.role is Role.WATER for p in site.points)
+
+
+def test_fleet_ids_cities_and_counter_options(fleet):
+    ids = [s.id for s in fleet.sites]
+    assert all(len(i) <= 6 and i[-2:].isdigit() for i in ids)
+    assert {s.city for s in fleet.sites} <= set(climate.known_cities())
+    facility = [p for s in fleet.sites for p in s.points if p.id == "facility.main"]
+    assert any(p.rollover == 99_999_999 for p in facility) and any(p.rollover is None for p in facility)
+    # a redundant switchgear meter on the revenue meter's boundary
+    assert any(p.id == "facility.swgr" for s in fleet.sites for p in s.points)
+    assert any(p.role is Role.RENEWABLE for s in fleet.sites for p in s.points)
+
+
+# -- climate --------------------------------------------------------------------------------------
+
+def test_climate_table_matches_published_guiyang_figures():
+    guiyang = climate.city_climate("Guiyang")
+    assert guiyang.t_mean_c[0] == pytest.approx(5.0, abs=0.5)
+    assert guiyang.t_mean_c[6] == pytest.approx(24.0, abs=0.5)
+    assert guiyang.t_mean_c.mean() == pytest.approx(15.3, abs=0.2)
+    # higher cities are cooler in summer, Zunyi and Tongren warmer
+    jul = {c: climate.city_climate(c).t_mean_c[6] for c in climate.known_cities()}
+    assert jul["Bijie"] < jul["Guiyang"] and jul["Liupanshui"] < jul["Guiyang"]
+    assert jul["Zunyi"] > jul["Guiyang"] and jul["Tongren"] > jul["Zunyi"]
+    with pytest.raises(KeyError, match="known"):
+        climate.city_climate("Atlantis")
+
+
+def test_wet_bulb_interpolation_matches_psychrolib():
+    psychrolib.SetUnitSystem(psychrolib.SI)
+    pressure = psychrolib.GetStandardAtmPressure(1223.0)
+    rng = np.random.default_rng(0)
+    tdb = rng.uniform(-5, 35, 200)
+    rh = rng.uniform(20, 100, 200)
+    exact = np.array([psychrolib.GetTWetBulbFromRelHum(t, r / 100, pressure)
+                      for t, r in zip(tdb, rh, strict=True)])
+    error = np.abs(climate.wet_bulb_c(tdb, rh, pressure) - exact)
+    # psychrolib switches to ice below 0 °C wet-bulb; the grid smooths that kink a little
+    assert error[np.abs(exact) > 1.0].max() < 0.05
+    assert error.max() < 0.35
+    assert np.all(climate.wet_bulb_c(tdb, rh, pressure) <= tdb + 1e-9)
+
+
+def test_weather_follows_normals_and_diurnal_cycle(fleet):
+    sim = FleetSimulator(fleet, seed=7, start_ms=JAN, faults=False)
+    ts = utc_ms("2024-01-01T00:00Z") + np.arange(0, 31 * DAY_MS, 10 * MIN_MS)
+    state = sim.true_state(ts)
+    site = site_of(fleet, "enterprise", "Guiyang")
+    w = state[state["site"] == site.id]
+    assert w["dry_bulb_c"].mean() == pytest.approx(climate.city_climate("Guiyang").t_mean_c[0], abs=2.0)
+    local_hour = ((w["ts"] + 8 * HOUR_MS) % DAY_MS) // HOUR_MS
+    by_hour = w.groupby(local_hour)["dry_bulb_c"].mean()
+    assert by_hour.idxmin() in (5, 6, 7) and by_hour.idxmax() in (14, 15, 16)
+    rh_by_hour = w.groupby(local_hour)["rh_pct"].mean()
+    assert rh_by_hour[15] < rh_by_hour[6]  # RH is lowest in the warm afternoon
+    assert (w["wet_bulb_c"] <= w["dry_bulb_c"] + 1e-9).all()
+
+
+# -- the collector ----------------------------------------------------------------------------
+
+def test_simulator_is_a_collector_and_frames_are_canonical(fleet):
+    sim = FleetSimulator(fleet, seed=7, start_ms=JUL, faults=False)
+    assert isinstance(sim, Collector)
+    sim.setup()
+    frames = sim.poll(JUL + 2 * HOUR_MS)
+    sim.close()
+    assert [s for s, _ in frames] == [s.id for s in fleet.sites]
+    for site_id, frame in frames:
+        assert list(frame.columns) == list(READING_COLUMNS)
+        assert frame["ts"].dtype == np.int64 and frame["value"].dtype == np.float64
+        assert frame["quality"].dtype == np.int64 and (frame["quality"] == 0).all()
+        assert (frame["site"] == site_id).all()
+        assert set(frame["point"]) == set(fleet.site(site_id).point_map)  # every point is simulated
+        assert frame["ts"].min() == JUL and frame["ts"].max() == JUL + 2 * HOUR_MS
+        assert np.isfinite(frame["value"]).all()
+    assert sim.poll(JUL + 2 * HOUR_MS + 59_999) == []  # no new sample yet
+
+
+def test_units_follow_the_registry(fleet):
+    sim = FleetSimulator(fleet, seed=7, start_ms=JUL, faults=False)
+    data = collect(sim.poll(JUL + 6 * HOUR_MS))
+    truth = sim.true_state(np.arange(JUL, JUL + 6 * HOUR_MS + 1, MIN_MS))
+    legacy = site_of(fleet, "legacy")
+    assert legacy.point_map["lighting.main"].unit == "W"
+    light_w = series(data, legacy.id, "lighting.main")
+    true_kw = truth[truth["site"] == legacy.id]["lighting_kw"].to_numpy()
+    np.testing.assert_allclose(light_w.to_numpy(), true_kw * 1000.0, rtol=0.01)
+    # water counters: the m3 meter advances 1000× slower than the same flow in L would
+    hybrid = site_of(fleet, "hybrid")
+    assert hybrid.point_map["water.makeup"].unit == "m3"
+    m3 = series(data, hybrid.id, "water.makeup")
+    litres = truth[truth["site"] == hybrid.id]["makeup_l_per_s"].to_numpy()[1:].sum() * 60.0
+    assert (m3.iloc[-1] - m3.iloc[0]) * 1000.0 == pytest.approx(litres, rel=1e-9)
+    # IT feeds sum to the true IT power (category 1); PDU output (category 2) is a little lower
+    ups = series(data, legacy.id, "it.ups-a") + series(data, legacy.id, "it.ups-b")
+    np.testing.assert_allclose(ups.to_numpy(), truth[truth["site"] == legacy.id]["it_kw"], rtol=0.01)
+
+
+def test_poll_round_trips_through_the_wire_format(fleet):
+    sim = FleetSimulator(fleet, seed=7, start_ms=JAN, faults=True)
+    for site_id, frame in sim.poll(JAN + DAY_MS):
+        decoded = decode_batch(encode_frame(site_id, frame))
+        assert decoded.rejects == []
+        pd.testing.assert_frame_equal(decoded.readings.reset_index(drop=True), frame.reset_index(drop=True),
+                                      check_dtype=False)
+        assert decoded.readings["ts"].dtype == np.int64
+
+
+def test_same_seed_same_readings_other_seed_other_readings(fleet):
+    polls = [JAN + 5 * HOUR_MS, JAN + 11 * HOUR_MS]
+    a, b, c = (FleetSimulator(fleet, seed=s, start_ms=JAN) for s in (7, 7, 8))
+    for t in polls:
+        fa, fb, fc = collect(a.poll(t)), collect(b.poll(t)), collect(c.poll(t))
+        pd.testing.assert_frame_equal(fa, fb)
+        assert not np.array_equal(fa["value"].to_numpy()[:1000], fc["value"].to_numpy()[:1000])
+
+
+def test_readings_do_not_depend_on_how_polls_are_chunked(fleet):
+    start = utc_ms("2024-03-01T00:00Z")
+    end = start + 2 * DAY_MS
+
+    def make():
+        sim = FleetSimulator(fleet, seed=11, start_ms=start, faults=True)
+        site = fleet.sites[2].id
+        sim.inject(site, "it.ups-a", "stuck", start + 5 * HOUR_MS + 30_000, 3 * 3600)
+        sim.inject(site, "facility.main", "counter_reset", start + 20 * HOUR_MS, 0)
+        sim.inject(site, "env.supply-air", "spike", start + 26 * HOUR_MS, 0)
+        sim.inject(site, None, "outage", start + 40 * HOUR_MS, 1800)
+        sim.inject(site, "cool.crah-1", "gap", start + 47 * HOUR_MS, 3 * 3600)  # runs past the end
+        return sim
+
+    one = make()
+    whole = collect(one.poll(end))
+    chunked = make()
+    rng = np.random.default_rng(3)
+    t, parts = start - 1, []
+    while t < end:
+        t = min(end, t + int(rng.integers(1, 500)) * 17_000)  # ragged steps, some without a new sample
+        parts += chunked.poll(t)
+    pd.testing.assert_frame_equal(whole, collect(parts))
+    assert one.faults_log == chunked.faults_log
+    assert len(one.faults_log) >= 4
+
+
+# -- physics --------------------------------------------------------------------------------------
+
+PUE_RANGES = {"liquid": (1.10, 1.25), "hybrid": (1.12, 1.35), "enterprise": (1.25, 1.50),
+              "legacy": (1.6, 2.2)}
+
+
+@pytest.mark.parametrize("seed", [7, 3])
+def test_archetype_pue_comes_out_of_the_physics(seed):
+    registry = generate_fleet(12, seed)
+    sim = FleetSimulator(registry, seed=seed, start_ms=JAN, faults=False)
+    # one week in each season, 10-minute resolution
+    weeks = [utc_ms(f"2024-{m:02d}-10T00:00Z") for m in (1, 4, 7, 10)]
+    ts = np.concatenate([w + np.arange(0, 7 * DAY_MS, 10 * MIN_MS) for w in weeks])
+    state = sim.true_state(ts)
+    # the energy balance is exact: grid import + PV = IT + cooling + losses + lighting
+    parts = state["it_kw"] + state["cooling_kw"] + state["losses_kw"] + state["lighting_kw"]
+    np.testing.assert_allclose(state["facility_kw"] + state["pv_kw"], parts)
+    sums = state.groupby("site")[["facility_kw", "pv_kw", "it_kw"]].sum()
+    pue = (sums["facility_kw"] + sums["pv_kw"]) / sums["it_kw"]
+    for site in registry.sites:
+        lo, hi = PUE_RANGES[archetype_of(site)]
+        assert lo <= pue[site.id] <= hi, (site.id, archetype_of(site), pue[site.id])
+
+
+def test_economizer_runs_more_in_january_than_july(fleet):
+    site = site_of(fleet, "enterprise", "Guiyang")
+    sim = FleetSimulator(fleet, seed=7, start_ms=JAN, faults=False)
+
+    def free_hours(month_start: int) -> float:
+        ts = month_start + np.arange(0, 28 * DAY_MS, HOUR_MS)
+        state = sim.true_state(ts)
+        return float(state[state["site"] == site.id]["free_cooling"].sum())
+
+    jan, jul = free_hours(utc_ms("2024-01-01T00:00Z")), free_hours(utc_ms("2024-07-01T00:00Z"))
+    assert jan > 200 and jan > 3 * jul
+
+
+def _day_totals(sim: FleetSimulator, site_id: str, day_start: int) -> tuple[float, float]:
+    ts = day_start + np.arange(0, DAY_MS, 5 * MIN_MS)
+    state = sim.true_state(ts)
+    rows = state[state["site"] == site_id]
+    return float(rows["cooling_kw"].sum() / 12.0), float(rows["rack_inlet_c"].mean())  # [kWh], [°C]
+
+
+@pytest.mark.parametrize(
+    "kind,name,delta,day",
+    [
+        ("enterprise", "chw_supply", 3.0, JUL),
+        ("enterprise", "chw_supply", 3.0, APR),
+        ("legacy", "chw_supply", 5.0, JUL),
+        ("hybrid", "chw_supply", 2.0, JUL),
+        ("hybrid", "fw_supply", 5.0, JUL),
+        ("liquid", "fw_supply", 5.0, JUL),
+        ("liquid", "supply_air", 2.0, JUL),
+    ],
+)
+def test_higher_setpoints_save_cooling_energy(fleet, kind, name, delta, day):
+    site = site_of(fleet, kind)
+    sim = FleetSimulator(fleet, seed=7, start_ms=day, faults=False)
+    before_kwh, before_inlet = _day_totals(sim, site.id, day)
+    sim.set_setpoints(site.id, **{name: sim.get_setpoints(site.id)[name] + delta})
+    after_kwh, after_inlet = _day_totals(sim, site.id, day)
+    assert after_kwh < before_kwh
+    assert after_inlet >= before_inlet
+
+
+@pytest.mark.parametrize("kind,name", [("enterprise", "chw_supply"), ("enterprise", "supply_air"),
+                                       ("liquid", "fw_supply"), ("liquid", "supply_air"),
+                                       ("hybrid", "supply_air")])
+def test_higher_setpoints_warm_the_rack_inlets(fleet, kind, name):
+    site = site_of(fleet, kind)
+    sim = FleetSimulator(fleet, seed=7, start_ms=JUL, faults=False)
+    before_kwh, before_inlet = _day_totals(sim, site.id, JUL)
+    sim.set_setpoints(site.id, **{name: sim.get_setpoints(site.id)[name] + 2.0})
+    after_kwh, after_inlet = _day_totals(sim, site.id, JUL)
+    assert after_inlet > before_inlet
+    assert after_kwh <= before_kwh
+
+
+def test_old_rooms_run_warmer_inlets_relative_to_supply_and_setpoint_points_report(fleet):
+    sim = FleetSimulator(fleet, seed=7, start_ms=JUL, faults=False)
+    legacy, liquid = site_of(fleet, "legacy"), site_of(fleet, "liquid")
+    sim.set_setpoints(legacy.id, supply_air=20.0)
+    with pytest.raises(ValueError, match="valid: "):
+        sim.set_setpoints(legacy.id, fw_supply=35.0)
+    with pytest.raises(ValueError, match="outside"):
+        sim.set_setpoints(legacy.id, supply_air=60.0)
+    data = collect(sim.poll(JUL + 3 * HOUR_MS))
+    assert (series(data, legacy.id, "sp.supply-air") == 20.0).all()
+    assert sim.get_setpoints(legacy.id)["supply_air"] == 20.0
+
+    def rise(site):
+        inlets = [p.id for p in site.points if p.tags.get("location") == "rack_inlet"]
+        inlet = np.mean([series(data, site.id, p).mean() for p in inlets])
+        return inlet - series(data, site.id, "env.supply-air").mean()
+
+    assert rise(legacy) > rise(liquid) + 1.0
+
+
+def test_energy_counter_integrates_true_facility_power(fleet):
+    sim = FleetSimulator(fleet, seed=7, start_ms=JAN, faults=False)
+    data = collect(sim.poll(JAN + DAY_MS))
+    truth = sim.true_state(np.arange(JAN, JAN + DAY_MS + 1, MIN_MS))
+    for site in fleet.sites:
+        counter = series(data, site.id, "facility.main")
+        rollover = site.point_map["facility.main"].rollover
+        delta = np.diff(counter.to_numpy())
+        if rollover:
+            delta = np.where(delta < 0, delta + rollover, delta)
+        true_kw = truth[truth["site"] == site.id]["facility_kw"].to_numpy()
+        np.testing.assert_allclose(delta, true_kw[1:] / 60.0, rtol=1e-6)
+        assert (delta > 0).all()
+
+
+def test_counter_rolls_over_at_its_maximum(fleet):
+    raw = yaml.safe_load(dump_registry(fleet))
+    raw["sites"] = raw["sites"][:1]
+    main = next(p for p in raw["sites"][0]["points"] if p["id"] == "facility.main")
+    main["rollover"] = 50_000.0  # kWh; a 25 MW campus wraps this several times a day
+    registry = parse_registry(raw)
+    sim = FleetSimulator(registry, seed=7, start_ms=JAN, faults=False)
+    counter = series(collect(sim.poll(JAN + DAY_MS)), registry.sites[0].id, "facility.main").to_numpy()
+    assert counter.max() < 50_000.0 and counter.min() >= 0.0
+    drops = np.diff(counter) < 0
+    assert drops.sum() >= 3
+    wrapped = np.where(drops, np.diff(counter) + 50_000.0, np.diff(counter))
+    truth = sim.true_state(np.arange(JAN, JAN + DAY_MS + 1, MIN_MS))["facility_kw"].to_numpy()
+    np.testing.assert_allclose(wrapped, truth[1:] / 60.0, rtol=1e-6)
+
+
+# -- faults ------------------------------------------------------------------------------------------
+
+def test_injected_faults_show_up_and_are_logged(fleet):
+    site = site_of(fleet, "enterprise")
+    sim = FleetSimulator(fleet, seed=7, start_ms=JAN, faults=False)
+    t = JAN + 2 * HOUR_MS
+    stuck = sim.inject(site.id, "it.ups-a", "stuck", t, 30 * 60)
+    gap = sim.inject(site.id, "cool.crah-1", FaultKind.GAP, t, 20 * 60)
+    spike = sim.inject(site.id, "it.ups-b", "spike", t + 10 * MIN_MS)
+    reset = sim.inject(site.id, "facility.main", "counter_reset", t + HOUR_MS)
+    outage = sim.inject(site.id, None, "outage", t + 2 * HOUR_MS, 15 * 60)
+    with pytest.raises(ValueError, match="not a counter"):
+        sim.inject(site.id, "it.ups-a", "counter_reset", t)
+    data = collect(sim.poll(JAN + 6 * HOUR_MS))
+
+    ups_a = series(data, site.id, "it.ups-a")
+    window = ups_a[(ups_a.index >= t) & (ups_a.index < t + 30 * MIN_MS)]
+    assert len(window) == 30 and window.nunique() == 1 and window.iloc[0] == ups_a[t - MIN_MS]
+    assert ups_a[t + 30 * MIN_MS] != window.iloc[0]
+
+    crah = series(data, site.id, "cool.crah-1")
+    assert not ((crah.index >= t) & (crah.index < t + 20 * MIN_MS)).any()
+    assert (t + 20 * MIN_MS) in crah.index
+
+    ups_b = series(data, site.id, "it.ups-b")
+    assert ups_b[t + 10 * MIN_MS] > 100 * ups_b.median()
+    assert (ups_b.drop(t + 10 * MIN_MS) < 2 * ups_b.median()).all()
+
+    counter = series(data, site.id, "facility.main")
+    after = counter[counter.index >= t + HOUR_MS]
+    assert counter[t + HOUR_MS - MIN_MS] > 1000 and after.iloc[0] < 5.0 + site.design_it_kw / 60.0
+    assert (np.diff(after.to_numpy()) > 0).all()
+
+    silent = data[(data["site"] == site.id) & (data["ts"] >= t + 2 * HOUR_MS) & (data["ts"] < t + 2 * HOUR_MS
+                                                                                   + 15 * MIN_MS)]
+    assert silent.empty
+    others = data[(data["site"] != site.id) & (data["ts"] == t + 2 * HOUR_MS)]
+    assert not others.empty
+    assert len(sim.faults_log) == 5 and set(sim.faults_log) == {stuck, gap, spike, reset, outage}
+    assert all(e.origin == "manual" for e in sim.faults_log)
+
+
+def test_random_faults_are_rare_deterministic_and_logged(fleet):
+    start = utc_ms("2024-05-01T00:00Z")
+    days = 30
+    sim = FleetSimulator(fleet, seed=7, start_ms=start, sample_interval_s=900, faults=True)
+    for _ in sim.iter_poll(start + days * DAY_MS, step_s=86400):
+        pass
+    log = sim.faults_log
+    assert 0 < len(log) < 0.3 * days * len(fleet.sites)
+    assert {e.origin for e in log} == {"random"}
+    assert all(start <= e.start_ms <= start + days * DAY_MS for e in log)
+    assert len({e.kind for e in log}) >= 3
+    again = FleetSimulator(fleet, seed=7, start_ms=start, sample_interval_s=900, faults=True)
+    again.poll(start + days * DAY_MS)
+    assert again.faults_log == log
+    quiet = FleetSimulator(fleet, seed=7, start_ms=start, faults=False)
+    quiet.poll(start + 2 * DAY_MS)
+    assert quiet.faults_log == []
+
+
+def test_counters_only_fall_at_resets_or_rollover(fleet):
+    start = utc_ms("2024-05-01T00:00Z")
+    sim = FleetSimulator(fleet, seed=7, start_ms=start, sample_interval_s=300, faults=True)
+    tower_site = next(s for s in fleet.sites if "water.makeup" in s.point_map)
+    sim.inject(tower_site.id, "water.makeup", "counter_reset", start + 3 * DAY_MS)
+    data = collect(sim.poll(start + 10 * DAY_MS))
+    log = sim.faults_log
+    checked = 0
+    for site in fleet.sites:
+        for point in (p for p in site.points if p.is_counter):
+            values = series(data, site.id, point.id)
+            ts, step = values.index.to_numpy(), np.diff(values.to_numpy())
+            mine = [e for e in log if e.site == site.id and e.point == point.id]
+            allowed = np.zeros(len(step), dtype=bool)
+            for e in mine:
+                if e.kind is FaultKind.COUNTER_RESET:
+                    allowed |= ts[1:] == ts[np.searchsorted(ts, e.start_ms)]
+                if e.kind is FaultKind.SPIKE:  # the sample after a spike comes back down
+                    allowed |= (ts[:-1] >= e.start_ms) & (ts[:-1] < e.start_ms + 300_000)
+            if point.rollover:
+                allowed |= np.isclose(step, -point.rollover, rtol=1e-3)
+            assert (step[~allowed] >= 0).all(), (site.id, point.id)
+            checked += 1
+    assert checked >= len(fleet.sites)
+    assert any(e.kind is FaultKind.COUNTER_RESET for e in log)
+
+
+def test_simulation_is_fast(fleet):
+    sim = FleetSimulator(fleet, seed=7, start_ms=JAN)
+    sim.setup()
+    t0 = time.perf_counter()
+    frames = sim.poll(JAN + DAY_MS - MIN_MS)  # 12 sites × 1440 one-minute samples
+    elapsed = time.perf_counter() - t0
+    assert sum(len(f) for _, f in frames) > 12 * 1440 * 15
+    assert elapsed < 1.0, f"12 sites × 1 day took {elapsed:.2f} s"
