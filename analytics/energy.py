@@ -30,7 +30,7 @@ MS_PER_H = 3_600_000.0
 ROLLOVER_NEAR = 0.9  # a decrease counts as rollover only if the previous value was above 90 % of the maximum
 
 POINT_WINDOW_COLUMNS = (
-    "site", "point", "start_ms", "integral", "covered_s", "samples", "resets", "spikes",
+    "site", "point", "start_ms", "integral", "covered_s", "booked_s", "samples", "resets", "spikes",
 )
 
 
@@ -54,7 +54,9 @@ def point_windows(
     ``points``: :attr:`dcpue.registry.Registry.points_table` (indexed by site, point); readings
     of unknown points are ignored. Returns one row per (site, point, window) with
     ``integral`` (counters: increase [kWh or L]; others: time integral [kWh for power, °C·h …]),
-    ``covered_s`` [s] of valid intervals, ``samples`` in the window, and counts of
+    ``covered_s`` [s] of valid intervals no longer than ``max_gap_s`` (data quality), ``booked_s``
+    [s] whose energy is in ``integral`` (counters also book long intervals), ``samples`` in the
+    window, and counts of
     counter ``resets`` and rejected ``spikes`` whose interval ends in the window.
     """
     edges = np.asarray(edges_ms, dtype=np.int64)
@@ -97,22 +99,27 @@ def point_windows(
     inst_ok = ~is_counter & short & sample_ok & prev_ok
     interval_energy = np.where(counter_ok, delta, np.where(inst_ok, trapezoid, 0.0))
     covered = np.where((counter_ok & short) | inst_ok, dt_ms / 1000.0, 0.0)
+    booked = np.where(counter_ok | inst_ok, dt_ms / 1000.0, 0.0)
     interval_energy[first] = 0.0
     covered[first] = 0.0
+    booked[first] = 0.0
 
     # cumulative curves per series, restarted at each series start
     e_cum = _segment_cumsum(interval_energy, first)
     c_cum = _segment_cumsum(covered, first)
+    b_cum = _segment_cumsum(booked, first)
 
     n_series = int(series_id[-1]) + 1
     starts = np.flatnonzero(first)
     ends = np.append(starts[1:], len(ts))  # exclusive
     e_at = _interp_at_edges(ts, e_cum, starts, ends, edges)
     c_at = _interp_at_edges(ts, c_cum, starts, ends, edges)
+    b_at = _interp_at_edges(ts, b_cum, starts, ends, edges)
 
     n_windows = len(edges) - 1
     integral = np.diff(e_at, axis=1)
     covered_s = np.diff(c_at, axis=1)
+    booked_s = np.diff(b_at, axis=1)
 
     window_of_sample = np.searchsorted(edges, ts, side="right") - 1
     in_range = (window_of_sample >= 0) & (window_of_sample < n_windows)
@@ -130,6 +137,7 @@ def point_windows(
             "start_ms": np.tile(edges[:-1], n_series),
             "integral": integral.ravel(),
             "covered_s": covered_s.ravel(),
+            "booked_s": booked_s.ravel(),
             "samples": samples.astype(np.int64),
             "resets": resets.astype(np.int64),
             "spikes": spike_count.astype(np.int64),
@@ -146,6 +154,7 @@ def _empty_point_windows() -> pd.DataFrame:
             "start_ms": pd.Series(dtype=np.int64),
             "integral": pd.Series(dtype=np.float64),
             "covered_s": pd.Series(dtype=np.float64),
+            "booked_s": pd.Series(dtype=np.float64),
             "samples": pd.Series(dtype=np.int64),
             "resets": pd.Series(dtype=np.int64),
             "spikes": pd.Series(dtype=np.int64),

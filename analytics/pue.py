@@ -45,8 +45,8 @@ FLOWS: tuple[str, ...] = (
     "facility", *(f"it{c}" for c in IT_CATEGORIES), *COOLING_FLOWS, "losses", "lighting", "renewable", "reused",
     "water",
 )
-FLOW_ENERGY = tuple(f"{f}_e" for f in FLOWS)
-FLOW_COVERED = tuple(f"{f}_cov" for f in FLOWS)
+FLOW_PARTS = ("e", "cov", "book")  # booked energy, covered seconds (quality), booked seconds
+FLOW_COLUMNS = tuple(f"{f}_{part}" for f in FLOWS for part in FLOW_PARTS)
 
 # GB 40879-2021 energy-efficiency grades by electric energy usage effectiveness (PUE):
 # grade 1 ≤ 1.20, grade 2 ≤ 1.30, grade 3 ≤ 1.50 (grade 3 is the allowable limit).
@@ -77,8 +77,8 @@ def site_flows(pw: pd.DataFrame, points: pd.DataFrame, window_s: float | np.ndar
 
     ``pw`` holds one row per (site, point, start_ms) — rows for registry points without any
     data in a window count as zero coverage. Returns a wide frame indexed by (site, start_ms)
-    with ``<flow>_e`` [kWh, water L] and ``<flow>_cov`` [covered s] for every flow in
-    :data:`FLOWS`; NaN where the site has no meter for that flow.
+    with ``<flow>_e`` [kWh, water L], ``<flow>_cov`` [covered s] and ``<flow>_book`` [booked s]
+    for every flow in :data:`FLOWS`; NaN where the site has no meter for that flow.
     """
     flows_of = flow_of_points(points)
     if pw.empty or flows_of.empty:
@@ -90,7 +90,8 @@ def site_flows(pw: pd.DataFrame, points: pd.DataFrame, window_s: float | np.ndar
     grid = pd.MultiIndex.from_tuples(
         [(s, p, t) for (s, p) in meta.index for t in starts], names=["site", "point", "start_ms"]
     )
-    full = pw.set_index(["site", "point", "start_ms"])[["integral", "covered_s"]].reindex(grid, fill_value=0.0)
+    full = pw.set_index(["site", "point", "start_ms"])[["integral", "covered_s", "booked_s"]].reindex(
+        grid, fill_value=0.0)
     full = full.join(meta, on=["site", "point"]).reset_index()
 
     # redundant meters of one boundary: the best-covered tier, then source precedence
@@ -100,15 +101,16 @@ def site_flows(pw: pd.DataFrame, points: pd.DataFrame, window_s: float | np.ndar
                             ascending=[True, True, True, True, False, True], kind="stable")
     chosen = full.drop_duplicates(["site", "start_ms", "flow", "boundary"], keep="first")
 
-    per_flow = chosen.groupby(["site", "start_ms", "flow"]).agg(e=("integral", "sum"), cov=("covered_s", "min"))
+    per_flow = chosen.groupby(["site", "start_ms", "flow"]).agg(
+        e=("integral", "sum"), cov=("covered_s", "min"), book=("booked_s", "min"))
     wide = per_flow.unstack("flow")
     wide.columns = [f"{flow}_{kind}" for kind, flow in wide.columns]
-    return wide.reindex(columns=[c for f in FLOWS for c in (f"{f}_e", f"{f}_cov")])
+    return wide.reindex(columns=list(FLOW_COLUMNS))
 
 
 def _empty_flows() -> pd.DataFrame:
     index = pd.MultiIndex.from_arrays([[], np.array([], dtype=np.int64)], names=["site", "start_ms"])
-    return pd.DataFrame(index=index, columns=[c for f in FLOWS for c in (f"{f}_e", f"{f}_cov")], dtype=np.float64)
+    return pd.DataFrame(index=index, columns=list(FLOW_COLUMNS), dtype=np.float64)
 
 
 def rollup_flows(flows: pd.DataFrame, starts_of: pd.Series | np.ndarray) -> pd.DataFrame:
@@ -147,7 +149,9 @@ def window_metrics(
 
     ``sites`` is :attr:`dcpue.registry.Registry.sites_table`; ``end_ms`` the window ends and
     ``elapsed_s`` how much of each window has passed (the full length once it is closed), the
-    denominator of coverage.
+    denominator of coverage. Ratios are formed from each flow's mean power over the time its
+    energy is booked, so a flow that misses a few minutes does not bias PUE; with complete data
+    this equals the plain energy ratio.
     """
     f = flows.reset_index()
     n = len(f)
@@ -158,25 +162,30 @@ def window_metrics(
     def cov(name: str) -> pd.Series:
         return f[f"{name}_cov"] / elapsed
 
+    def mean_kw(name: str) -> pd.Series:
+        return _safe_ratio(f[f"{name}_e"], f[f"{name}_book"] / 3600.0)
+
     # IT: the highest measurement category that is covered well enough, else the best covered
     it_cov = pd.concat([cov(f"it{c}").rename(c) for c in IT_CATEGORIES], axis=1)
-    ok_cats = it_cov.ge(thr)
-    highest_ok = ok_cats.mul(pd.Series(IT_CATEGORIES, index=IT_CATEGORIES)).max(axis=1)
+    highest_ok = it_cov.ge(thr).mul(pd.Series(IT_CATEGORIES, index=IT_CATEGORIES)).max(axis=1)
     best_cov_cat = it_cov.fillna(-1).idxmax(axis=1).where(it_cov.notna().any(axis=1), 0)
     category = np.where(highest_ok > 0, highest_ok, best_cov_cat).astype(np.int64)
-    it_e = np.select([category == c for c in IT_CATEGORIES], [f[f"it{c}_e"] for c in IT_CATEGORIES], np.nan)
-    it_coverage = np.select([category == c for c in IT_CATEGORIES], [it_cov[c] for c in IT_CATEGORIES], 0.0)
+    pick = [category == c for c in IT_CATEGORIES]
+    it = pd.Series(np.select(pick, [f[f"it{c}_e"] for c in IT_CATEGORIES], np.nan))
+    it_kw = pd.Series(np.select(pick, [mean_kw(f"it{c}") for c in IT_CATEGORIES], np.nan))
+    it_coverage = pd.Series(np.select(pick, [it_cov[c] for c in IT_CATEGORIES], 0.0)).fillna(0.0)
 
     cooling_e = f[[f"{c}_e" for c in COOLING_FLOWS]].sum(axis=1, min_count=1)
-    cooling_cov = f[[f"{c}_cov" for c in COOLING_FLOWS]].min(axis=1) / elapsed
+    cooling_kw = pd.concat([mean_kw(c) for c in COOLING_FLOWS], axis=1).sum(axis=1, min_count=1)
+    cooling_ok = f[[f"{c}_cov" for c in COOLING_FLOWS]].min(axis=1) / elapsed >= thr
     facility_e = f["facility_e"]
-    facility_cov = cov("facility")
-    renewable_e = f["renewable_e"].fillna(0.0)
-    total_e = facility_e + renewable_e
-    coverage = np.fmin(facility_cov.fillna(0), pd.Series(it_coverage).fillna(0))
+    facility_kw = mean_kw("facility")
+    renewable_kw = mean_kw("renewable").fillna(0.0)
+    total_e = facility_e + f["renewable_e"].fillna(0.0)
+    total_kw = facility_kw + renewable_kw
+    coverage = np.fmin(cov("facility").fillna(0.0), it_coverage)
 
-    it = pd.Series(it_e)
-    pue_raw = _safe_ratio(total_e, it)
+    pue_raw = _safe_ratio(total_kw, it_kw)
     has_any = (f["facility_cov"].fillna(0) > 0) | (it_cov.fillna(0) > 0).any(axis=1)
     complete = coverage >= thr
     fault_zero_it = complete & ~(it > 0)
@@ -191,8 +200,7 @@ def window_metrics(
     def valid(values: pd.Series, extra: pd.Series | bool = True) -> pd.Series:
         return values.where(ok & extra)
 
-    cooling_ok = cooling_cov >= thr
-    pue = valid(pue_raw)
+    losses_kw, lighting_kw = mean_kw("losses"), mean_kw("lighting")
     out = pd.DataFrame(
         {
             "scope": Scope.SITE.value,
@@ -213,26 +221,26 @@ def window_metrics(
             "reused_kwh": f["reused_e"],
             "total_kwh": total_e,
             "water_l": f["water_e"],
-            "facility_kw": _safe_ratio(facility_e, f["facility_cov"] / 3600.0),
-            "it_kw": _safe_ratio(it, pd.Series(it_coverage * elapsed / 3600.0)),
-            "pue": pue,
-            "ppue_cooling": valid(_safe_ratio(it + cooling_e, it), cooling_ok),
-            "clf": valid(_safe_ratio(cooling_e, it), cooling_ok),
-            "plf": valid(_safe_ratio(f["losses_e"], it), cov("losses") >= thr),
-            "olf": valid(_safe_ratio(f["lighting_e"], it), cov("lighting") >= thr),
-            "wue": valid(_safe_ratio(f["water_e"], it), cov("water") >= thr),
-            "cue": valid(_safe_ratio(facility_e * meta["grid_emission_factor"], it)),
-            "ref": valid(_safe_ratio(f["renewable_e"], total_e), cov("renewable") >= thr),
-            "erf": valid(_safe_ratio(f["reused_e"], total_e), cov("reused") >= thr),
+            "facility_kw": facility_kw,
+            "it_kw": it_kw,
+            "pue": valid(pue_raw),
+            "ppue_cooling": valid(_safe_ratio(it_kw + cooling_kw, it_kw), cooling_ok),
+            "clf": valid(_safe_ratio(cooling_kw, it_kw), cooling_ok),
+            "plf": valid(_safe_ratio(losses_kw, it_kw), cov("losses") >= thr),
+            "olf": valid(_safe_ratio(lighting_kw, it_kw), cov("lighting") >= thr),
+            "wue": valid(_safe_ratio(mean_kw("water"), it_kw), cov("water") >= thr),  # [L/h ÷ kW = L/kWh]
+            "cue": valid(_safe_ratio(facility_kw * meta["grid_emission_factor"], it_kw)),
+            "ref": valid(_safe_ratio(mean_kw("renewable"), total_kw), cov("renewable") >= thr),
+            "erf": valid(_safe_ratio(mean_kw("reused"), total_kw), cov("reused") >= thr),
         }
     )
     target = meta["pue_target"].fillna(params.target_pue)
     out["pue_gap"] = out["pue"] - target
     out["grade"] = grade(out["pue"])
-    children = it + cooling_e.fillna(0) + f["losses_e"].fillna(0) + f["lighting_e"].fillna(0)
-    out["hierarchy_error"] = valid(_safe_ratio(children - total_e, total_e))
+    children = it_kw + cooling_kw.fillna(0) + losses_kw.fillna(0) + lighting_kw.fillna(0)
+    out["hierarchy_error"] = valid(_safe_ratio(children - total_kw, total_kw))
     # a shortfall is only a finding when every child flow is metered; an excess always is
-    balance_metered = cooling_e.notna() & f["losses_e"].notna() & f["lighting_e"].notna()
+    balance_metered = cooling_kw.notna() & losses_kw.notna() & lighting_kw.notna()
     hierarchy_bad = (out["hierarchy_error"] > params.hierarchy_tolerance) | (
         balance_metered & (out["hierarchy_error"].abs() > params.hierarchy_tolerance))
     out["racks_installed"] = meta["racks_installed"].fillna(0).astype(np.int64)
@@ -253,43 +261,72 @@ def _add_flag(flags: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:
 
 def group_metrics(site_windows: pd.DataFrame, members: pd.Series, scope: Scope,
                   params: MetricParams = MetricParams()) -> pd.DataFrame:
-    """Energy-weighted cluster or fleet results from site results of one window length.
+    """Energy-weighted cluster or fleet results from site results (any mix of window lengths).
 
     ``members`` maps site id → group id (the cluster, or one fleet id). PUE = Σ total ÷ Σ IT
-    over the member sites whose window is ``ok``; never an average of ratios. ``coverage`` is
-    the share of member sites that are ``ok``; below the threshold the group is incomplete.
+    (as mean powers) over the member sites whose window is ``ok``; never an average of ratios.
+    ``coverage`` is the share of member sites that are ``ok``; below the threshold the group
+    is incomplete. A ratio that some ``ok`` member cannot give (no cooling meter, say) is not
+    given for the group either.
     """
-    if site_windows.empty:
+    group = site_windows["id"].map(members)
+    frame = site_windows[group.notna().to_numpy()]
+    if frame.empty:
         return conform_windows(pd.DataFrame())
-    frame = site_windows.assign(group=site_windows["id"].map(members)).dropna(subset=["group"])
-    ok = frame["status"] == Status.OK.value
-    energy_cols = ["facility_kwh", "it_kwh", "cooling_kwh", *COOLING_SUBSYSTEM_COLUMNS, "losses_kwh",
-                   "lighting_kwh", "renewable_kwh", "reused_kwh", "total_kwh", "water_l", "facility_kw", "it_kw",
-                   "racks_installed", "racks_in_service"]
-    summed = frame[ok].groupby(["group", "window", "start_ms"])[energy_cols].sum(min_count=1)
-    keys = frame.groupby(["group", "window", "start_ms"]).agg(end_ms=("end_ms", "max"), final=("final", "all"))
-    size = members.value_counts()
-    n_ok = frame[ok].groupby(["group", "window", "start_ms"]).size()
-    g = keys.join(summed).join(n_ok.rename("n_ok")).reset_index()
-    g["n_ok"] = g["n_ok"].fillna(0)
-    g["coverage"] = g["n_ok"] / g["group"].map(size)
-    complete = g["coverage"] >= params.coverage_threshold
-    pue_raw = _safe_ratio(g["total_kwh"], g["it_kwh"])
-    has_data = (frame["status"] != Status.NO_DATA.value).groupby(
-        [frame["group"], frame["window"], frame["start_ms"]]).any()
-    g["has_data"] = pd.MultiIndex.from_frame(g[["group", "window", "start_ms"]]).map(has_data).fillna(False)
-    g["status"] = np.select([~g["has_data"].astype(bool), complete], [Status.NO_DATA.value, Status.OK.value],
-                            Status.INCOMPLETE.value)
-    good = g["status"] == Status.OK.value
-    g["pue"] = pue_raw.where(good)
-    g["ppue_cooling"] = _safe_ratio(g["it_kwh"] + g["cooling_kwh"], g["it_kwh"]).where(good)
-    g["clf"] = _safe_ratio(g["cooling_kwh"], g["it_kwh"]).where(good)
-    g["plf"] = _safe_ratio(g["losses_kwh"], g["it_kwh"]).where(good)
-    g["pue_gap"] = g["pue"] - params.target_pue
-    g["grade"] = grade(g["pue"])
-    g["occupancy"] = _safe_ratio(g["racks_in_service"], g["racks_installed"])
-    g["scope"] = scope.value
-    g["id"] = g["group"]
-    g["racks_installed"] = g["racks_installed"].fillna(0)
-    g["racks_in_service"] = g["racks_in_service"].fillna(0)
-    return conform_windows(g)
+    group = group[group.notna()].to_numpy()
+    codes, uniques = pd.MultiIndex.from_arrays(
+        [group, frame["window"].to_numpy(), frame["start_ms"].to_numpy()]).factorize()
+    n_groups = len(uniques)
+    ok = (frame["status"] == Status.OK.value).to_numpy()
+
+    def count(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(codes, weights=mask.astype(np.float64), minlength=n_groups)
+
+    def ok_sum(values: np.ndarray, strict: bool = False) -> np.ndarray:
+        present = ok & ~np.isnan(values)
+        total = np.bincount(codes, weights=np.where(present, values, 0.0), minlength=n_groups)
+        if strict:  # any ok member without the figure → no group figure
+            return np.where(count(ok & np.isnan(values)) > 0, np.nan, np.where(count(present) > 0, total, np.nan))
+        return np.where(count(present) > 0, total, np.nan)
+
+    it_kw = frame["it_kw"].to_numpy(np.float64)
+    out: dict[str, object] = {
+        "scope": scope.value,
+        "id": uniques.get_level_values(0),
+        "window": uniques.get_level_values(1),
+        "start_ms": uniques.get_level_values(2).astype(np.int64),
+    }
+    end_ms = np.zeros(n_groups, dtype=np.int64)
+    np.maximum.at(end_ms, codes, frame["end_ms"].to_numpy(np.int64))
+    out["end_ms"] = end_ms
+    out["final"] = count(~frame["final"].to_numpy(bool)) == 0
+    for col in ("facility_kwh", "it_kwh", "cooling_kwh", *COOLING_SUBSYSTEM_COLUMNS, "losses_kwh", "lighting_kwh",
+                "renewable_kwh", "reused_kwh", "total_kwh", "water_l", "facility_kw", "it_kw",
+                "racks_installed", "racks_in_service"):
+        out[col] = ok_sum(frame[col].to_numpy(np.float64))
+    sum_it_kw = out["it_kw"]
+    # ratios weighted by IT power: Σ(PUE·IT kW) ÷ Σ IT kW = Σ total kW ÷ Σ IT kW
+    for col in ("pue", "ppue_cooling", "clf", "plf"):
+        weighted = ok_sum(frame[col].to_numpy(np.float64) * it_kw, strict=True)
+        out[col] = weighted / np.where(sum_it_kw > 0, sum_it_kw, np.nan)  # type: ignore[operator]
+    size = pd.Series(group).map(members.value_counts()).to_numpy(np.float64)
+    group_size = np.zeros(n_groups)
+    np.maximum.at(group_size, codes, size)
+    n_ok = count(ok)
+    coverage = n_ok / group_size
+    has_data = count((frame["status"] != Status.NO_DATA.value).to_numpy()) > 0
+    complete = coverage >= params.coverage_threshold
+    status = np.select([~has_data, complete], [Status.NO_DATA.value, Status.OK.value], Status.INCOMPLETE.value)
+    good = status == Status.OK.value
+    for col in ("pue", "ppue_cooling", "clf", "plf"):
+        out[col] = np.where(good, out[col], np.nan)  # type: ignore[call-overload]
+    out["coverage"] = coverage
+    out["status"] = status
+    out["pue_gap"] = out["pue"] - params.target_pue  # type: ignore[operator]
+    out["grade"] = grade(out["pue"])  # type: ignore[arg-type]
+    installed = np.nan_to_num(out["racks_installed"])  # type: ignore[call-overload]
+    in_service = np.nan_to_num(out["racks_in_service"])  # type: ignore[call-overload]
+    out["racks_installed"] = installed
+    out["racks_in_service"] = in_service
+    out["occupancy"] = in_service / np.where(installed > 0, installed, np.nan)
+    return conform_windows(pd.DataFrame(out))

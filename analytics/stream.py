@@ -130,22 +130,31 @@ class StreamEngine:
         dirty = sorted(self._dirty)
         self._dirty.clear()
 
-        base_flows = self._recompute_base(dirty)
+        base = self._recompute_base(dirty)
         self._finalize(dirty)
-        base_rows = (self._metrics(base_flows, self.base_label, self._base_ends(base_flows))
-                     if not base_flows.empty else empty_windows())
-        emitted = [base_rows]
-        touched = base_rows[["id", "start_ms"]] if not base_rows.empty else pd.DataFrame(columns=["id", "start_ms"])
-        for label in self.ROLLUPS:
-            emitted.append(self._rollup_rows(label, touched))
-        emitted.append(self._annual_rows(dirty))
-        site_rows = pd.concat([e for e in emitted if not e.empty], ignore_index=True) if any(
-            not e.empty for e in emitted) else empty_windows()
+        parts: list[tuple[pd.DataFrame, str, np.ndarray]] = []
+        if not base.empty:
+            parts.append((base, self.base_label, self._base_ends(base)))
+            for label in self.ROLLUPS:
+                flows = self._rollup_flows(label, base.index)
+                if not flows.empty:
+                    parts.append((flows, label, window_ends(flows.index.get_level_values("start_ms"), label, self.tz)))
+        annual = self._annual_flows(dirty)
+        if not annual.empty:
+            ends = annual.index.get_level_values("start_ms").to_numpy(np.int64) + ANNUAL_DAYS * DAY_MS
+            parts.append((annual, ROLLING_ANNUAL, ends))
+        if not parts:
+            return empty_windows()
+        site_rows = self._metrics(
+            pd.concat([p[0] for p in parts]),
+            np.concatenate([np.full(len(p[0]), p[1], dtype=object) for p in parts]),
+            np.concatenate([p[2] for p in parts]),
+        )
+        site_rows.loc[site_rows["window"] == ROLLING_ANNUAL, "final"] = False  # a rolling figure never closes
         groups = self._group_rows(site_rows)
         self._prune_buffer(dirty)
         self._prune_accumulators()
-        out = pd.concat([site_rows, groups], ignore_index=True) if not groups.empty else site_rows
-        return conform_windows(out)
+        return pd.concat([site_rows, groups], ignore_index=True) if not groups.empty else site_rows
 
     def _recompute_base(self, dirty: list[str]) -> pd.DataFrame:
         """Recompute the flows of every open base window of the dirty sites; returns them."""
@@ -185,7 +194,7 @@ class StreamEngine:
     def _base_ends(self, flows: pd.DataFrame) -> np.ndarray:
         return flows.index.get_level_values("start_ms").to_numpy(np.int64) + self.base_ms
 
-    def _metrics(self, flows: pd.DataFrame, label: str, ends: np.ndarray) -> pd.DataFrame:
+    def _metrics(self, flows: pd.DataFrame, label: str | np.ndarray, ends: np.ndarray) -> pd.DataFrame:
         sites = flows.index.get_level_values("site")
         starts = flows.index.get_level_values("start_ms").to_numpy(np.int64)
         now = sites.map(self._max_ts).to_numpy(np.int64)
@@ -245,18 +254,15 @@ class StreamEngine:
             return pd.DataFrame()
         return pd.concat(parts).groupby(level=["site", "start_ms"]).sum(min_count=1)
 
-    def _rollup_rows(self, label: str, touched: pd.DataFrame) -> pd.DataFrame:
-        if touched.empty:
-            return empty_windows()
+    def _rollup_flows(self, label: str, touched: pd.Index) -> pd.DataFrame:
+        """Flows of the ``label`` windows that contain any of the ``touched`` base windows."""
         keys = pd.MultiIndex.from_arrays(
-            [touched["id"].to_numpy(), window_starts(touched["start_ms"], label, self.tz)], names=["site", "start_ms"]
+            [touched.get_level_values("site"), window_starts(touched.get_level_values("start_ms"), label, self.tz)],
+            names=["site", "start_ms"],
         ).unique()
-        flows = self._combined(label, keys)
-        if flows.empty:
-            return empty_windows()
-        return self._metrics(flows, label, window_ends(flows.index.get_level_values("start_ms"), label, self.tz))
+        return self._combined(label, keys)
 
-    def _annual_rows(self, dirty: list[str]) -> pd.DataFrame:
+    def _annual_flows(self, dirty: list[str]) -> pd.DataFrame:
         """The rolling annual figure per site: the 365 days ending with the site's current day."""
         rows = []
         for site in dirty:
@@ -277,34 +283,29 @@ class StreamEngine:
             flows = pd.concat(parts).groupby(level="site").sum(min_count=1)
             flows.index = pd.MultiIndex.from_arrays([flows.index, [start]], names=["site", "start_ms"])
             rows.append(flows)
-        if not rows:
-            return empty_windows()
-        flows = pd.concat(rows)
-        ends = flows.index.get_level_values("start_ms").to_numpy(np.int64) + ANNUAL_DAYS * DAY_MS
-        out = self._metrics(flows, ROLLING_ANNUAL, ends)
-        out["final"] = False  # a rolling figure moves on; it never closes
-        return out
+        return pd.concat(rows) if rows else pd.DataFrame()
 
     def _group_rows(self, site_rows: pd.DataFrame) -> pd.DataFrame:
-        if site_rows.empty:
-            return empty_windows()
-        out = []
+        """Cluster and fleet rows for every window the site rows touched (members' newest rows included)."""
         keep = max(4, self.lateness_ms // self.base_ms + 3)
-        for label, rows in site_rows.groupby("window"):
+        affected_parts = []
+        for label, rows in site_rows.groupby("window", sort=False):
             recent = self._recent.get(label)
             merged = rows if recent is None else pd.concat([recent, rows]).drop_duplicates(
                 ["id", "start_ms"], keep="last")
-            starts = np.sort(merged["start_ms"].unique())[-keep:]
-            merged = merged[merged["start_ms"].isin(starts)]
-            self._recent[label] = merged
-            affected = merged[merged["start_ms"].isin(rows["start_ms"].unique())]
             if label == ROLLING_ANNUAL:
                 # each site's annual window is keyed by its own day; group the newest per site
                 affected = merged.sort_values("start_ms").drop_duplicates("id", keep="last")
                 affected = affected.assign(start_ms=affected["start_ms"].max(), end_ms=affected["end_ms"].max())
-            for members, scope in ((self._cluster_members, Scope.CLUSTER), (self._fleet_members, Scope.FLEET)):
-                if not members.empty:
-                    out.append(group_metrics(affected, members, scope, self.metric_params))
+            else:
+                affected = merged[merged["start_ms"].isin(rows["start_ms"].unique())]
+            affected_parts.append(affected)
+            newest = np.sort(merged["start_ms"].unique())[-keep:]
+            self._recent[label] = merged[merged["start_ms"].isin(newest)]
+        affected = pd.concat(affected_parts, ignore_index=True)
+        out = [group_metrics(affected, members, scope, self.metric_params)
+               for members, scope in ((self._cluster_members, Scope.CLUSTER), (self._fleet_members, Scope.FLEET))
+               if not members.empty]
         out = [o for o in out if not o.empty]
         return pd.concat(out, ignore_index=True) if out else empty_windows()
 

@@ -95,10 +95,11 @@ _STR_COLUMNS = {"scope", "id", "window", "status", "grade", "flags"}
 _BOOL_COLUMNS = {"final"}
 
 WINDOW_DTYPES: dict[str, object] = {
-    col: (np.int64 if col in _INT_COLUMNS else object if col in _STR_COLUMNS else bool if col in _BOOL_COLUMNS
+    col: (np.int64 if col in _INT_COLUMNS else str if col in _STR_COLUMNS else bool if col in _BOOL_COLUMNS
           else np.float64)
     for col in WINDOW_COLUMNS
 }
+_DEFAULTS: dict[object, object] = {np.int64: 0, str: "", bool: False, np.float64: np.nan}
 
 
 def empty_windows() -> pd.DataFrame:
@@ -108,16 +109,17 @@ def empty_windows() -> pd.DataFrame:
 
 def conform_windows(frame: pd.DataFrame) -> pd.DataFrame:
     """Return ``frame`` with exactly :data:`WINDOW_COLUMNS` in order and their dtypes (missing → default)."""
-    out = pd.DataFrame(index=frame.index)
+    n = len(frame)
+    data: dict[str, object] = {}
     for col, dtype in WINDOW_DTYPES.items():
-        if col in frame:
-            out[col] = frame[col]
-        elif dtype is object:
-            out[col] = ""
-        elif dtype is bool:
-            out[col] = False
-        elif dtype is np.int64:
-            out[col] = 0
+        if col in frame.columns:
+            values = frame[col].to_numpy()
+            if dtype is str:
+                data[col] = pd.Series(values, dtype=object).fillna("").astype(str).to_numpy()
+            elif dtype is np.float64:
+                data[col] = values.astype(np.float64, copy=False)
+            else:
+                data[col] = values.astype(dtype)  # type: ignore[arg-type]
         else:
-            out[col] = np.nan
-    return out.astype(WINDOW_DTYPES).reset_index(drop=True)
+            data[col] = np.full(n, _DEFAULTS[dtype], dtype=object if dtype is str else dtype)  # type: ignore[arg-type]
+    return pd.DataFrame(data)

@@ -20,7 +20,7 @@ import pandas as pd
 from dcpue.errors import SinkError
 from dcpue.results import KEY_COLUMNS, WINDOW_COLUMNS, WINDOW_DTYPES, conform_windows, empty_windows
 
-_SQL_TYPES = {np.int64: "INTEGER", object: "TEXT", bool: "INTEGER", np.float64: "REAL"}
+_SQL_TYPES = {np.int64: "INTEGER", str: "TEXT", bool: "INTEGER", np.float64: "REAL"}
 
 
 class FileStore:
@@ -144,7 +144,7 @@ class FileStore:
             return empty_windows()
         frame["final"] = frame["final"].astype(bool)
         for col, dtype in WINDOW_DTYPES.items():
-            if dtype is object:
+            if dtype is str:
                 frame[col] = frame[col].fillna("")
             elif dtype is np.int64:
                 frame[col] = frame[col].fillna(0)

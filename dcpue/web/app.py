@@ -76,7 +76,7 @@ def _window_field(col: str, dtype: object) -> tuple[Any, Any]:
         return int, Field(description=desc)
     if dtype is bool:
         return bool, Field(description=desc)
-    if dtype is object:
+    if dtype is str:
         return str, Field(description=desc)
     return float | None, Field(description=desc)
 

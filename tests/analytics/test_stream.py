@@ -1,0 +1,133 @@
+"""The streaming engine: late and out-of-order data, finalization, rollups equal to batch results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dcpue.analytics.batch import batch_windows
+from dcpue.analytics.stream import StreamEngine, window_ends, window_starts
+from dcpue.settings import EngineSettings
+from tests.factories import GUI_AN, MIN, T0, counter_series, power_series, registry, simple_site
+
+HOUR = 60 * MIN
+
+
+def fleet_readings(minutes: int) -> pd.DataFrame:
+    return pd.concat([
+        counter_series("a", "facility.main", 150, minutes), power_series("a", "it.ups", 100, minutes),
+        power_series("a", "cool.crah", 40, minutes),
+        counter_series("b", "facility.main", 240, minutes), power_series("b", "it.ups", 200, minutes),
+        power_series("b", "cool.crah", 30, minutes),
+    ], ignore_index=True)
+
+
+def run(engine: StreamEngine, chunks: list[pd.DataFrame]) -> pd.DataFrame:
+    out = [engine.advance() for chunk in chunks if engine.add(chunk) is not None]
+    # the store keeps the last row written per key; do the same
+    return pd.concat(out, ignore_index=True).drop_duplicates(["scope", "id", "window", "start_ms"], keep="last")
+
+
+def chunked(readings: pd.DataFrame, minutes_per_chunk: int) -> list[pd.DataFrame]:
+    key = (readings["ts"] - T0) // (minutes_per_chunk * MIN)
+    return [part for _, part in readings.groupby(key)]
+
+
+@pytest.fixture
+def reg():
+    return registry(simple_site("a", cluster="gui-an"), simple_site("b", cluster="gui-an"), clusters=[GUI_AN])
+
+
+def test_closed_hours_equal_the_batch_result_and_are_final(reg):
+    readings = fleet_readings(180)
+    stream = run(StreamEngine(reg, EngineSettings()), chunked(readings, 7))
+    batch = batch_windows(readings, reg, "1h")
+    for ident in ("a", "b"):
+        for start in (T0, T0 + HOUR):  # hours 1 and 2 are closed (the third is still open at minute 180)
+            s = stream[(stream["window"] == "1h") & (stream["id"] == ident) & (stream["start_ms"] == start)].iloc[0]
+            b = batch[(batch["id"] == ident) & (batch["start_ms"] == start)].iloc[0]
+            assert bool(s["final"])
+            assert s["facility_kwh"] == pytest.approx(b["facility_kwh"])
+            assert s["it_kwh"] == pytest.approx(b["it_kwh"])
+            assert s["pue"] == pytest.approx(b["pue"])
+    fleet = stream[(stream["scope"] == "fleet") & (stream["window"] == "1h") & (stream["start_ms"] == T0)].iloc[0]
+    # (150 + 240) / (100 + 200) = 1.3
+    assert fleet["pue"] == pytest.approx(1.3)
+    assert bool(fleet["final"])
+
+
+def test_results_do_not_depend_on_how_input_is_chunked(reg):
+    readings = fleet_readings(150)
+    small = run(StreamEngine(reg), chunked(readings, 3))
+    large = run(StreamEngine(reg), chunked(readings, 40))
+    key = ["scope", "id", "window", "start_ms"]
+    closed = small[small["final"]].set_index(key).sort_index()
+    other = large.set_index(key).loc[closed.index]
+    np.testing.assert_allclose(closed["facility_kwh"], other["facility_kwh"])
+    np.testing.assert_allclose(closed["pue"].fillna(-1), other["pue"].fillna(-1))
+
+
+def test_out_of_order_readings_within_lateness_update_their_window(reg):
+    # minutes 0..30 arrive with minute 20's IT sample missing, then it arrives after minute 21 (within 120 s)
+    readings = fleet_readings(30)
+    late_mask = (readings["point"] == "it.ups") & (readings["site"] == "a") & (readings["ts"] == T0 + 20 * MIN)
+    late, on_time = readings[late_mask], readings[~late_mask]
+    engine = StreamEngine(reg)
+    first = on_time[on_time["ts"] <= T0 + 21 * MIN]
+    engine.add(first.sample(frac=1.0, random_state=3))  # shuffled: order inside a batch does not matter
+    engine.advance()
+    assert engine.add(late) == 0  # accepted, not too late
+    engine.add(on_time[on_time["ts"] > T0 + 21 * MIN])
+    rows = engine.advance()
+    minute19 = rows[(rows["id"] == "a") & (rows["window"] == "1m") & (rows["start_ms"] == T0 + 19 * MIN)].iloc[0]
+    minute20 = rows[(rows["id"] == "a") & (rows["window"] == "1m") & (rows["start_ms"] == T0 + 20 * MIN)].iloc[0]
+    assert minute19["it_kwh"] == pytest.approx(100 / 60)
+    assert minute20["it_kwh"] == pytest.approx(100 / 60)
+    assert engine.counters.late_dropped == 0
+
+
+def test_too_late_readings_are_counted_and_dropped(reg):
+    engine = StreamEngine(reg, EngineSettings(allowed_lateness_s=120))
+    readings = fleet_readings(60)
+    engine.add(readings)
+    engine.advance()  # everything up to minute 58 is final now (60 min − 2 min lateness)
+    stale = power_series("a", "it.ups", 999.0, 5, start_ms=T0 + 10 * MIN)  # 6 samples for closed minutes
+    assert engine.add(stale) == 6
+    assert engine.counters.late_dropped == 6
+    assert engine.counters.late_by_site == {"a": 6}
+    assert engine.advance().empty  # nothing changed, nothing re-emitted
+
+
+def test_every_window_ends_final_exactly_once_per_key(reg):
+    readings = fleet_readings(24 * 60 + 10)
+    stream = run(StreamEngine(reg), chunked(readings, 30))
+    day = stream[(stream["scope"] == "site") & (stream["window"] == "1d") & (stream["id"] == "a")]
+    first_day = day[day["start_ms"] == window_starts(np.array([T0]), "1d", "Asia/Shanghai")[0]].iloc[0]
+    assert bool(first_day["final"])
+    # a full local day of 150 kW: 3600 kWh, PUE 1.5
+    assert first_day["facility_kwh"] == pytest.approx(3600.0)
+    assert first_day["pue"] == pytest.approx(1.5)
+    annual = stream[(stream["window"] == "12mo") & (stream["id"] == "a")].iloc[-1]
+    assert annual["status"] == "incomplete"  # one day of 365: never reported as an annual figure
+    assert annual["coverage"] == pytest.approx((24 * 60 + 10) / (365 * 24 * 60), rel=1e-3)
+
+
+def test_state_stays_bounded(reg):
+    engine = StreamEngine(reg)
+    for chunk in chunked(fleet_readings(6 * 60), 10):
+        engine.add(chunk)
+        engine.advance()
+    counters = engine.snapshot_counters()
+    # only the open windows (lateness 2 min + the current minute) and their context remain
+    assert counters["open_windows"] <= 2 * 4
+    assert counters["buffered_readings"] <= 2 * 3 * 10
+    assert len(engine._acc["15m"]) <= 2 * 2  # closed quarter-hours are forgotten after emission
+
+
+def test_month_windows_follow_the_calendar():
+    start = int(pd.Timestamp("2025-02-10T00:00+08:00").value // 1_000_000)
+    [month] = window_starts(np.array([start]), "1mo", "Asia/Shanghai")
+    assert pd.Timestamp(month, unit="ms", tz="Asia/Shanghai") == pd.Timestamp("2025-02-01T00:00+08:00")
+    [end] = window_ends(np.array([month]), "1mo", "Asia/Shanghai")
+    assert pd.Timestamp(end, unit="ms", tz="Asia/Shanghai") == pd.Timestamp("2025-03-01T00:00+08:00")
