@@ -45,7 +45,8 @@ def batch_windows(readings: pd.DataFrame, registry: Registry, window: str,
     max_gap_s = max(settings.max_gap_s, 1.5 * typical_interval_s(readings))
     tz = settings.timezone
     first = window_starts(np.array([readings["ts"].min()]), window, tz)[0]
-    last_end = window_ends(window_starts(np.array([readings["ts"].max()]), window, tz), window, tz)[0]
+    # a sample exactly on a boundary closes the window before it and opens nothing
+    last_end = window_ends(window_starts(np.array([readings["ts"].max() - 1]), window, tz), window, tz)[0]
     edges = [first]
     while edges[-1] < last_end:
         edges.append(int(window_ends(np.array([edges[-1]]), window, tz)[0]))

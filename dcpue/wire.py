@@ -103,7 +103,7 @@ def decode_batch(data: bytes) -> DecodedBatch:
     """Decode a batch message, keeping every valid record and rejecting the others with a reason."""
     try:
         batch = _fast_decoder.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, ValueError):  # ValidationError is a DecodeError
         return _decode_slow(data)
     _check_envelope(batch.schema, batch.v, batch.site)
     n = _check_lengths(batch.point, batch.ts, batch.value, batch.quality)
@@ -166,7 +166,7 @@ def _decode_slow(data: bytes) -> DecodedBatch:
     """Record-by-record validation for batches whose columns hold values of the wrong type."""
     try:
         raw = _generic_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as exc:
         raise DecodeError(f"not a MessagePack message: {exc}") from None
     if not isinstance(raw, dict):
         raise DecodeError("not a readings batch: top level is not a map")

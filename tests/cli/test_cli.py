@@ -1,0 +1,94 @@
+"""The dcpue command as an operator runs it: batch PUE from an export, and clear errors with exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.factories import T0, counter_series, power_series, simple_site
+
+DCPUE = [sys.executable, "-m", "dcpue.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DCPUE_")}
+    full_env.update(env or {})
+    return subprocess.run([*DCPUE, *args], capture_output=True, text=True, timeout=120, env=full_env, cwd=cwd)
+
+
+@pytest.fixture
+def export(tmp_path: Path) -> tuple[Path, Path]:
+    sites = tmp_path / "sites.yaml"
+    sites.write_text(yaml.safe_dump({"sites": [simple_site("a")]}), encoding="utf-8")
+    readings = pd.concat([counter_series("a", "facility.main", 150, 120), power_series("a", "it.ups", 100, 120,
+                                                                                         step_min=5)])
+    frame = pd.DataFrame({
+        # local time without offset, as BMS exports usually are (taken in Asia/Shanghai)
+        "timestamp": pd.to_datetime(readings["ts"], unit="ms", utc=True).dt.tz_convert("Asia/Shanghai")
+        .dt.strftime("%Y-%m-%d %H:%M:%S"),
+        "site": readings["site"], "point": readings["point"], "value": readings["value"],
+    })
+    bad = pd.DataFrame({"timestamp": ["yesterday", "2025-01-06 00:30:00"], "site": ["a", "a"],
+                        "point": ["it.ups", "it.nowhere"], "value": ["1", "2"]})
+    path = tmp_path / "export.csv"
+    pd.concat([frame, bad]).to_csv(path, index=False)
+    return path, sites
+
+
+def test_batch_pue_from_a_csv_export(export, tmp_path):
+    path, sites = export
+    result = run("pue", str(path), "--sites", str(sites), "--window", "1h", "--format", "json",
+                 "--rejects", str(tmp_path / "rejects.csv"), "--chart", str(tmp_path / "pue.png"))
+    assert result.returncode == 0, result.stderr
+    rows = [r for r in json.loads(result.stdout) if r["scope"] == "site"]
+    assert [r["start_ms"] for r in rows] == [T0, T0 + 3_600_000]
+    # 5-minute IT samples are integrated (gap limit follows the export's sampling interval)
+    assert all(r["status"] == "ok" for r in rows)
+    assert rows[0]["pue"] == pytest.approx(1.5)
+    assert "2 row(s)" in result.stderr
+    rejects = pd.read_csv(tmp_path / "rejects.csv")
+    assert rejects["reason"].tolist() == ["timestamp is not ISO-8601 or epoch milliseconds",
+                                          "unknown point for this site"]
+    png = (tmp_path / "pue.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_batch_pue_table_and_csv_formats(export):
+    path, sites = export
+    table = run("pue", str(path), "--sites", str(sites), "--window", "1h")
+    assert table.returncode == 0
+    assert "1.500" in table.stdout and "fleet" in table.stdout
+    csv = run("pue", str(path), "--sites", str(sites), "--window", "1d", "--format", "csv")
+    assert csv.stdout.splitlines()[0].startswith("scope,id,window,start,status")
+
+
+def test_bad_registry_exits_non_zero_naming_file_site_and_point(tmp_path, export):
+    path, _ = export
+    doc = {"sites": [simple_site("a")]}
+    doc["sites"][0]["points"][1]["unit"] = "kWh"
+    sites = tmp_path / "broken.yaml"
+    sites.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    result = run("pue", str(path), "--sites", str(sites))
+    assert result.returncode == 2
+    assert f"{sites}: site 'a' point 'it.ups'" in result.stderr
+    assert "does not fit quantity 'power'" in result.stderr
+    check = run("registry", "check", str(sites))
+    assert check.returncode == 2 and "it.ups" in check.stderr
+
+
+def test_bad_config_exits_non_zero_before_anything_starts(tmp_path):
+    config = tmp_path / "dcpue.yaml"
+    config.write_text("http:\n  port: 99999\n")
+    result = run("demo", "--config", str(config), "--duration", "1")
+    assert result.returncode == 2
+    assert f"{config}" in result.stderr and "http.port" in result.stderr
+    assert "live page" not in result.stdout  # nothing was started
+    env_result = run("demo", "--duration", "1", env={"DCPUE_ENGINE__COVERAGE_THRESHOLD": "2"})
+    assert env_result.returncode == 2 and "engine.coverage_threshold" in env_result.stderr

@@ -1,0 +1,93 @@
+"""The reading batch wire format: compact, versioned, and bad records rejected one by one."""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dcpue.errors import DecodeError
+from dcpue.wire import decode_batch, encode_batch
+
+TS = 1_736_092_800_000
+
+
+def test_round_trip_keeps_every_reading():
+    data = encode_batch("a", ["p1", "p2"], [TS, TS + 1000], [1.5, 2.5], [0, 2])
+    batch = decode_batch(data)
+    assert batch.site == "a" and not batch.rejects
+    assert batch.readings["point"].tolist() == ["p1", "p2"]
+    assert batch.readings["ts"].tolist() == [TS, TS + 1000]
+    assert batch.readings["value"].tolist() == [1.5, 2.5]
+    assert batch.readings["quality"].tolist() == [0, 2]
+
+
+def test_one_message_carries_many_readings_compactly():
+    # 1000 readings: 13-char point id (14 B) + int64 ts (9 B) + float64 (9 B) + quality (1 B) = 33 B each
+    n = 1000
+    data = encode_batch("gy-01", ["cool.chiller1"] * n, TS + np.arange(n) * 1000, np.linspace(0, 1, n))
+    assert len(data) / n < 34
+    assert len(decode_batch(data).readings) == n
+
+
+def test_bad_records_are_rejected_individually_with_reasons():
+    data = encode_batch("a", ["ok", "", "nan", "old", "ok2"], [TS, TS, TS, 1234, TS],
+                        [1.0, 2.0, float("nan"), 3.0, 4.0])
+    batch = decode_batch(data)
+    assert batch.readings["point"].tolist() == ["ok", "ok2"]
+    reasons = {r.index: r.reason for r in batch.rejects}
+    assert reasons[1] == "point is empty"
+    assert "not a finite number" in reasons[2]
+    assert "outside 2000-01-01..2100-01-01" in reasons[3]
+
+
+def test_wrongly_typed_records_take_the_slow_path_and_keep_the_rest():
+    raw = msgspec.msgpack.encode({"schema": "dcpue.readings", "v": 1, "site": "a",
+                                  "point": ["p", "p", 7, "p"], "ts": [TS, "soon", TS, TS + 1],
+                                  "value": [1.0, 2.0, 3.0, "hot"], "quality": [0, 0, 0, 0]})
+    batch = decode_batch(raw)
+    assert batch.readings["ts"].tolist() == [TS]
+    reasons = [r.reason for r in batch.rejects]
+    assert "ts 'soon' is not an integer" in reasons[0]
+    assert "point 7 is not a non-empty string" in reasons[1]
+    assert "value 'hot' is not a number" in reasons[2]
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"\xc1garbage", "not a MessagePack message"),
+        (msgspec.msgpack.encode([1, 2]), "top level is not a map"),
+        (msgspec.msgpack.encode({"schema": "other", "v": 1, "site": "a"}), "schema is 'other'"),
+        (msgspec.msgpack.encode({"schema": "dcpue.readings", "v": 9, "site": "a"}), "unsupported"),
+        (msgspec.msgpack.encode({"schema": "dcpue.readings", "v": 1, "site": "a", "point": ["p"], "ts": [],
+                                 "value": [], "quality": []}), "different lengths"),
+    ],
+)
+def test_messages_that_are_not_batches_raise_decode_error(payload, message):
+    with pytest.raises(DecodeError, match=message):
+        decode_batch(payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_never_crash_the_decoder(data):
+    try:
+        batch = decode_batch(data)
+    except DecodeError:
+        return
+    assert len(batch.readings) + len(batch.rejects) >= 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=8), st.integers(TS, TS + 10**9),
+                          st.floats(allow_nan=False, allow_infinity=False, width=64)), max_size=50))
+def test_valid_records_always_survive_a_round_trip(records):
+    points = [r[0] for r in records]
+    ts = np.array([r[1] for r in records], dtype=np.int64)
+    values = np.array([r[2] for r in records], dtype=np.float64)
+    batch = decode_batch(encode_batch("s", points, ts, values))
+    assert not batch.rejects
+    assert batch.readings["value"].tolist() == values.tolist()

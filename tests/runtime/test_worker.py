@@ -1,0 +1,57 @@
+"""The analytics worker: bad input is dead-lettered with its reason and the rest goes through."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from dcpue.runtime.bus import InProcessBus
+from dcpue.runtime.store import FileStore
+from dcpue.runtime.worker import AnalyticsWorker
+from dcpue.settings import Settings
+from dcpue.wire import encode_batch, encode_frame
+from tests.factories import counter_series, power_series, registry, simple_site
+
+
+@pytest.fixture
+def setup(tmp_path):
+    reg = registry(simple_site("a"))
+    settings = Settings()
+    bus = InProcessBus()
+    store = FileStore(tmp_path / "w.sqlite").setup()
+    worker = AnalyticsWorker(reg, settings, bus.consumer([settings.bus.topics.readings], "g"), store)
+    yield bus, store, worker, settings.bus.topics.readings
+    store.close()
+
+
+def test_good_and_bad_input_side_by_side(setup):
+    bus, store, worker, topic = setup
+    producer = bus.producer()
+    readings = pd.concat([counter_series("a", "facility.main", 150, 60), power_series("a", "it.ups", 100, 60)])
+    producer.send(topic, encode_frame("a", readings), key="a")
+    producer.send(topic, b"\x00not msgpack", key="a")
+    producer.send(topic, encode_batch("a", ["it.ups", "no.such.point"], [readings["ts"].max() + 1] * 2,
+                                      [100.0, float("inf")]), key="a")
+    producer.send(topic, encode_batch("zz", ["x"], [readings["ts"].max()], [1.0]), key="zz")
+    producer.send(topic, encode_batch("a", ["it.ups"], [readings["ts"].max()], [1.0]), key="b")
+    while worker.step(timeout_s=0.05):
+        pass
+    assert bus.lag("g", topic) == 0  # committed after writing
+    reasons = store.dead_letters()["reason"].tolist()
+    assert any(r.startswith("not a MessagePack message") for r in reasons)
+    assert any("not a finite number" in r for r in reasons)
+    assert "unknown site zz" in reasons
+    assert any("does not match batch site" in r for r in reasons)
+    assert worker.stats.dead_letters == 4
+    hour = store.query_windows("site", "1h")
+    assert hour["pue"].iloc[0] == pytest.approx(1.5)
+
+
+def test_unknown_point_of_a_known_site_is_dead_lettered(setup):
+    bus, store, worker, topic = setup
+    bus.producer().send(topic, encode_batch("a", ["it.ups", "it.ghost"], [1_736_092_800_000] * 2, [1.0, 2.0]),
+                        key="a")
+    worker.step(timeout_s=0.1)
+    letters = store.dead_letters()
+    assert letters["reason"].tolist() == ["unknown point it.ghost for site a"]
+    assert letters["payload"].iloc[0]["value"] == 2.0
