@@ -234,8 +234,7 @@ def window_metrics(
             "erf": valid(_safe_ratio(mean_kw("reused"), total_kw), cov("reused") >= thr),
         }
     )
-    target = meta["pue_target"].fillna(params.target_pue)
-    out["pue_gap"] = out["pue"] - target
+    out["pue_gap"] = out["pue"] - params.target_pue
     out["grade"] = grade(out["pue"])
     children = it_kw + cooling_kw.fillna(0) + losses_kw.fillna(0) + lighting_kw.fillna(0)
     out["hierarchy_error"] = valid(_safe_ratio(children - total_kw, total_kw))

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-
 from dcpue.analytics.energy import EnergyParams, point_windows
 from dcpue.analytics.pue import MetricParams, group_metrics, rollup_flows, site_flows, window_metrics
+
 from dcpue.model import empty_readings
 from dcpue.registry import Registry
-from dcpue.results import ROLLING_ANNUAL, WINDOWS, Scope, conform_windows, empty_windows
+from dcpue.results import ROLLING_ANNUAL, WINDOWS, Scope, empty_windows
 from dcpue.settings import EngineSettings
 
 DAY_MS = 86_400_000
@@ -175,8 +175,8 @@ class StreamEngine:
             edges = np.arange(lo, hi + 1, self.base_ms, dtype=np.int64)
             part = buf[buf["site"].isin(sites)]
             pw = point_windows(part, self.points, edges, self.energy_params)
-            # windows beyond a site's own newest reading are not open yet
-            pw = pw[pw["start_ms"] <= pw["site"].map(self._max_ts)]
+            # a window opens with the first interval inside it, i.e. once a reading is newer than its start
+            pw = pw[pw["start_ms"] < pw["site"].map(self._max_ts)]
             flows = site_flows(pw, self.points)
             if flows.empty:
                 continue

@@ -118,7 +118,6 @@ class Site(_Frozen):
     design_it_kw: float = Field(gt=0)
     cooling: CoolingArchitecture
     grid_emission_factor: float = Field(default=DEFAULT_GRID_EMISSION_FACTOR, ge=0)  # [kgCO2/kWh]
-    pue_target: float | None = Field(default=None, gt=1.0)
     operator_credit_code: str | None = None
     platform_site_code: str | None = None
     points: tuple[Point, ...]
@@ -224,7 +223,6 @@ class Registry(_Frozen):
                 "design_it_kw": s.design_it_kw,
                 "cooling": s.cooling.value,
                 "grid_emission_factor": s.grid_emission_factor,
-                "pue_target": s.pue_target if s.pue_target is not None else float("nan"),
             }
             for s in self.sites
         ]

@@ -132,7 +132,8 @@ def decode_batch(data: bytes) -> DecodedBatch:
             }
             rejects.append(Reject(batch.site, int(i), reason, record))
     keep = ~bad
-    frame = readings_frame(batch.site, np.asarray(batch.point, dtype=object)[keep], ts[keep], value[keep], quality[keep])
+    points = np.asarray(batch.point, dtype=object)[keep]
+    frame = readings_frame(batch.site, points, ts[keep], value[keep], quality[keep])
     return DecodedBatch(batch.site, frame, rejects)
 
 

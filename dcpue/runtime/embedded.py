@@ -93,7 +93,8 @@ class EmbeddedPipeline:
 
     def _analyze(self) -> None:
         try:
-            while not (self.collector_done.is_set() and self.bus.lag(ANALYTICS_GROUP, self.settings.bus.topics.readings) == 0):
+            topic = self.settings.bus.topics.readings
+            while not (self.collector_done.is_set() and self.bus.lag(ANALYTICS_GROUP, topic) == 0):
                 self.worker.step(timeout_s=0.2)
         except BaseException as exc:
             log.exception("analytics worker failed")
@@ -105,6 +106,7 @@ class EmbeddedPipeline:
         return {
             "mode": "embedded",
             "sim_time_ms": self.sim_now_ms,
+            "timezone": self.settings.engine.timezone,
             "speed": self.clock.speed,
             "sites": len(self.registry.sites),
             "batches_sent": self.batches_sent,

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, create_model
@@ -244,9 +245,7 @@ def create_app(
     """
     target = float(engine_settings.target_pue)
     sites_meta = registry.sites_table
-    site_targets = {
-        s.id: float(s.pue_target) if s.pue_target is not None else target for s in registry.sites
-    }
+    site_ids = {s.id for s in registry.sites}
 
     app = FastAPI(
         title="dcpue",
@@ -284,7 +283,6 @@ def create_app(
         rows = []
         for site_id, meta in sites_meta.iterrows():
             live = newest[LIVE_WINDOW].get(site_id)
-            site_target = site_targets[site_id]
             pue = live["pue"] if live else None
             it_kw = live["it_kw"] if live else None
             # a meter-fault window's IT figure cannot be true, so it yields no utilization
@@ -302,12 +300,12 @@ def create_app(
                 "occupancy": _ratio(float(meta["racks_in_service"]), float(meta["racks_installed"])),
                 "design_it_kw": float(meta["design_it_kw"]),
                 "it_utilization": _ratio(trusted_it_kw, float(meta["design_it_kw"])),
-                "target_pue": site_target,
+                "target_pue": target,
                 "status": live["status"] if live else Status.NO_DATA.value,
                 "start_ms": live["start_ms"] if live else None,
                 "end_ms": live["end_ms"] if live else None,
                 "pue": pue,
-                "pue_gap": None if pue is None else pue - site_target,
+                "pue_gap": None if pue is None else pue - target,
                 "coverage": live["coverage"] if live else None,
                 "it_kw": it_kw,
                 "facility_kw": live["facility_kw"] if live else None,
@@ -346,9 +344,9 @@ def create_app(
         end: str | None = Query(None, description="windows starting before this (epoch ms or ISO-8601)"),
         limit: int = Query(1000, ge=1, le=MAX_LIMIT, description="at most this many of the newest rows"),
     ) -> dict[str, Any]:
-        if site_id not in site_targets:
+        if site_id not in site_ids:
             raise HTTPException(
-                404, f"unknown site {site_id!r}: the registry has {len(site_targets)} sites; "
+                404, f"unknown site {site_id!r}: the registry has {len(site_ids)} sites; "
                      f"GET {API_PREFIX}/sites lists them"
             )
         if window not in ALL_WINDOWS:
@@ -363,7 +361,7 @@ def create_app(
     def runtime_status() -> dict[str, Any]:
         info = _clean(dict(status())) if status is not None else {}
         info["target_pue"] = target
-        info.setdefault("site_count", len(site_targets))
+        info.setdefault("site_count", len(site_ids))
         return info
 
     @app.get(f"{API_PREFIX}/dead-letters", response_model=DeadLettersResponse, tags=["runtime"],

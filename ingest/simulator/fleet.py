@@ -46,7 +46,6 @@ _NAMES = {
     "legacy": "Legacy Server Room",
 }
 _COOLING = {"liquid": "liquid", "hybrid": "hybrid", "enterprise": "air", "legacy": "air"}
-_PUE_TARGET = {"liquid": 1.2, "hybrid": 1.25, "enterprise": 1.4, "legacy": 1.8}
 COUNTER_ROLLOVER = 99_999_999.0  # an 8-digit kWh register
 
 
@@ -179,7 +178,6 @@ def generate_fleet(n_sites: int, seed: int) -> Registry:
                 racks_in_service=in_service,
                 design_it_kw=design_kw,
                 cooling=_COOLING[kind],
-                pue_target=_PUE_TARGET[kind],
                 points=tuple(site_points(kind, rng, design_kw, flags)),
             )
         )

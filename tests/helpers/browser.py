@@ -10,6 +10,7 @@ Without Chromium the calling test is skipped with the install hint, or failed un
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -91,10 +92,8 @@ def run_chromium(url: str, *extra: str, budget_ms: int = 5000, timeout_s: float 
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=10)
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from dcpue.registry import Registry, parse_registry
-from dcpue.results import WINDOWS, conform_windows
+from dcpue.results import conform_windows
 from dcpue.runtime.store import FileStore
 from dcpue.settings import EngineSettings
 

@@ -61,21 +61,24 @@
 
   function gradeText(grade) {
     if (!grade) return "–";
+    if (grade === "beyond_limit") return "beyond limit (未达标)";
     return /^\d$/.test(grade) ? `Level ${grade} (${grade}级)` : grade;
   }
 
+  // chart axes use the browser's own timezone
   function tzLabel() {
-    const off = -new Date().getTimezoneOffset();
-    const sign = off >= 0 ? "+" : "−";
-    const h = String(Math.floor(Math.abs(off) / 60)).padStart(2, "0");
-    const m = String(Math.abs(off) % 60).padStart(2, "0");
-    return `UTC${sign}${h}:${m}`;
+    return Intl.DateTimeFormat().resolvedOptions().timeZone || "local";
   }
 
-  function fmtClock(ms) {
-    const d = new Date(ms);
-    const p = (n) => String(n).padStart(2, "0");
-    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}`;
+  // the site calendar (status.timezone, e.g. Asia/Shanghai), not the browser's, names the clock
+  function fmtClock(ms, timeZone) {
+    const opts = { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
+                   hourCycle: "h23" };
+    try {
+      return new Intl.DateTimeFormat("sv-SE", { ...opts, timeZone: timeZone || undefined }).format(new Date(ms));
+    } catch (e) {
+      return new Intl.DateTimeFormat("sv-SE", opts).format(new Date(ms));
+    }
   }
 
   // ---------------------------------------------------------------- data
@@ -171,8 +174,8 @@
       const ends = state.sites.map((s) => s.end_ms).filter(isNum);
       if (ends.length) clock = Math.max(...ends);
     }
-    $("sim-clock").textContent = isNum(clock) ? fmtClock(clock) : "–";
-    $("sim-clock-tz").textContent = tzLabel();
+    $("sim-clock").textContent = isNum(clock) ? fmtClock(clock, status.timezone) : "–";
+    $("sim-clock-tz").textContent = status.timezone || Intl.DateTimeFormat().resolvedOptions().timeZone;
 
     const counts = {};
     state.sites.forEach((s) => { counts[s.status] = (counts[s.status] || 0) + 1; });
@@ -189,9 +192,10 @@
     });
     replaceHtml($("clusters"), chips.join(""));
 
-    const skip = new Set(["target_pue", "sim_time_ms", "sim_time"]);
+    const skip = new Set(["target_pue", "sim_time_ms", "sim_time", "timezone"]);
     const counters = Object.entries(status)
-      .filter(([k, v]) => !skip.has(k) && (isNum(v) || typeof v === "string" || typeof v === "boolean"))
+      .filter(([k, v]) => !skip.has(k) && !k.endsWith("_ms")
+        && (isNum(v) || typeof v === "string" || typeof v === "boolean"))
       .slice(0, 12)
       .map(([k, v]) => `<span>${esc(k)} <b>${esc(isNum(v) ? v.toLocaleString("en-US") : v)}</b></span>`);
     replaceHtml($("counters"), counters.join(""));
