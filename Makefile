@@ -17,7 +17,8 @@ demo: setup
 test: setup-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint:
+lint: setup-test
+	$(PY) -m pip install -q ruff
 	$(VENV)/bin/ruff check dcpue ingest analytics tests
 
 clean:

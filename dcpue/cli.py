@@ -257,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     except DcpueError as exc:
         print(f"dcpue: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
