@@ -321,11 +321,12 @@ class StreamEngine:
         last_old = buf[old].sort_values("ts").drop_duplicates(["site", "point"], keep="last")
         self._buffer = pd.concat([last_old, buf[~old]], ignore_index=True)
 
-    def snapshot_counters(self) -> dict[str, int]:
+    def snapshot_counters(self) -> dict[str, object]:
         """Counters for self-monitoring."""
         return {
             "accepted": self.counters.accepted,
             "late_dropped": self.counters.late_dropped,
+            "late_by_site": dict(self.counters.late_by_site),
             "buffered_readings": len(self._buffer),
             "open_windows": len(self._open),
         }

@@ -78,9 +78,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     registry = _demo_registry(settings)
     store_path = Path(settings.store.path)
     if not args.keep_store:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{store_path}{suffix}").unlink(missing_ok=True)  # a fresh simulated timeline each run
+        _clear_demo_store(store_path)  # a fresh simulated timeline each run
     store = FileStore(store_path).setup()
+    store.put_state("created_by", "dcpue demo")
     start_ms = _sim_start_ms(settings)
     simulator = FleetSimulator(registry, seed=settings.simulator.seed, start_ms=start_ms,
                                sample_interval_s=settings.simulator.sample_interval_s,
@@ -111,6 +111,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"dcpue demo: failed: {pipeline.errors[0]!r}", file=sys.stderr)
         return 1
     return 0
+
+
+def _clear_demo_store(path: Path) -> None:
+    """Delete a store the demo wrote before; refuse to touch one that holds anything else."""
+    from dcpue.runtime.store import FileStore
+
+    if not path.exists():
+        return
+    existing = FileStore(path).setup()
+    try:
+        owner = existing.get_state("created_by")
+        has_data = not existing.latest_windows("fleet", "1d").empty or not existing.latest_windows("site", "1m").empty
+    finally:
+        existing.close()
+    if owner != "dcpue demo" and has_data:
+        raise ConfigError(f"{path}: store holds data not written by `dcpue demo`; the demo clears its store at "
+                          "start, so point it elsewhere with --store PATH (or keep it with --keep-store)")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def _print_summary(store_path: Path, status: dict[str, Any]) -> None:

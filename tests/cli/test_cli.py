@@ -92,3 +92,32 @@ def test_bad_config_exits_non_zero_before_anything_starts(tmp_path):
     assert "live page" not in result.stdout  # nothing was started
     env_result = run("demo", "--duration", "1", env={"DCPUE_ENGINE__COVERAGE_THRESHOLD": "2"})
     assert env_result.returncode == 2 and "engine.coverage_threshold" in env_result.stderr
+
+
+def test_batch_pue_reads_parquet_too(export, tmp_path):
+    path, sites = export
+    frame = pd.read_csv(path)
+    frame = frame[frame["timestamp"] != "yesterday"]
+    parquet = tmp_path / "export.parquet"
+    frame.to_parquet(parquet)
+    result = run("pue", str(parquet), "--sites", str(sites), "--window", "1h", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    rows = [r for r in json.loads(result.stdout) if r["scope"] == "site"]
+    assert rows[0]["pue"] == pytest.approx(1.5)
+
+
+def test_demo_refuses_to_clear_a_store_it_did_not_write(tmp_path):
+    from dcpue.results import conform_windows
+    from dcpue.runtime.store import FileStore
+
+    store_path = tmp_path / "production.sqlite"
+    store = FileStore(store_path).setup()
+    store.write_windows(conform_windows(pd.DataFrame({"scope": ["site"], "id": ["a"], "window": ["1m"],
+                                                      "start_ms": [T0], "pue": [1.3]})))
+    store.close()
+    result = run("demo", "--store", str(store_path), "--duration", "1", "--port", "0")
+    assert result.returncode == 2
+    assert "not written by `dcpue demo`" in result.stderr
+    reopened = FileStore(store_path).setup()
+    assert len(reopened.query_windows("site", "1m")) == 1  # untouched
+    reopened.close()
