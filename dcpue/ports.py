@@ -52,7 +52,10 @@ class ResultStore(Protocol):
         """Upsert window results; the same (scope, id, window, start) overwrites (idempotent replay)."""
 
     def write_dead_letters(self, letters: pd.DataFrame) -> None:
-        """Keep records that could not be used, with their reason."""
+        """Keep records that could not be used, with their reason (columns topic, key, reason, payload)."""
+
+    def dead_letters(self, limit: int = 100) -> pd.DataFrame:
+        """The newest dead letters, newest first."""
 
     def query_windows(self, scope: str, window: str, ids: list[str] | None = None,
                       start_ms: int | None = None, end_ms: int | None = None) -> pd.DataFrame:

@@ -4,6 +4,11 @@ Every store, the HTTP API, dashboards and the provincial feed read this one sche
 Energies are in [kWh], water in [L], powers in [kW]; ratios are dimensionless except
 WUE [L/kWh] and CUE [kgCO2/kWh]. A ratio is NaN whenever the figure is not valid
 (``status`` says why) — an incomplete window is never reported as a number.
+
+``grade`` is the GB 40879-2021 energy-efficiency grade of the PUE: ``"1"`` (≤ 1.20), ``"2"``
+(≤ 1.30), ``"3"`` (≤ 1.50, the limit value), ``"beyond_limit"``, or ``""`` when there is no valid
+PUE. ``flags`` is a comma-separated list of data-quality findings (``pue_below_1``,
+``it_energy_zero``, ``hierarchy``). ``final`` is true once a window can no longer change.
 """
 
 from __future__ import annotations
