@@ -45,7 +45,9 @@ FLOWS: tuple[str, ...] = (
     "facility", *(f"it{c}" for c in IT_CATEGORIES), *COOLING_FLOWS, "losses", "lighting", "renewable", "reused",
     "water",
 )
-FLOW_PARTS = ("e", "cov", "book")  # booked energy, covered seconds (quality), booked seconds
+# per flow: booked energy, covered seconds (quality), booked seconds, and the energy of the flow's
+# booked time estimated boundary by boundary (so one meter missing minutes does not bias the sum)
+FLOW_PARTS = ("e", "cov", "book", "x")
 FLOW_COLUMNS = tuple(f"{f}_{part}" for f in FLOWS for part in FLOW_PARTS)
 
 # GB 40879-2021 energy-efficiency grades by electric energy usage effectiveness (PUE):
@@ -77,13 +79,16 @@ def site_flows(pw: pd.DataFrame, points: pd.DataFrame, window_s: float | np.ndar
 
     ``pw`` holds one row per (site, point, start_ms) — rows for registry points without any
     data in a window count as zero coverage. Returns a wide frame indexed by (site, start_ms)
-    with ``<flow>_e`` [kWh, water L], ``<flow>_cov`` [covered s] and ``<flow>_book`` [booked s]
-    for every flow in :data:`FLOWS`; NaN where the site has no meter for that flow.
+    with, for every flow in :data:`FLOWS` (NaN where the site has no meter for it):
+    ``<flow>_e`` booked energy [kWh, water L], ``<flow>_cov`` covered time [s] and
+    ``<flow>_book`` booked time [s] of its least-covered boundary, and ``<flow>_x`` the flow's
+    energy over that booked time, estimated as Σ boundary mean power × booked time, so that
+    ``x / book`` is the flow's mean power even when its meters miss different minutes.
     """
     flows_of = flow_of_points(points)
     if pw.empty or flows_of.empty:
         return _empty_flows()
-    meta = points.loc[flows_of.index, ["boundary", "precedence"]].assign(flow=flows_of)
+    meta = points.loc[flows_of.index, ["boundary", "precedence", "integral_factor"]].assign(flow=flows_of)
     sites = pw["site"].unique()
     starts = np.sort(pw["start_ms"].unique())
     meta = meta[meta.index.get_level_values("site").isin(sites)]
@@ -93,6 +98,7 @@ def site_flows(pw: pd.DataFrame, points: pd.DataFrame, window_s: float | np.ndar
     full = pw.set_index(["site", "point", "start_ms"])[["integral", "covered_s", "booked_s"]].reindex(
         grid, fill_value=0.0)
     full = full.join(meta, on=["site", "point"]).reset_index()
+    full["integral"] = full["integral"] * full["integral_factor"]
 
     # redundant meters of one boundary: the best-covered tier, then source precedence
     best = full.groupby(["site", "start_ms", "flow", "boundary"])["covered_s"].transform("max")
@@ -101,8 +107,12 @@ def site_flows(pw: pd.DataFrame, points: pd.DataFrame, window_s: float | np.ndar
                             ascending=[True, True, True, True, False, True], kind="stable")
     chosen = full.drop_duplicates(["site", "start_ms", "flow", "boundary"], keep="first")
 
-    per_flow = chosen.groupby(["site", "start_ms", "flow"]).agg(
-        e=("integral", "sum"), cov=("covered_s", "min"), book=("booked_s", "min"))
+    keys = ["site", "start_ms", "flow"]
+    chosen = chosen.assign(rate=chosen["integral"] / chosen["booked_s"].where(chosen["booked_s"] > 0))
+    per_flow = chosen.groupby(keys).agg(
+        e=("integral", "sum"), cov=("covered_s", "min"), book=("booked_s", "min"), rate=("rate", "sum"))
+    per_flow["x"] = (per_flow["rate"] * per_flow["book"]).where(per_flow["book"] > 0, 0.0)
+    per_flow = per_flow.drop(columns="rate")
     wide = per_flow.unstack("flow")
     wide.columns = [f"{flow}_{kind}" for kind, flow in wide.columns]
     return wide.reindex(columns=list(FLOW_COLUMNS))
@@ -163,7 +173,7 @@ def window_metrics(
         return f[f"{name}_cov"] / elapsed
 
     def mean_kw(name: str) -> pd.Series:
-        return _safe_ratio(f[f"{name}_e"], f[f"{name}_book"] / 3600.0)
+        return _safe_ratio(f[f"{name}_x"], f[f"{name}_book"] / 3600.0)
 
     # IT: the highest measurement category that is covered well enough, else the best covered
     it_cov = pd.concat([cov(f"it{c}").rename(c) for c in IT_CATEGORIES], axis=1)
@@ -180,10 +190,13 @@ def window_metrics(
     cooling_ok = f[[f"{c}_cov" for c in COOLING_FLOWS]].min(axis=1) / elapsed >= thr
     facility_e = f["facility_e"]
     facility_kw = mean_kw("facility")
-    renewable_kw = mean_kw("renewable").fillna(0.0)
+    has_renewable = f["renewable_cov"].notna()
+    renewable_kw = mean_kw("renewable").where(has_renewable, 0.0)  # metered but silent stays NaN
     total_e = facility_e + f["renewable_e"].fillna(0.0)
     total_kw = facility_kw + renewable_kw
-    coverage = np.fmin(cov("facility").fillna(0.0), it_coverage)
+    # on-site generation is part of total energy: a site that meters it needs it covered too
+    coverage = np.fmin(np.fmin(cov("facility").fillna(0.0), it_coverage),
+                       cov("renewable").where(has_renewable, 1.0).fillna(0.0))
 
     pue_raw = _safe_ratio(total_kw, it_kw)
     has_any = (f["facility_cov"].fillna(0) > 0) | (it_cov.fillna(0) > 0).any(axis=1)

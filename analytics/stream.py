@@ -76,9 +76,11 @@ class StreamEngine:
         self.registry = registry
         self.points = registry.points_table
         self.sites = registry.sites_table
-        self.base_label = "1m" if settings.base_window_s == 60 else f"{settings.base_window_s}s"
-        self.base_ms = settings.base_window_s * 1000
-        self.lateness_ms = int(settings.allowed_lateness_s * 1000)
+        self.base_label = "1m"
+        self.base_ms = 60_000
+        # a window closes only when no valid interval can still end in it: a power interval may be up to
+        # max_gap long, so closing earlier would drop energy of meters sampled less often than the lateness
+        self.lateness_ms = int(max(settings.allowed_lateness_s, settings.max_gap_s) * 1000)
         self.max_gap_ms = int(settings.max_gap_s * 1000)
         self.energy_params = EnergyParams(settings.max_gap_s, settings.spike_tolerance)
         self.metric_params = MetricParams(settings.target_pue, settings.coverage_threshold,
@@ -141,7 +143,7 @@ class StreamEngine:
                     parts.append((flows, label, window_ends(flows.index.get_level_values("start_ms"), label, self.tz)))
         annual = self._annual_flows(dirty)
         if not annual.empty:
-            ends = annual.index.get_level_values("start_ms").to_numpy(np.int64) + ANNUAL_DAYS * DAY_MS
+            ends = self._annual_end(annual.index.get_level_values("start_ms").to_numpy(np.int64))
             parts.append((annual, ROLLING_ANNUAL, ends))
         if not parts:
             return empty_windows()
@@ -262,14 +264,19 @@ class StreamEngine:
         ).unique()
         return self._combined(label, keys)
 
+    def _annual_end(self, starts: np.ndarray) -> np.ndarray:
+        """End of the rolling annual window starting at ``starts``: 365 local days later."""
+        return window_ends(window_starts(starts + (ANNUAL_DAYS - 1) * DAY_MS + DAY_MS // 2, "1d", self.tz), "1d",
+                           self.tz)
+
     def _annual_flows(self, dirty: list[str]) -> pd.DataFrame:
-        """The rolling annual figure per site: the 365 days ending with the site's current day."""
+        """The rolling annual figure per site: the 365 local days ending with the site's current day."""
         rows = []
         for site in dirty:
             if site not in self._max_ts:
                 continue
-            day_end = self._max_ts[site] // DAY_MS * DAY_MS + DAY_MS
-            start = day_end - ANNUAL_DAYS * DAY_MS
+            today = window_starts(np.array([self._max_ts[site]]), "1d", self.tz)
+            start = int(window_starts(today - (ANNUAL_DAYS - 1) * DAY_MS + DAY_MS // 2, "1d", self.tz)[0])
             days = self._acc["1d"]
             parts = []
             if not days.empty and site in days.index.get_level_values("site"):

@@ -29,9 +29,10 @@ from dcpue.model import (
     unit_factor,
 )
 
-# China's national average grid emission factor for 2022, 0.5703 kgCO2/kWh
-# (Ministry of Ecology and Environment announcement, 2024). Override per site.
-DEFAULT_GRID_EMISSION_FACTOR = 0.5703
+# China's national average electricity CO2 emission factor for 2022, 0.5366 kgCO2/kWh, as published
+# by the Ministry of Ecology and Environment and the National Bureau of Statistics (2024). Earlier
+# reporting rules used 0.5703 (MEE 2023 notice on power-sector reporting). Override per site.
+DEFAULT_GRID_EMISSION_FACTOR = 0.5366
 
 
 class _Frozen(BaseModel):
@@ -79,6 +80,8 @@ class Point(_Frozen):
             raise ValueError(f"a cooling point needs cooling_subsystem (one of: {allowed})")
         if self.role is not Role.COOLING and self.cooling_subsystem is not None:
             raise ValueError("cooling_subsystem is only valid on role 'cooling'")
+        if self.rated_kw is not None and self.quantity not in (Quantity.POWER, Quantity.ENERGY):
+            raise ValueError("rated_kw is only valid on power and energy points")
         if self.rollover is not None and self.quantity not in COUNTER_QUANTITIES:
             raise ValueError("rollover is only valid on counter quantities (energy, water_volume)")
         return self
@@ -192,6 +195,8 @@ class Registry(_Frozen):
                 "quantity": p.quantity.value,
                 "factor": p.factor,
                 "is_counter": p.is_counter,
+                # a time integral of flow [m3/h × h] is m3; water flows are booked in L
+                "integral_factor": 1000.0 if p.quantity is Quantity.FLOW else 1.0,
                 "source": p.source.value,
                 "precedence": SOURCE_PRECEDENCE[p.source],
                 "it_category": p.it_category or 0,

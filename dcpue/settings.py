@@ -31,7 +31,6 @@ class EngineSettings(_Section):
     allowed_lateness_s: float = Field(120, ge=0)  # late readings within this still update their window
     spike_tolerance: float = Field(1.5, ge=1)  # counter deltas above rated_kw × dt × this are rejected
     hierarchy_tolerance: float = Field(0.05, ge=0)  # sub-meters vs facility meter
-    base_window_s: int = Field(60, ge=10)  # live window; larger windows roll up from it
     timezone: str = "Asia/Shanghai"  # calendar of day and month windows
     live_history_h: float = Field(6, gt=0)  # how much live (1 min) history the store keeps
 

@@ -172,7 +172,7 @@ def test_partial_pue_and_the_iso_30134_family():
     # One hour: grid 130 kW + PV 20 kW = total 150 kW; IT 100; chiller 25 + CRAH 15 = cooling 40;
     # losses 6; lighting 4; reused heat 30 kW; water 180 L/h.
     # PUE = 150/100 = 1.5; pPUE = 140/100 = 1.4; CLF 0.4; PLF 0.06; OLF 0.04; WUE = 180/100 = 1.8 L/kWh;
-    # REF = 20/150 = 0.1333; ERF = 30/150 = 0.2; CUE = 130 × 0.5703 / 100 = 0.74139 kgCO2/kWh.
+    # REF = 20/150 = 0.1333; ERF = 30/150 = 0.2; CUE = 130 × 0.5366 / 100 = 0.69758 kgCO2/kWh.
     reg = registry(site("a", [
         point("facility.main", "facility", "energy", "kWh", rated_kw=1000),
         point("it.ups", "it", it_category=1),
@@ -202,7 +202,7 @@ def test_partial_pue_and_the_iso_30134_family():
     assert row["wue"] == pytest.approx(1.8)
     assert row["ref"] == pytest.approx(20 / 150)
     assert row["erf"] == pytest.approx(0.2)
-    assert row["cue"] == pytest.approx(130 * 0.5703 / 100)
+    assert row["cue"] == pytest.approx(130 * 0.5366 / 100)
     # children 100 + 40 + 6 + 4 = 150 = total: the meter hierarchy balances
     assert row["hierarchy_error"] == pytest.approx(0.0, abs=1e-9)
     assert "hierarchy" not in row["flags"]
@@ -295,3 +295,48 @@ def test_negative_power_samples_are_invalid():
     # the sample at minute 5 invalidates intervals 4→5 and 5→6: 8 of 10 minutes integrate 100 kW
     assert pw["integral"].iloc[0] == pytest.approx(8 * 100 / 60)
     assert pw["covered_s"].iloc[0] == pytest.approx(8 * 60)
+
+
+def test_summed_meters_missing_different_minutes_do_not_bias_pue():
+    # UPS A 60 kW all hour; UPS B 40 kW but silent for the last 6 minutes (one 6-min gap > max_gap).
+    # Per meter mean power: 60 + 40 = 100 kW, so PUE = 150 / 100 = 1.5 even though B booked 54 minutes.
+    reg = registry(site("a", [
+        point("facility.main", "facility", "energy", "kWh", rated_kw=1000),
+        point("it.ups-a", "it", it_category=1), point("it.ups-b", "it", it_category=1),
+    ]))
+    b = power_series("a", "it.ups-b", 40, 60)
+    b = b[b["ts"] <= T0 + 54 * MIN]
+    readings = pd.concat([counter_series("a", "facility.main", 150, 60), power_series("a", "it.ups-a", 60, 60), b])
+    row = one(batch_windows(readings, reg, "1h"))
+    assert row["status"] == "ok"  # IT coverage 54/60 = 0.9
+    assert row["it_kwh"] == pytest.approx(60 + 40 * 54 / 60)  # what was measured
+    assert row["it_kw"] == pytest.approx(100.0)
+    assert row["pue"] == pytest.approx(1.5)
+
+
+def test_wue_from_a_water_flow_meter_is_in_litres():
+    # 0.18 m3/h of make-up water = 180 L/h against 100 kW IT → WUE 1.8 L/kWh
+    reg = registry(site("a", [
+        point("facility.main", "facility", "energy", "kWh", rated_kw=1000),
+        point("it.ups", "it", it_category=1),
+        point("water.makeup", "water", "flow", "m3/h"),
+    ]))
+    readings = pd.concat([counter_series("a", "facility.main", 150, 60), power_series("a", "it.ups", 100, 60),
+                          power_series("a", "water.makeup", 0.18, 60)])
+    row = one(batch_windows(readings, reg, "1h"))
+    assert row["water_l"] == pytest.approx(180.0)
+    assert row["wue"] == pytest.approx(1.8)
+
+
+def test_a_silent_renewable_meter_makes_pue_incomplete_not_low():
+    # grid 130 kW + PV 20 kW; the PV meter is silent: total energy is unknown, so no PUE (not 1.3)
+    reg = registry(site("a", [
+        point("facility.main", "facility", "energy", "kWh", rated_kw=1000),
+        point("it.ups", "it", it_category=1), point("pv", "renewable"),
+    ]))
+    readings = pd.concat([counter_series("a", "facility.main", 130, 60), power_series("a", "it.ups", 100, 60)])
+    row = one(batch_windows(readings, reg, "1h"))
+    assert row["status"] == "incomplete"
+    assert np.isnan(row["pue"])
+    with_pv = pd.concat([readings, power_series("a", "pv", 20, 60)])
+    assert one(batch_windows(with_pv, reg, "1h"))["pue"] == pytest.approx(1.5)

@@ -110,7 +110,10 @@ def test_every_window_ends_final_exactly_once_per_key(reg):
     assert first_day["pue"] == pytest.approx(1.5)
     annual = stream[(stream["window"] == "12mo") & (stream["id"] == "a")].iloc[-1]
     assert annual["status"] == "incomplete"  # one day of 365: never reported as an annual figure
-    assert annual["coverage"] == pytest.approx((24 * 60 + 10) / (365 * 24 * 60), rel=1e-3)
+    # the open annual window runs from 364 local days before today to now (00:10 of day 2):
+    # 1,450 covered minutes of 364 days + 10 minutes elapsed
+    assert annual["coverage"] == pytest.approx((24 * 60 + 10) / (364 * 24 * 60 + 10), rel=1e-6)
+    assert pd.Timestamp(annual["end_ms"], unit="ms", tz="Asia/Shanghai").strftime("%H:%M") == "00:00"
 
 
 def test_state_stays_bounded(reg):
@@ -119,9 +122,11 @@ def test_state_stays_bounded(reg):
         engine.add(chunk)
         engine.advance()
     counters = engine.snapshot_counters()
-    # only the open windows (lateness 2 min + the current minute) and their context remain
-    assert counters["open_windows"] <= 2 * 4
-    assert counters["buffered_readings"] <= 2 * 3 * 10
+    # only the open windows (closing delay max(lateness, max gap) = 5 min, plus the current minute)
+    # and the samples they need (back to one max gap before them) remain, for 2 sites × 3 points
+    open_minutes = engine.lateness_ms // MIN + 1
+    assert counters["open_windows"] <= 2 * open_minutes
+    assert counters["buffered_readings"] <= 2 * 3 * (open_minutes + engine.max_gap_ms // MIN + 1)
     assert len(engine._acc["15m"]) <= 2 * 2  # closed quarter-hours are forgotten after emission
 
 
@@ -131,3 +136,20 @@ def test_month_windows_follow_the_calendar():
     assert pd.Timestamp(month, unit="ms", tz="Asia/Shanghai") == pd.Timestamp("2025-02-01T00:00+08:00")
     [end] = window_ends(np.array([month]), "1mo", "Asia/Shanghai")
     assert pd.Timestamp(end, unit="ms", tz="Asia/Shanghai") == pd.Timestamp("2025-03-01T00:00+08:00")
+
+
+def test_meters_sampled_less_often_than_the_lateness_lose_nothing(reg):
+    # IT sampled every 4 minutes (above the 2-minute lateness, below the 5-minute gap limit):
+    # windows must stay open until the closing sample arrives, so the stream equals the batch result.
+    readings = pd.concat([
+        counter_series("a", "facility.main", 150, 180), power_series("a", "it.ups", 100, 180, step_min=4),
+        counter_series("b", "facility.main", 240, 180), power_series("b", "it.ups", 200, 180, step_min=4),
+    ], ignore_index=True)
+    stream = run(StreamEngine(reg), chunked(readings, 1))
+    batch = batch_windows(readings, reg, "1h")
+    for start in (T0, T0 + HOUR):
+        s = stream[(stream["window"] == "1h") & (stream["id"] == "a") & (stream["start_ms"] == start)].iloc[0]
+        b = batch[(batch["id"] == "a") & (batch["start_ms"] == start)].iloc[0]
+        assert bool(s["final"]) and s["status"] == "ok"
+        assert s["it_kwh"] == pytest.approx(b["it_kwh"]) == pytest.approx(100.0)
+        assert s["pue"] == pytest.approx(1.5)
