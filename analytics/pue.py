@@ -311,7 +311,7 @@ def group_metrics(site_windows: pd.DataFrame, members: pd.Series, scope: Scope,
     end_ms = np.zeros(n_groups, dtype=np.int64)
     np.maximum.at(end_ms, codes, frame["end_ms"].to_numpy(np.int64))
     out["end_ms"] = end_ms
-    out["final"] = count(~frame["final"].to_numpy(bool)) == 0
+    final_members = count(frame["final"].to_numpy(bool))
     for col in ("facility_kwh", "it_kwh", "cooling_kwh", *COOLING_SUBSYSTEM_COLUMNS, "losses_kwh", "lighting_kwh",
                 "renewable_kwh", "reused_kwh", "total_kwh", "water_l", "facility_kw", "it_kw",
                 "racks_installed", "racks_in_service"):
@@ -333,6 +333,7 @@ def group_metrics(site_windows: pd.DataFrame, members: pd.Series, scope: Scope,
     for col in ("pue", "ppue_cooling", "clf", "plf"):
         out[col] = np.where(good, out[col], np.nan)  # type: ignore[call-overload]
     out["coverage"] = coverage
+    out["final"] = final_members >= group_size  # a group window closes only when all its members have
     out["status"] = status
     out["pue_gap"] = out["pue"] - params.target_pue  # type: ignore[operator]
     out["grade"] = grade(out["pue"])  # type: ignore[arg-type]

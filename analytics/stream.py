@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from dcpue.analytics.energy import EnergyParams, point_windows
-from dcpue.analytics.pue import MetricParams, group_metrics, rollup_flows, site_flows, window_metrics
+from dcpue.analytics.pue import (
+    MetricParams,
+    flow_of_points,
+    group_metrics,
+    rollup_flows,
+    site_flows,
+    window_metrics,
+)
 
 from dcpue.model import empty_readings
 from dcpue.registry import Registry
@@ -42,9 +49,10 @@ def window_starts(ts_ms: np.ndarray | pd.Series, label: str, tz: str = "UTC") ->
     freq = WINDOWS[label]
     if freq == "MS":
         naive = local.tz_localize(None).to_period("M").to_timestamp()
-        floored = naive.tz_localize(tz)
+        floored = naive.tz_localize(tz, ambiguous=False, nonexistent="shift_forward")
     else:
-        floored = local.floor(freq)
+        # in zones with daylight saving a local boundary can be ambiguous or missing: take standard time
+        floored = local.floor(freq, ambiguous=False, nonexistent="shift_forward")
     return np.asarray(floored.as_unit("ms").asi8, dtype=np.int64)[inverse]
 
 
@@ -78,9 +86,8 @@ class StreamEngine:
         self.sites = registry.sites_table
         self.base_label = "1m"
         self.base_ms = 60_000
-        # a window closes only when no valid interval can still end in it: a power interval may be up to
-        # max_gap long, so closing earlier would drop energy of meters sampled less often than the lateness
-        self.lateness_ms = int(max(settings.allowed_lateness_s, settings.max_gap_s) * 1000)
+        self.lateness_ms = int(settings.allowed_lateness_s * 1000)
+        self.close_timeout_ms = int(settings.close_timeout_s * 1000)
         self.max_gap_ms = int(settings.max_gap_s * 1000)
         self.energy_params = EnergyParams(settings.max_gap_s, settings.spike_tolerance)
         self.metric_params = MetricParams(settings.target_pue, settings.coverage_threshold,
@@ -90,6 +97,11 @@ class StreamEngine:
         self._buffer = empty_readings()
         self._pending: list[pd.DataFrame] = []
         self._max_ts: dict[str, int] = {}
+        self._point_last: dict[tuple[str, str], int] = {}  # newest reading per energy-balance point
+        flow_points = flow_of_points(self.points).index
+        self._flow_points: dict[str, list[str]] = {}
+        for site, point in flow_points:
+            self._flow_points.setdefault(site, []).append(point)
         self._final_until: dict[str, int] = {}  # base windows before this are folded and immutable
         self._open = pd.DataFrame()  # base-window flows that may still change, indexed (site, start_ms)
         self._acc: dict[str, pd.DataFrame] = {label: pd.DataFrame() for label in self.ROLLUPS}
@@ -117,6 +129,8 @@ class StreamEngine:
         self.counters.accepted += len(readings)
         for site, ts in readings.groupby("site")["ts"].max().items():
             self._max_ts[site] = max(self._max_ts.get(site, ts), int(ts))
+        for key, ts in readings.groupby(["site", "point"])["ts"].max().items():
+            self._point_last[key] = max(self._point_last.get(key, ts), int(ts))
         self._dirty.update(readings["site"].unique())
         self._pending.append(readings)
         return n_late
@@ -207,12 +221,18 @@ class StreamEngine:
         return rows
 
     def _finalize(self, dirty: list[str]) -> None:
-        """Fold base windows whose end is past each site's watermark into the rollup sums."""
+        """Fold base windows whose end is past each site's watermark into the rollup sums.
+
+        A site's watermark waits for its slowest energy-balance point: a window closes once every
+        point has reported past its end (so the interval that crosses the end is known), or once the
+        site's newest reading is ``close_timeout_s`` past it (a silent point's part is then a gap);
+        either way ``allowed_lateness_s`` later.
+        """
         if self._open.empty:
             return
         sites = self._open.index.get_level_values("site")
         starts = self._open.index.get_level_values("start_ms").to_numpy(np.int64)
-        watermark = sites.map(lambda s: self._max_ts.get(s, 0) - self.lateness_ms).to_numpy(np.int64)
+        watermark = sites.map(self._watermark).to_numpy(np.int64)
         closing = (starts + self.base_ms <= watermark) & np.asarray(sites.isin(dirty))
         if not closing.any():
             return
@@ -226,6 +246,12 @@ class StreamEngine:
             acc = self._acc[label]
             self._acc[label] = part if acc.empty else acc.add(part, fill_value=0).where(
                 acc.reindex(acc.index.union(part.index)).notna() | part.reindex(acc.index.union(part.index)).notna())
+
+    def _watermark(self, site: str) -> int:
+        newest = self._max_ts.get(site, 0)
+        slowest = min((self._point_last.get((site, p), -(2**62)) for p in self._flow_points.get(site, ())),
+                      default=newest)
+        return max(min(slowest, newest), newest - self.close_timeout_ms) - self.lateness_ms
 
     def _prune_accumulators(self) -> None:
         """Forget sums no future row needs: closed 15 min and hour windows (already emitted final),
@@ -294,7 +320,9 @@ class StreamEngine:
 
     def _group_rows(self, site_rows: pd.DataFrame) -> pd.DataFrame:
         """Cluster and fleet rows for every window the site rows touched (members' newest rows included)."""
-        keep = max(4, self.lateness_ms // self.base_ms + 3)
+        # keep member rows until the slowest site has closed them (bounded to a day behind the fastest)
+        closed = list(self._final_until.values())
+        horizon = max(min(closed), max(closed) - DAY_MS) if closed else -(2**62)
         affected_parts = []
         for label, rows in site_rows.groupby("window", sort=False):
             recent = self._recent.get(label)
@@ -307,8 +335,7 @@ class StreamEngine:
             else:
                 affected = merged[merged["start_ms"].isin(rows["start_ms"].unique())]
             affected_parts.append(affected)
-            newest = np.sort(merged["start_ms"].unique())[-keep:]
-            self._recent[label] = merged[merged["start_ms"].isin(newest)]
+            self._recent[label] = merged[merged["end_ms"] > horizon]
         affected = pd.concat(affected_parts, ignore_index=True)
         out = [group_metrics(affected, members, scope, self.metric_params)
                for members, scope in ((self._cluster_members, Scope.CLUSTER), (self._fleet_members, Scope.FLEET))

@@ -77,8 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _configure_logging(settings.log_level)
     registry = _demo_registry(settings)
     store_path = Path(settings.store.path)
-    if not args.keep_store:
-        _clear_demo_store(store_path)  # a fresh simulated timeline each run
+    _clear_demo_store(store_path)  # a fresh simulated timeline each run
     store = FileStore(store_path).setup()
     store.put_state("created_by", "dcpue demo")
     start_ms = _sim_start_ms(settings)
@@ -101,7 +100,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     url = f"http://{settings.http.host}:{pipeline.http_port}/"
     print(f"dcpue demo: {len(registry.sites)} simulated sites, {settings.simulator.speed:g}× real time; "
           f"live page at {url}  (Ctrl-C to stop)", flush=True)
-    summary = (lambda: None) if args.quiet else (lambda: _print_summary(store_path, pipeline.status()))
+    summary = (lambda: None) if args.quiet else (lambda: _print_summary(store, pipeline.status(), settings))
     pipeline.wait(args.duration, on_tick=summary, tick_s=args.summary_every)
     pipeline.stop()
     status = pipeline.status()
@@ -127,23 +126,19 @@ def _clear_demo_store(path: Path) -> None:
         existing.close()
     if owner != "dcpue demo" and has_data:
         raise ConfigError(f"{path}: store holds data not written by `dcpue demo`; the demo clears its store at "
-                          "start, so point it elsewhere with --store PATH (or keep it with --keep-store)")
+                          "start, so point it elsewhere with --store PATH")
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-def _print_summary(store_path: Path, status: dict[str, Any]) -> None:
-    from dcpue.runtime.store import FileStore
-
-    reader = FileStore(store_path).setup()
-    try:
-        sites = reader.latest_windows("site", "1h").set_index("id")
-        fleet = reader.latest_windows("fleet", "1h")
-    finally:
-        reader.close()
-    sim = pd.Timestamp(status["sim_time_ms"], unit="ms", tz="UTC").tz_convert("Asia/Shanghai")
+def _print_summary(store: Any, status: dict[str, Any], settings: Settings) -> None:
+    sites = store.latest_windows("site", "1h").set_index("id")
+    fleet = store.latest_windows("fleet", "1h")
+    tz = settings.engine.timezone
+    sim = pd.Timestamp(status["sim_time_ms"], unit="ms", tz="UTC").tz_convert(tz)
     fleet_pue = _fmt(fleet["pue"].iloc[0]) if not fleet.empty else "-"
-    lines = [f"— simulated {sim:%Y-%m-%d %H:%M} (UTC+8) · fleet PUE (1 h) {fleet_pue} · target 1.2 · "
+    lines = [f"— simulated {sim:%Y-%m-%d %H:%M} ({tz}) · fleet PUE (1 h) {fleet_pue} · "
+             f"target {settings.engine.target_pue:g} · "
              f"{status['readings']} readings · {status['dead_letters']} dead letters"]
     lines.append(f"  {'site':<8}{'PUE 1h':>8}{'gap':>8}{'grade':>14}{'IT kW':>10}{'status':>12}")
     for site_id, row in sites.iterrows():
@@ -158,10 +153,10 @@ def cmd_pue(args: argparse.Namespace) -> int:
     from dcpue.analytics.batch import batch_windows
     from dcpue.runtime.files import read_readings_file
 
-    settings = load_settings(args.config, log_level=args.log_level)
+    settings = load_settings(args.config, log_level=args.log_level, engine={"timezone": args.tz})
     _configure_logging(settings.log_level)
     registry = load_registry(args.sites)
-    readings, rejects = read_readings_file(args.readings, registry, naive_tz=args.tz or settings.engine.timezone)
+    readings, rejects = read_readings_file(args.readings, registry, naive_tz=settings.engine.timezone)
     if not rejects.empty:
         print(f"dcpue pue: {len(rejects)} row(s) of {args.readings} not used; first: line "
               f"{rejects['line'].iloc[0]}: {rejects['reason'].iloc[0]}", file=sys.stderr)
@@ -235,7 +230,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, help="simulator seed (default 7)")
     demo.add_argument("--registry", help="site registry YAML instead of the generated fleet")
     demo.add_argument("--store", help="result store file (default dcpue-data/dcpue.sqlite)")
-    demo.add_argument("--keep-store", action="store_true", help="do not clear the store at start")
     demo.add_argument("--no-faults", action="store_true", help="simulate without injected meter faults")
     demo.add_argument("--quiet", action="store_true", help="no terminal summary")
     demo.add_argument("--summary-every", type=float, default=5.0, help="seconds between terminal summaries")
@@ -249,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     pue.add_argument("--output", "-o", help="write the result here instead of stdout")
     pue.add_argument("--chart", help="also draw PUE per site against the target into this PNG")
     pue.add_argument("--rejects", help="write rows that could not be used (line, reason) to this CSV")
-    pue.add_argument("--tz", help="timezone of timestamps without an offset (default: engine timezone)")
+    pue.add_argument("--tz", help="timezone of timestamps without an offset and of day/month windows "
+                     "(default: engine.timezone)")
     pue.set_defaults(func=cmd_pue)
 
     reg = sub.add_parser("registry", help="site registry tools")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dcpue.errors import ConfigError
@@ -29,10 +30,22 @@ class EngineSettings(_Section):
     coverage_threshold: float = Field(0.9, gt=0, le=1)  # share of a window with valid data to report a figure
     max_gap_s: float = Field(300, gt=0)  # longer gaps between power samples are not integrated
     allowed_lateness_s: float = Field(120, ge=0)  # late readings within this still update their window
+    close_timeout_s: float = Field(900, gt=0)  # a window waits at most this long for a silent point
+    max_future_s: float = Field(300, ge=0)  # readings further ahead of the clock are dead-lettered
     spike_tolerance: float = Field(1.5, ge=1)  # counter deltas above rated_kw × dt × this are rejected
     hierarchy_tolerance: float = Field(0.05, ge=0)  # sub-meters vs facility meter
-    timezone: str = "Asia/Shanghai"  # calendar of day and month windows
+    timezone: str = "Asia/Shanghai"  # calendar of day and month windows (an IANA zone name)
     live_history_h: float = Field(6, gt=0)  # how much live (1 min) history the store keeps
+
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r} (use an IANA name such as 'Asia/Shanghai')") from None
+        return value
 
 
 class TopicSettings(_Section):

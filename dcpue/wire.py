@@ -107,9 +107,12 @@ def decode_batch(data: bytes) -> DecodedBatch:
         return _decode_slow(data)
     _check_envelope(batch.schema, batch.v, batch.site)
     n = _check_lengths(batch.point, batch.ts, batch.value, batch.quality)
-    ts = np.asarray(batch.ts, dtype=np.int64) if n else np.empty(0, np.int64)
+    try:
+        ts = np.asarray(batch.ts, dtype=np.int64) if n else np.empty(0, np.int64)
+        quality = np.asarray(batch.quality, dtype=np.int64) if n else np.empty(0, np.int64)
+    except OverflowError:  # an integer beyond int64: judge record by record
+        return _decode_slow(data)
     value = np.asarray(batch.value, dtype=np.float64) if n else np.empty(0, np.float64)
-    quality = np.asarray(batch.quality, dtype=np.int64) if n else np.empty(0, np.int64)
     bad_ts = (ts < TS_MIN_MS) | (ts >= TS_MAX_MS)
     bad_value = ~np.isfinite(value)
     bad_quality = (quality < 0) | (quality > MAX_QUALITY)

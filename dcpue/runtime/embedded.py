@@ -58,7 +58,8 @@ class EmbeddedPipeline:
         self.store = store
         self.bus = InProcessBus(settings.bus.max_pending_messages)
         self.worker = AnalyticsWorker(
-            registry, settings, self.bus.consumer([settings.bus.topics.readings], ANALYTICS_GROUP), store
+            registry, settings, self.bus.consumer([settings.bus.topics.readings], ANALYTICS_GROUP), store,
+            clock=clock.now_ms,  # simulated time is "now" for the clock-skew check
         )
         self.serve_http = serve_http
         self.stop_event = threading.Event()
@@ -144,8 +145,12 @@ class EmbeddedPipeline:
         thread.start()
         self._threads.append(thread)
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop collecting, drain the bus into the store, stop HTTP, close the store."""
+    def stop(self, timeout_s: float = 300.0) -> bool:
+        """Stop collecting, drain the bus into the store, stop HTTP, close the store.
+
+        Returns False (and records an error) if the worker could not drain within ``timeout_s``;
+        the store is then left open under the still-running worker rather than closed beneath it.
+        """
         self.stop_event.set()
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
@@ -154,9 +159,18 @@ class EmbeddedPipeline:
         if self._server is not None:
             self._server.should_exit = True
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.name == "dcpue-http":
+                thread.join(max(1.0, deadline - time.monotonic()))
+        worker = next((t for t in self._threads if t.name == "dcpue-analytics"), None)
+        if worker is not None and worker.is_alive():
+            lag = self.bus.lag(ANALYTICS_GROUP, self.settings.bus.topics.readings)
+            self.errors.append(RuntimeError(
+                f"analytics did not drain within {timeout_s:g} s: {lag} batches not processed"))
+            log.error("shutdown timed out with %d batches on the bus", lag)
+            return False
         self.bus.close()
         self.store.close()
+        return True
 
     def wait(self, duration_s: float | None, on_tick: Callable[[], None] | None = None,
              tick_s: float = 5.0) -> None:

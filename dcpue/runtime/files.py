@@ -17,6 +17,7 @@ import pandas as pd
 from dcpue.errors import ConfigError
 from dcpue.model import readings_frame
 from dcpue.registry import Registry
+from dcpue.wire import TS_MAX_MS, TS_MIN_MS
 
 REQUIRED = ("timestamp", "site", "point", "value")
 
@@ -55,9 +56,14 @@ def read_readings_file(path: str | Path, registry: Registry, naive_tz: str = "As
     known = keys.isin(registry.points_table.index)
     site_known = pd.Index(site).isin(list(registry.site_map))
 
+    ts_ms = ts.astype("Float64").to_numpy(np.float64, na_value=np.nan)
+    looks_like_seconds = (ts_ms >= TS_MIN_MS / 1000) & (ts_ms < TS_MAX_MS / 1000)
+    out_of_range = ~((ts_ms >= TS_MIN_MS) & (ts_ms < TS_MAX_MS))
     reasons = np.select(
         [
             ts.isna().to_numpy(),
+            looks_like_seconds,
+            out_of_range,
             ~np.isfinite(value),
             ~np.isfinite(quality) | (quality < 0),
             ~site_known,
@@ -65,6 +71,8 @@ def read_readings_file(path: str | Path, registry: Registry, naive_tz: str = "As
         ],
         [
             "timestamp is not ISO-8601 or epoch milliseconds",
+            "timestamp looks like epoch seconds; expected milliseconds",
+            "timestamp is outside 2000-01-01..2100-01-01",
             "value is not a finite number",
             "quality is not a non-negative integer",
             "unknown site",
@@ -85,7 +93,7 @@ def _parse_timestamps(column: pd.Series, naive_tz: str) -> pd.Series:
     text = column.astype("string").str.strip()
     numeric = pd.to_numeric(text, errors="coerce")
     out = pd.Series(pd.NA, index=column.index, dtype="Int64")
-    is_num = numeric.notna()
+    is_num = numeric.notna() & np.isfinite(numeric.astype("float64")) & (numeric.abs() < 2**62)
     out[is_num] = numeric[is_num].astype("int64")
     iso = text[~is_num & text.notna()]
     if not iso.empty:

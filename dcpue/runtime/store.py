@@ -83,9 +83,13 @@ class FileStore:
         ]
         with self._lock:
             db = self._db()
-            db.execute("BEGIN")
-            db.executemany("INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?)", rows)
-            db.execute("COMMIT")
+            try:
+                db.execute("BEGIN")
+                db.executemany("INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?)", rows)
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                raise SinkError(f"{self.path}: writing {len(rows)} dead letters failed: {exc}") from exc
 
     def dead_letters(self, limit: int = 100) -> pd.DataFrame:
         """The newest dead letters, newest first."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from dcpue.analytics.stream import StreamEngine
-from dcpue.errors import DecodeError
+from dcpue.errors import DecodeError, SinkError
 from dcpue.ports import Consumer, Message, Producer, ResultStore
 from dcpue.registry import Registry
 from dcpue.settings import Settings
@@ -63,22 +64,48 @@ def validate_against_registry(frame: pd.DataFrame, registry: Registry) -> tuple[
     return frame[ok], letters
 
 
+def reject_future(frame: pd.DataFrame, now_ms: int, max_future_s: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split off readings stamped more than ``max_future_s`` after ``now_ms`` (a skewed device clock)."""
+    limit = now_ms + int(max_future_s * 1000)
+    ahead = (frame["ts"] > limit).to_numpy()
+    if not ahead.any():
+        return frame, pd.DataFrame(columns=DEAD_LETTER_COLUMNS)
+    bad = frame[ahead]
+    letters = pd.DataFrame({
+        "topic": "",
+        "key": bad["site"].to_numpy(),
+        "reason": [f"timestamp {ts} is {(ts - now_ms) / 1000:.0f} s ahead of the clock (limit {max_future_s:g} s)"
+                   for ts in bad["ts"]],
+        "payload": bad[["point", "ts", "value", "quality"]].to_dict("records"),
+    })
+    return frame[~ahead], letters
+
+
 class AnalyticsWorker:
-    """Consumes reading batches, keeps PUE windows current in the store."""
+    """Consumes reading batches, keeps PUE windows current in the store.
+
+    If the store refuses a write, the results are kept and retried with backoff before anything
+    else is polled, and nothing is committed until they are written: the bus holds the backlog.
+    """
 
     def __init__(self, registry: Registry, settings: Settings, consumer: Consumer, store: ResultStore,
-                 dead_letter_producer: Producer | None = None) -> None:
+                 dead_letter_producer: Producer | None = None, clock: Callable[[], int] | None = None) -> None:
         self.registry = registry
         self.settings = settings
         self.consumer = consumer
         self.store = store
         self.dead_letter_producer = dead_letter_producer
+        self.clock = clock or (lambda: int(time.time() * 1000))
         self.engine = StreamEngine(registry, settings.engine)
         self.stats = WorkerStats()
         self._last_prune_ms = 0
+        self._unwritten: tuple[pd.DataFrame, pd.DataFrame] | None = None
+        self._backoff_s = 0.0
 
     def step(self, timeout_s: float = 0.5, max_records: int = 500) -> int:
         """Process one poll's worth of messages; returns how many messages were handled."""
+        if self._unwritten is not None and not self._write_and_commit():
+            return 0
         messages = self.consumer.poll(timeout_s, max_records)
         if not messages:
             return 0
@@ -86,32 +113,55 @@ class AnalyticsWorker:
         if frames:
             readings = pd.concat(frames, ignore_index=True)
             readings, unknown = validate_against_registry(readings, self.registry)
-            if not unknown.empty:
-                unknown["topic"] = messages[0].topic
-                letters.append(unknown)
+            readings, future = reject_future(readings, self.clock(), self.settings.engine.max_future_s)
+            for extra in (unknown, future):
+                if not extra.empty:
+                    extra["topic"] = messages[0].topic
+                    letters.append(extra)
             self.stats.late_dropped += self.engine.add(readings)
             self.stats.readings += len(readings)
             if not readings.empty:
                 self.stats.newest_ts_ms = max(self.stats.newest_ts_ms, int(readings["ts"].max()))
         rows = self.engine.advance()
-        started = time.perf_counter()
-        self.store.write_windows(rows)
-        if letters:
-            self._dead_letter(pd.concat(letters, ignore_index=True))
-        self.stats.last_write_s = time.perf_counter() - started
-        self.stats.windows_written += len(rows)
+        dead = pd.concat(letters, ignore_index=True) if letters else pd.DataFrame(columns=DEAD_LETTER_COLUMNS)
+        self._unwritten = (rows, dead)
         self.stats.messages += len(messages)
-        self.consumer.commit()  # only now: everything these messages produced is written
-        self._prune_live()
+        self._write_and_commit()
         return len(messages)
 
+    def _write_and_commit(self) -> bool:
+        """Write the pending results; commit the bus position only once they are written."""
+        assert self._unwritten is not None
+        rows, dead = self._unwritten
+        started = time.perf_counter()
+        try:
+            self.store.write_windows(rows)
+            if not dead.empty:
+                self._dead_letter(dead)
+        except SinkError as exc:
+            self.stats.errors["store_write"] = self.stats.errors.get("store_write", 0) + 1
+            self._backoff_s = min(5.0, max(0.1, self._backoff_s * 2))
+            log.warning("store write failed, keeping %d rows and retrying in %.1f s: %s", len(rows),
+                        self._backoff_s, exc)
+            time.sleep(self._backoff_s)
+            return False
+        self._backoff_s = 0.0
+        self._unwritten = None
+        self.stats.last_write_s = time.perf_counter() - started
+        self.stats.windows_written += len(rows)
+        self.consumer.commit()  # only now: everything the polled messages produced is written
+        self._prune_live()
+        return True
     def _decode(self, messages: list[Message]) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
         frames: list[pd.DataFrame] = []
         letters: list[pd.DataFrame] = []
         for message in messages:
             try:
                 batch = decode_batch(message.value)
-            except DecodeError as exc:
+            except Exception as exc:  # noqa: BLE001 — a poison message must never stop the worker
+                if not isinstance(exc, DecodeError):
+                    log.exception("unexpected decoder error at offset %s", message.offset)
+                    exc = DecodeError(f"decoder error: {type(exc).__name__}: {exc}")
                 letters.append(pd.DataFrame([{
                     "topic": message.topic, "key": message.key, "reason": str(exc),
                     "payload": {"offset": message.offset, "bytes_hex": message.value[:256].hex()},

@@ -153,3 +153,53 @@ def test_meters_sampled_less_often_than_the_lateness_lose_nothing(reg):
         assert bool(s["final"]) and s["status"] == "ok"
         assert s["it_kwh"] == pytest.approx(b["it_kwh"]) == pytest.approx(100.0)
         assert s["pue"] == pytest.approx(1.5)
+
+
+def test_a_point_whose_messages_arrive_late_is_waited_for(reg):
+    # the IT meter's batches arrive 6 minutes after the other points (a slow collector):
+    # windows wait for it (up to close_timeout_s), so its energy is not lost and nothing is "late"
+    other = pd.concat([counter_series("a", "facility.main", 150, 120), power_series("a", "cool.crah", 40, 120)])
+    it = power_series("a", "it.ups", 100, 120)
+    engine = StreamEngine(reg)
+    out = []
+    for minute in range(0, 121):
+        engine.add(other[other["ts"] == T0 + minute * MIN])
+        engine.add(it[it["ts"] == T0 + (minute - 6) * MIN])
+        out.append(engine.advance())
+    rows = pd.concat(out).drop_duplicates(["scope", "id", "window", "start_ms"], keep="last")
+    hour = rows[(rows["id"] == "a") & (rows["window"] == "1h") & (rows["start_ms"] == T0)].iloc[0]
+    assert bool(hour["final"])
+    assert hour["it_kwh"] == pytest.approx(100.0)
+    assert hour["pue"] == pytest.approx(1.5)
+    assert engine.counters.late_dropped == 0
+
+
+def test_group_rows_wait_for_a_lagging_member(reg):
+    # site b reports 10 minutes behind site a; the fleet minute must include both once b catches up
+    a = pd.concat([counter_series("a", "facility.main", 150, 60), power_series("a", "it.ups", 100, 60)])
+    b = pd.concat([counter_series("b", "facility.main", 240, 60), power_series("b", "it.ups", 200, 60)])
+    engine = StreamEngine(reg)
+    out = []
+    for minute in range(0, 71):
+        engine.add(a[a["ts"] == T0 + minute * MIN])
+        engine.add(b[b["ts"] == T0 + (minute - 10) * MIN])
+        out.append(engine.advance())
+    rows = pd.concat(out).drop_duplicates(["scope", "id", "window", "start_ms"], keep="last")
+    fleet = rows[(rows["scope"] == "fleet") & (rows["window"] == "1m") & (rows["start_ms"] == T0 + 20 * MIN)].iloc[0]
+    assert bool(fleet["final"]) and fleet["status"] == "ok"
+    assert fleet["pue"] == pytest.approx(390 / 300)
+    # while b had not closed minute 20, no fleet row for it was final
+    early = [o for o in out if not o.empty]
+    first_final = next(o for o in early if ((o["scope"] == "fleet") & (o["window"] == "1m")
+                                           & (o["start_ms"] == T0 + 20 * MIN) & o["final"]).any())
+    row = first_final[(first_final["scope"] == "fleet") & (first_final["window"] == "1m")
+                      & (first_final["start_ms"] == T0 + 20 * MIN)].iloc[0]
+    assert row["coverage"] == pytest.approx(1.0)
+
+
+def test_day_windows_survive_daylight_saving_zones(reg):
+    # Europe/Berlin leaves summer time on 2025-10-26: that local day has 25 hours
+    start = int(pd.Timestamp("2025-10-25T22:00:00Z").value // 1_000_000)  # 2025-10-26 00:00 CEST
+    [day] = window_starts(np.array([start + 3_600_000]), "1d", "Europe/Berlin")
+    [end] = window_ends(np.array([day]), "1d", "Europe/Berlin")
+    assert (end - day) / 3_600_000 == 25

@@ -121,3 +121,24 @@ def test_demo_refuses_to_clear_a_store_it_did_not_write(tmp_path):
     reopened = FileStore(store_path).setup()
     assert len(reopened.query_windows("site", "1m")) == 1  # untouched
     reopened.close()
+
+
+def test_bad_timestamps_in_an_export_are_rejected_with_reasons(tmp_path):
+    from dcpue.runtime.files import read_readings_file
+    from tests.factories import registry
+
+    path = tmp_path / "x.csv"
+    pd.DataFrame({"timestamp": ["1736092800", "inf", "1899-01-01T00:00:00Z", "2025-01-06T00:00:00+08:00"],
+                  "site": "a", "point": "it.ups", "value": 1.0}).to_csv(path, index=False)
+    frame, rejects = read_readings_file(path, registry(simple_site("a")))
+    assert rejects["reason"].tolist() == ["timestamp looks like epoch seconds; expected milliseconds",
+                                          "timestamp is not ISO-8601 or epoch milliseconds",
+                                          "timestamp is outside 2000-01-01..2100-01-01"]
+    assert frame["ts"].tolist() == [T0]
+
+
+def test_unknown_timezone_is_a_configuration_error(export):
+    path, sites = export
+    result = run("pue", str(path), "--sites", str(sites), "--tz", "Asia/Shangai")
+    assert result.returncode == 2
+    assert "engine.timezone" in result.stderr and "unknown timezone 'Asia/Shangai'" in result.stderr

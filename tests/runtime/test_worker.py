@@ -55,3 +55,41 @@ def test_unknown_point_of_a_known_site_is_dead_lettered(setup):
     letters = store.dead_letters()
     assert letters["reason"].tolist() == ["unknown point it.ghost for site a"]
     assert letters["payload"].iloc[0]["value"] == 2.0
+
+
+def test_readings_from_a_clock_far_in_the_future_are_dead_lettered(setup):
+    bus, store, worker, topic = setup
+    now = 1_736_092_800_000
+    worker.clock = lambda: now
+    bus.producer().send(topic, encode_batch("a", ["it.ups", "it.ups"], [now, now + 2 * 86_400_000], [1.0, 1.0]),
+                        key="a")
+    worker.step(timeout_s=0.1)
+    reasons = store.dead_letters()["reason"].tolist()
+    assert len(reasons) == 1 and "ahead of the clock" in reasons[0]
+
+
+def test_a_failing_store_keeps_results_and_commits_nothing_until_written(setup, monkeypatch):
+    from dcpue.errors import SinkError
+
+    bus, store, worker, topic = setup
+    readings = pd.concat([counter_series("a", "facility.main", 150, 30), power_series("a", "it.ups", 100, 30)])
+    bus.producer().send(topic, encode_frame("a", readings), key="a")
+    real_write = store.write_windows
+    failures = {"left": 2}
+
+    def flaky(rows):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise SinkError("store unavailable")
+        real_write(rows)
+
+    monkeypatch.setattr(store, "write_windows", flaky)
+    worker.step(timeout_s=0.1)
+    assert bus.lag("g", topic) == 1  # nothing committed while the write fails
+    worker.step(timeout_s=0.1)
+    assert bus.lag("g", topic) == 1
+    worker.step(timeout_s=0.1)
+    assert bus.lag("g", topic) == 0
+    live = store.query_windows("site", "1m")
+    assert len(live) == 30  # every minute written, none lost to the failures
+    assert worker.stats.errors["store_write"] == 2
