@@ -45,14 +45,18 @@ class Consumer(Protocol):
     def close(self) -> None: ...
 
 
-class ResultStore(Protocol):
-    """Where analytics results go: the local file store embedded, InfluxDB distributed."""
+class ResultSink(Protocol):
+    """Where analytics results are written: the local file store embedded, InfluxDB distributed."""
 
     def write_windows(self, windows: pd.DataFrame) -> None:
         """Upsert window results; the same (scope, id, window, start) overwrites (idempotent replay)."""
 
     def write_dead_letters(self, letters: pd.DataFrame) -> None:
         """Keep records that could not be used, with their reason (columns topic, key, reason, payload)."""
+
+
+class ResultStore(ResultSink, Protocol):
+    """A sink that can also be read back (the file store; InfluxDB is read with InfluxQL by Grafana)."""
 
     def dead_letters(self, limit: int = 100) -> pd.DataFrame:
         """The newest dead letters, newest first."""

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dcpue.errors import ConfigError
@@ -54,15 +54,52 @@ class TopicSettings(_Section):
     dead_letters: str = "dcpue.deadletter.v1"
 
 
+class KafkaSettings(_Section):
+    """Connection to Kafka (any broker speaking the Kafka protocol). Secrets come from env or file only."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "dcpue"
+    group_id: str = "dcpue-analytics"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    partitions: int = Field(12, ge=1)  # readings topic; workers in one group scale up to this
+    replication_factor: int = Field(1, ge=1)
+    retention_ms: int = Field(7 * 86_400_000, gt=0)
+    linger_ms: int = Field(50, ge=0)
+    compression_type: Literal["gzip", "lz4", "zstd", "none"] = "lz4"
+    enable_idempotence: bool = True
+    send_timeout_s: float = Field(30, gt=0)  # a collector batch is acknowledged only once Kafka has it
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+
+
 class BusSettings(_Section):
     kind: Literal["embedded", "kafka"] = "embedded"
     max_pending_messages: int = Field(10_000, gt=0)  # embedded bus blocks producers beyond this
     topics: TopicSettings = TopicSettings()
+    kafka: KafkaSettings = KafkaSettings()
+
+
+class InfluxSettings(_Section):
+    """InfluxDB v2 write API (InfluxDB 1.8+, 2.x, 3.x and compatible servers accept it)."""
+
+    url: str = "http://127.0.0.1:8086"
+    token: SecretStr = SecretStr("")
+    org: str = "dcpue"
+    bucket: str = "dcpue"
+    timeout_s: float = Field(10, gt=0)
 
 
 class StoreSettings(_Section):
     kind: Literal["file", "influxdb"] = "file"
     path: Path = Path("dcpue-data/dcpue.sqlite")
+    influxdb: InfluxSettings = InfluxSettings()
 
 
 class HttpSettings(_Section):

@@ -18,7 +18,7 @@ import pandas as pd
 
 from dcpue.analytics.stream import StreamEngine
 from dcpue.errors import DecodeError, SinkError
-from dcpue.ports import Consumer, Message, Producer, ResultStore
+from dcpue.ports import Consumer, Message, Producer, ResultSink
 from dcpue.registry import Registry
 from dcpue.settings import Settings
 from dcpue.wire import decode_batch
@@ -88,7 +88,7 @@ class AnalyticsWorker:
     else is polled, and nothing is committed until they are written: the bus holds the backlog.
     """
 
-    def __init__(self, registry: Registry, settings: Settings, consumer: Consumer, store: ResultStore,
+    def __init__(self, registry: Registry, settings: Settings, consumer: Consumer, store: ResultSink,
                  dead_letter_producer: Producer | None = None, clock: Callable[[], int] | None = None) -> None:
         self.registry = registry
         self.settings = settings

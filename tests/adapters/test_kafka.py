@@ -1,0 +1,85 @@
+"""The Kafka path against a real broker (Tansu on 127.0.0.1): same PUE as the embedded path, poison to DLQ."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from dcpue.analytics.batch import batch_windows
+
+from dcpue.adapters.kafka import KafkaConsumerAdapter, KafkaProducerAdapter, create_topics
+from dcpue.runtime.store import FileStore
+from dcpue.runtime.worker import AnalyticsWorker
+from dcpue.settings import BusSettings, KafkaSettings, Settings, TopicSettings
+from dcpue.wire import encode_frame
+from tests.factories import T0, counter_series, power_series, registry, simple_site
+from tests.servers import fast_consumer_config, tansu_broker, unique_name  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.integration
+
+
+def kafka_settings(broker, **extra) -> KafkaSettings:
+    fast = fast_consumer_config()
+    return KafkaSettings(bootstrap_servers=broker.bootstrap_servers, partitions=4,
+                         session_timeout_ms=fast["session_timeout_ms"],
+                         heartbeat_interval_ms=fast["heartbeat_interval_ms"],
+                         max_poll_interval_ms=fast["max_poll_interval_ms"], **extra)
+
+
+def test_readings_through_kafka_give_the_embedded_figures(tansu_broker, tmp_path):  # noqa: F811
+    reg = registry(simple_site("a"), simple_site("b"))
+    prefix = unique_name("t")
+    topics = TopicSettings(readings=f"{prefix}.readings.v1", metrics=f"{prefix}.metrics.v1",
+                           dead_letters=f"{prefix}.deadletter.v1")
+    kafka = kafka_settings(tansu_broker)
+    settings = Settings(bus=BusSettings(kind="kafka", topics=topics, kafka=kafka))
+    assert sorted(create_topics(kafka, topics)) == sorted([topics.readings, topics.metrics, topics.dead_letters])
+
+    readings = {
+        "a": pd.concat([counter_series("a", "facility.main", 150, 120), power_series("a", "it.ups", 100, 120)]),
+        "b": pd.concat([counter_series("b", "facility.main", 240, 120), power_series("b", "it.ups", 200, 120)]),
+    }
+    producer = KafkaProducerAdapter(kafka).setup()
+    for minute in range(0, 121, 10):  # collectors send 10-minute batches per site
+        for site, frame in readings.items():
+            part = frame[(frame["ts"] >= T0 + minute * 60_000) & (frame["ts"] < T0 + (minute + 10) * 60_000)]
+            if not part.empty:
+                producer.send(topics.readings, encode_frame(site, part), key=site)
+    producer.send(topics.readings, b"\x00poison", key="a")
+    producer.flush()  # acknowledged by the broker before the "collector" moves on
+    producer.close()
+
+    store = FileStore(tmp_path / "k.sqlite").setup()
+    consumer = KafkaConsumerAdapter(kafka, [topics.readings], group_id=unique_name("g")).setup()
+    dlq = KafkaProducerAdapter(kafka).setup()
+    worker = AnalyticsWorker(reg, settings, consumer, store, dead_letter_producer=dlq, clock=lambda: T0 + 3 * 3_600_000)
+    idle = 0
+    while idle < 6 and worker.stats.messages < 27:
+        idle = 0 if worker.step(timeout_s=1.0) else idle + 1
+    dlq.flush()
+    assert worker.stats.messages == 27 and worker.stats.dead_letters == 1
+    consumer.close()
+
+    stored = store.query_windows("site", "1h").set_index(["id", "start_ms"])
+    expected = batch_windows(pd.concat(readings.values()), reg, "1h")
+    for site in ("a", "b"):
+        got = stored.loc[(site, T0)]
+        want = expected[(expected["id"] == site) & (expected["start_ms"] == T0)].iloc[0]
+        assert bool(got["final"])
+        assert got["pue"] == pytest.approx(want["pue"])
+        assert got["facility_kwh"] == pytest.approx(want["facility_kwh"])
+
+    # the poison message is on the dead-letter topic with its reason in a header
+    reader = KafkaConsumerAdapter(kafka, [topics.dead_letters], group_id=unique_name("dlq")).setup()
+    letters = []
+    for _ in range(10):
+        letters += reader.poll(1.0)
+        if letters:
+            break
+    reader.close()
+    assert len(letters) == 1
+    headers = dict(letters[0].headers)
+    assert headers["reason"].decode().startswith("not a MessagePack message")
+    assert json.loads(letters[0].value)["bytes_hex"] == b"\x00poison".hex()
+    store.close()
