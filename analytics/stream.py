@@ -80,7 +80,11 @@ class StreamEngine:
 
     ROLLUPS = ("15m", "1h", "1d", "1mo")
 
-    def __init__(self, registry: Registry, settings: EngineSettings = EngineSettings()) -> None:
+    def __init__(self, registry: Registry, settings: EngineSettings = EngineSettings(),
+                 emit_groups: bool = True) -> None:
+        """``emit_groups=False`` leaves cluster and fleet rows out: a worker that sees only some sites
+        (one of several in a Kafka consumer group) must not write partial group figures."""
+        self.emit_groups = emit_groups
         self.registry = registry
         self.points = registry.points_table
         self.sites = registry.sites_table
@@ -167,7 +171,7 @@ class StreamEngine:
             np.concatenate([p[2] for p in parts]),
         )
         site_rows.loc[site_rows["window"] == ROLLING_ANNUAL, "final"] = False  # a rolling figure never closes
-        groups = self._group_rows(site_rows)
+        groups = self._group_rows(site_rows) if self.emit_groups else empty_windows()
         self._prune_buffer(dirty)
         self._prune_accumulators()
         return pd.concat([site_rows, groups], ignore_index=True) if not groups.empty else site_rows

@@ -193,6 +193,97 @@ def cmd_pue(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- distributed: topics, collect, analyze --------------------------------------------------
+def _kafka_settings(args: argparse.Namespace) -> Settings:
+    influx = getattr(args, "influx", None)
+    settings = load_settings(args.config, log_level=args.log_level, registry=getattr(args, "registry", None),
+                             bus={"kind": "kafka", "kafka": {"bootstrap_servers": args.kafka}},
+                             store={"kind": "influxdb", "influxdb": {"url": influx}} if influx else {},
+                             simulator={"sites": getattr(args, "sites", None), "speed": getattr(args, "speed", None)})
+    _configure_logging(settings.log_level)
+    return settings
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    """Create dcpue's topics (partitions and retention from settings)."""
+    from dcpue.adapters.kafka import create_topics
+
+    settings = _kafka_settings(args)
+    created = create_topics(settings.bus.kafka, settings.bus.topics)
+    print(f"created: {', '.join(created) or 'nothing (all topics exist)'}")
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    """Run the fleet simulator as a collector publishing reading batches to Kafka."""
+    from dcpue.adapters.kafka import KafkaProducerAdapter
+    from dcpue.ingest.simulator import FleetSimulator
+    from dcpue.runtime.embedded import SimClock
+    from dcpue.wire import encode_frame
+
+    settings = _kafka_settings(args)
+    registry = _demo_registry(settings)
+    start_ms = _sim_start_ms(settings)
+    clock = SimClock(start_ms, settings.simulator.speed)
+    simulator = FleetSimulator(registry, seed=settings.simulator.seed, start_ms=start_ms,
+                               sample_interval_s=settings.simulator.sample_interval_s,
+                               faults=settings.simulator.faults)
+    producer = KafkaProducerAdapter(settings.bus.kafka).setup()
+    simulator.setup()
+    clock.start()
+    end = None if args.duration is None else time.monotonic() + args.duration
+    sent = 0
+    try:
+        while end is None or time.monotonic() < end:
+            for site, frame in simulator.poll(clock.now_ms()):
+                producer.send(settings.bus.topics.readings, encode_frame(site, frame), key=site)
+                sent += 1
+            producer.flush()  # a poll counts as delivered only once Kafka acknowledged all of it
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        simulator.close()
+        producer.close()
+    print(f"dcpue collect: {sent} batches delivered to {settings.bus.topics.readings}", flush=True)
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Consume readings from Kafka in a consumer group and write windows to InfluxDB (or the file store)."""
+    from dcpue.adapters.influxdb import InfluxSink
+    from dcpue.adapters.kafka import KafkaConsumerAdapter, KafkaProducerAdapter
+    from dcpue.runtime.store import FileStore
+    from dcpue.runtime.worker import AnalyticsWorker
+
+    settings = _kafka_settings(args)
+    registry = _demo_registry(settings)
+    if settings.store.kind == "influxdb":
+        sink: Any = InfluxSink(settings.store.influxdb, registry.sites_table).setup()
+    else:
+        sink = FileStore(settings.store.path).setup()
+    consumer = KafkaConsumerAdapter(settings.bus.kafka, [settings.bus.topics.readings]).setup()
+    dead_letters = KafkaProducerAdapter(settings.bus.kafka).setup()
+    # several workers share the sites, so none of them may write partial cluster/fleet figures
+    worker = AnalyticsWorker(registry, settings, consumer, sink, dead_letter_producer=dead_letters,
+                             emit_groups=args.groups)
+    end = None if args.duration is None else time.monotonic() + args.duration
+    try:
+        while end is None or time.monotonic() < end:
+            worker.step(timeout_s=1.0)
+            dead_letters.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+        dead_letters.close()
+        sink.close()
+    stats = worker.status()
+    print(f"dcpue analyze: {stats['messages']} batches, {stats['readings']} readings, "
+          f"{stats['windows_written']} windows written, {stats['dead_letters']} dead letters", flush=True)
+    return 0
+
+
 # -- registry -----------------------------------------------------------------------------
 def cmd_registry_check(args: argparse.Namespace) -> int:
     registry = load_registry(args.file)
@@ -246,6 +337,28 @@ def build_parser() -> argparse.ArgumentParser:
     pue.add_argument("--tz", help="timezone of timestamps without an offset and of day/month windows "
                      "(default: engine.timezone)")
     pue.set_defaults(func=cmd_pue)
+
+    kafka_common = argparse.ArgumentParser(add_help=False, parents=[common])
+    kafka_common.add_argument("--kafka", help="Kafka bootstrap servers host:port[,…] (bus.kafka.bootstrap_servers)")
+    kafka_common.add_argument("--registry", help="site registry YAML (default: the simulated demo fleet)")
+    kafka_common.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
+
+    topics = sub.add_parser("topics", help="Kafka topic tools")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    create = topics_sub.add_parser("create", parents=[kafka_common], help="create dcpue's topics")
+    create.set_defaults(func=cmd_topics_create)
+
+    collect = sub.add_parser("collect", parents=[kafka_common], help="simulated fleet → Kafka readings topic")
+    collect.add_argument("--sites", type=int, help="number of simulated sites (default 12)")
+    collect.add_argument("--speed", type=float, help="simulated seconds per real second (default 1440)")
+    collect.set_defaults(func=cmd_collect)
+
+    analyze = sub.add_parser("analyze", parents=[kafka_common],
+                             help="consumer-group worker: Kafka readings → PUE windows → InfluxDB")
+    analyze.add_argument("--influx", help="InfluxDB URL (store.influxdb.url); token/org/bucket from settings")
+    analyze.add_argument("--groups", action="store_true",
+                         help="also write cluster/fleet rows (only correct when this is the group's only worker)")
+    analyze.set_defaults(func=cmd_analyze)
 
     reg = sub.add_parser("registry", help="site registry tools")
     reg_sub = reg.add_subparsers(dest="registry_command", required=True, metavar="ACTION")

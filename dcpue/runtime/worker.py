@@ -89,14 +89,15 @@ class AnalyticsWorker:
     """
 
     def __init__(self, registry: Registry, settings: Settings, consumer: Consumer, store: ResultSink,
-                 dead_letter_producer: Producer | None = None, clock: Callable[[], int] | None = None) -> None:
+                 dead_letter_producer: Producer | None = None, clock: Callable[[], int] | None = None,
+                 emit_groups: bool = True) -> None:
         self.registry = registry
         self.settings = settings
         self.consumer = consumer
         self.store = store
         self.dead_letter_producer = dead_letter_producer
         self.clock = clock or (lambda: int(time.time() * 1000))
-        self.engine = StreamEngine(registry, settings.engine)
+        self.engine = StreamEngine(registry, settings.engine, emit_groups=emit_groups)
         self.stats = WorkerStats()
         self._last_prune_ms = 0
         self._unwritten: tuple[pd.DataFrame, pd.DataFrame] | None = None
