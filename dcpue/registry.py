@@ -28,6 +28,7 @@ from dcpue.model import (
     Source,
     unit_factor,
 )
+from dcpue.yamlio import read_yaml
 
 # China's national average electricity CO2 emission factor for 2022, 0.5366 kgCO2/kWh, as published
 # by the Ministry of Ecology and Environment and the National Bureau of Statistics (2024). Earlier
@@ -275,13 +276,7 @@ def parse_registry(raw: object, source: str = "<registry>") -> Registry:
 def load_registry(path: str | Path) -> Registry:
     """Read and validate a YAML site registry from ``path``."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: site registry file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_registry(raw, str(path))
+    return parse_registry(read_yaml(path, "site registry file"), str(path))
 
 
 def dump_registry(registry: Registry) -> str:

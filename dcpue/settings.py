@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dcpue.errors import ConfigError
+from dcpue.yamlio import read_yaml
 
 
 class _Section(BaseModel):
@@ -165,12 +165,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     if config_file:
         path = Path(config_file)
         source = f"{path} (or DCPUE_* environment)"
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        loaded = read_yaml(path, "config file")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the config file must be a mapping of settings")
         file_data = loaded or {}
