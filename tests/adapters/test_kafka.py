@@ -14,7 +14,7 @@ from dcpue.runtime.worker import AnalyticsWorker
 from dcpue.settings import BusSettings, KafkaSettings, Settings, TopicSettings
 from dcpue.wire import encode_frame
 from tests.factories import T0, counter_series, power_series, registry, simple_site
-from tests.servers import fast_consumer_config, tansu_broker, unique_name  # noqa: F401 (fixture)
+from tests.servers import fast_consumer_config, tansu_broker, unique_name, victoria_metrics  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +83,62 @@ def test_readings_through_kafka_give_the_embedded_figures(tansu_broker, tmp_path
     assert headers["reason"].decode().startswith("not a MessagePack message")
     assert json.loads(letters[0].value)["bytes_hex"] == b"\x00poison".hex()
     store.close()
+
+
+def test_worker_pauses_while_the_sink_is_down_then_catches_up(tansu_broker, victoria_metrics, tmp_path):  # noqa: F811
+    import urllib.parse
+    import urllib.request
+
+    from dcpue.adapters.influxdb import InfluxSink
+    from dcpue.settings import InfluxSettings
+    from tests.servers import victoria_metrics_flush
+
+    reg = registry(simple_site("a"), simple_site("b"))
+    prefix = unique_name("down")
+    topics = TopicSettings(readings=f"{prefix}.readings.v1", metrics=f"{prefix}.metrics.v1",
+                           dead_letters=f"{prefix}.deadletter.v1")
+    kafka = kafka_settings(tansu_broker)
+    settings = Settings(bus=BusSettings(kind="kafka", topics=topics, kafka=kafka))
+    create_topics(kafka, topics)
+    producer = KafkaProducerAdapter(kafka).setup()
+    for site, kw in (("a", 150), ("b", 240)):
+        frame = pd.concat([counter_series(site, "facility.main", kw, 120), power_series(site, "it.ups", 100, 120)])
+        for minute in range(0, 121, 20):
+            part = frame[(frame["ts"] >= T0 + minute * 60_000) & (frame["ts"] < T0 + (minute + 20) * 60_000)]
+            producer.send(topics.readings, encode_frame(site, part), key=site)
+    producer.flush()
+    producer.close()
+
+    group = unique_name("g")
+    down = InfluxSink(InfluxSettings(url="http://127.0.0.1:9", timeout_s=0.5)).setup()  # nothing listens there
+    consumer = KafkaConsumerAdapter(kafka, [topics.readings], group_id=group).setup()
+    worker = AnalyticsWorker(reg, settings, consumer, down, clock=lambda: T0 + 3 * 3_600_000)
+    while worker.stats.messages == 0:
+        worker.step(timeout_s=1.0, max_records=4)
+    polled = worker.stats.messages
+    for _ in range(3):
+        worker.step(timeout_s=0.2, max_records=4)
+    assert worker.stats.errors["store_write"] >= 3
+    assert worker.stats.messages == polled  # paused: nothing more consumed while the sink is down
+
+    bucket = unique_name("b")
+    worker.store = InfluxSink(InfluxSettings(url=victoria_metrics.url, bucket=bucket), reg.sites_table).setup()
+    idle = 0
+    while idle < 4:
+        idle = 0 if worker.step(timeout_s=1.0, max_records=4) else idle + 1
+    assert worker.stats.messages == 14  # everything, once
+    consumer.close()
+    # everything is committed: a new member of the group finds nothing left to read
+    again = KafkaConsumerAdapter(kafka, [topics.readings], group_id=group).setup()
+    leftovers = []
+    for _ in range(5):
+        leftovers += again.poll(1.0)
+    again.close()
+    assert leftovers == []
+    victoria_metrics_flush(victoria_metrics.url)
+    for site, pue in (("a", 1.5), ("b", 2.4)):
+        query = urllib.parse.urlencode({"query": f'pue_pue{{site="{site}",window="1h"}}',
+                                        "time": str((T0 + 3_600_000) / 1000)})
+        with urllib.request.urlopen(f"{victoria_metrics.url}/api/v1/query?{query}", timeout=10) as response:
+            result = json.loads(response.read())["data"]["result"]
+        assert float(result[0]["value"][1]) == pytest.approx(pue)  # the first hour, written after the outage
