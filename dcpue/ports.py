@@ -55,6 +55,16 @@ class ResultSink(Protocol):
         """Keep records that could not be used, with their reason (columns topic, key, reason, payload)."""
 
 
+class StateStore(Protocol):
+    """Where a worker checkpoints its per-site engine state, written just before each offset commit."""
+
+    def save_states(self, states: dict[str, bytes]) -> None:
+        """Replace the saved state of each site given."""
+
+    def load_states(self) -> dict[str, bytes]:
+        """Every saved site state."""
+
+
 class ResultStore(ResultSink, Protocol):
     """A sink that can also be read back (the file store; InfluxDB is read with InfluxQL by Grafana)."""
 

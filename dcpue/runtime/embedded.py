@@ -60,6 +60,7 @@ class EmbeddedPipeline:
         self.worker = AnalyticsWorker(
             registry, settings, self.bus.consumer([settings.bus.topics.readings], ANALYTICS_GROUP), store,
             clock=clock.now_ms,  # simulated time is "now" for the clock-skew check
+            state=store,
         )
         self.serve_http = serve_http
         self.stop_event = threading.Event()

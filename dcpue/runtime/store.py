@@ -44,6 +44,7 @@ class FileStore:
             " payload TEXT)"
         )
         conn.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT)")
+        conn.execute("CREATE TABLE IF NOT EXISTS engine_state (site TEXT PRIMARY KEY, state BLOB)")
         self._conn = conn
         return self
 
@@ -140,6 +141,24 @@ class FileStore:
     def put_state(self, key: str, value: str) -> None:
         with self._lock:
             self._db().execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
+
+    def save_states(self, states: dict[str, bytes]) -> None:
+        """Checkpoint per-site engine state (:class:`~dcpue.ports.StateStore`)."""
+        if not states:
+            return
+        with self._lock:
+            db = self._db()
+            try:
+                db.execute("BEGIN")
+                db.executemany("INSERT OR REPLACE INTO engine_state VALUES (?, ?)", list(states.items()))
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                raise SinkError(f"{self.path}: saving engine state failed: {exc}") from exc
+
+    def load_states(self) -> dict[str, bytes]:
+        with self._lock:
+            return dict(self._db().execute("SELECT site, state FROM engine_state").fetchall())
 
     def _read(self, sql: str, params: list[object]) -> pd.DataFrame:
         with self._lock:

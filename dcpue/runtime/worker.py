@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from dcpue.analytics.stream import StreamEngine
+from dcpue.analytics.stream import StreamEngine, restore_site, snapshot_site
 from dcpue.errors import DecodeError, SinkError
-from dcpue.ports import Consumer, Message, Producer, ResultSink
+from dcpue.ports import Consumer, Message, Producer, ResultSink, StateStore
 from dcpue.registry import Registry
 from dcpue.settings import Settings
 from dcpue.wire import decode_batch
@@ -90,7 +90,7 @@ class AnalyticsWorker:
 
     def __init__(self, registry: Registry, settings: Settings, consumer: Consumer, store: ResultSink,
                  dead_letter_producer: Producer | None = None, clock: Callable[[], int] | None = None,
-                 emit_groups: bool = True) -> None:
+                 emit_groups: bool = True, state: StateStore | None = None) -> None:
         self.registry = registry
         self.settings = settings
         self.consumer = consumer
@@ -98,9 +98,14 @@ class AnalyticsWorker:
         self.dead_letter_producer = dead_letter_producer
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.engine = StreamEngine(registry, settings.engine, emit_groups=emit_groups)
+        self.state = state
+        if state is not None:  # resume where the last checkpoint left off
+            for blob in state.load_states().values():
+                restore_site(self.engine, blob)
+        self._touched: set[str] = set()
         self.stats = WorkerStats()
         self._last_prune_ms = 0
-        self._unwritten: tuple[pd.DataFrame, pd.DataFrame] | None = None
+        self._unwritten: tuple[pd.DataFrame, pd.DataFrame] | None = None  # results not yet written
         self._backoff_s = 0.0
 
     def step(self, timeout_s: float = 0.5, max_records: int = 500) -> int:
@@ -120,6 +125,7 @@ class AnalyticsWorker:
                     extra["topic"] = messages[0].topic
                     letters.append(extra)
             self.stats.late_dropped += self.engine.add(readings)
+            self._touched.update(readings["site"].unique())
             self.stats.readings += len(readings)
             if not readings.empty:
                 self.stats.newest_ts_ms = max(self.stats.newest_ts_ms, int(readings["ts"].max()))
@@ -139,6 +145,11 @@ class AnalyticsWorker:
             self.store.write_windows(rows)
             if not dead.empty:
                 self._dead_letter(dead)
+            if self.state is not None and self._touched:
+                # state at least as new as the offsets about to be committed; replayed input after it is
+                # either merged (open windows) or dropped as too late (closed ones), never counted twice
+                self.state.save_states({s: snapshot_site(self.engine, s) for s in self._touched})
+                self._touched = set()
         except SinkError as exc:
             self.stats.errors["store_write"] = self.stats.errors.get("store_write", 0) + 1
             self._backoff_s = min(5.0, max(0.1, self._backoff_s * 2))

@@ -203,3 +203,24 @@ def test_day_windows_survive_daylight_saving_zones(reg):
     [day] = window_starts(np.array([start + 3_600_000]), "1d", "Europe/Berlin")
     [end] = window_ends(np.array([day]), "1d", "Europe/Berlin")
     assert (end - day) / 3_600_000 == 25
+
+
+def test_a_restored_snapshot_continues_exactly_as_without_restart():
+    from dcpue.analytics.stream import restore_site, snapshot_site
+
+    reg = registry(simple_site("a"))
+    readings = pd.concat([counter_series("a", "facility.main", 150, 600), power_series("a", "it.ups", 100, 600),
+                          power_series("a", "cool.crah", 40, 600)], ignore_index=True)
+    first, second = readings[readings["ts"] < T0 + 300 * MIN], readings[readings["ts"] >= T0 + 300 * MIN]
+    before = StreamEngine(reg)
+    rows_before = run(before, chunked(first, 15))
+    resumed = StreamEngine(reg)
+    assert restore_site(resumed, snapshot_site(before, "a")) == "a"
+    rows = pd.concat([rows_before, run(resumed, chunked(second, 15))])
+    rows = rows.drop_duplicates(["scope", "id", "window", "start_ms"], keep="last")
+    whole = run(StreamEngine(reg), chunked(readings, 15))
+    key = ["scope", "id", "window", "start_ms"]
+    got, want = rows.set_index(key).sort_index(), whole.set_index(key).sort_index()
+    assert got.index.equals(want.index)
+    np.testing.assert_allclose(got["facility_kwh"], want["facility_kwh"])
+    np.testing.assert_allclose(got["pue"].fillna(-1), want["pue"].fillna(-1))

@@ -10,7 +10,7 @@ from dcpue.runtime.store import FileStore
 from dcpue.runtime.worker import AnalyticsWorker
 from dcpue.settings import Settings
 from dcpue.wire import encode_batch, encode_frame
-from tests.factories import counter_series, power_series, registry, simple_site
+from tests.factories import T0, counter_series, power_series, registry, simple_site
 
 
 @pytest.fixture
@@ -93,3 +93,45 @@ def test_a_failing_store_keeps_results_and_commits_nothing_until_written(setup, 
     live = store.query_windows("site", "1m")
     assert len(live) == 30  # every minute written, none lost to the failures
     assert worker.stats.errors["store_write"] == 2
+
+
+def test_a_restarted_worker_resumes_its_day_totals_from_the_checkpoint(tmp_path):
+    # worker 1 processes 5 hours and stops; worker 2 (same store, same group) processes the next 5 hours.
+    # The batches hold minutes 0..599 (the sample at minute 600 is not sent), so 599 one-minute intervals
+    # at 150 kW: the day window must hold 599 × 2.5 = 1497.5 kWh, as without the restart.
+    reg = registry(simple_site("a"))
+    settings = Settings()
+    topic = settings.bus.topics.readings
+    bus = InProcessBus()
+    store = FileStore(tmp_path / "w.sqlite").setup()
+    readings = pd.concat([counter_series("a", "facility.main", 150, 600), power_series("a", "it.ups", 100, 600)])
+    def publish(bus: InProcessBus) -> None:
+        for hour in range(10):
+            part = readings[(readings["ts"] >= T0 + hour * 3_600_000) & (readings["ts"] < T0 + (hour + 1) * 3_600_000)]
+            bus.producer().send(topic, encode_frame("a", part), key="a")
+
+    bus.consumer([topic], "g")  # the group exists before anything is published
+    publish(bus)
+    first = AnalyticsWorker(reg, settings, bus.consumer([topic], "g"), store, state=store)
+    for _ in range(5):
+        first.step(timeout_s=0.1, max_records=1)
+    second = AnalyticsWorker(reg, settings, bus.consumer([topic], "g"), store, state=store)
+    while second.step(timeout_s=0.1, max_records=1):
+        pass
+    day = store.query_windows("site", "1d")
+    assert day["facility_kwh"].iloc[0] == pytest.approx(599 * 2.5)
+    assert second.stats.late_dropped == 0
+    store.close()
+    # the same restart without a checkpoint overwrites the day with the second worker's hours only
+    other = FileStore(tmp_path / "no-state.sqlite").setup()
+    bus = InProcessBus()
+    bus.consumer([topic], "no-state")
+    publish(bus)
+    before = AnalyticsWorker(reg, settings, bus.consumer([topic], "no-state"), other)
+    for _ in range(5):
+        before.step(timeout_s=0.1, max_records=1)
+    after = AnalyticsWorker(reg, settings, bus.consumer([topic], "no-state"), other)
+    while after.step(timeout_s=0.1, max_records=1):
+        pass
+    assert other.query_windows("site", "1d")["facility_kwh"].iloc[0] < 1000
+    other.close()
