@@ -266,7 +266,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     dead_letters = KafkaProducerAdapter(settings.bus.kafka).setup()
     # several workers share the sites, so none of them may write partial cluster/fleet figures
     worker = AnalyticsWorker(registry, settings, consumer, sink, dead_letter_producer=dead_letters,
-                             emit_groups=args.groups)
+                             emit_groups=args.groups, state=sink if isinstance(sink, FileStore) else None)
     end = None if args.duration is None else time.monotonic() + args.duration
     try:
         while end is None or time.monotonic() < end:
