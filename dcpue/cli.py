@@ -204,6 +204,15 @@ def _kafka_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _stop_on_sigterm() -> None:
+    """Containers stop processes with SIGTERM: treat it like Ctrl-C so the finally-blocks flush and close."""
+
+    def _raise(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
 def cmd_topics_create(args: argparse.Namespace) -> int:
     """Create dcpue's topics (partitions and retention from settings)."""
     from dcpue.adapters.kafka import create_topics
@@ -229,6 +238,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
                                sample_interval_s=settings.simulator.sample_interval_s,
                                faults=settings.simulator.faults)
     producer = KafkaProducerAdapter(settings.bus.kafka).setup()
+    _stop_on_sigterm()
     simulator.setup()
     clock.start()
     end = None if args.duration is None else time.monotonic() + args.duration
@@ -268,6 +278,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     worker = AnalyticsWorker(registry, settings, consumer, sink, dead_letter_producer=dead_letters,
                              emit_groups=args.groups, state=sink if isinstance(sink, FileStore) else None)
     end = None if args.duration is None else time.monotonic() + args.duration
+    _stop_on_sigterm()
     try:
         while end is None or time.monotonic() < end:
             worker.step(timeout_s=1.0)
