@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from dcpue.analytics.stream import StreamEngine, restore_site, snapshot_site
+from dcpue.analytics.stream import StreamEngine, restore_site, snapshot_sites
 from dcpue.errors import DecodeError, SinkError
 from dcpue.ports import Consumer, Message, Producer, ResultSink, StateStore
 from dcpue.registry import Registry
@@ -148,7 +148,7 @@ class AnalyticsWorker:
             if self.state is not None and self._touched:
                 # state at least as new as the offsets about to be committed; replayed input after it is
                 # either merged (open windows) or dropped as too late (closed ones), never counted twice
-                self.state.save_states({s: snapshot_site(self.engine, s) for s in self._touched})
+                self.state.save_states(snapshot_sites(self.engine, self._touched))
                 self._touched = set()
         except SinkError as exc:
             self.stats.errors["store_write"] = self.stats.errors.get("store_write", 0) + 1

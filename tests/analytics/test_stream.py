@@ -206,7 +206,7 @@ def test_day_windows_survive_daylight_saving_zones(reg):
 
 
 def test_a_restored_snapshot_continues_exactly_as_without_restart():
-    from dcpue.analytics.stream import restore_site, snapshot_site
+    from dcpue.analytics.stream import restore_site, snapshot_sites
 
     reg = registry(simple_site("a"))
     readings = pd.concat([counter_series("a", "facility.main", 150, 600), power_series("a", "it.ups", 100, 600),
@@ -215,7 +215,7 @@ def test_a_restored_snapshot_continues_exactly_as_without_restart():
     before = StreamEngine(reg)
     rows_before = run(before, chunked(first, 15))
     resumed = StreamEngine(reg)
-    assert restore_site(resumed, snapshot_site(before, "a")) == "a"
+    assert restore_site(resumed, snapshot_sites(before, ["a"])["a"]) == "a"
     rows = pd.concat([rows_before, run(resumed, chunked(second, 15))])
     rows = rows.drop_duplicates(["scope", "id", "window", "start_ms"], keep="last")
     whole = run(StreamEngine(reg), chunked(readings, 15))
