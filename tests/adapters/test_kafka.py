@@ -27,13 +27,18 @@ def kafka_settings(broker, **extra) -> KafkaSettings:
                          max_poll_interval_ms=fast["max_poll_interval_ms"], **extra)
 
 
+def kafka_setup(broker, prefix: str) -> tuple[TopicSettings, KafkaSettings, Settings]:
+    """Topics unique to one test, and the settings of a worker using them on ``broker``."""
+    name = unique_name(prefix)
+    topics = TopicSettings(readings=f"{name}.readings.v1", metrics=f"{name}.metrics.v1",
+                           dead_letters=f"{name}.deadletter.v1")
+    kafka = kafka_settings(broker)
+    return topics, kafka, Settings(bus=BusSettings(kind="kafka", topics=topics, kafka=kafka))
+
+
 def test_readings_through_kafka_give_the_embedded_figures(tansu_broker, tmp_path):  # noqa: F811
     reg = registry(simple_site("a"), simple_site("b"))
-    prefix = unique_name("t")
-    topics = TopicSettings(readings=f"{prefix}.readings.v1", metrics=f"{prefix}.metrics.v1",
-                           dead_letters=f"{prefix}.deadletter.v1")
-    kafka = kafka_settings(tansu_broker)
-    settings = Settings(bus=BusSettings(kind="kafka", topics=topics, kafka=kafka))
+    topics, kafka, settings = kafka_setup(tansu_broker, "t")
     assert sorted(create_topics(kafka, topics)) == sorted([topics.readings, topics.metrics, topics.dead_letters])
 
     readings = {
@@ -94,11 +99,7 @@ def test_worker_pauses_while_the_sink_is_down_then_catches_up(tansu_broker, vict
     from tests.servers import victoria_metrics_flush
 
     reg = registry(simple_site("a"), simple_site("b"))
-    prefix = unique_name("down")
-    topics = TopicSettings(readings=f"{prefix}.readings.v1", metrics=f"{prefix}.metrics.v1",
-                           dead_letters=f"{prefix}.deadletter.v1")
-    kafka = kafka_settings(tansu_broker)
-    settings = Settings(bus=BusSettings(kind="kafka", topics=topics, kafka=kafka))
+    topics, kafka, settings = kafka_setup(tansu_broker, "down")
     create_topics(kafka, topics)
     producer = KafkaProducerAdapter(kafka).setup()
     for site, kw in (("a", 150), ("b", 240)):
