@@ -29,10 +29,6 @@ from dcpue.model import Quality, Quantity
 MS_PER_H = 3_600_000.0
 ROLLOVER_NEAR = 0.9  # a decrease counts as rollover only if the previous value was above 90 % of the maximum
 
-POINT_WINDOW_COLUMNS = (
-    "site", "point", "start_ms", "integral", "covered_s", "booked_s", "samples", "resets", "spikes",
-)
-
 
 @dataclass(frozen=True, slots=True)
 class EnergyParams:

@@ -8,7 +8,6 @@ site registry; :func:`unit_factor` converts them to the canonical unit of the qu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntFlag, StrEnum
 
 import numpy as np
@@ -91,8 +90,6 @@ UNITS: dict[Quantity, dict[str, float]] = {
     Quantity.SETPOINT: {"°C": 1.0, "degC": 1.0, "C": 1.0},
 }
 
-CANONICAL_UNIT: dict[Quantity, str] = {q: next(iter(units)) for q, units in UNITS.items()}
-
 # which quantities a role may carry
 ROLE_QUANTITIES: dict[Role, frozenset[Quantity]] = {
     Role.FACILITY: frozenset({Quantity.POWER, Quantity.ENERGY}),
@@ -121,17 +118,6 @@ def unit_factor(quantity: Quantity, unit: str) -> float:
         raise ValueError(f"unit {unit!r} does not fit quantity {quantity.value!r} (accepted: {accepted})") from None
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One measurement. ``ts_ms`` is milliseconds since the Unix epoch (UTC)."""
-
-    site: str
-    point: str
-    ts_ms: int
-    value: float
-    quality: int = Quality.GOOD
-
-
 READING_COLUMNS = ("site", "point", "ts", "value", "quality")
 
 
@@ -146,16 +132,3 @@ def readings_frame(
 def empty_readings() -> pd.DataFrame:
     """A readings DataFrame with no rows and the canonical dtypes."""
     return readings_frame([], [], np.array([], dtype=np.int64), np.array([], dtype=np.float64), 0)
-
-
-def readings_from(readings: list[Reading]) -> pd.DataFrame:
-    """Convert a list of :class:`Reading` to a readings DataFrame."""
-    if not readings:
-        return empty_readings()
-    return readings_frame(
-        [r.site for r in readings],
-        [r.point for r in readings],
-        [r.ts_ms for r in readings],
-        [r.value for r in readings],
-        [int(r.quality) for r in readings],
-    )
