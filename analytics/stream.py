@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from dcpue.analytics.energy import EnergyParams, point_windows
+from dcpue.analytics.groups import FLEET_ID, GroupAggregator
 from dcpue.analytics.pue import (
     MetricParams,
     flow_of_points,
-    group_metrics,
     rollup_flows,
     site_flows,
     window_metrics,
@@ -30,12 +30,12 @@ from dcpue.analytics.pue import (
 
 from dcpue.model import empty_readings, readings_frame
 from dcpue.registry import Registry
-from dcpue.results import ROLLING_ANNUAL, WINDOWS, Scope, empty_windows
+from dcpue.results import ROLLING_ANNUAL, WINDOWS, empty_windows
 from dcpue.settings import EngineSettings
 
 DAY_MS = 86_400_000
 ANNUAL_DAYS = 365
-FLEET_ID = "fleet"
+__all__ = ["FLEET_ID", "StreamEngine", "restore_site", "snapshot_sites", "window_ends", "window_starts"]
 
 
 def window_starts(ts_ms: np.ndarray | pd.Series, label: str, tz: str = "UTC") -> np.ndarray:
@@ -109,11 +109,8 @@ class StreamEngine:
         self._final_until: dict[str, int] = {}  # base windows before this are folded and immutable
         self._open = pd.DataFrame()  # base-window flows that may still change, indexed (site, start_ms)
         self._acc: dict[str, pd.DataFrame] = {label: pd.DataFrame() for label in self.ROLLUPS}
-        self._recent: dict[str, pd.DataFrame] = {}  # newest site rows per window, for group figures
         self._dirty: set[str] = set()
-        clusters = self.sites["cluster"]
-        self._cluster_members = clusters[clusters != ""]
-        self._fleet_members = pd.Series(FLEET_ID, index=self.sites.index)
+        self._groups = GroupAggregator(self.sites, self.metric_params) if emit_groups else None
 
     # -- input -------------------------------------------------------------------------------
     def add(self, readings: pd.DataFrame) -> int:
@@ -169,7 +166,7 @@ class StreamEngine:
             np.concatenate([p[2] for p in parts]),
         )
         site_rows.loc[site_rows["window"] == ROLLING_ANNUAL, "final"] = False  # a rolling figure never closes
-        groups = self._group_rows(site_rows) if self.emit_groups else empty_windows()
+        groups = self._groups.add(site_rows) if self._groups is not None else empty_windows()
         self._prune_buffer(dirty)
         self._prune_accumulators()
         return pd.concat([site_rows, groups], ignore_index=True) if not groups.empty else site_rows
@@ -326,31 +323,6 @@ class StreamEngine:
             rows.append(flows)
         return pd.concat(rows) if rows else pd.DataFrame()
 
-    def _group_rows(self, site_rows: pd.DataFrame) -> pd.DataFrame:
-        """Cluster and fleet rows for every window the site rows touched (members' newest rows included)."""
-        # keep member rows until the slowest site has closed them (bounded to a day behind the fastest)
-        closed = list(self._final_until.values())
-        horizon = max(min(closed), max(closed) - DAY_MS) if closed else -(2**62)
-        affected_parts = []
-        for label, rows in site_rows.groupby("window", sort=False):
-            recent = self._recent.get(label)
-            merged = rows if recent is None else pd.concat([recent, rows]).drop_duplicates(
-                ["id", "start_ms"], keep="last")
-            if label == ROLLING_ANNUAL:
-                # each site's annual window is keyed by its own day; group the newest per site
-                affected = merged.sort_values("start_ms").drop_duplicates("id", keep="last")
-                affected = affected.assign(start_ms=affected["start_ms"].max(), end_ms=affected["end_ms"].max())
-            else:
-                affected = merged[merged["start_ms"].isin(rows["start_ms"].unique())]
-            affected_parts.append(affected)
-            self._recent[label] = merged[merged["end_ms"] > horizon]
-        affected = pd.concat(affected_parts, ignore_index=True)
-        out = [group_metrics(affected, members, scope, self.metric_params)
-               for members, scope in ((self._cluster_members, Scope.CLUSTER), (self._fleet_members, Scope.FLEET))
-               if not members.empty]
-        out = [o for o in out if not o.empty]
-        return pd.concat(out, ignore_index=True) if out else empty_windows()
-
     def _prune_buffer(self, dirty: list[str]) -> None:
         """Drop readings no open window needs; keep each series' last sample before the open range."""
         if self._buffer.empty or not self._final_until:
@@ -362,6 +334,23 @@ class StreamEngine:
             return
         last_old = buf[old].sort_values("ts").drop_duplicates(["site", "point"], keep="last")
         self._buffer = pd.concat([last_old, buf[~old]], ignore_index=True)
+
+    def drop_sites(self, sites: set[str]) -> None:
+        """Forget everything about ``sites`` (another worker took them over)."""
+        self._merge_pending()
+        if not self._buffer.empty:
+            self._buffer = self._buffer[~self._buffer["site"].isin(sites)].reset_index(drop=True)
+
+        def keep(frame: pd.DataFrame) -> pd.DataFrame:
+            return frame if frame.empty else frame[~frame.index.get_level_values("site").isin(sites)]
+
+        self._open = keep(self._open)
+        self._acc = {label: keep(acc) for label, acc in self._acc.items()}
+        for site in sites:
+            self._max_ts.pop(site, None)
+            self._final_until.pop(site, None)
+        self._point_last = {key: ts for key, ts in self._point_last.items() if key[0] not in sites}
+        self._dirty -= sites
 
     def snapshot_counters(self) -> dict[str, object]:
         """Counters for self-monitoring."""

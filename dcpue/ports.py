@@ -61,8 +61,8 @@ class StateStore(Protocol):
     def save_states(self, states: dict[str, bytes]) -> None:
         """Replace the saved state of each site given."""
 
-    def load_states(self) -> dict[str, bytes]:
-        """Every saved site state."""
+    def load_states(self, partitions: list[int] | None = None) -> dict[str, bytes]:
+        """The newest saved state of each site (only of sites on ``partitions`` if the store can tell)."""
 
 
 class ResultStore(ResultSink, Protocol):

@@ -52,6 +52,9 @@ class TopicSettings(_Section):
     readings: str = "dcpue.readings.v1"
     metrics: str = "dcpue.metrics.v1"
     dead_letters: str = "dcpue.deadletter.v1"
+    alerts: str = "dcpue.alerts.v1"
+    recommendations: str = "dcpue.recommendations.v1"
+    state: str = "dcpue.state.v1"  # compacted, keyed by site: engine checkpoints for rebalance and restart
 
 
 class KafkaSettings(_Section):
@@ -82,6 +85,8 @@ class KafkaSettings(_Section):
 class BusSettings(_Section):
     kind: Literal["embedded", "kafka"] = "embedded"
     max_pending_messages: int = Field(10_000, gt=0)  # embedded bus blocks producers beyond this
+    # how often a worker checkpoints its state and commits its offsets (results are written every step)
+    commit_interval_s: float = Field(5.0, ge=0)
     topics: TopicSettings = TopicSettings()
     kafka: KafkaSettings = KafkaSettings()
 
@@ -94,6 +99,8 @@ class InfluxSettings(_Section):
     org: str = "dcpue"
     bucket: str = "dcpue"
     timeout_s: float = Field(10, gt=0)
+    batch_size: int = Field(5_000, gt=0)  # lines per HTTP write request
+    write_readings: bool = True  # also write raw readings (measurement `reading`) for Grafana drill-down
 
 
 class StoreSettings(_Section):

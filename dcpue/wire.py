@@ -218,3 +218,38 @@ def _record_problem(point: object, ts: object, value: object, quality: object) -
     if isinstance(quality, bool) or not isinstance(quality, int) or not 0 <= quality <= MAX_QUALITY:
         return f"quality {quality!r} is not a valid flag set (0..{MAX_QUALITY})"
     return None
+
+
+# -- window results (the metrics topic) ----------------------------------------------------------
+WINDOWS_SCHEMA = "dcpue.windows"
+WINDOWS_VERSION = 1
+
+
+def encode_windows(windows: pd.DataFrame) -> bytes:
+    """Window results (the schema of :mod:`dcpue.results`) column-wise as MessagePack; NaN is kept."""
+    from dcpue.results import conform_windows
+
+    frame = conform_windows(windows)
+    columns = {str(c): frame[c].tolist() for c in frame.columns}
+    return _encoder.encode({"schema": WINDOWS_SCHEMA, "v": WINDOWS_VERSION, "columns": columns})
+
+
+def decode_windows(data: bytes) -> pd.DataFrame:
+    """Inverse of :func:`encode_windows`; raises :class:`~dcpue.errors.DecodeError` on anything else."""
+    from dcpue.results import conform_windows
+
+    try:
+        obj = _generic_decoder.decode(data)
+    except (msgspec.DecodeError, TypeError, ValueError) as exc:
+        raise DecodeError(f"not a MessagePack message: {exc}") from None
+    if not isinstance(obj, dict) or obj.get("schema") != WINDOWS_SCHEMA:
+        raise DecodeError(f"not a window batch (schema {obj.get('schema') if isinstance(obj, dict) else '?'!r})")
+    if obj.get("v") != WINDOWS_VERSION:
+        raise DecodeError(f"unsupported window batch version {obj.get('v')!r}")
+    columns = obj.get("columns")
+    if not isinstance(columns, dict) or len({len(v) for v in columns.values() if isinstance(v, list)}) > 1:
+        raise DecodeError("window batch columns missing or of different lengths")
+    try:
+        return conform_windows(pd.DataFrame(columns))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise DecodeError(f"window batch does not fit the result schema: {exc}") from None

@@ -9,6 +9,8 @@ Connections are made in ``setup()``, never in ``__init__``.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from dcpue.errors import DcpueError, SinkError, missing_extra
@@ -92,19 +94,27 @@ class KafkaProducerAdapter:
 
 
 class KafkaConsumerAdapter:
-    """:class:`~dcpue.ports.Consumer` in a consumer group, committing only when told to."""
+    """:class:`~dcpue.ports.Consumer` in a consumer group, committing only when told to.
+
+    ``on_revoked`` / ``on_assigned`` (set before the first :meth:`poll`) are called with partition
+    numbers of the first subscribed topic when the group rebalances, from inside :meth:`poll`.
+    """
+
+    durable_offsets = True  # offsets identify a record across restarts and workers
 
     def __init__(self, settings: KafkaSettings, topics: list[str], group_id: str | None = None) -> None:
         self.settings = settings
         self.topics = list(topics)
         self.group_id = group_id or settings.group_id
+        self.on_revoked: Callable[[list[int]], None] | None = None
+        self.on_assigned: Callable[[list[int]], None] | None = None
         self._consumer: Any = None
+        self._subscribed = False
 
     def setup(self) -> KafkaConsumerAdapter:
         kafka = _kafka()
         try:
             self._consumer = kafka.KafkaConsumer(
-                *self.topics,
                 **connection_config(self.settings),
                 group_id=self.group_id,
                 enable_auto_commit=False,
@@ -117,7 +127,26 @@ class KafkaConsumerAdapter:
             raise DcpueError(f"cannot connect to Kafka at {self.settings.bootstrap_servers}: {exc}") from exc
         return self
 
+    def _subscribe(self) -> None:
+        from kafka import ConsumerRebalanceListener
+
+        adapter = self
+
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                if adapter.on_revoked is not None:
+                    adapter.on_revoked(sorted(tp.partition for tp in revoked if tp.topic == adapter.topics[0]))
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                if adapter.on_assigned is not None:
+                    adapter.on_assigned(sorted(tp.partition for tp in assigned if tp.topic == adapter.topics[0]))
+
+        self._consumer.subscribe(self.topics, listener=Listener())
+        self._subscribed = True
+
     def poll(self, timeout_s: float, max_records: int = 500) -> list[Message]:
+        if not self._subscribed:
+            self._subscribe()
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         out: list[Message] = []
         for records in batches.values():
@@ -125,6 +154,13 @@ class KafkaConsumerAdapter:
                 out.append(Message(r.topic, r.value, None if r.key is None else r.key.decode(errors="replace"),
                                    tuple((k, v) for k, v in (r.headers or [])), r.partition, r.offset))
         return out
+
+    def pause(self) -> None:
+        """Stop fetching (polls still keep the group membership alive)."""
+        self._consumer.pause(*self._consumer.assignment())
+
+    def resume(self) -> None:
+        self._consumer.resume(*self._consumer.paused())
 
     def commit(self) -> None:
         """Commit the positions after everything returned by :meth:`poll` (synchronously)."""
@@ -136,21 +172,104 @@ class KafkaConsumerAdapter:
             self._consumer = None
 
 
+class KafkaStateStore:
+    """:class:`~dcpue.ports.StateStore` on a compacted topic keyed by site.
+
+    The state topic has as many partitions as the readings topic and is keyed the same way, so a
+    site's checkpoint lives on the partition number of its readings and a worker that gains
+    partitions reads only those. Reading stops at each partition's high watermark as reported by
+    fetch responses (``end_offsets()`` is not used: some brokers answer it per batch, not per record).
+    """
+
+    def __init__(self, settings: KafkaSettings, topic: str, producer: KafkaProducerAdapter | None = None,
+                 read_timeout_s: float = 30.0) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.read_timeout_s = read_timeout_s
+        self._producer = producer
+        self._own_producer = producer is None
+
+    def setup(self) -> KafkaStateStore:
+        if self._producer is None:
+            self._producer = KafkaProducerAdapter(self.settings).setup()
+        return self
+
+    def save_states(self, states: dict[str, bytes]) -> None:
+        """Write each site's state and wait until Kafka acknowledged all of them (else :class:`SinkError`)."""
+        assert self._producer is not None
+        for site, blob in states.items():
+            self._producer.send(self.topic, blob, key=site)
+        self._producer.flush()
+
+    def load_states(self, partitions: list[int] | None = None) -> dict[str, bytes]:
+        """The newest state per site on ``partitions`` (all partitions if ``None``)."""
+        kafka = _kafka()
+        consumer = kafka.KafkaConsumer(**connection_config(self.settings), enable_auto_commit=False,
+                                       group_id=None)
+        try:
+            known = consumer.partitions_for_topic(self.topic) or set()
+            wanted = sorted(known if partitions is None else set(partitions) & known)
+            tps = [kafka.TopicPartition(self.topic, p) for p in wanted]
+            if not tps:
+                return {}
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            states: dict[str, bytes] = {}
+            deadline = time.monotonic() + self.read_timeout_s
+            while True:
+                for records in consumer.poll(timeout_ms=200, max_records=10_000).values():
+                    for r in records:
+                        if r.key is None:
+                            continue
+                        if r.value is None:  # tombstone: the site was removed
+                            states.pop(r.key.decode(), None)
+                        else:
+                            states[r.key.decode()] = r.value
+                highwater = {tp: consumer.highwater(tp) for tp in tps}
+                if all(h is not None and consumer.position(tp) >= h for tp, h in highwater.items()):
+                    return states
+                if time.monotonic() > deadline:
+                    raise SinkError(f"state topic {self.topic}: not read to its end within "
+                                    f"{self.read_timeout_s:g} s")
+        finally:
+            consumer.close(autocommit=False)
+
+    def close(self) -> None:
+        if self._own_producer and self._producer is not None:
+            self._producer.close()
+            self._producer = None
+
+
+def topic_specs(settings: KafkaSettings, topics: TopicSettings) -> list[tuple[str, int, dict[str, str]]]:
+    """(name, partitions, configs) of every dcpue topic.
+
+    Readings, metrics, alerts, recommendations and state are keyed by site and get ``partitions``
+    (the state topic must match the readings topic: a site's checkpoint sits on its readings'
+    partition number). The state topic is compacted (the newest checkpoint per site is kept for
+    good); the others keep ``retention_ms``.
+    """
+    timed = {"retention.ms": str(settings.retention_ms)}
+    return [
+        (topics.readings, settings.partitions, timed),
+        (topics.metrics, settings.partitions, timed),
+        (topics.alerts, settings.partitions, timed),
+        (topics.recommendations, settings.partitions, timed),
+        (topics.dead_letters, 1, timed),
+        (topics.state, settings.partitions, {"cleanup.policy": "compact"}),
+    ]
+
+
 def create_topics(settings: KafkaSettings, topics: TopicSettings) -> list[str]:
-    """Create dcpue's topics if missing (readings with ``partitions``); returns the names created."""
+    """Create dcpue's topics that are missing (see :func:`topic_specs`); returns the names created."""
     kafka = _kafka()
     from kafka.admin import NewTopic
 
     admin = kafka.KafkaAdminClient(**connection_config(settings))
     try:
         existing = set(admin.list_topics())
-        wanted = [
-            NewTopic(name, num_partitions=settings.partitions if name == topics.readings else 1,
-                     replication_factor=settings.replication_factor,
-                     topic_configs={"retention.ms": str(settings.retention_ms)})
-            for name in (topics.readings, topics.metrics, topics.dead_letters)
-            if name not in existing
-        ]
+        wanted = [NewTopic(name, num_partitions=partitions, replication_factor=settings.replication_factor,
+                           topic_configs=configs)
+                  for name, partitions, configs in topic_specs(settings, topics) if name not in existing]
         if wanted:
             admin.create_topics(wanted)
         return [t.name for t in wanted]

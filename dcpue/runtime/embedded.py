@@ -98,6 +98,8 @@ class EmbeddedPipeline:
             topic = self.settings.bus.topics.readings
             while not (self.collector_done.is_set() and self.bus.lag(ANALYTICS_GROUP, topic) == 0):
                 self.worker.step(timeout_s=0.2)
+                if self.collector_done.is_set():
+                    self.worker.checkpoint()  # draining: commit now, not at the next interval
         except BaseException as exc:
             log.exception("analytics worker failed")
             self.errors.append(exc)

@@ -156,7 +156,8 @@ class FileStore:
                 db.execute("ROLLBACK")
                 raise SinkError(f"{self.path}: saving engine state failed: {exc}") from exc
 
-    def load_states(self) -> dict[str, bytes]:
+    def load_states(self, partitions: list[int] | None = None) -> dict[str, bytes]:
+        """Every saved site state (the file store serves one worker, so ``partitions`` is ignored)."""
         with self._lock:
             return dict(self._db().execute("SELECT site, state FROM engine_state").fetchall())
 

@@ -36,6 +36,8 @@ class WorkerStats:
     readings: int = 0
     dead_letters: int = 0
     late_dropped: int = 0
+    replayed_skipped: int = 0
+    sites_restored: int = 0
     windows_written: int = 0
     last_write_s: float = 0.0
     newest_ts_ms: int = 0
@@ -81,11 +83,41 @@ def reject_future(frame: pd.DataFrame, now_ms: int, max_future_s: float) -> tupl
     return frame[~ahead], letters
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A site's engine state and the bus position it includes: (partition, next offset) of that site."""
+
+    partition: int
+    offset: int
+    state: bytes
+
+    def encode(self) -> bytes:
+        import msgspec
+
+        return msgspec.msgpack.encode({"v": 1, "p": self.partition, "o": self.offset, "s": self.state})
+
+    @staticmethod
+    def decode(blob: bytes) -> Checkpoint:
+        import msgspec
+
+        obj = msgspec.msgpack.decode(blob)
+        if not isinstance(obj, dict) or obj.get("v") != 1:
+            raise ValueError("not a dcpue worker checkpoint (version 1)")
+        return Checkpoint(int(obj["p"]), int(obj["o"]), bytes(obj["s"]))
+
+
 class AnalyticsWorker:
     """Consumes reading batches, keeps PUE windows current in the store.
 
-    If the store refuses a write, the results are kept and retried with backoff before anything
-    else is polled, and nothing is committed until they are written: the bus holds the backlog.
+    Results are written after every poll; every ``bus.commit_interval_s`` the state of the sites
+    touched since is checkpointed and only then are the offsets committed, so a checkpoint always
+    includes at least what the committed offsets say was processed. Each site's checkpoint carries
+    the position of the last message it includes; a worker that takes the site over (restart or
+    rebalance) restores it and skips that site's messages below that position, so a replay neither
+    loses nor counts a reading twice.
+
+    If the store refuses a write, the results are kept, the consumer is paused (it stays in its
+    group) and the write is retried with backoff; nothing is committed until it succeeds.
     """
 
     def __init__(self, registry: Registry, settings: Settings, consumer: Consumer, store: ResultSink,
@@ -99,25 +131,41 @@ class AnalyticsWorker:
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.engine = StreamEngine(registry, settings.engine, emit_groups=emit_groups)
         self.state = state
-        if state is not None:  # resume where the last checkpoint left off
-            for blob in state.load_states().values():
-                restore_site(self.engine, blob)
-        self._touched: set[str] = set()
         self.stats = WorkerStats()
+        self._touched: set[str] = set()  # sites changed since the last checkpoint
+        self._owned: set[str] = set()  # sites whose state this worker holds
+        self._restorable: dict[str, Checkpoint] = {}  # checkpoints of sites not yet seen since assignment
+        self._position: dict[str, tuple[int, int]] = {}  # site → (partition, next offset) processed
+        self._skip_before: dict[str, tuple[int, int]] = {}  # site → position its restored state includes
+        self._durable_offsets = bool(getattr(consumer, "durable_offsets", False))
         self._last_prune_ms = 0
-        self._unwritten: tuple[pd.DataFrame, pd.DataFrame] | None = None  # results not yet written
+        self._unwritten: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = None  # not yet written
+        self._uncommitted = False
+        self._last_commit = time.monotonic()
         self._backoff_s = 0.0
+        self._paused = False
+        if hasattr(consumer, "on_revoked"):  # a group consumer: state follows partition assignment
+            consumer.on_revoked = self._on_revoked  # type: ignore[attr-defined]
+            consumer.on_assigned = self._on_assigned  # type: ignore[attr-defined]
+        else:
+            self._on_assigned(None)
 
+    # -- the loop ------------------------------------------------------------------------------
     def step(self, timeout_s: float = 0.5, max_records: int = 500) -> int:
         """Process one poll's worth of messages; returns how many messages were handled."""
-        if self._unwritten is not None and not self._write_and_commit():
+        if self._unwritten is not None and not self._write():
+            self._keep_membership()
             return 0
+        if self._paused:
+            self._resume()
         messages = self.consumer.poll(timeout_s, max_records)
         if not messages:
+            if self._uncommitted and time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s:
+                self.checkpoint()
             return 0
         frames, letters = self._decode(messages)
-        if frames:
-            readings = pd.concat(frames, ignore_index=True)
+        readings = pd.concat(frames, ignore_index=True) if frames else None
+        if readings is not None:
             readings, unknown = validate_against_registry(readings, self.registry)
             readings, future = reject_future(readings, self.clock(), self.settings.engine.max_future_s)
             for extra in (unknown, future):
@@ -131,25 +179,25 @@ class AnalyticsWorker:
                 self.stats.newest_ts_ms = max(self.stats.newest_ts_ms, int(readings["ts"].max()))
         rows = self.engine.advance()
         dead = pd.concat(letters, ignore_index=True) if letters else pd.DataFrame(columns=DEAD_LETTER_COLUMNS)
-        self._unwritten = (rows, dead)
+        raw = readings if readings is not None and not readings.empty else None
+        self._unwritten = (rows, dead, raw if raw is not None else pd.DataFrame())
+        self._uncommitted = True
         self.stats.messages += len(messages)
-        self._write_and_commit()
+        if self._write() and time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s:
+            self.checkpoint()
         return len(messages)
 
-    def _write_and_commit(self) -> bool:
-        """Write the pending results; commit the bus position only once they are written."""
+    def _write(self) -> bool:
+        """Write the pending results; on failure keep them, back off and return False."""
         assert self._unwritten is not None
-        rows, dead = self._unwritten
+        rows, dead, raw = self._unwritten
         started = time.perf_counter()
         try:
             self.store.write_windows(rows)
+            if not raw.empty and hasattr(self.store, "write_readings"):
+                self.store.write_readings(raw)  # type: ignore[attr-defined]
             if not dead.empty:
                 self._dead_letter(dead)
-            if self.state is not None and self._touched:
-                # state at least as new as the offsets about to be committed; replayed input after it is
-                # either merged (open windows) or dropped as too late (closed ones), never counted twice
-                self.state.save_states(snapshot_sites(self.engine, self._touched))
-                self._touched = set()
         except SinkError as exc:
             self.stats.errors["store_write"] = self.stats.errors.get("store_write", 0) + 1
             self._backoff_s = min(5.0, max(0.1, self._backoff_s * 2))
@@ -161,9 +209,94 @@ class AnalyticsWorker:
         self._unwritten = None
         self.stats.last_write_s = time.perf_counter() - started
         self.stats.windows_written += len(rows)
-        self.consumer.commit()  # only now: everything the polled messages produced is written
         self._prune_live()
         return True
+
+    def checkpoint(self) -> bool:
+        """Save the touched sites' state, then commit the offsets; False if results are still unwritten."""
+        if self._unwritten is not None and not self._write():
+            return False
+        if self.state is not None and self._touched:
+            touched = self._touched & self._owned
+            blobs = snapshot_sites(self.engine, touched)
+            try:
+                self.state.save_states({
+                    site: Checkpoint(*self._position.get(site, (-1, -1)), blob).encode()
+                    for site, blob in blobs.items()
+                })
+            except SinkError as exc:
+                self.stats.errors["state_write"] = self.stats.errors.get("state_write", 0) + 1
+                log.warning("state checkpoint failed, offsets not committed: %s", exc)
+                return False
+        self._touched = set()
+        self.consumer.commit()  # only now: the results and the state of everything polled are saved
+        self._uncommitted = False
+        self._last_commit = time.monotonic()
+        return True
+
+    # -- state follows the partitions ------------------------------------------------------------
+    def _on_assigned(self, partitions: list[int] | None) -> None:
+        """Load the checkpoints of the sites on newly assigned partitions (all of them if ``None``)."""
+        if self.state is None:
+            return
+        loaded = 0
+        for site, blob in self.state.load_states(partitions).items():
+            if site in self._owned:
+                continue
+            try:
+                self._restorable[site] = Checkpoint.decode(blob)
+                loaded += 1
+            except Exception as exc:  # noqa: BLE001 — a bad checkpoint means starting that site afresh
+                self.stats.errors["bad_checkpoint"] = self.stats.errors.get("bad_checkpoint", 0) + 1
+                log.error("checkpoint of site %s unusable, starting it afresh: %s", site, exc)
+        log.info("assigned partitions %s: %d site checkpoints available", partitions, loaded)
+
+    def _on_revoked(self, partitions: list[int]) -> None:
+        """Checkpoint and commit what was processed, then forget the sites of the lost partitions."""
+        if self._unwritten is None and self._uncommitted:
+            try:
+                self.checkpoint()
+            except Exception as exc:  # noqa: BLE001 — the group moved on; the next owner replays
+                log.warning("checkpoint at revocation failed: %s", exc)
+        lost = {site for site, (partition, _) in self._position.items() if partition in set(partitions)}
+        lost &= self._owned
+        if lost:
+            self.engine.drop_sites(lost)
+        self._owned -= lost
+        self._touched -= lost
+        self._restorable.clear()
+        for site in lost:
+            self._position.pop(site, None)
+            self._skip_before.pop(site, None)
+        log.info("revoked partitions %s: released %d sites", partitions, len(lost))
+
+    def _take(self, site: str) -> None:
+        """Start holding ``site``: restore its checkpoint if there is one."""
+        checkpoint = self._restorable.pop(site, None)
+        if checkpoint is not None:
+            try:
+                restore_site(self.engine, checkpoint.state)
+                if self._durable_offsets and checkpoint.offset >= 0:
+                    self._skip_before[site] = (checkpoint.partition, checkpoint.offset)
+                    self._position[site] = (checkpoint.partition, checkpoint.offset)
+                self.stats.sites_restored += 1
+            except Exception as exc:  # noqa: BLE001
+                self.stats.errors["bad_checkpoint"] = self.stats.errors.get("bad_checkpoint", 0) + 1
+                log.error("checkpoint of site %s unusable, starting it afresh: %s", site, exc)
+        self._owned.add(site)
+
+    def _keep_membership(self) -> None:
+        """While results cannot be written, stop fetching but keep polling so the group keeps us."""
+        if hasattr(self.consumer, "pause") and not self._paused:
+            self.consumer.pause()  # type: ignore[attr-defined]
+            self._paused = True
+        if self._paused:
+            self.consumer.poll(0.0)
+
+    def _resume(self) -> None:
+        self.consumer.resume()  # type: ignore[attr-defined]
+        self._paused = False
+
     def _decode(self, messages: list[Message]) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
         frames: list[pd.DataFrame] = []
         letters: list[pd.DataFrame] = []
@@ -186,6 +319,8 @@ class AnalyticsWorker:
                     "payload": {"offset": message.offset, "site": batch.site},
                 }]))
                 continue
+            if not self._admit(batch.site, message):
+                continue
             if batch.rejects:
                 letters.append(pd.DataFrame([
                     {"topic": message.topic, "key": batch.site, "reason": r.reason, "payload": r.to_dict()}
@@ -194,6 +329,20 @@ class AnalyticsWorker:
             if not batch.readings.empty:
                 frames.append(batch.readings)
         return frames, letters
+
+    def _admit(self, site: str, message: Message) -> bool:
+        """Take the site over if new to this worker; False for a message its restored state already holds."""
+        if site not in self._owned and site in self.registry.site_map:
+            self._take(site)
+        skip = self._skip_before.get(site)
+        if skip is not None:
+            if skip[0] == message.partition and message.offset < skip[1]:
+                self.stats.replayed_skipped += 1
+                return False
+            del self._skip_before[site]  # past the checkpoint: from here on every message is new
+        if message.key == site and message.offset >= 0:
+            self._position[site] = (message.partition, message.offset + 1)
+        return True
 
     def _dead_letter(self, letters: pd.DataFrame) -> None:
         self.stats.dead_letters += len(letters)

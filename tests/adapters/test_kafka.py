@@ -30,8 +30,7 @@ def kafka_settings(broker, **extra) -> KafkaSettings:
 def kafka_setup(broker, prefix: str) -> tuple[TopicSettings, KafkaSettings, Settings]:
     """Topics unique to one test, and the settings of a worker using them on ``broker``."""
     name = unique_name(prefix)
-    topics = TopicSettings(readings=f"{name}.readings.v1", metrics=f"{name}.metrics.v1",
-                           dead_letters=f"{name}.deadletter.v1")
+    topics = TopicSettings(**{field: f"{name}.{field}.v1" for field in TopicSettings.model_fields})
     kafka = kafka_settings(broker)
     return topics, kafka, Settings(bus=BusSettings(kind="kafka", topics=topics, kafka=kafka))
 
@@ -39,7 +38,7 @@ def kafka_setup(broker, prefix: str) -> tuple[TopicSettings, KafkaSettings, Sett
 def test_readings_through_kafka_give_the_embedded_figures(tansu_broker, tmp_path):  # noqa: F811
     reg = registry(simple_site("a"), simple_site("b"))
     topics, kafka, settings = kafka_setup(tansu_broker, "t")
-    assert sorted(create_topics(kafka, topics)) == sorted([topics.readings, topics.metrics, topics.dead_letters])
+    assert sorted(create_topics(kafka, topics)) == sorted(topics.model_dump().values())
 
     readings = {
         "a": pd.concat([counter_series("a", "facility.main", 150, 120), power_series("a", "it.ups", 100, 120)]),
@@ -128,6 +127,7 @@ def test_worker_pauses_while_the_sink_is_down_then_catches_up(tansu_broker, vict
     while idle < 4:
         idle = 0 if worker.step(timeout_s=1.0, max_records=4) else idle + 1
     assert worker.stats.messages == 14  # everything, once
+    assert worker.checkpoint()  # as `dcpue analyze` does when it stops
     consumer.close()
     # everything is committed: a new member of the group finds nothing left to read
     again = KafkaConsumerAdapter(kafka, [topics.readings], group_id=group).setup()

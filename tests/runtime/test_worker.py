@@ -16,7 +16,7 @@ from tests.factories import T0, counter_series, power_series, registry, simple_s
 @pytest.fixture
 def setup(tmp_path):
     reg = registry(simple_site("a"))
-    settings = Settings()
+    settings = Settings(bus={"commit_interval_s": 0})  # commit after every step
     bus = InProcessBus()
     store = FileStore(tmp_path / "w.sqlite").setup()
     worker = AnalyticsWorker(reg, settings, bus.consumer([settings.bus.topics.readings], "g"), store)
@@ -100,7 +100,7 @@ def test_a_restarted_worker_resumes_its_day_totals_from_the_checkpoint(tmp_path)
     # The batches hold minutes 0..599 (the sample at minute 600 is not sent), so 599 one-minute intervals
     # at 150 kW: the day window must hold 599 × 2.5 = 1497.5 kWh, as without the restart.
     reg = registry(simple_site("a"))
-    settings = Settings()
+    settings = Settings(bus={"commit_interval_s": 0})  # checkpoint at every step
     topic = settings.bus.topics.readings
     bus = InProcessBus()
     store = FileStore(tmp_path / "w.sqlite").setup()
