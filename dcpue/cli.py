@@ -69,9 +69,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from dcpue.runtime.embedded import EmbeddedPipeline, SimClock
     from dcpue.runtime.store import FileStore
 
+    if args.influx and not args.kafka:
+        raise ConfigError("--influx needs --kafka: the demo writes InfluxDB on the distributed path")
+    distributed: dict[str, Any] = {}
+    if args.kafka:
+        distributed["bus"] = {"kind": "kafka", "kafka": {"bootstrap_servers": args.kafka}}
+    store_options: dict[str, Any] = {"path": args.store}
+    if args.influx:
+        store_options.update(kind="influxdb", influxdb={"url": args.influx})
     settings = load_settings(args.config, registry=args.registry, log_level=args.log_level,
                              http={"port": args.port, "host": args.host},
-                             store={"path": args.store},
+                             store=store_options, **distributed,
                              simulator={"sites": args.sites, "speed": args.speed, "seed": args.seed,
                                         "faults": False if args.no_faults else None})
     _configure_logging(settings.log_level)
@@ -84,7 +92,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     simulator = FleetSimulator(registry, seed=settings.simulator.seed, start_ms=start_ms,
                                sample_interval_s=settings.simulator.sample_interval_s,
                                faults=settings.simulator.faults)
-    pipeline = EmbeddedPipeline(settings, registry, simulator, SimClock(start_ms, settings.simulator.speed), store)
+    clock = SimClock(start_ms, settings.simulator.speed)
+    if settings.bus.kind == "kafka":
+        from dcpue.runtime.distributed import DistributedDemo
+
+        # a fresh simulated timeline needs fresh topics and consumer groups
+        run = f"demo-{int(time.time())}"
+        settings = settings.model_copy(update={"bus": settings.bus.model_copy(update={
+            "topics": settings.bus.topics.model_copy(update={
+                name: f"{value}.{run}" for name, value in settings.bus.topics.model_dump().items()}),
+            "kafka": settings.bus.kafka.model_copy(update={"group_id": f"{settings.bus.kafka.group_id}-{run}"}),
+        })})
+        pipeline: Any = DistributedDemo(settings, registry, simulator, clock, store)
+    else:
+        pipeline = EmbeddedPipeline(settings, registry, simulator, clock, store)
 
     def _stop(signum: int, _frame: Any) -> None:
         print(f"\n{signal.Signals(signum).name}: stopping, draining what is on the bus …", file=sys.stderr)
@@ -98,13 +119,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"dcpue demo: {pipeline.errors[0]}", file=sys.stderr)
         return 1
     url = f"http://{settings.http.host}:{pipeline.http_port}/"
-    print(f"dcpue demo: {len(registry.sites)} simulated sites, {settings.simulator.speed:g}× real time; "
+    where = ""
+    if settings.bus.kind == "kafka":
+        run = settings.bus.topics.readings.rsplit(".", 1)[-1]
+        where = f" via Kafka {settings.bus.kafka.bootstrap_servers} (topics dcpue.*.{run})"
+        if settings.store.kind == "influxdb":
+            where += f" into InfluxDB {settings.store.influxdb.url} bucket {settings.store.influxdb.bucket}"
+    print(f"dcpue demo: {len(registry.sites)} simulated sites, {settings.simulator.speed:g}× real time{where}; "
           f"live page at {url}  (Ctrl-C to stop)", flush=True)
     summary = (lambda: None) if args.quiet else (lambda: _print_summary(store, pipeline.status(), settings))
     pipeline.wait(args.duration, on_tick=summary, tick_s=args.summary_every)
     pipeline.stop()
     status = pipeline.status()
-    print(f"dcpue demo: stopped; {status['readings']} readings, {status['windows_written']} windows written, "
+    print(f"dcpue demo: stopped; {status.get('readings', 0)} readings, {status['windows_written']} windows written, "
           f"{status['dead_letters']} dead letters, store {store_path}", flush=True)
     if pipeline.errors:
         print(f"dcpue demo: failed: {pipeline.errors[0]!r}", file=sys.stderr)
@@ -259,39 +286,44 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_analyze(args: argparse.Namespace) -> int:
-    """Consume readings from Kafka in a consumer group and write windows to InfluxDB (or the file store)."""
-    from dcpue.adapters.influxdb import InfluxSink
-    from dcpue.adapters.kafka import KafkaConsumerAdapter, KafkaProducerAdapter
-    from dcpue.runtime.store import FileStore
-    from dcpue.runtime.worker import AnalyticsWorker
-
-    settings = _kafka_settings(args)
-    registry = _demo_registry(settings)
-    if settings.store.kind == "influxdb":
-        sink: Any = InfluxSink(settings.store.influxdb, registry.sites_table).setup()
-    else:
-        sink = FileStore(settings.store.path).setup()
-    consumer = KafkaConsumerAdapter(settings.bus.kafka, [settings.bus.topics.readings]).setup()
-    dead_letters = KafkaProducerAdapter(settings.bus.kafka).setup()
-    # several workers share the sites, so none of them may write partial cluster/fleet figures
-    worker = AnalyticsWorker(registry, settings, consumer, sink, dead_letter_producer=dead_letters,
-                             emit_groups=args.groups, state=sink if isinstance(sink, FileStore) else None)
-    end = None if args.duration is None else time.monotonic() + args.duration
+def _run_stage(stage: Any, duration: float | None) -> None:
+    end = None if duration is None else time.monotonic() + duration
     _stop_on_sigterm()
     try:
         while end is None or time.monotonic() < end:
-            worker.step(timeout_s=1.0)
-            dead_letters.flush()
+            stage.worker.step(timeout_s=1.0)
     except KeyboardInterrupt:
         pass
     finally:
-        consumer.close()
-        dead_letters.close()
-        sink.close()
-    stats = worker.status()
+        stage.close()  # checkpoint and commit what was written, then close
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Consume readings from Kafka in a consumer group and write site windows to InfluxDB (or the file store)."""
+    from dcpue.runtime.distributed import analytics_stage, result_store
+
+    settings = _kafka_settings(args)
+    registry = _demo_registry(settings)
+    stage = analytics_stage(settings, registry, [result_store(settings, registry)], emit_groups=args.groups)
+    _run_stage(stage, args.duration)
+    stats = stage.worker.status()
     print(f"dcpue analyze: {stats['messages']} batches, {stats['readings']} readings, "
-          f"{stats['windows_written']} windows written, {stats['dead_letters']} dead letters", flush=True)
+          f"{stats['windows_written']} windows written, {stats['dead_letters']} dead letters, "
+          f"{stats['sites_restored']} sites restored from checkpoints", flush=True)
+    return 0
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    """Second stage: site rows from the metrics topic → cluster and fleet rows (run exactly one)."""
+    from dcpue.runtime.distributed import aggregate_stage, result_store
+
+    settings = _kafka_settings(args)
+    registry = _demo_registry(settings)
+    stage = aggregate_stage(settings, registry, [result_store(settings, registry)])
+    _run_stage(stage, args.duration)
+    stats = stage.worker.status()
+    print(f"dcpue aggregate: {stats['messages']} metrics batches, {stats['site_rows']} site rows, "
+          f"{stats['group_rows_written']} group rows written", flush=True)
     return 0
 
 
@@ -333,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--registry", help="site registry YAML instead of the generated fleet")
     demo.add_argument("--store", help="result store file (default dcpue-data/dcpue.sqlite)")
     demo.add_argument("--no-faults", action="store_true", help="simulate without injected meter faults")
+    demo.add_argument("--kafka", help="run on the distributed path through this Kafka (host:port[,…])")
+    demo.add_argument("--influx", help="with --kafka: also write results to InfluxDB at this URL")
     demo.add_argument("--quiet", action="store_true", help="no terminal summary")
     demo.add_argument("--summary-every", type=float, default=5.0, help="seconds between terminal summaries")
     demo.set_defaults(func=cmd_demo)
@@ -368,8 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
                              help="consumer-group worker: Kafka readings → PUE windows → InfluxDB")
     analyze.add_argument("--influx", help="InfluxDB URL (store.influxdb.url); token/org/bucket from settings")
     analyze.add_argument("--groups", action="store_true",
-                         help="also write cluster/fleet rows (only correct when this is the group's only worker)")
+                         help="also write cluster/fleet rows (only correct when this is the group's only worker; "
+                              "otherwise run `dcpue aggregate`)")
     analyze.set_defaults(func=cmd_analyze)
+
+    aggregate = sub.add_parser("aggregate", parents=[kafka_common],
+                               help="second stage: site rows from all workers → cluster and fleet rows")
+    aggregate.add_argument("--influx", help="InfluxDB URL (store.influxdb.url); token/org/bucket from settings")
+    aggregate.set_defaults(func=cmd_aggregate)
 
     reg = sub.add_parser("registry", help="site registry tools")
     reg_sub = reg.add_subparsers(dest="registry_command", required=True, metavar="ACTION")

@@ -1,10 +1,11 @@
-"""InfluxDB sink (influxdb-client, v2 write API) for window results and dead letters.
+"""InfluxDB sink (influxdb-client, v2 write API) for window results, raw readings, the site
+inventory and dead letters; the schema is in docs/influxdb.md.
 
 Writes are synchronous on purpose: the worker commits its Kafka offsets only after a write
-returned, so a write must be durable when :meth:`InfluxSink.write_windows` returns. Batching
-happens one level up (one write per worker step); retries with backoff are the worker's. Any
-failure — including HTTP 429/503 — is raised as :class:`~dcpue.errors.SinkError`, which makes
-the worker keep its results, stop consuming and retry: backpressure, not a crash.
+returned, so a write must be durable when :meth:`InfluxSink.write_windows` returns. Each call is
+sent in HTTP requests of at most ``settings.batch_size`` lines; retries with backoff are the
+worker's. Any failure — including HTTP 429/503 — is raised as :class:`~dcpue.errors.SinkError`,
+which makes the worker keep its results, stop consuming and retry: backpressure, not a crash.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from dcpue.adapters.lineprotocol import windows_to_lines
+from dcpue.adapters.lineprotocol import inventory_to_lines, readings_to_lines, windows_to_lines
 from dcpue.errors import SinkError, missing_extra
 from dcpue.settings import InfluxSettings
 
@@ -42,11 +43,18 @@ def dead_letters_to_lines(letters: pd.DataFrame, now_ms: int) -> list[str]:
 
 
 class InfluxSink:
-    """:class:`~dcpue.ports.ResultSink` writing to InfluxDB; connect with :meth:`setup`."""
+    """:class:`~dcpue.ports.ResultSink` writing to InfluxDB; connect with :meth:`setup`.
 
-    def __init__(self, settings: InfluxSettings, sites: pd.DataFrame | None = None) -> None:
+    ``sites`` (``Registry.sites_table``) adds the ``cluster``/``city`` tags and is the source of
+    :meth:`write_inventory`; ``points`` (``Registry.points_table``) adds the ``role``/``quantity``
+    tags of raw readings.
+    """
+
+    def __init__(self, settings: InfluxSettings, sites: pd.DataFrame | None = None,
+                 points: pd.DataFrame | None = None) -> None:
         self.settings = settings
         self.sites = sites
+        self.points = points
         self._client: Any = None
         self._write: Any = None
 
@@ -62,19 +70,48 @@ class InfluxSink:
         return self
 
     def _send(self, lines: list[str]) -> None:
+        """Write ``lines`` in requests of at most ``settings.batch_size`` lines, one after the other.
+
+        The first failed request raises :class:`SinkError`; the requests before it stay written.
+        Re-sending all of ``lines`` on retry is harmless: every point is identified by (measurement,
+        tags, timestamp), so a point written twice overwrites itself.
+        """
         if not lines:
             return
-        try:
-            self._write.write(bucket=self.settings.bucket, org=self.settings.org, record=lines,
-                              write_precision="ms")
-        except Exception as exc:  # noqa: BLE001 — every client/transport error means "not written"
-            status = getattr(exc, "status", None)
-            raise SinkError(f"InfluxDB write of {len(lines)} points to {self.settings.url} failed"
-                            f"{f' (HTTP {status})' if status else ''}: {exc}") from exc
+        if self._write is None:
+            raise SinkError(f"InfluxDB sink for {self.settings.url} is not connected (call setup())")
+        size = self.settings.batch_size
+        requests = (len(lines) + size - 1) // size
+        for number, start in enumerate(range(0, len(lines), size), 1):
+            chunk = lines[start:start + size]
+            try:
+                self._write.write(bucket=self.settings.bucket, org=self.settings.org, record=chunk,
+                                  write_precision="ms")
+            except Exception as exc:  # noqa: BLE001 — every client/transport error means "not written"
+                status = getattr(exc, "status", None)
+                raise SinkError(f"InfluxDB write of {len(chunk)} points (request {number} of {requests}) to "
+                                f"{self.settings.url} failed{f' (HTTP {status})' if status else ''}: {exc}") from exc
 
     def write_windows(self, windows: pd.DataFrame) -> None:
         """Write window results (idempotent: one point per window, timestamp = window end)."""
         self._send(windows_to_lines(windows, self.sites))
+
+    def write_readings(self, readings: pd.DataFrame) -> None:
+        """Write raw readings (measurement ``reading``, timestamp = reading time) when ``settings.write_readings``.
+
+        Idempotent: a replayed reading overwrites its own point.
+        """
+        if self.settings.write_readings and not readings.empty:
+            self._send(readings_to_lines(readings, self.points, self.sites))
+
+    def write_inventory(self, ts_ms: int) -> None:
+        """Write the sites table given to the constructor (measurement ``site_inventory``) at ``ts_ms`` [ms].
+
+        Pass the start of the current UTC day: writing again the same day overwrites that day's
+        snapshot. Writes nothing when the sink has no sites table.
+        """
+        if self.sites is not None:
+            self._send(inventory_to_lines(self.sites, ts_ms))
 
     def write_dead_letters(self, letters: pd.DataFrame) -> None:
         if not letters.empty:
@@ -85,3 +122,4 @@ class InfluxSink:
             self._write.close()
             self._client.close()
             self._client = None
+            self._write = None

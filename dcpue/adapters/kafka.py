@@ -155,6 +155,10 @@ class KafkaConsumerAdapter:
                                    tuple((k, v) for k, v in (r.headers or [])), r.partition, r.offset))
         return out
 
+    def partition_count(self) -> int:
+        """Partitions of the first subscribed topic."""
+        return len(self._consumer.partitions_for_topic(self.topics[0]) or ())
+
     def pause(self) -> None:
         """Stop fetching (polls still keep the group membership alive)."""
         self._consumer.pause(*self._consumer.assignment())
@@ -193,6 +197,20 @@ class KafkaStateStore:
         if self._producer is None:
             self._producer = KafkaProducerAdapter(self.settings).setup()
         return self
+
+    def partition_of(self, key: str) -> int:
+        """The partition a record keyed ``key`` goes to (the client's murmur2 partitioner, as Java's)."""
+        from kafka.partitioner.default import murmur2
+
+        kafka = _kafka()
+        consumer = kafka.KafkaConsumer(**connection_config(self.settings), enable_auto_commit=False, group_id=None)
+        try:
+            count = len(consumer.partitions_for_topic(self.topic) or ())
+        finally:
+            consumer.close(autocommit=False)
+        if not count:
+            raise SinkError(f"state topic {self.topic} does not exist; run `dcpue topics create`")
+        return (murmur2(key.encode()) & 0x7FFFFFFF) % count
 
     def save_states(self, states: dict[str, bytes]) -> None:
         """Write each site's state and wait until Kafka acknowledged all of them (else :class:`SinkError`)."""

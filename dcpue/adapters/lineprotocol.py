@@ -1,16 +1,25 @@
-"""Window results as InfluxDB line protocol (pure, no I/O); the schema lives in docs/influxdb.md.
+"""Window results, raw readings and the site inventory as InfluxDB line protocol (pure, no I/O).
 
-One measurement, ``pue``, one point per (scope, id, window, start): tags identify the series
-(``site`` first, because InfluxDB 3 fixes tag order at the first write), fields carry the
-figures, and the timestamp is the window end. Writing the same window again overwrites its point.
+The schema of every measurement lives in docs/influxdb.md. Common rules:
 
-Line protocol has no NaN: a figure that is not valid is left out of the point, and because
+* tags identify a series and come in a fixed order with ``site`` first (InfluxDB 3 fixes the tag
+  column order at the first write to a table); an empty tag value is left out, since line protocol
+  has no empty tags;
+* every tag value is a property of the series (site, point, window …), never of one reading, so the
+  number of series stays bounded;
+* line protocol has no NaN: a value that is not finite is left out of its point;
+* timestamps are milliseconds since the Unix epoch (write with precision ``ms``); writing the same
+  series and timestamp again overwrites the point, which makes replay safe.
+
+``pue`` (window results): one point per (scope, id, window, start), timestamp = window end. Because
 InfluxDB merges the fields of repeated writes, a figure written while a window was ``ok`` could
-outlive a later ``incomplete`` state. Every point therefore carries ``status``; queries must
-filter on ``status = 'ok'`` (the shipped dashboards do).
+outlive a later ``incomplete`` state. Every point therefore carries ``status``; queries must filter
+on ``status = 'ok'`` (the shipped dashboards do).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -23,6 +32,28 @@ FLOAT_FIELDS = (*ENERGY_COLUMNS, "facility_kw", "it_kw", *METRIC_COLUMNS, "cover
 INT_FIELDS = ("start_ms", "it_category", "racks_installed", "racks_in_service")
 STRING_FIELDS = ("status", "grade", "flags")
 
+READING_MEASUREMENT = "reading"
+# tag order of `reading`: the first two identify the series, the rest are properties of the point/site
+READING_TAGS = ("site", "point", "role", "quantity", "cluster", "city")
+
+INVENTORY_MEASUREMENT = "site_inventory"
+# sites_table column -> tag key, in tag order
+INVENTORY_TAGS = {"cluster": "cluster", "city": "city", "cooling": "cooling"}  # same order as `pue`, `reading`
+# sites_table column -> (field key, line-protocol type). The type is fixed here, not inferred from the
+# frame's dtype, because InfluxDB fixes a field's type at its first write and rejects later conflicts.
+INVENTORY_FIELDS: dict[str, tuple[str, str]] = {
+    "name": ("site_name", "string"),  # `name` is an InfluxQL keyword
+    "latitude": ("latitude", "float"),  # [°]
+    "longitude": ("longitude", "float"),  # [°]
+    "commissioned": ("commissioned", "int"),  # year
+    "refreshed": ("refreshed", "int"),  # year of the last major refresh, when the table has it
+    "racks_installed": ("racks_installed", "int"),
+    "racks_in_service": ("racks_in_service", "int"),
+    "design_it_kw": ("design_it_kw", "float"),  # [kW]
+    "design_pue": ("design_pue", "float"),  # when the table has it
+    "grid_emission_factor": ("grid_emission_factor", "float"),  # [kgCO2/kWh]
+}
+
 
 def _escape_tag(values: pd.Series) -> pd.Series:
     return (values.astype(str).str.replace("\\", "\\\\", regex=False).str.replace(",", "\\,", regex=False)
@@ -31,6 +62,49 @@ def _escape_tag(values: pd.Series) -> pd.Series:
 
 def _quote(values: pd.Series) -> pd.Series:
     return '"' + values.astype(str).str.replace("\\", "\\\\", regex=False).str.replace('"', '\\"', regex=False) + '"'
+
+
+def _text(values: object, index: pd.Index) -> pd.Series:
+    """Strings for tag values: missing → "" (so the tag is left out)."""
+    return pd.Series(np.asarray(values, dtype=object), index=index, dtype=object).fillna("").astype(str)
+
+
+def _tag_set(measurement: str, tags: Iterable[tuple[str, pd.Series]], index: pd.Index) -> pd.Series:
+    """``measurement,key=value,…`` per row, keys in the given order, empty values left out."""
+    out = pd.Series(measurement, index=index, dtype=object)
+    for key, values in tags:
+        present = (values != "").to_numpy()
+        out = out + np.where(present, "," + key + "=" + _escape_tag(values), "")
+    return out
+
+
+class _FieldSet:
+    """Builds the comma-separated field set of every row; a part can be masked out per row."""
+
+    def __init__(self, index: pd.Index) -> None:
+        self.fields = pd.Series("", index=index, dtype=object)
+
+    def add(self, part: pd.Series, mask: np.ndarray | None = None) -> None:
+        piece = np.where(self.fields == "", part, "," + part)
+        self.fields = self.fields + (piece if mask is None else np.where(mask, piece, ""))
+
+    def add_float(self, key: str, values: object) -> None:
+        array = np.asarray(values, dtype=np.float64)
+        index = self.fields.index
+        # numpy's str() of a float64 is the shortest repr that round-trips, like repr()
+        self.add(pd.Series(key + "=" + pd.Series(array.astype(str), index=index), index=index),
+                 np.isfinite(array))
+
+    def add_int(self, key: str, values: object) -> None:
+        numbers = pd.to_numeric(pd.Series(np.asarray(values), index=self.fields.index), errors="coerce")
+        valid = numbers.notna().to_numpy()
+        text = numbers.where(valid, 0).astype(np.int64).astype(str)
+        self.add(key + "=" + text + "i", valid)
+
+    def add_string(self, key: str, values: object) -> None:
+        series = pd.Series(np.asarray(values, dtype=object), index=self.fields.index, dtype=object)
+        valid = series.notna().to_numpy()
+        self.add(key + "=" + _quote(series.fillna("")), valid)
 
 
 def windows_to_lines(windows: pd.DataFrame, sites: pd.DataFrame | None = None) -> list[str]:
@@ -48,29 +122,86 @@ def windows_to_lines(windows: pd.DataFrame, sites: pd.DataFrame | None = None) -
         meta = sites.reindex(frame["id"].where(is_site))
         city = pd.Series(np.where(is_site, meta["city"].fillna("").to_numpy(), ""), dtype=object)
         cluster = pd.Series(np.where(is_site, meta["cluster"].fillna("").to_numpy(), cluster), dtype=object)
-    # tag keys in a fixed order, site first; empty tags are left out
-    tags = pd.Series(MEASUREMENT, index=frame.index, dtype=object)
-    for key, values in (("site", site_tag), ("scope", scope), ("cluster", cluster), ("city", city),
-                        ("window", frame["window"])):
-        present = values.astype(str) != ""
-        tags = tags + np.where(present, "," + key + "=" + _escape_tag(values), "")
-    fields = pd.Series("", index=frame.index, dtype=object)
-
-    def add(part: pd.Series, mask: np.ndarray | None = None) -> None:
-        nonlocal fields
-        piece = np.where(fields == "", part, "," + part)
-        fields = fields + (piece if mask is None else np.where(mask, piece, ""))
-
+    tags = _tag_set(MEASUREMENT, (("site", site_tag), ("scope", scope), ("cluster", cluster), ("city", city),
+                                  ("window", frame["window"])), frame.index)
+    fields = _FieldSet(frame.index)
     for col in STRING_FIELDS:
-        add(col + "=" + _quote(frame[col]))
-    add("final=" + np.where(frame["final"], "true", "false"))
+        fields.add(col + "=" + _quote(frame[col]))
+    fields.add(pd.Series("final=" + np.where(frame["final"], "true", "false"), index=frame.index))
     for col in INT_FIELDS:
-        add(col + "=" + frame[col].astype(np.int64).astype(str) + "i")
+        fields.add(col + "=" + frame[col].astype(np.int64).astype(str) + "i")
     for col in FLOAT_FIELDS:
-        values = frame[col].to_numpy(np.float64)
-        finite = np.isfinite(values)
-        add(pd.Series(col + "=" + pd.Series(values).map(repr), index=frame.index), finite)
+        fields.add_float(col, frame[col])
     stamps = frame["end_ms"].astype(np.int64).astype(str)
-    lines = tags + " " + fields + " " + stamps
+    lines = tags + " " + fields.fields + " " + stamps
     assert len(lines) == n
     return lines.tolist()
+
+
+def readings_to_lines(readings: pd.DataFrame, points: pd.DataFrame | None = None,
+                      sites: pd.DataFrame | None = None) -> list[str]:
+    """Raw readings as line protocol (measurement ``reading``, ms precision), one point per reading.
+
+    ``readings`` has the columns of :func:`dcpue.model.readings_frame` (``ts`` [ms], ``value`` in the
+    point's own unit, ``quality`` flags). ``points`` is ``Registry.points_table`` (indexed by (site,
+    point)): it adds the ``role`` and ``quantity`` tags and converts ``value`` with the point's
+    ``factor`` to the canonical unit of its quantity ([kW], [kWh], [°C], [%], [m3/h], [L]), so W and kW
+    meters can be summed; a reading whose (site, point) it does not list keeps only the ``site`` and
+    ``point`` tags and its value as received. ``sites`` is ``Registry.sites_table``: it adds the
+    ``cluster`` and ``city`` tags. Fields: ``value`` (float, left out when NaN or infinite, so the point
+    still records the reading's ``quality``) and ``quality`` (integer flags of :class:`dcpue.model.Quality`).
+    """
+    if readings.empty:
+        return []
+    index = pd.RangeIndex(len(readings))
+    site = _text(readings["site"].to_numpy(), index)
+    point = _text(readings["point"].to_numpy(), index)
+    empty = pd.Series("", index=index, dtype=object)
+    role, quantity, cluster, city = empty, empty, empty, empty
+    values = readings["value"].to_numpy(np.float64)
+    if points is not None and not points.empty:
+        meta = points.reindex(pd.MultiIndex.from_arrays([site, point]))
+        role = _text(meta["role"].to_numpy(), index)
+        quantity = _text(meta["quantity"].to_numpy(), index)
+        if "factor" in meta:  # unknown points (NaN factor) stay as received
+            values = values * np.nan_to_num(meta["factor"].to_numpy(np.float64), nan=1.0)
+    if sites is not None and not sites.empty:
+        meta = sites.reindex(site)
+        cluster = _text(meta["cluster"].to_numpy(), index) if "cluster" in meta else empty
+        city = _text(meta["city"].to_numpy(), index) if "city" in meta else empty
+    tags = _tag_set(READING_MEASUREMENT, zip(READING_TAGS, (site, point, role, quantity, cluster, city),
+                                             strict=True), index)
+    fields = _FieldSet(index)
+    fields.add_float("value", values)
+    fields.add_int("quality", readings["quality"].to_numpy(np.int64))
+    stamps = pd.Series(readings["ts"].to_numpy(np.int64).astype(str), index=index)
+    return (tags + " " + fields.fields + " " + stamps).tolist()
+
+
+def inventory_to_lines(sites: pd.DataFrame, ts_ms: int) -> list[str]:
+    """The site registry as line protocol (measurement ``site_inventory``), one point per site at ``ts_ms``.
+
+    ``sites`` is ``Registry.sites_table`` (indexed by site id). Tags: ``site``, then those of
+    :data:`INVENTORY_TAGS`; fields: the columns of :data:`INVENTORY_FIELDS` the table has (a missing
+    value is left out). Pass the start of the current UTC day as ``ts_ms`` [ms]: rewriting the
+    inventory on the same day overwrites its points, and each day keeps one snapshot.
+    """
+    if sites.empty:
+        return []
+    index = pd.RangeIndex(len(sites))
+    tags = [("site", _text(sites.index.to_numpy(), index))]
+    tags += [(key, _text(sites[col].to_numpy(), index)) for col, key in INVENTORY_TAGS.items() if col in sites]
+    fields = _FieldSet(index)
+    for col, (key, kind) in INVENTORY_FIELDS.items():
+        if col not in sites:
+            continue
+        values = sites[col].to_numpy()
+        if kind == "float":
+            fields.add_float(key, pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64))
+        elif kind == "int":
+            fields.add_int(key, values)
+        else:
+            fields.add_string(key, values)
+    lines = _tag_set(INVENTORY_MEASUREMENT, tags, index) + " " + fields.fields + " " + str(int(ts_ms))
+    # a site none of whose attributes is known has no field, and a point without fields is invalid
+    return lines[(fields.fields != "").to_numpy()].tolist()

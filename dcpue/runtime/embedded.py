@@ -124,24 +124,9 @@ class EmbeddedPipeline:
         self._spawn(self._collect, "collector")
         self._spawn(self._analyze, "analytics")
         if self.serve_http:
-            from dcpue.web.app import create_app
-
-            app = create_app(self.store, self.registry, self.settings.engine, status=self.status)
-            config = uvicorn.Config(app, host=self.settings.http.host, port=self.settings.http.port,
-                                    log_level="warning", access_log=False, lifespan="off")
-            self._server = uvicorn.Server(config)
-            self._server.install_signal_handlers = lambda: None  # the CLI owns signals
-            self._spawn(self._server.run, "http")
-            deadline = time.monotonic() + 10
-            while not self._server.started and time.monotonic() < deadline and not self.stop_event.is_set():
-                time.sleep(0.05)
-            if self._server.started:
-                sockets = [s for server in self._server.servers for s in server.sockets]
-                self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http.port
-            else:
-                self.errors.append(RuntimeError(
-                    f"HTTP server did not start on {self.settings.http.host}:{self.settings.http.port}"))
-                self.stop_event.set()
+            self._server, thread, self.http_port = serve_http(self.settings, self.store, self.registry, self.status,
+                                                              self.stop_event, self.errors)
+            self._threads.append(thread)
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=f"dcpue-{name}", daemon=True)
@@ -178,13 +163,45 @@ class EmbeddedPipeline:
     def wait(self, duration_s: float | None, on_tick: Callable[[], None] | None = None,
              tick_s: float = 5.0) -> None:
         """Block until ``duration_s`` passed or the pipeline stopped, calling ``on_tick`` periodically."""
-        end = None if duration_s is None else time.monotonic() + duration_s
-        next_tick = time.monotonic() + tick_s
-        while not self.stop_event.is_set():
-            now = time.monotonic()
-            if end is not None and now >= end:
-                break
-            if on_tick is not None and now >= next_tick:
-                on_tick()
-                next_tick = now + tick_s
-            self.stop_event.wait(min(0.2, max(0.0, (end or now + 1) - now)))
+        wait_until(self.stop_event, duration_s, on_tick, tick_s)
+
+
+def serve_http(settings: Settings, store: FileStore, registry: Registry, status: Callable[[], dict[str, object]],
+               stop_event: threading.Event, errors: list[BaseException]
+               ) -> tuple[uvicorn.Server, threading.Thread, int | None]:
+    """Start the HTTP API and live page on a thread; returns (server, thread, bound port or None)."""
+    from dcpue.web.app import create_app
+
+    app = create_app(store, registry, settings.engine, status=status)
+    config = uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
+                            log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # the CLI owns signals
+    thread = threading.Thread(target=server.run, name="dcpue-http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline and not stop_event.is_set():
+        time.sleep(0.05)
+    port = None
+    if server.started:
+        sockets = [s for srv in server.servers for s in srv.sockets]
+        port = sockets[0].getsockname()[1] if sockets else settings.http.port
+    else:
+        errors.append(RuntimeError(f"HTTP server did not start on {settings.http.host}:{settings.http.port}"))
+        stop_event.set()
+    return server, thread, port
+
+
+def wait_until(stop_event: threading.Event, duration_s: float | None, on_tick: Callable[[], None] | None = None,
+               tick_s: float = 5.0) -> None:
+    """Block until ``duration_s`` passed or ``stop_event`` is set, calling ``on_tick`` every ``tick_s``."""
+    end = None if duration_s is None else time.monotonic() + duration_s
+    next_tick = time.monotonic() + tick_s
+    while not stop_event.is_set():
+        now = time.monotonic()
+        if end is not None and now >= end:
+            break
+        if on_tick is not None and now >= next_tick:
+            on_tick()
+            next_tick = now + tick_s
+        stop_event.wait(min(0.2, max(0.0, (end or now + 1) - now)))

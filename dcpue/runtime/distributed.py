@@ -1,0 +1,227 @@
+"""Wiring of the distributed path: the same stages as the embedded pipeline on Kafka and InfluxDB.
+
+* collector → readings topic (keyed by site), acknowledged by Kafka before the next poll;
+* analytics workers (one consumer group over the readings partitions) → site rows to InfluxDB and
+  to the metrics topic, engine checkpoints to the compacted state topic;
+* one group worker → cluster and fleet rows from the metrics topic.
+
+``dcpue collect``, ``dcpue analyze`` and ``dcpue aggregate`` run one stage each (one process per
+container); ``dcpue demo --kafka … --influx …`` runs all of them in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dcpue.registry import Registry
+from dcpue.runtime.aggregator import GroupWorker
+from dcpue.runtime.sinks import BusResultSink, FanoutSink
+from dcpue.runtime.worker import AnalyticsWorker
+from dcpue.settings import Settings
+from dcpue.wire import encode_frame
+
+log = logging.getLogger(__name__)
+
+AGGREGATE_GROUP_SUFFIX = "-aggregate"
+
+
+@dataclass
+class Stage:
+    """A running stage and what must be closed after it, in order."""
+
+    worker: Any
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in self.closers:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 — close the rest regardless
+                log.exception("closing %s failed", close)
+
+
+def result_store(settings: Settings, registry: Registry) -> Any:
+    """The configured store: InfluxDB (with readings and inventory) or the local file store."""
+    if settings.store.kind == "influxdb":
+        from dcpue.adapters.influxdb import InfluxSink
+
+        sink = InfluxSink(settings.store.influxdb, registry.sites_table, registry.points_table).setup()
+        sink.write_inventory(int(time.time() // 86_400) * 86_400_000)  # today's inventory point (UTC day)
+        return sink
+    from dcpue.runtime.store import FileStore
+
+    return FileStore(settings.store.path).setup()
+
+
+def analytics_stage(settings: Settings, registry: Registry, stores: list[Any],
+                    clock: Callable[[], int] | None = None, emit_groups: bool = False) -> Stage:
+    """A consumer-group analytics worker: readings → site rows (``stores`` + metrics topic), state → state topic.
+
+    The stage closes ``stores`` when it is closed.
+    """
+    from dcpue.adapters.kafka import KafkaConsumerAdapter, KafkaProducerAdapter, KafkaStateStore
+
+    kafka, topics = settings.bus.kafka, settings.bus.topics
+    producer = KafkaProducerAdapter(kafka).setup()
+    state = KafkaStateStore(kafka, topics.state, producer).setup()
+    consumer = KafkaConsumerAdapter(kafka, [topics.readings]).setup()
+    sink = FanoutSink(*stores, BusResultSink(producer, topics.metrics))
+    worker = AnalyticsWorker(registry, settings, consumer, sink, dead_letter_producer=producer, clock=clock,
+                             emit_groups=emit_groups, state=state)
+    return Stage(worker, [lambda: _final_checkpoint(worker), consumer.close, producer.close,
+                          *[store.close for store in stores]])
+
+
+def aggregate_stage(settings: Settings, registry: Registry, stores: list[Any]) -> Stage:
+    """The group worker: site rows from the metrics topic → cluster and fleet rows (to ``stores``, which it closes)."""
+    from dcpue.adapters.kafka import KafkaConsumerAdapter, KafkaProducerAdapter, KafkaStateStore
+
+    kafka, topics = settings.bus.kafka, settings.bus.topics
+    producer = KafkaProducerAdapter(kafka).setup()
+    state = KafkaStateStore(kafka, topics.state, producer).setup()
+    consumer = KafkaConsumerAdapter(kafka, [topics.metrics], group_id=kafka.group_id + AGGREGATE_GROUP_SUFFIX).setup()
+    sink = FanoutSink(*stores, BusResultSink(producer, topics.metrics))
+    worker = GroupWorker(registry, settings, consumer, sink, state=state)
+    return Stage(worker, [lambda: _final_checkpoint(worker), consumer.close, producer.close,
+                          *[store.close for store in stores]])
+
+
+def _final_checkpoint(worker: Any) -> None:
+    if not worker.checkpoint():
+        log.warning("stopping with results not written; the next worker replays them")
+
+
+def publish_polls(collector: Any, producer: Any, topic: str, now_ms: Callable[[], int]) -> int:
+    """One collector poll to the readings topic; returns once Kafka acknowledged every batch."""
+    sent = 0
+    for site, frame in collector.poll(now_ms()):
+        producer.send(topic, encode_frame(site, frame), key=site)
+        sent += 1
+    producer.flush()
+    return sent
+
+
+class DistributedDemo:
+    """``dcpue demo --kafka --influx``: collector, analytics and group worker on Kafka, in one process.
+
+    Results go to InfluxDB (for Grafana, if ``store.kind`` is ``influxdb``) and to the local file
+    store ``mirror`` that the live page reads; the mirror is closed last, by :meth:`stop`.
+    """
+
+    def __init__(self, settings: Settings, registry: Registry, collector: Any, clock: Any, mirror: Any,
+                 serve_http: bool = True) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.collector = collector
+        self.clock = clock
+        self.mirror = mirror
+        self.stop_event = threading.Event()
+        self.collector_done = threading.Event()
+        self.errors: list[BaseException] = []
+        self.batches_sent = 0
+        self.sim_now_ms = clock.start_ms
+        self.analytics: Stage | None = None
+        self.groups: Stage | None = None
+        self._threads: list[threading.Thread] = []
+        self.serve_http = serve_http
+        self.http_port: int | None = None
+        self._server: Any = None
+
+    def start(self) -> None:
+        from dcpue.adapters.kafka import create_topics
+        from dcpue.runtime.embedded import serve_http
+
+        create_topics(self.settings.bus.kafka, self.settings.bus.topics)
+        influx = self.settings.store.kind == "influxdb"
+        self.analytics = analytics_stage(self.settings, self.registry,
+                                         [result_store(self.settings, self.registry)] if influx else [],
+                                         clock=self.clock.now_ms)
+        self.groups = aggregate_stage(self.settings, self.registry,
+                                      [result_store(self.settings, self.registry)] if influx else [])
+        self.analytics.worker.store.sinks.insert(0, self.mirror)
+        self.groups.worker.sink.sinks.insert(0, self.mirror)
+        self.clock.start()
+        for target, name in ((self._collect, "collector"), (self._analyze, "analytics"), (self._aggregate, "groups")):
+            thread = threading.Thread(target=self._guard(target, name), name=f"dcpue-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if self.serve_http:
+            self._server, _, self.http_port = serve_http(self.settings, self.mirror, self.registry, self.status,
+                                                         self.stop_event, self.errors)
+
+    def wait(self, duration_s: float | None, on_tick: Callable[[], None] | None = None, tick_s: float = 5.0) -> None:
+        """Block until ``duration_s`` passed or the demo stopped, calling ``on_tick`` periodically."""
+        from dcpue.runtime.embedded import wait_until
+
+        wait_until(self.stop_event, duration_s, on_tick, tick_s)
+
+    def _guard(self, target: Callable[[], None], name: str) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as exc:
+                log.exception("%s failed", name)
+                self.errors.append(exc)
+                self.stop_event.set()
+        return run
+
+    def _collect(self) -> None:
+        from dcpue.adapters.kafka import KafkaProducerAdapter
+
+        producer = KafkaProducerAdapter(self.settings.bus.kafka).setup()
+        try:
+            self.collector.setup()
+            while not self.stop_event.is_set():
+                self.sim_now_ms = self.clock.now_ms()
+                self.batches_sent += publish_polls(self.collector, producer, self.settings.bus.topics.readings,
+                                                   lambda: self.sim_now_ms)
+                self.stop_event.wait(0.5)
+        finally:
+            self.collector.close()
+            producer.close()
+            self.collector_done.set()
+
+    def _analyze(self) -> None:
+        assert self.analytics is not None
+        worker = self.analytics.worker
+        idle = 0
+        while not (self.collector_done.is_set() and idle >= 3):  # drained: three empty polls after the collector
+            idle = 0 if worker.step(timeout_s=0.5) else idle + 1
+        self.analytics.close()
+
+    def _aggregate(self) -> None:
+        assert self.groups is not None
+        worker = self.groups.worker
+        analytics = next(t for t in self._threads if t.name == "dcpue-analytics")
+        idle = 0
+        while not (not analytics.is_alive() and idle >= 3):
+            idle = 0 if worker.step(timeout_s=0.5) else idle + 1
+        self.groups.close()
+
+    def status(self) -> dict[str, object]:
+        worker = self.analytics.worker.status() if self.analytics else {}
+        groups = self.groups.worker.status() if self.groups else {}
+        return {"mode": "distributed", "sim_time_ms": self.sim_now_ms, "timezone": self.settings.engine.timezone,
+                "speed": self.clock.speed, "sites": len(self.registry.sites), "batches_sent": self.batches_sent,
+                "bus_lag": None, **worker, "group_rows_written": groups.get("group_rows_written", 0)}
+
+    def stop(self, timeout_s: float = 120.0) -> bool:
+        """Stop collecting, let both workers drain and commit, then close everything."""
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._server is not None:
+            self._server.should_exit = True
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            self.errors.append(RuntimeError(f"did not drain within {timeout_s:g} s: {', '.join(alive)}"))
+            return False
+        time.sleep(0.3)  # let the HTTP thread finish its last response before the store closes
+        self.mirror.close()
+        return True

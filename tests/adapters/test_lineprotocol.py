@@ -1,0 +1,135 @@
+"""Line protocol of raw readings and the site inventory (pure; the servers' read-back is in test_influxdb.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dcpue.adapters.lineprotocol import INVENTORY_FIELDS, inventory_to_lines, readings_to_lines
+from dcpue.model import Quality, readings_frame
+from tests.factories import GUI_AN, T0, point, registry, simple_site, site
+
+
+def reg():
+    return registry(simple_site("a", cluster="gui-an"), simple_site("b", city="Gui'an New Area, Guizhou"),
+                    clusters=[GUI_AN])
+
+
+def test_readings_carry_point_and_site_tags_in_fixed_order():
+    r = reg()
+    frame = readings_frame(["a", "b"], ["it.ups", "cool.crah"], [T0, T0 + 60_000], [100.5, 12.25], [0, 1])
+    lines = readings_to_lines(frame, r.points_table, r.sites_table)
+    assert lines == [
+        f"reading,site=a,point=it.ups,role=it,quantity=power,cluster=gui-an,city=Guiyang value=100.5,quality=0i {T0}",
+        # no cluster: the tag is left out; spaces and commas in the city are escaped
+        "reading,site=b,point=cool.crah,role=cooling,quantity=power,city=Gui'an\\ New\\ Area\\,\\ Guizhou "
+        f"value=12.25,quality=1i {T0 + 60_000}",
+    ]
+
+
+def test_values_of_registered_points_are_written_in_the_canonical_unit():
+    r = registry(site("w", [point("facility.main", "facility", "energy", "Wh"),
+                            point("it.pdu", "it", "power", "W", it_category=2),
+                            point("water.main", "water", "water_volume", "m3")]))
+    frame = readings_frame("w", ["facility.main", "it.pdu", "water.main", "unknown"], T0,
+                           [5_000_000.0, 2_500.0, 3.0, 7.0])
+    lines = readings_to_lines(frame, r.points_table)
+    values = [float(line.split(" ")[1].split(",")[0].removeprefix("value=")) for line in lines]
+    factors = r.points_table["factor"]  # the registry's own unit factors: Wh, W → k…; m3 → L
+    assert values == [5_000_000.0 * factors[("w", "facility.main")], 2_500.0 * factors[("w", "it.pdu")],
+                      3.0 * factors[("w", "water.main")], 7.0]
+    assert values == [5_000.0, 2.5, 3_000.0, 7.0]  # as documented: kWh, kW, L; unknown point as received
+
+
+def test_readings_without_registry_tables_have_only_site_and_point():
+    frame = readings_frame("a", "it.ups", [T0], [1.0])
+    assert readings_to_lines(frame) == [f"reading,site=a,point=it.ups value=1.0,quality=0i {T0}"]
+
+
+def test_unknown_points_keep_site_and_point_tags_only():
+    r = reg()
+    frame = readings_frame(["a", "zz"], ["not.registered", "x"], [T0, T0], [2.0, 3.0])
+    lines = readings_to_lines(frame, r.points_table, r.sites_table)
+    # site a is known (cluster/city), its point is not (no role/quantity); site zz is unknown altogether
+    assert lines == [f"reading,site=a,point=not.registered,cluster=gui-an,city=Guiyang value=2.0,quality=0i {T0}",
+                     f"reading,site=zz,point=x value=3.0,quality=0i {T0}"]
+
+
+def test_tag_values_are_escaped():
+    frame = readings_frame(["dc 1,north"], ["p=1 x\\y"], [T0], [1.0])
+    assert readings_to_lines(frame) == [f"reading,site=dc\\ 1\\,north,point=p\\=1\\ x\\\\y value=1.0,quality=0i {T0}"]
+
+
+def test_a_value_that_is_not_finite_is_left_out_and_the_quality_kept():
+    bad = int(Quality.BAD | Quality.COLLECTOR_DOWN)
+    frame = readings_frame("a", "it.ups", [T0, T0 + 1, T0 + 2], [np.nan, np.inf, 5.0], [bad, 2, 0])
+    assert readings_to_lines(frame) == [
+        f"reading,site=a,point=it.ups quality={bad}i {T0}",
+        f"reading,site=a,point=it.ups quality=2i {T0 + 1}",
+        f"reading,site=a,point=it.ups value=5.0,quality=0i {T0 + 2}",
+    ]
+
+
+def test_values_are_floats_that_round_trip_and_quality_is_an_integer():
+    values = np.array([0.1 + 0.2, 1e-7, 123456789.123456789, 1e20, 100.0, -3.0])
+    frame = readings_frame("a", "p", T0 + np.arange(len(values)), values, 4)
+    lines = readings_to_lines(frame)
+    fields = [line.split(" ")[1] for line in lines]
+    parsed = [float(f.split(",")[0].removeprefix("value=")) for f in fields]
+    assert parsed == values.tolist()  # exact, not approximately
+    # an integral value is still written as a float (a field's type is fixed at its first write)
+    assert all("i" not in f.split(",")[0] for f in fields)
+    assert all(f.split(",")[1] == "quality=4i" for f in fields)
+    assert [int(line.rsplit(" ", 1)[1]) for line in lines] == (T0 + np.arange(len(values))).tolist()
+
+
+def test_readings_keep_their_own_order_and_index_does_not_matter():
+    r = reg()
+    frame = readings_frame(["b", "a", "a"], ["it.ups", "it.ups", "facility.main"], [T0 + 2, T0, T0 + 1],
+                           [3.0, 1.0, 2.0])
+    frame.index = [7, 3, 5]  # e.g. after pd.concat or filtering
+    lines = readings_to_lines(frame, r.points_table, r.sites_table)
+    assert [line.split(",")[1] for line in lines] == ["site=b", "site=a", "site=a"]
+    assert [line.rsplit(" ", 1)[1] for line in lines] == [str(T0 + 2), str(T0), str(T0 + 1)]
+    assert "role=facility,quantity=energy" in lines[2]
+
+
+def test_no_readings_no_lines():
+    assert readings_to_lines(readings_frame([], [], np.array([], dtype=np.int64), np.array([]))) == []
+
+
+def test_inventory_has_one_point_per_site_with_typed_fields():
+    r = reg()
+    sites = r.sites_table
+    lines = inventory_to_lines(sites, T0)
+    assert len(lines) == len(sites)
+    head, fields, ts = lines[0].split(" ")
+    assert head == "site_inventory,site=a,cluster=gui-an,city=Guiyang,cooling=air"
+    assert ts == str(T0)
+    parsed = dict(part.split("=", 1) for part in fields.split(","))
+    row = sites.loc["a"]
+    assert parsed["site_name"] == f'"{row["name"]}"'
+    for col, (key, kind) in INVENTORY_FIELDS.items():
+        if col in ("name",) or col not in sites:
+            continue
+        if kind == "int":
+            assert parsed[key] == f"{int(row[col])}i"
+        else:
+            assert float(parsed[key]) == row[col]
+    assert set(parsed) == {key for col, (key, _) in INVENTORY_FIELDS.items() if col in sites}
+    # site b: no cluster tag, city escaped
+    assert lines[1].startswith("site_inventory,site=b,city=Gui'an\\ New\\ Area\\,\\ Guizhou,cooling=air ")
+
+
+def test_inventory_quotes_strings_and_leaves_out_missing_values():
+    sites = pd.DataFrame({"name": ['DC "one" \\ 贵安'], "city": ["Guiyang"], "cluster": [""],
+                          "racks_installed": [np.nan], "design_it_kw": [np.nan], "commissioned": [2019]},
+                         index=pd.Index(["s1"], name="site"))
+    assert inventory_to_lines(sites, 0) == [
+        'site_inventory,site=s1,city=Guiyang site_name="DC \\"one\\" \\\\ 贵安",commissioned=2019i 0']
+
+
+def test_inventory_site_without_any_attribute_is_not_written():
+    sites = pd.DataFrame({"city": ["Guiyang", "Zunyi"], "racks_installed": [10, np.nan]},
+                         index=pd.Index(["s1", "s2"], name="site"))
+    assert inventory_to_lines(sites, 5) == ["site_inventory,site=s1,city=Guiyang racks_installed=10i 5"]
