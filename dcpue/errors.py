@@ -28,3 +28,8 @@ class MissingExtraError(DcpueError, ImportError):
 def missing_extra(package: str, extra: str) -> MissingExtraError:
     """Build the error raised when ``package`` (from the ``extra`` extra) is not importable."""
     return MissingExtraError(f"{package} is not installed; install it with: pip install 'dcpue[{extra}]'")
+
+
+class CommitError(DcpueError):
+    """The bus refused an offset commit (typically: the group is rebalancing). Nothing is lost: the
+    partition's next owner resumes from the previous commit and the checkpoint's position."""

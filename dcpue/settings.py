@@ -55,6 +55,7 @@ class TopicSettings(_Section):
     alerts: str = "dcpue.alerts.v1"
     recommendations: str = "dcpue.recommendations.v1"
     state: str = "dcpue.state.v1"  # compacted, keyed by site: engine checkpoints for rebalance and restart
+    group_state: str = "dcpue.groupstate.v1"  # compacted, one partition: the `dcpue aggregate` checkpoint
 
 
 class KafkaSettings(_Section):

@@ -80,6 +80,28 @@ def fast_consumer_config() -> dict[str, Any]:
     }
 
 
+def distributed_env(prefix: str, partitions: int = 4, **extra: str) -> dict[str, str]:
+    """Environment for ``dcpue`` processes on a shared test broker: every topic and group unique to ``prefix``.
+
+    Unique state topics matter most: a worker restores checkpoints of the sites it gains, and the
+    simulated fleets of different tests use the same site ids.
+    """
+    from dcpue.settings import TopicSettings
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DCPUE_")}
+    env.update({f"DCPUE_BUS__TOPICS__{field.upper()}": f"{prefix}.{field}.v1" for field in TopicSettings.model_fields})
+    fast = fast_consumer_config()
+    env.update({
+        "DCPUE_BUS__KAFKA__GROUP_ID": f"{prefix}-analytics",
+        "DCPUE_BUS__KAFKA__PARTITIONS": str(partitions),
+        "DCPUE_BUS__KAFKA__SESSION_TIMEOUT_MS": str(fast["session_timeout_ms"]),
+        "DCPUE_BUS__KAFKA__HEARTBEAT_INTERVAL_MS": str(fast["heartbeat_interval_ms"]),
+        "DCPUE_BUS__KAFKA__MAX_POLL_INTERVAL_MS": str(fast["max_poll_interval_ms"]),
+        **extra,
+    })
+    return env
+
+
 def unique_name(prefix: str) -> str:
     """A topic, group or database name no other test in this session uses (servers are shared)."""
     return f"{prefix}_{uuid.uuid4().hex[:10]}"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dcpue.errors import DcpueError, SinkError, missing_extra
+from dcpue.errors import CommitError, DcpueError, SinkError, missing_extra
 from dcpue.ports import Message
 from dcpue.settings import KafkaSettings, TopicSettings
 
@@ -97,7 +97,10 @@ class KafkaConsumerAdapter:
     """:class:`~dcpue.ports.Consumer` in a consumer group, committing only when told to.
 
     ``on_revoked`` / ``on_assigned`` (set before the first :meth:`poll`) are called with partition
-    numbers of the first subscribed topic when the group rebalances, from inside :meth:`poll`.
+    numbers of the first subscribed topic when the group rebalanced: by :meth:`poll`, on the caller's
+    thread, after the rebalance and before the records of the new assignment are returned.
+    (kafka-python runs its own listener on its network thread, where blocking calls such as reading
+    the state topic are not allowed; so the listener only records what happened.)
     """
 
     durable_offsets = True  # offsets identify a record across restarts and workers
@@ -110,6 +113,7 @@ class KafkaConsumerAdapter:
         self.on_assigned: Callable[[list[int]], None] | None = None
         self._consumer: Any = None
         self._subscribed = False
+        self._events: list[tuple[str, list[int]]] = []
 
     def setup(self) -> KafkaConsumerAdapter:
         kafka = _kafka()
@@ -134,12 +138,12 @@ class KafkaConsumerAdapter:
 
         class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             def on_partitions_revoked(self, revoked: Any) -> None:
-                if adapter.on_revoked is not None:
-                    adapter.on_revoked(sorted(tp.partition for tp in revoked if tp.topic == adapter.topics[0]))
+                adapter._events.append(("revoked", sorted(tp.partition for tp in revoked
+                                                          if tp.topic == adapter.topics[0])))
 
             def on_partitions_assigned(self, assigned: Any) -> None:
-                if adapter.on_assigned is not None:
-                    adapter.on_assigned(sorted(tp.partition for tp in assigned if tp.topic == adapter.topics[0]))
+                adapter._events.append(("assigned", sorted(tp.partition for tp in assigned
+                                                           if tp.topic == adapter.topics[0])))
 
         self._consumer.subscribe(self.topics, listener=Listener())
         self._subscribed = True
@@ -148,12 +152,35 @@ class KafkaConsumerAdapter:
         if not self._subscribed:
             self._subscribe()
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        if self._events:
+            assigned = any(kind == "assigned" for kind, _ in self._events)
+            while self._events:
+                kind, partitions = self._events.pop(0)
+                callback = self.on_revoked if kind == "revoked" else self.on_assigned
+                if callback is not None:
+                    callback(partitions)
+            if assigned:
+                # The owner restores its sites from checkpoints, which include at least the committed
+                # offsets but maybe not what this consumer fetched before the rebalance (a partition
+                # kept across it may keep its in-memory position): restart every partition from its
+                # committed offset and drop what this poll fetched.
+                self._rewind_to_committed()
+                return []
         out: list[Message] = []
         for records in batches.values():
             for r in records:
                 out.append(Message(r.topic, r.value, None if r.key is None else r.key.decode(errors="replace"),
                                    tuple((k, v) for k, v in (r.headers or [])), r.partition, r.offset))
         return out
+
+    def _rewind_to_committed(self) -> None:
+        for tp in self._consumer.assignment():
+            committed = self._consumer.committed(tp)
+            log.info("%s[%d]: resuming at committed offset %s", tp.topic, tp.partition, committed)
+            if committed is None:
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, committed)
 
     def partition_count(self) -> int:
         """Partitions of the first subscribed topic."""
@@ -167,8 +194,16 @@ class KafkaConsumerAdapter:
         self._consumer.resume(*self._consumer.paused())
 
     def commit(self) -> None:
-        """Commit the positions after everything returned by :meth:`poll` (synchronously)."""
-        self._consumer.commit()
+        """Commit the positions after everything returned by :meth:`poll` (synchronously).
+
+        Raises :class:`~dcpue.errors.CommitError` if the group refuses it (rebalancing, or this
+        member was removed).
+        """
+        kafka = _kafka()
+        try:
+            self._consumer.commit()
+        except kafka.errors.KafkaError as exc:
+            raise CommitError(f"offset commit refused by group {self.group_id}: {exc}") from exc
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -197,20 +232,6 @@ class KafkaStateStore:
         if self._producer is None:
             self._producer = KafkaProducerAdapter(self.settings).setup()
         return self
-
-    def partition_of(self, key: str) -> int:
-        """The partition a record keyed ``key`` goes to (the client's murmur2 partitioner, as Java's)."""
-        from kafka.partitioner.default import murmur2
-
-        kafka = _kafka()
-        consumer = kafka.KafkaConsumer(**connection_config(self.settings), enable_auto_commit=False, group_id=None)
-        try:
-            count = len(consumer.partitions_for_topic(self.topic) or ())
-        finally:
-            consumer.close(autocommit=False)
-        if not count:
-            raise SinkError(f"state topic {self.topic} does not exist; run `dcpue topics create`")
-        return (murmur2(key.encode()) & 0x7FFFFFFF) % count
 
     def save_states(self, states: dict[str, bytes]) -> None:
         """Write each site's state and wait until Kafka acknowledged all of them (else :class:`SinkError`)."""
@@ -263,7 +284,7 @@ def topic_specs(settings: KafkaSettings, topics: TopicSettings) -> list[tuple[st
 
     Readings, metrics, alerts, recommendations and state are keyed by site and get ``partitions``
     (the state topic must match the readings topic: a site's checkpoint sits on its readings'
-    partition number). The state topic is compacted (the newest checkpoint per site is kept for
+    partition number). The state topics are compacted (the newest checkpoint per key is kept for
     good); the others keep ``retention_ms``.
     """
     timed = {"retention.ms": str(settings.retention_ms)}
@@ -274,6 +295,7 @@ def topic_specs(settings: KafkaSettings, topics: TopicSettings) -> list[tuple[st
         (topics.recommendations, settings.partitions, timed),
         (topics.dead_letters, 1, timed),
         (topics.state, settings.partitions, {"cleanup.policy": "compact"}),
+        (topics.group_state, 1, {"cleanup.policy": "compact"}),
     ]
 
 

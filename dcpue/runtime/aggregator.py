@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import time
 
+import msgspec
 import pandas as pd
 
 from dcpue.analytics.groups import GroupAggregator
 from dcpue.analytics.pue import MetricParams
-from dcpue.errors import DecodeError, SinkError
+from dcpue.errors import CommitError, DecodeError, SinkError
 from dcpue.ports import Consumer, ResultSink, StateStore
 from dcpue.registry import Registry
 from dcpue.settings import Settings
@@ -25,6 +26,32 @@ from dcpue.wire import decode_windows
 log = logging.getLogger(__name__)
 
 STATE_KEY = "__groups__"
+CHUNK_BYTES = 512 * 1024  # state records stay well below Kafka's default 1 MB message limit
+
+
+def chunk_state(blob: bytes, slot: int) -> dict[str, bytes]:
+    """Records holding ``blob`` in ``slot`` (0 or 1), then the manifest naming that slot.
+
+    Two slots alternate, so a crash while writing the chunks of one leaves the other, which the
+    manifest still names, intact. Keys: ``__groups__/<slot>/<n>`` and the manifest ``__groups__``.
+    """
+    chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
+    records = {f"{STATE_KEY}/{slot}/{n}": chunk for n, chunk in enumerate(chunks)}
+    records[STATE_KEY] = msgspec.msgpack.encode({"slot": slot, "chunks": len(chunks), "bytes": len(blob)})
+    return records
+
+
+def unchunk_state(records: dict[str, bytes]) -> bytes | None:
+    """The blob the manifest in ``records`` names, or None if there is none (or it is incomplete)."""
+    manifest = records.get(STATE_KEY)
+    if manifest is None:
+        return None
+    meta = msgspec.msgpack.decode(manifest)
+    parts = [records.get(f"{STATE_KEY}/{meta['slot']}/{n}") for n in range(meta["chunks"])]
+    if any(p is None for p in parts):
+        return None
+    blob = b"".join(parts)  # type: ignore[arg-type]
+    return blob if len(blob) == meta["bytes"] else None
 
 
 class GroupWorker:
@@ -46,6 +73,7 @@ class GroupWorker:
         self._uncommitted = False
         self._last_commit = time.monotonic()
         self._backoff_s = 0.0
+        self._slot = 0
         if hasattr(consumer, "on_assigned"):
             consumer.on_assigned = self._on_assigned  # type: ignore[attr-defined]
             consumer.on_revoked = self._on_revoked  # type: ignore[attr-defined]
@@ -55,13 +83,14 @@ class GroupWorker:
     def _restore(self) -> None:
         if self.state is None:
             return
-        partitions = None
-        if hasattr(self.state, "partition_of"):
-            partitions = [self.state.partition_of(STATE_KEY)]  # type: ignore[attr-defined]
-        blob = self.state.load_states(partitions).get(STATE_KEY)
+        records = {k: v for k, v in self.state.load_states().items() if k.startswith(STATE_KEY)}
+        blob = unchunk_state(records)
         if blob is not None:
             self.groups.restore(blob)
+            self._slot = 1 - int(msgspec.msgpack.decode(records[STATE_KEY])["slot"])
             log.info("group aggregator resumed with %d member rows", self.groups.held_rows)
+        elif records:
+            log.error("group aggregator checkpoint incomplete; starting afresh (group windows refill as sites report)")
 
     def _on_assigned(self, partitions: list[int]) -> None:
         total = self.consumer.partition_count() if hasattr(self.consumer, "partition_count") else None  # type: ignore[attr-defined]
@@ -73,11 +102,6 @@ class GroupWorker:
         self._restore()
 
     def _on_revoked(self, partitions: list[int]) -> None:
-        if self._unwritten is None and self._uncommitted and self.complete_assignment:
-            try:
-                self.checkpoint()
-            except Exception as exc:  # noqa: BLE001 — the next owner replays from the last commit
-                log.warning("checkpoint at revocation failed: %s", exc)
         self.groups = GroupAggregator(self._sites, self._params)  # restored from the checkpoint on assignment
 
     def step(self, timeout_s: float = 0.5, max_records: int = 500) -> int:
@@ -129,8 +153,17 @@ class GroupWorker:
         if self._unwritten is not None and not self._write():
             return False
         if self.state is not None and self.complete_assignment:
-            self.state.save_states({STATE_KEY: self.groups.snapshot()})
-        self.consumer.commit()
+            try:
+                self.state.save_states(chunk_state(self.groups.snapshot(), self._slot))
+                self._slot = 1 - self._slot
+            except SinkError as exc:
+                log.warning("aggregator checkpoint failed, offsets not committed: %s", exc)
+                return False
+        try:
+            self.consumer.commit()
+        except CommitError as exc:
+            log.info("offsets not committed (%s); replaying site rows is harmless", exc)
+            return False
         self._uncommitted = False
         self._last_commit = time.monotonic()
         return True

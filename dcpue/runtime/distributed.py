@@ -83,7 +83,7 @@ def aggregate_stage(settings: Settings, registry: Registry, stores: list[Any]) -
 
     kafka, topics = settings.bus.kafka, settings.bus.topics
     producer = KafkaProducerAdapter(kafka).setup()
-    state = KafkaStateStore(kafka, topics.state, producer).setup()
+    state = KafkaStateStore(kafka, topics.group_state, producer).setup()
     consumer = KafkaConsumerAdapter(kafka, [topics.metrics], group_id=kafka.group_id + AGGREGATE_GROUP_SUFFIX).setup()
     sink = FanoutSink(*stores, BusResultSink(producer, topics.metrics))
     worker = GroupWorker(registry, settings, consumer, sink, state=state)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from dcpue.analytics.stream import StreamEngine, restore_site, snapshot_sites
-from dcpue.errors import DecodeError, SinkError
+from dcpue.errors import CommitError, DecodeError, SinkError
 from dcpue.ports import Consumer, Message, Producer, ResultSink, StateStore
 from dcpue.registry import Registry
 from dcpue.settings import Settings
@@ -172,7 +172,11 @@ class AnalyticsWorker:
                 if not extra.empty:
                     extra["topic"] = messages[0].topic
                     letters.append(extra)
-            self.stats.late_dropped += self.engine.add(readings)
+            late = self.engine.add(readings)
+            if late:
+                self.stats.late_dropped += late
+                log.warning("dropped %d readings older than their closed windows (sites %s)", late,
+                            ",".join(sorted(set(readings["site"]))[:10]))
             self._touched.update(readings["site"].unique())
             self.stats.readings += len(readings)
             if not readings.empty:
@@ -229,7 +233,12 @@ class AnalyticsWorker:
                 log.warning("state checkpoint failed, offsets not committed: %s", exc)
                 return False
         self._touched = set()
-        self.consumer.commit()  # only now: the results and the state of everything polled are saved
+        try:
+            self.consumer.commit()  # only now: the results and the state of everything polled are saved
+        except CommitError as exc:
+            self.stats.errors["commit"] = self.stats.errors.get("commit", 0) + 1
+            log.info("offsets not committed (%s); the checkpoint's positions keep the replay exact", exc)
+            return False
         self._uncommitted = False
         self._last_commit = time.monotonic()
         return True
@@ -241,7 +250,7 @@ class AnalyticsWorker:
             return
         loaded = 0
         for site, blob in self.state.load_states(partitions).items():
-            if site in self._owned:
+            if site in self._owned or site not in self.registry.site_map:
                 continue
             try:
                 self._restorable[site] = Checkpoint.decode(blob)
@@ -252,12 +261,11 @@ class AnalyticsWorker:
         log.info("assigned partitions %s: %d site checkpoints available", partitions, loaded)
 
     def _on_revoked(self, partitions: list[int]) -> None:
-        """Checkpoint and commit what was processed, then forget the sites of the lost partitions."""
-        if self._unwritten is None and self._uncommitted:
-            try:
-                self.checkpoint()
-            except Exception as exc:  # noqa: BLE001 — the group moved on; the next owner replays
-                log.warning("checkpoint at revocation failed: %s", exc)
+        """Forget the sites of the lost partitions.
+
+        Called after the rebalance (the group no longer accepts our commits for them): their next
+        owner restores the last checkpoint and replays from its position, so nothing is lost.
+        """
         lost = {site for site, (partition, _) in self._position.items() if partition in set(partitions)}
         lost &= self._owned
         if lost:
@@ -279,6 +287,8 @@ class AnalyticsWorker:
                 if self._durable_offsets and checkpoint.offset >= 0:
                     self._skip_before[site] = (checkpoint.partition, checkpoint.offset)
                     self._position[site] = (checkpoint.partition, checkpoint.offset)
+                log.info("site %s restored from its checkpoint at partition %d offset %d", site,
+                         checkpoint.partition, checkpoint.offset)
                 self.stats.sites_restored += 1
             except Exception as exc:  # noqa: BLE001
                 self.stats.errors["bad_checkpoint"] = self.stats.errors.get("bad_checkpoint", 0) + 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.parse
@@ -11,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.servers import tansu_broker, unique_name, victoria_metrics, victoria_metrics_flush  # noqa: F401
+from tests.servers import distributed_env, tansu_broker, unique_name, victoria_metrics, victoria_metrics_flush  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,18 +22,8 @@ def dcpue(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.C
 
 def test_collect_and_analyze_processes_fill_influxdb(tansu_broker, victoria_metrics, tmp_path):  # noqa: F811
     prefix = unique_name("cli")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DCPUE_")}
-    env.update({
-        "DCPUE_BUS__TOPICS__READINGS": f"{prefix}.readings.v1",
-        "DCPUE_BUS__TOPICS__METRICS": f"{prefix}.metrics.v1",
-        "DCPUE_BUS__TOPICS__DEAD_LETTERS": f"{prefix}.deadletter.v1",
-        "DCPUE_BUS__KAFKA__GROUP_ID": f"{prefix}-analytics",
-        "DCPUE_BUS__KAFKA__PARTITIONS": "4",
-        "DCPUE_BUS__KAFKA__SESSION_TIMEOUT_MS": "3000",
-        "DCPUE_BUS__KAFKA__HEARTBEAT_INTERVAL_MS": "500",
-        "DCPUE_STORE__INFLUXDB__BUCKET": prefix,
-        "DCPUE_SIMULATOR__START": "2025-07-01",
-    })
+    env = distributed_env(prefix, DCPUE_STORE__INFLUXDB__BUCKET=prefix, DCPUE_SIMULATOR__START="2025-07-01",
+                          DCPUE_STORE__PATH=str(tmp_path / "unused.sqlite"))
     kafka = tansu_broker.bootstrap_servers
     sites = str(tmp_path / "sites.yaml")
     assert dcpue("registry", "generate", "--sites", "4", "-o", sites, env=env).returncode == 0
@@ -54,3 +43,33 @@ def test_collect_and_analyze_processes_fill_influxdb(tansu_broker, victoria_metr
     with urllib.request.urlopen(f"{victoria_metrics.url}/api/v1/series?{query}", timeout=10) as response:
         series = json.loads(response.read())["data"]
     assert len({s["site"] for s in series}) == 4  # every simulated site has hourly PUE in the database
+
+
+def test_demo_runs_the_whole_distributed_path(tansu_broker, victoria_metrics, tmp_path):  # noqa: F811
+    from dcpue.runtime.store import FileStore
+
+    bucket = unique_name("demo")
+    env = distributed_env(unique_name("demo"), DCPUE_STORE__INFLUXDB__BUCKET=bucket,
+                          DCPUE_SIMULATOR__START="2025-07-01")
+    store = tmp_path / "demo.sqlite"
+    demo = dcpue("demo", "--kafka", tansu_broker.bootstrap_servers, "--influx", victoria_metrics.url,
+                 "--sites", "4", "--duration", "25", "--port", "0", "--store", str(store), "--quiet",
+                 env=env, timeout=180)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert "via Kafka" in demo.stdout and f"into InfluxDB {victoria_metrics.url}" in demo.stdout
+    assert " 0 dead letters" in demo.stdout
+    # the live page's store got site rows from the workers and fleet rows from the aggregator
+    local = FileStore(store).setup()
+    try:
+        assert len(local.latest_windows("site", "1h")) == 4
+        fleet = local.latest_windows("fleet", "1h")
+        assert len(fleet) == 1 and fleet["pue"].notna().all()
+    finally:
+        local.close()
+    victoria_metrics_flush(victoria_metrics.url)
+    for scope in ("site", "fleet"):
+        query = urllib.parse.urlencode({"match[]": f'pue_pue{{scope="{scope}",window="1h"}}',
+                                        "start": "2025-06-30T00:00:00Z"})
+        with urllib.request.urlopen(f"{victoria_metrics.url}/api/v1/series?{query}", timeout=10) as response:
+            series = json.loads(response.read())["data"]
+        assert series, f"no {scope} rows in InfluxDB"
