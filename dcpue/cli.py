@@ -5,6 +5,8 @@ Subcommands:
 * ``dcpue demo`` — simulated Guizhou fleet → analytics → store, with the live web page.
 * ``dcpue pue READINGS --sites SITES.yaml`` — batch PUE from a meter export.
 * ``dcpue registry check FILE`` / ``dcpue registry generate`` — validate or create a site registry.
+* ``dcpue topics create`` / ``collect`` / ``analyze`` / ``aggregate`` / ``serve`` — the distributed path
+  (Kafka and InfluxDB), one stage per process; see docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -327,6 +329,51 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """HTTP API and live page for the distributed path, from a local view of the metrics topic."""
+    import hashlib
+    import socket
+    import threading
+
+    from dcpue.runtime.distributed import view_stage
+    from dcpue.runtime.embedded import serve_http, wait_until
+    from dcpue.runtime.store import FileStore
+
+    settings = _kafka_settings(args)
+    settings = settings.model_copy(update={"http": settings.http.model_copy(update={
+        k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None})})
+    registry = _demo_registry(settings)
+    path = Path(args.store or settings.store.path)
+    store = FileStore(path).setup()
+    # one view per instance: its own consumer group, so every instance sees every row
+    view_id = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+    group = f"{settings.bus.kafka.group_id}-api-{socket.gethostname()}-{view_id}"
+    stage = view_stage(settings, store, group)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    _stop_on_sigterm()
+    server, _thread, port = serve_http(settings, store, registry,
+                                       lambda: {"mode": "distributed-view", **stage.worker.status()}, stop, errors)
+    if errors:
+        stage.close()
+        print(f"dcpue serve: {errors[0]}", file=sys.stderr)
+        return 1
+    print(f"dcpue serve: API and live page at http://{settings.http.host}:{port}/ from "
+          f"{settings.bus.topics.metrics} (view in {path})", flush=True)
+    end = None if args.duration is None else time.monotonic() + args.duration
+    try:
+        while end is None or time.monotonic() < end:
+            stage.worker.step(timeout_s=1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        wait_until(stop, 0.5)
+        stage.close()
+    print(f"dcpue serve: stopped; {stage.worker.status()['rows']} window rows applied", flush=True)
+    return 0
+
+
 # -- registry -----------------------------------------------------------------------------
 def cmd_registry_check(args: argparse.Namespace) -> int:
     registry = load_registry(args.file)
@@ -410,6 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
                                help="second stage: site rows from all workers → cluster and fleet rows")
     aggregate.add_argument("--influx", help="InfluxDB URL (store.influxdb.url); token/org/bucket from settings")
     aggregate.set_defaults(func=cmd_aggregate)
+
+    serve = sub.add_parser("serve", parents=[kafka_common],
+                           help="HTTP API and live page from the metrics topic (distributed path)")
+    serve.add_argument("--port", type=int, help="HTTP port (default 8600; 0 picks a free one)")
+    serve.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
+    serve.add_argument("--store", help="local view file (default store.path)")
+    serve.set_defaults(func=cmd_serve)
 
     reg = sub.add_parser("registry", help="site registry tools")
     reg_sub = reg.add_subparsers(dest="registry_command", required=True, metavar="ACTION")

@@ -91,6 +91,16 @@ def aggregate_stage(settings: Settings, registry: Registry, stores: list[Any]) -
                           *[store.close for store in stores]])
 
 
+def view_stage(settings: Settings, store: Any, group_id: str) -> Stage:
+    """``dcpue serve``'s feeder: every row on the metrics topic → ``store`` (closed with the stage)."""
+    from dcpue.adapters.kafka import KafkaConsumerAdapter
+    from dcpue.runtime.aggregator import MetricsView
+
+    consumer = KafkaConsumerAdapter(settings.bus.kafka, [settings.bus.topics.metrics], group_id=group_id).setup()
+    view = MetricsView(consumer, store, live_history_ms=int(settings.engine.live_history_h * 3_600_000))
+    return Stage(view, [consumer.close, store.close])
+
+
 def _final_checkpoint(worker: Any) -> None:
     if not worker.checkpoint():
         log.warning("stopping with results not written; the next worker replays them")

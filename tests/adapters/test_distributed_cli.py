@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 
@@ -43,6 +44,26 @@ def test_collect_and_analyze_processes_fill_influxdb(tansu_broker, victoria_metr
     with urllib.request.urlopen(f"{victoria_metrics.url}/api/v1/series?{query}", timeout=10) as response:
         series = json.loads(response.read())["data"]
     assert len({s["site"] for s in series}) == 4  # every simulated site has hourly PUE in the database
+
+    # `dcpue serve` builds its view from the metrics topic the worker published to and serves the API
+    serve = subprocess.Popen([sys.executable, "-m", "dcpue.cli", "serve", "--kafka", kafka, "--registry", sites,
+                              "--port", "0", "--store", str(tmp_path / "view.sqlite"), "--duration", "30"],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        first = serve.stdout.readline()
+        url = first.split(" at ", 1)[1].split(" ", 1)[0]
+        rows: list = []
+        for _ in range(40):
+            with urllib.request.urlopen(f"{url}api/v1/sites", timeout=5) as response:
+                rows = json.loads(response.read())["sites"]
+            if all(r["status_1h"] != "no_data" for r in rows):
+                break
+            time.sleep(0.5)
+        assert len(rows) == 4 and all(r["status_1h"] != "no_data" for r in rows), rows
+        assert any(r["pue_1h"] is not None for r in rows)
+    finally:
+        serve.terminate()
+        serve.wait(30)
 
 
 def test_demo_runs_the_whole_distributed_path(tansu_broker, victoria_metrics, tmp_path):  # noqa: F811
