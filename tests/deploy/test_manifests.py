@@ -23,7 +23,7 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 K8S = DEPLOY / "k8s"
 DATASOURCE = DEPLOY / "grafana" / "provisioning" / "datasources" / "influxdb.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
-DCPUE_SERVICES = ("topics", "collector", "analytics")
+DCPUE_SERVICES = ("topics", "collector", "analytics", "aggregator")
 SECRET_KEY = re.compile(r"TOKEN|PASSWORD|SECRET|SASL_PASSWORD", re.IGNORECASE)
 INTERPOLATION = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 
@@ -117,6 +117,15 @@ def test_compose_has_the_stack() -> None:
     assert "--influx" in services["analytics"]["command"]
     assert "--groups" not in services["analytics"]["command"]  # safe with any number of replicas
     assert isinstance(services["analytics"]["deploy"]["replicas"], int)
+    aggregator = services["aggregator"]
+    assert aggregator["command"][0] == "aggregate"
+    assert aggregator["command"][1:3] == ["--registry", "/etc/dcpue/sites.yaml"]
+    assert "--influx" in aggregator["command"]
+    assert aggregator["deploy"]["replicas"] == 1  # two would split the metrics partitions: no group rows
+    assert {"topics", "influxdb"} <= aggregator["depends_on"].keys()
+    # the aggregator's group is the analytics group id + "-aggregate"
+    group = "DCPUE_BUS__KAFKA__GROUP_ID"
+    assert aggregator["environment"][group] == services["analytics"]["environment"][group]
     for name in DCPUE_SERVICES:
         assert "./sites/guizhou-demo.yaml:/etc/dcpue/sites.yaml:ro" in services[name]["volumes"]
     assert (DEPLOY / "sites" / "guizhou-demo.yaml").is_file()
@@ -134,7 +143,7 @@ def test_compose_dcpue_env_values_validate(service: str, monkeypatch: pytest.Mon
     env = {k: _resolve(str(v)) for k, v in _compose()["services"][service]["environment"].items()}
     settings = _validate_env(env, {"bus": {"kind": "kafka"}}, monkeypatch)
     assert settings.bus.kafka.bootstrap_servers == "kafka:9092"
-    if service == "analytics":
+    if service in ("analytics", "aggregator"):
         assert settings.store.influxdb.token.get_secret_value() == "set-by-operator"
         assert (settings.store.influxdb.org, settings.store.influxdb.bucket) == ("dcpue", "dcpue")
 
@@ -165,7 +174,8 @@ def test_grafana_datasource() -> None:
 
 
 # -- Kubernetes -------------------------------------------------------------------------------
-WORKLOADS = [("Deployment", "dcpue-analytics"), ("Deployment", "dcpue-collector"), ("Job", "dcpue-topics-create")]
+WORKLOADS = [("Deployment", "dcpue-analytics"), ("Deployment", "dcpue-aggregator"), ("Deployment", "dcpue-collector"),
+             ("Job", "dcpue-topics-create")]
 
 
 def _pod(kind: str, name: str) -> dict[str, Any]:
@@ -206,12 +216,37 @@ def test_k8s_env_names_are_settings_and_validate(kind: str, name: str, monkeypat
     _validate_env(env, {"bus": {"kind": "kafka"}}, monkeypatch)
 
 
+def test_k8s_every_workload_is_checked() -> None:
+    found = {(d["kind"], d["metadata"]["name"]) for d in _k8s_docs() if d["kind"] in ("Deployment", "Job")}
+    assert found == set(WORKLOADS)
+
+
 def test_k8s_analytics_replicas_match_partitions() -> None:
     partitions = int(_k8s("ConfigMap", "dcpue-settings")["data"]["DCPUE_BUS__KAFKA__PARTITIONS"])
-    assert _k8s("Deployment", "dcpue-analytics")["spec"]["replicas"] == partitions == 12
+    analytics = _k8s("Deployment", "dcpue-analytics")
+    assert analytics["spec"]["replicas"] == partitions == 12
+    strategy = analytics["spec"]["strategy"]
+    # never more members than partitions during an update: a surge pod would only cause rebalances
+    assert strategy["type"] == "Recreate" or strategy["rollingUpdate"]["maxSurge"] == 0
     args = _pod("Deployment", "dcpue-analytics")["containers"][0]["args"]
     assert args[0] == "analyze" and "--groups" not in args
     assert _k8s("Deployment", "dcpue-collector")["spec"]["replicas"] == 1
+
+
+def test_k8s_aggregator_is_one_pod_that_never_overlaps() -> None:
+    aggregator = _k8s("Deployment", "dcpue-aggregator")
+    assert aggregator["spec"]["replicas"] == 1
+    assert aggregator["spec"]["strategy"]["type"] == "Recreate"  # an update stops the old pod first
+    args = _pod("Deployment", "dcpue-aggregator")["containers"][0]["args"]
+    assert args[0] == "aggregate"
+    assert args[1:3] == ["--registry", "/etc/dcpue/sites.yaml"]
+
+
+def test_readme_applies_every_k8s_manifest() -> None:
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    applied = set(re.findall(r"-f (k8s/[\w.-]+\.yaml)", readme))
+    manifests = {f"k8s/{p.name}" for p in K8S.glob("*.yaml")} - {"k8s/secret.template.yaml"}
+    assert manifests == applied
 
 
 def test_k8s_registry_configmap_is_the_demo_registry() -> None:
