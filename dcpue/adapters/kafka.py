@@ -218,10 +218,12 @@ class KafkaStateStore:
     site's checkpoint lives on the partition number of its readings and a worker that gains
     partitions reads only those. Reading stops at each partition's high watermark as reported by
     fetch responses (``end_offsets()`` is not used: some brokers answer it per batch, not per record).
+    Not reaching the end within ``read_timeout_s`` raises :class:`SinkError` (the worker stops rather
+    than start sites afresh); progress is logged every 10 s meanwhile.
     """
 
     def __init__(self, settings: KafkaSettings, topic: str, producer: KafkaProducerAdapter | None = None,
-                 read_timeout_s: float = 30.0) -> None:
+                 read_timeout_s: float = 300.0) -> None:
         self.settings = settings
         self.topic = topic
         self.read_timeout_s = read_timeout_s
@@ -255,6 +257,7 @@ class KafkaStateStore:
             consumer.seek_to_beginning(*tps)
             states: dict[str, bytes] = {}
             deadline = time.monotonic() + self.read_timeout_s
+            next_report = time.monotonic() + 10
             while True:
                 for records in consumer.poll(timeout_ms=200, max_records=10_000).values():
                     for r in records:
@@ -267,6 +270,9 @@ class KafkaStateStore:
                 highwater = {tp: consumer.highwater(tp) for tp in tps}
                 if all(h is not None and consumer.position(tp) >= h for tp, h in highwater.items()):
                     return states
+                if time.monotonic() > next_report:
+                    next_report += 10
+                    log.info("reading state topic %s: %d site states so far", self.topic, len(states))
                 if time.monotonic() > deadline:
                     raise SinkError(f"state topic {self.topic}: not read to its end within "
                                     f"{self.read_timeout_s:g} s")
