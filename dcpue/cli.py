@@ -288,7 +288,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_stage(stage: Any, duration: float | None) -> None:
+def _run_stage(stage: Any, duration: float | None, before_close: Any = None) -> None:
+    """Step ``stage`` until ``duration`` or Ctrl-C/SIGTERM; then checkpoint, commit and close it."""
     end = None if duration is None else time.monotonic() + duration
     _stop_on_sigterm()
     try:
@@ -297,7 +298,9 @@ def _run_stage(stage: Any, duration: float | None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        stage.close()  # checkpoint and commit what was written, then close
+        if before_close is not None:
+            before_close()
+        stage.close()
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -351,7 +354,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stage = view_stage(settings, store, group)
     stop = threading.Event()
     errors: list[BaseException] = []
-    _stop_on_sigterm()
     server, _thread, port = serve_http(settings, store, registry,
                                        lambda: {"mode": "distributed-view", **stage.worker.status()}, stop, errors)
     if errors:
@@ -360,16 +362,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     print(f"dcpue serve: API and live page at http://{settings.http.host}:{port}/ from "
           f"{settings.bus.topics.metrics} (view in {path})", flush=True)
-    end = None if args.duration is None else time.monotonic() + args.duration
-    try:
-        while end is None or time.monotonic() < end:
-            stage.worker.step(timeout_s=1.0)
-    except KeyboardInterrupt:
-        pass
-    finally:
+
+    def stop_http() -> None:
         server.should_exit = True
-        wait_until(stop, 0.5)
-        stage.close()
+        wait_until(stop, 0.5)  # let the last response finish before the store closes
+
+    _run_stage(stage, args.duration, before_close=stop_http)
     print(f"dcpue serve: stopped; {stage.worker.status()['rows']} window rows applied", flush=True)
     return 0
 

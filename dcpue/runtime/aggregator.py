@@ -18,7 +18,7 @@ import pandas as pd
 from dcpue.analytics.groups import GroupAggregator
 from dcpue.analytics.pue import MetricParams
 from dcpue.errors import CommitError, DecodeError, SinkError
-from dcpue.ports import Consumer, ResultSink, StateStore
+from dcpue.ports import Consumer, Message, ResultSink, StateStore
 from dcpue.registry import Registry
 from dcpue.settings import Settings
 from dcpue.wire import decode_windows
@@ -52,6 +52,22 @@ def unchunk_state(records: dict[str, bytes]) -> bytes | None:
         return None
     blob = b"".join(parts)  # type: ignore[arg-type]
     return blob if len(blob) == meta["bytes"] else None
+
+
+def decode_window_messages(messages: list[Message], stats: dict[str, int]) -> list[pd.DataFrame]:
+    """Window batches of ``messages``; an undecodable one is logged, counted in ``stats`` and skipped.
+
+    Only dcpue writes the metrics topic, so a bad record there is a bug or a foreign producer, not
+    device data: it is reported loudly rather than dead-lettered.
+    """
+    frames = []
+    for message in messages:
+        try:
+            frames.append(decode_windows(message.value))
+        except DecodeError as exc:
+            stats["undecodable"] += 1
+            log.error("metrics record %s/%s undecodable, skipped: %s", message.partition, message.offset, exc)
+    return frames
 
 
 class GroupWorker:
@@ -114,13 +130,7 @@ class GroupWorker:
             if self._uncommitted and due:
                 self.checkpoint()
             return 0
-        frames = []
-        for message in messages:
-            try:
-                frames.append(decode_windows(message.value))
-            except DecodeError as exc:
-                self.stats["undecodable"] += 1
-                log.error("metrics record %s/%s undecodable, skipped: %s", message.partition, message.offset, exc)
+        frames = decode_window_messages(messages, self.stats)
         self.stats["messages"] += len(messages)
         self._uncommitted = True
         if frames and self.complete_assignment:
@@ -193,13 +203,7 @@ class MetricsView:
     def step(self, timeout_s: float = 0.5, max_records: int = 500) -> int:
         """Apply one poll of window rows to the store; returns the number of messages."""
         messages = self.consumer.poll(timeout_s, max_records)
-        frames = []
-        for message in messages:
-            try:
-                frames.append(decode_windows(message.value))
-            except DecodeError as exc:
-                self.stats["undecodable"] += 1
-                log.error("metrics record %s/%s undecodable, skipped: %s", message.partition, message.offset, exc)
+        frames = decode_window_messages(messages, self.stats)
         if frames:
             rows = pd.concat(frames, ignore_index=True)
             self.store.write_windows(rows)

@@ -53,6 +53,10 @@ class FanoutSink:
             if hasattr(sink, "write_readings"):
                 sink.write_readings(readings)
 
+    def prune(self, window: str, older_than_ms: int) -> int:
+        """Prune live windows in the sinks that keep a bounded history (the local file store)."""
+        return sum(sink.prune(window, older_than_ms) for sink in self.sinks if hasattr(sink, "prune"))
+
     def close(self) -> None:
         for sink in self.sinks:
             if hasattr(sink, "close"):
