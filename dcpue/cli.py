@@ -334,9 +334,8 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """HTTP API and live page for the distributed path, from a local view of the metrics topic."""
-    import hashlib
-    import socket
     import threading
+    import uuid
 
     from dcpue.runtime.distributed import view_stage
     from dcpue.runtime.embedded import serve_http, wait_until
@@ -348,14 +347,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     registry = _demo_registry(settings)
     path = Path(args.store or settings.store.path)
     store = FileStore(path).setup()
-    # one view per instance: its own consumer group, so every instance sees every row
-    view_id = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
-    group = f"{settings.bus.kafka.group_id}-api-{socket.gethostname()}-{view_id}"
+    # one view per store: its own consumer group, so every instance sees every row, and a new (or wiped)
+    # store gets a new group that reads the topic from its start
+    view_id = store.get_state("view_id")
+    if view_id is None:
+        view_id = uuid.uuid4().hex[:12]
+        store.put_state("view_id", view_id)
+    group = f"{settings.bus.kafka.group_id}-api-{view_id}"
     stage = view_stage(settings, store, group)
     stop = threading.Event()
     errors: list[BaseException] = []
     server, _thread, port = serve_http(settings, store, registry,
-                                       lambda: {"mode": "distributed-view", **stage.worker.status()}, stop, errors)
+                                       lambda: {"mode": "distributed-view", **stage.worker.status()}, stop, errors,
+                                       not_ready=stage.worker.not_ready)
     if errors:
         stage.close()
         print(f"dcpue serve: {errors[0]}", file=sys.stderr)

@@ -182,6 +182,17 @@ class KafkaConsumerAdapter:
             else:
                 self._consumer.seek(tp, committed)
 
+    def caught_up(self) -> bool:
+        """True once partitions are assigned and each position has reached its high watermark."""
+        assignment = self._consumer.assignment() if self._consumer is not None else set()
+        if not assignment:
+            return False
+        for tp in assignment:
+            highwater = self._consumer.highwater(tp)
+            if highwater is None or self._consumer.position(tp) < highwater:
+                return False
+        return True
+
     def partition_count(self) -> int:
         """Partitions of the first subscribed topic."""
         return len(self._consumer.partitions_for_topic(self.topics[0]) or ())

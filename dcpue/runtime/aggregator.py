@@ -199,10 +199,18 @@ class MetricsView:
         self.live_window = live_window
         self.live_history_ms = live_history_ms
         self.stats = {"messages": 0, "rows": 0, "undecodable": 0, "newest_end_ms": 0}
+        self.caught_up = False  # set once the consumer has read to the end of the topic
+
+    def not_ready(self) -> str | None:
+        """Why the view cannot be served yet (for ``/readyz``), or None."""
+        return None if self.caught_up else "view is still reading the metrics topic"
 
     def step(self, timeout_s: float = 0.5, max_records: int = 500) -> int:
         """Apply one poll of window rows to the store; returns the number of messages."""
         messages = self.consumer.poll(timeout_s, max_records)
+        if not self.caught_up:
+            check = getattr(self.consumer, "caught_up", None)  # a group consumer may poll empty while joining
+            self.caught_up = check() if check is not None else not messages
         frames = decode_window_messages(messages, self.stats)
         if frames:
             rows = pd.concat(frames, ignore_index=True)

@@ -167,12 +167,13 @@ class EmbeddedPipeline:
 
 
 def serve_http(settings: Settings, store: FileStore, registry: Registry, status: Callable[[], dict[str, object]],
-               stop_event: threading.Event, errors: list[BaseException]
+               stop_event: threading.Event, errors: list[BaseException],
+               not_ready: Callable[[], str | None] | None = None,
                ) -> tuple[uvicorn.Server, threading.Thread, int | None]:
     """Start the HTTP API and live page on a thread; returns (server, thread, bound port or None)."""
     from dcpue.web.app import create_app
 
-    app = create_app(store, registry, settings.engine, status=status)
+    app = create_app(store, registry, settings.engine, status=status, not_ready=not_ready)
     config = uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
                             log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)

@@ -236,8 +236,12 @@ def create_app(
     registry: Registry,
     engine_settings: EngineSettings,
     status: Callable[[], dict[str, Any]] | None = None,
+    not_ready: Callable[[], str | None] | None = None,
 ) -> FastAPI:
     """Build the API and page over an open ``store``.
+
+    ``not_ready`` (optional) returns why the results are not yet complete enough to serve — e.g. a
+    view still rebuilding from the metrics topic — or None; ``/readyz`` answers 503 with that reason.
 
     ``status`` is called on every ``GET /api/v1/status`` and should be cheap; whatever it returns
     (simulated clock, counters) is passed through, NaN made null. The page shows ``sim_time_ms``
@@ -270,6 +274,9 @@ def create_app(
         responses={503: {"model": Health, "description": "the store does not answer"}},
     )
     def readyz() -> Any:
+        reason = not_ready() if not_ready is not None else None
+        if reason:
+            return JSONResponse({"status": "unavailable", "detail": reason}, status_code=503)
         try:
             store.query_windows(Scope.FLEET.value, LIVE_WINDOW, ids=["__readyz__"])
         except Exception as exc:  # noqa: BLE001 — any failure means "not ready", and says why

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -52,6 +53,13 @@ def test_collect_and_analyze_processes_fill_influxdb(tansu_broker, victoria_metr
     try:
         first = serve.stdout.readline()
         url = first.split(" at ", 1)[1].split(" ", 1)[0]
+        for _ in range(60):  # not ready until the view has read the metrics topic to its end
+            try:
+                with urllib.request.urlopen(f"{url}readyz", timeout=5):
+                    break
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 503 and "metrics topic" in exc.read().decode()
+            time.sleep(0.5)
         rows: list = []
         for _ in range(40):
             with urllib.request.urlopen(f"{url}api/v1/sites", timeout=5) as response:

@@ -23,7 +23,7 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 K8S = DEPLOY / "k8s"
 DATASOURCE = DEPLOY / "grafana" / "provisioning" / "datasources" / "influxdb.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
-DCPUE_SERVICES = ("topics", "collector", "analytics", "aggregator")
+DCPUE_SERVICES = ("topics", "collector", "analytics", "aggregator", "api")
 SECRET_KEY = re.compile(r"TOKEN|PASSWORD|SECRET|SASL_PASSWORD", re.IGNORECASE)
 INTERPOLATION = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 
@@ -131,6 +131,52 @@ def test_compose_has_the_stack() -> None:
     assert (DEPLOY / "sites" / "guizhou-demo.yaml").is_file()
 
 
+def _flag(args: list[str], name: str) -> str:
+    """The value after ``name`` in a command line."""
+    assert name in args, f"{name} missing from {args}"
+    return args[args.index(name) + 1]
+
+
+def test_compose_api_serves_on_all_container_interfaces() -> None:
+    api = _compose()["services"]["api"]
+    command = api["command"]
+    assert command[0] == "serve"
+    assert _flag(command, "--registry") == "/etc/dcpue/sites.yaml"
+    assert _flag(command, "--host") == "0.0.0.0"  # 127.0.0.1 inside a container is unreachable from outside
+    port = int(_flag(command, "--port"))
+    assert port == 8600
+    # the view lives on a writable mount: the root filesystem is read-only
+    store = _flag(command, "--store")
+    assert api["read_only"] is True
+    mounts = [entry.split(":")[0] for entry in api["tmpfs"]]
+    assert "/tmp" in mounts and str(Path(store).parent) in mounts
+    assert api["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    assert "influxdb" not in api["depends_on"]  # serve reads Kafka only
+    assert not [n for n in api["environment"] if SECRET_KEY.search(n)]  # and so needs no token
+    healthcheck = " ".join(api["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{port}/healthz" in healthcheck
+    assert "curl" not in healthcheck and "wget" not in healthcheck  # neither is in the image
+    assert api["ports"] == [f"127.0.0.1:{port}:{port}"]
+
+
+def _published(entry: str | dict[str, Any]) -> tuple[str | None, str]:
+    """(host address or None for all interfaces, container port) of one compose ``ports`` entry."""
+    if isinstance(entry, dict):
+        return entry.get("host_ip"), str(entry["target"])
+    parts = str(entry).rsplit(":", 2)
+    return (parts[0] if len(parts) == 3 else None), parts[-1]
+
+
+def test_compose_ports_are_published_on_loopback_only() -> None:
+    publishing = set()
+    for name, service in _compose()["services"].items():
+        for entry in service.get("ports", []):
+            host_ip, target = _published(entry)
+            assert host_ip == "127.0.0.1", f"{name}: port {target} reachable from other hosts"
+            publishing.add(name)
+    assert {"kafka", "influxdb", "grafana", "api"} <= publishing
+
+
 @pytest.mark.parametrize("service", DCPUE_SERVICES)
 def test_compose_dcpue_env_names_are_settings(service: str) -> None:
     env = _compose()["services"][service]["environment"]
@@ -175,7 +221,7 @@ def test_grafana_datasource() -> None:
 
 # -- Kubernetes -------------------------------------------------------------------------------
 WORKLOADS = [("Deployment", "dcpue-analytics"), ("Deployment", "dcpue-aggregator"), ("Deployment", "dcpue-collector"),
-             ("Job", "dcpue-topics-create")]
+             ("Deployment", "dcpue-api"), ("Job", "dcpue-topics-create")]
 
 
 def _pod(kind: str, name: str) -> dict[str, Any]:
@@ -240,6 +286,94 @@ def test_k8s_aggregator_is_one_pod_that_never_overlaps() -> None:
     args = _pod("Deployment", "dcpue-aggregator")["containers"][0]["args"]
     assert args[0] == "aggregate"
     assert args[1:3] == ["--registry", "/etc/dcpue/sites.yaml"]
+
+
+def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (``matchLabels`` only, as in these manifests) selects ``labels``."""
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels is checked here: {selector}"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _pod_labels(kind: str, name: str) -> dict[str, str]:
+    return _k8s(kind, name)["spec"]["template"]["metadata"]["labels"]
+
+
+def _api_container() -> tuple[dict[str, Any], dict[str, int]]:
+    """The api container and its named ports (name → containerPort)."""
+    (container,) = _pod("Deployment", "dcpue-api")["containers"]
+    return container, {p["name"]: p["containerPort"] for p in container["ports"]}
+
+
+def _api_port() -> int:
+    container, ports = _api_container()
+    (port,) = ports.values()
+    assert int(_flag(container["args"], "--port")) == port == 8600
+    return port
+
+
+def test_k8s_api_serves_on_its_container_port_with_probes() -> None:
+    api = _k8s("Deployment", "dcpue-api")
+    assert api["spec"]["replicas"] >= 2  # any number can run: the pods share nothing
+    strategy = api["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate" and strategy["rollingUpdate"]["maxUnavailable"] == 0
+    container, named = _api_container()
+    args = container["args"]
+    assert args[0] == "serve"
+    assert args[1:3] == ["--registry", "/etc/dcpue/sites.yaml"]
+    assert _flag(args, "--host") == "0.0.0.0"  # the Service and the kubelet come in on the pod's IP
+    port = _api_port()
+    assert [(p.get("protocol", "TCP"), p["containerPort"]) for p in container["ports"]] == [("TCP", port)]
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        get = container[probe]["httpGet"]
+        assert get["path"] == path, probe
+        assert named.get(get["port"], get["port"]) == port, probe
+    # the view: on a writable emptyDir with a size limit (read-only root filesystem)
+    store = Path(_flag(args, "--store"))
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in _pod("Deployment", "dcpue-api")["volumes"]}
+    view = volumes[mounts[str(store.parent)]]
+    assert view["emptyDir"]["sizeLimit"]
+    # serve talks to Kafka only: no InfluxDB token in its environment
+    assert "DCPUE_STORE__INFLUXDB__TOKEN" not in {v["name"] for v in container.get("env", [])}
+
+
+def test_k8s_api_service_targets_the_container_port() -> None:
+    service = _k8s("Service", "dcpue-api")
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    selector = {"matchLabels": service["spec"]["selector"]}
+    for kind, name in WORKLOADS:
+        assert _matches(selector, _pod_labels(kind, name)) == (name == "dcpue-api"), name
+    _, named = _api_container()
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == 80 and port.get("protocol", "TCP") == "TCP"
+    assert named.get(port["targetPort"], port["targetPort"]) == _api_port()
+
+
+def test_k8s_networkpolicy_admits_only_the_api_port() -> None:
+    policies = [d for d in _k8s_docs() if d["kind"] == "NetworkPolicy"]
+    # policyTypes Ingress only: listing Egress without egress rules would cut the pods off from Kafka
+    assert all(p["spec"]["policyTypes"] == ["Ingress"] for p in policies)
+    deny = [p for p in policies if not p["spec"].get("ingress")]
+    allow = [p for p in policies if p["spec"].get("ingress")]
+    for kind, name in WORKLOADS:
+        labels = _pod_labels(kind, name)
+        assert any(_matches(p["spec"]["podSelector"], labels) for p in deny), f"{name}: ingress not denied"
+        assert any(_matches(p["spec"]["podSelector"], labels) for p in allow) == (name == "dcpue-api"), name
+    port = _api_port()
+    _, named = _api_container()
+    assert allow
+    for policy in allow:
+        for rule in policy["spec"]["ingress"]:
+            # without `ports` a rule admits every port; without `from`, every source
+            assert rule.get("ports"), policy["metadata"]["name"]
+            assert rule.get("from"), policy["metadata"]["name"]
+            for p in rule["ports"]:
+                assert p.get("protocol", "TCP") == "TCP" and "endPort" not in p
+                assert named.get(p["port"], p["port"]) == port
+            for peer in rule["from"]:
+                # the API has no authentication: name who may call it, never every address or namespace
+                assert not peer.get("ipBlock", {}).get("cidr", "").endswith("/0"), "every address"
+                assert peer.get("namespaceSelector") != {}, "every namespace of the cluster"
 
 
 def test_readme_applies_every_k8s_manifest() -> None:

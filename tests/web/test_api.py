@@ -39,6 +39,15 @@ def test_healthz_and_readyz(client):
     assert r.status_code == 200 and r.json()["status"] == "ok"
 
 
+def test_readyz_503_while_the_results_are_not_complete(store, registry, engine_settings):
+    reason = ["view is still reading the metrics topic"]
+    client = TestClient(create_app(store, registry, engine_settings, not_ready=lambda: reason[0]))
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["detail"] == reason[0]
+    reason[0] = None
+    assert client.get("/readyz").status_code == 200
+
+
 def test_readyz_503_when_store_closed(client, store):
     store.close()
     r = client.get("/readyz")
