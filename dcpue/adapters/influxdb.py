@@ -10,36 +10,18 @@ which makes the worker keep its results, stop consuming and retry: backpressure,
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pandas as pd
 
-from dcpue.adapters.lineprotocol import inventory_to_lines, readings_to_lines, windows_to_lines
+from dcpue.adapters.lineprotocol import (
+    dead_letters_to_lines,
+    inventory_to_lines,
+    readings_to_lines,
+    windows_to_lines,
+)
 from dcpue.errors import SinkError, missing_extra
 from dcpue.settings import InfluxSettings
-
-DEAD_LETTER_MEASUREMENT = "dead_letter"
-
-
-def _escape_tag(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def dead_letters_to_lines(letters: pd.DataFrame, now_ms: int) -> list[str]:
-    """Dead letters as line protocol (measurement ``dead_letter``, tag ``site``); one ms apart so none collide."""
-    lines = []
-    for i, row in enumerate(letters.itertuples(index=False)):
-        site = "" if row.key is None else str(row.key)
-        tags = f",site={_escape_tag(site)}" if site else ""
-        payload = json.dumps(row.payload, ensure_ascii=False, default=str)
-        lines.append(f"{DEAD_LETTER_MEASUREMENT}{tags} reason={_quote(str(row.reason))},"
-                     f"topic={_quote(str(row.topic))},payload={_quote(payload)} {now_ms + i}")
-    return lines
 
 
 class InfluxSink:

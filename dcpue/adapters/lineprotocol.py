@@ -19,6 +19,7 @@ on ``status = 'ok'`` (the shipped dashboards do).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import numpy as np
@@ -205,3 +206,20 @@ def inventory_to_lines(sites: pd.DataFrame, ts_ms: int) -> list[str]:
     lines = _tag_set(INVENTORY_MEASUREMENT, tags, index) + " " + fields.fields + " " + str(int(ts_ms))
     # a site none of whose attributes is known has no field, and a point without fields is invalid
     return lines[(fields.fields != "").to_numpy()].tolist()
+
+
+DEAD_LETTER_MEASUREMENT = "dead_letter"
+
+
+def dead_letters_to_lines(letters: pd.DataFrame, now_ms: int) -> list[str]:
+    """Dead letters (measurement ``dead_letter``, tag ``site``), stamped ``now_ms`` + row number so none collide."""
+    if letters.empty:
+        return []
+    index = pd.RangeIndex(len(letters))
+    keys = pd.Series(letters["key"].to_numpy(dtype=object), index=index).fillna("").astype(str)
+    payloads = [json.dumps(p, ensure_ascii=False, default=str) for p in letters["payload"]]
+    fields = _FieldSet(index)
+    for key, values in (("reason", letters["reason"]), ("topic", letters["topic"]), ("payload", payloads)):
+        fields.add(key + "=" + _quote(pd.Series(np.asarray(values, dtype=object), index=index)))
+    stamps = pd.Series(np.arange(len(letters), dtype=np.int64) + now_ms, index=index).astype(str)
+    return (_tag_set(DEAD_LETTER_MEASUREMENT, [("site", keys)], index) + " " + fields.fields + " " + stamps).tolist()
