@@ -20,6 +20,7 @@ from dcpue.analytics.pue import MetricParams
 from dcpue.errors import CommitError, DecodeError, SinkError
 from dcpue.ports import Consumer, Message, ResultSink, StateStore
 from dcpue.registry import Registry
+from dcpue.runtime.worker import Backoff
 from dcpue.settings import Settings
 from dcpue.wire import decode_windows
 
@@ -88,7 +89,7 @@ class GroupWorker:
         self._unwritten: pd.DataFrame | None = None
         self._uncommitted = False
         self._last_commit = time.monotonic()
-        self._backoff_s = 0.0
+        self._backoff = Backoff()
         self._slot = 0
         if hasattr(consumer, "on_assigned"):
             consumer.on_assigned = self._on_assigned  # type: ignore[attr-defined]
@@ -149,20 +150,25 @@ class GroupWorker:
             self.sink.write_windows(self._unwritten)
         except SinkError as exc:
             self.stats["store_errors"] += 1
-            self._backoff_s = min(5.0, max(0.1, self._backoff_s * 2))
-            log.warning("group rows not written, retrying in %.1f s: %s", self._backoff_s, exc)
-            time.sleep(self._backoff_s)
+            log.warning("group rows not written, retrying: %s", exc)
+            self._backoff.wait()
             return False
         self.stats["group_rows_written"] += len(self._unwritten)
         self._unwritten = None
-        self._backoff_s = 0.0
+        self._backoff.reset()
         return True
 
     def checkpoint(self) -> bool:
-        """Save the member rows, then commit; False while group rows are still unwritten."""
+        """Save the member rows, then commit; False while group rows are still unwritten.
+
+        Nothing is committed while this instance holds only some partitions: it did not process what
+        it polled, so whoever ends up with all of them must read it again.
+        """
         if self._unwritten is not None and not self._write():
             return False
-        if self.state is not None and self.complete_assignment:
+        if not self.complete_assignment:
+            return False
+        if self.state is not None:
             try:
                 self.state.save_states(chunk_state(self.groups.snapshot(), self._slot))
                 self._slot = 1 - self._slot

@@ -106,6 +106,21 @@ class Checkpoint:
         return Checkpoint(int(obj["p"]), int(obj["o"]), bytes(obj["s"]))
 
 
+@dataclass
+class Backoff:
+    """Exponential backoff between retries of a failed write: 0.1 s doubling up to ``max_s``."""
+
+    max_s: float = 5.0
+    delay_s: float = 0.0
+
+    def wait(self) -> None:
+        self.delay_s = min(self.max_s, max(0.1, self.delay_s * 2))
+        time.sleep(self.delay_s)
+
+    def reset(self) -> None:
+        self.delay_s = 0.0
+
+
 class AnalyticsWorker:
     """Consumes reading batches, keeps PUE windows current in the store.
 
@@ -142,7 +157,7 @@ class AnalyticsWorker:
         self._unwritten: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = None  # not yet written
         self._uncommitted = False
         self._last_commit = time.monotonic()
-        self._backoff_s = 0.0
+        self._backoff = Backoff()
         self._paused = False
         if hasattr(consumer, "on_revoked"):  # a group consumer: state follows partition assignment
             consumer.on_revoked = self._on_revoked  # type: ignore[attr-defined]
@@ -175,16 +190,15 @@ class AnalyticsWorker:
             late = self.engine.add(readings)
             if late:
                 self.stats.late_dropped += late
-                log.warning("dropped %d readings older than their closed windows (sites %s)", late,
-                            ",".join(sorted(set(readings["site"]))[:10]))
+                log.warning("dropped %d readings older than their closed windows (per site: status late_by_site)",
+                            late)
             self._touched.update(readings["site"].unique())
             self.stats.readings += len(readings)
             if not readings.empty:
                 self.stats.newest_ts_ms = max(self.stats.newest_ts_ms, int(readings["ts"].max()))
         rows = self.engine.advance()
         dead = pd.concat(letters, ignore_index=True) if letters else pd.DataFrame(columns=DEAD_LETTER_COLUMNS)
-        raw = readings if readings is not None and not readings.empty else None
-        self._unwritten = (rows, dead, raw if raw is not None else pd.DataFrame())
+        self._unwritten = (rows, dead, readings if readings is not None else pd.DataFrame())
         self._uncommitted = True
         self.stats.messages += len(messages)
         if self._write() and time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s:
@@ -203,13 +217,11 @@ class AnalyticsWorker:
             if not dead.empty:
                 self._dead_letter(dead)
         except SinkError as exc:
-            self.stats.errors["store_write"] = self.stats.errors.get("store_write", 0) + 1
-            self._backoff_s = min(5.0, max(0.1, self._backoff_s * 2))
-            log.warning("store write failed, keeping %d rows and retrying in %.1f s: %s", len(rows),
-                        self._backoff_s, exc)
-            time.sleep(self._backoff_s)
+            self._count_error("store_write")
+            log.warning("store write failed, keeping %d rows and retrying: %s", len(rows), exc)
+            self._backoff.wait()
             return False
-        self._backoff_s = 0.0
+        self._backoff.reset()
         self._unwritten = None
         self.stats.last_write_s = time.perf_counter() - started
         self.stats.windows_written += len(rows)
@@ -229,14 +241,14 @@ class AnalyticsWorker:
                     for site, blob in blobs.items()
                 })
             except SinkError as exc:
-                self.stats.errors["state_write"] = self.stats.errors.get("state_write", 0) + 1
+                self._count_error("state_write")
                 log.warning("state checkpoint failed, offsets not committed: %s", exc)
                 return False
         self._touched = set()
         try:
             self.consumer.commit()  # only now: the results and the state of everything polled are saved
         except CommitError as exc:
-            self.stats.errors["commit"] = self.stats.errors.get("commit", 0) + 1
+            self._count_error("commit")
             log.info("offsets not committed (%s); the checkpoint's positions keep the replay exact", exc)
             return False
         self._uncommitted = False
@@ -256,7 +268,7 @@ class AnalyticsWorker:
                 self._restorable[site] = Checkpoint.decode(blob)
                 loaded += 1
             except Exception as exc:  # noqa: BLE001 — a bad checkpoint means starting that site afresh
-                self.stats.errors["bad_checkpoint"] = self.stats.errors.get("bad_checkpoint", 0) + 1
+                self._count_error("bad_checkpoint")
                 log.error("checkpoint of site %s unusable, starting it afresh: %s", site, exc)
         log.info("assigned partitions %s: %d site checkpoints available", partitions, loaded)
 
@@ -266,8 +278,8 @@ class AnalyticsWorker:
         Called after the rebalance (the group no longer accepts our commits for them): their next
         owner restores the last checkpoint and replays from its position, so nothing is lost.
         """
-        lost = {site for site, (partition, _) in self._position.items() if partition in set(partitions)}
-        lost &= self._owned
+        revoked = set(partitions)
+        lost = {site for site, (partition, _) in self._position.items() if partition in revoked} & self._owned
         if lost:
             self.engine.drop_sites(lost)
         self._owned -= lost
@@ -291,17 +303,25 @@ class AnalyticsWorker:
                          checkpoint.partition, checkpoint.offset)
                 self.stats.sites_restored += 1
             except Exception as exc:  # noqa: BLE001
-                self.stats.errors["bad_checkpoint"] = self.stats.errors.get("bad_checkpoint", 0) + 1
+                self._count_error("bad_checkpoint")
                 log.error("checkpoint of site %s unusable, starting it afresh: %s", site, exc)
         self._owned.add(site)
 
     def _keep_membership(self) -> None:
-        """While results cannot be written, stop fetching but keep polling so the group keeps us."""
-        if hasattr(self.consumer, "pause") and not self._paused:
-            self.consumer.pause()  # type: ignore[attr-defined]
-            self._paused = True
-        if self._paused:
-            self.consumer.poll(0.0)
+        """While results cannot be written, stop fetching but keep polling so the group keeps us.
+
+        Paused again before every poll: a rebalance inside the poll may bring partitions that are not
+        paused yet, and a record returned now would be skipped without being processed.
+        """
+        if not hasattr(self.consumer, "pause"):
+            return
+        self.consumer.pause()  # type: ignore[attr-defined]
+        self._paused = True
+        if self.consumer.poll(0.0):
+            raise AssertionError("a paused consumer returned records")  # they would be lost: never go on
+
+    def _count_error(self, kind: str) -> None:
+        self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1
 
     def _resume(self) -> None:
         self.consumer.resume()  # type: ignore[attr-defined]
