@@ -65,9 +65,15 @@ def _sim_start_ms(settings: Settings) -> int:
     return (int(time.time() * 1000) // day - 30) * day  # midnight UTC 30 days ago
 
 
+def _simulator(settings: Settings, registry: Registry, start_ms: int) -> Any:
+    from dcpue.ingest.simulator import FleetSimulator
+
+    return FleetSimulator(registry, seed=settings.simulator.seed, start_ms=start_ms,
+                          sample_interval_s=settings.simulator.sample_interval_s, faults=settings.simulator.faults)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the embedded pipeline on a simulated fleet until --duration or Ctrl-C."""
-    from dcpue.ingest.simulator import FleetSimulator
     from dcpue.runtime.embedded import EmbeddedPipeline, SimClock
     from dcpue.runtime.store import FileStore
 
@@ -91,9 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     store = FileStore(store_path).setup()
     store.put_state("created_by", "dcpue demo")
     start_ms = _sim_start_ms(settings)
-    simulator = FleetSimulator(registry, seed=settings.simulator.seed, start_ms=start_ms,
-                               sample_interval_s=settings.simulator.sample_interval_s,
-                               faults=settings.simulator.faults)
+    simulator = _simulator(settings, registry, start_ms)
     clock = SimClock(start_ms, settings.simulator.speed)
     if settings.bus.kind == "kafka":
         from dcpue.runtime.distributed import DistributedDemo
@@ -255,17 +259,14 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 def cmd_collect(args: argparse.Namespace) -> int:
     """Run the fleet simulator as a collector publishing reading batches to Kafka."""
     from dcpue.adapters.kafka import KafkaProducerAdapter
-    from dcpue.ingest.simulator import FleetSimulator
+    from dcpue.ingest.base import publish_polls
     from dcpue.runtime.embedded import SimClock
-    from dcpue.wire import encode_frame
 
     settings = _kafka_settings(args)
     registry = _demo_registry(settings)
     start_ms = _sim_start_ms(settings)
     clock = SimClock(start_ms, settings.simulator.speed)
-    simulator = FleetSimulator(registry, seed=settings.simulator.seed, start_ms=start_ms,
-                               sample_interval_s=settings.simulator.sample_interval_s,
-                               faults=settings.simulator.faults)
+    simulator = _simulator(settings, registry, start_ms)
     producer = KafkaProducerAdapter(settings.bus.kafka).setup()
     _stop_on_sigterm()
     simulator.setup()
@@ -274,10 +275,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     sent = 0
     try:
         while end is None or time.monotonic() < end:
-            for site, frame in simulator.poll(clock.now_ms()):
-                producer.send(settings.bus.topics.readings, encode_frame(site, frame), key=site)
-                sent += 1
-            producer.flush()  # a poll counts as delivered only once Kafka acknowledged all of it
+            sent += publish_polls(simulator, producer, settings.bus.topics.readings, clock.now_ms)
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass

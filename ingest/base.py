@@ -16,9 +16,15 @@ with ``raise … from exc``) so the caller can log, count and skip the device.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import pandas as pd
+
+from dcpue.wire import encode_frame
+
+if TYPE_CHECKING:
+    from dcpue.ports import Producer
 
 SiteFrames = list[tuple[str, pd.DataFrame]]
 """What :meth:`Collector.poll` returns: ``(site id, readings DataFrame)`` pairs."""
@@ -45,3 +51,17 @@ class Collector(Protocol):
 
     def close(self) -> None:
         """Release connections; idempotent."""
+
+
+def publish_polls(collector: Collector, producer: Producer, topic: str, now_ms: Callable[[], int]) -> int:
+    """Send one poll of ``collector`` to ``topic`` (a batch per site, keyed by site); returns the batch count.
+
+    Returns only once the producer acknowledged every batch (:meth:`~dcpue.ports.Producer.flush`),
+    so a collector never treats readings as delivered before the bus has them.
+    """
+    sent = 0
+    for site, frame in collector.poll(now_ms()):
+        producer.send(topic, encode_frame(site, frame), key=site)
+        sent += 1
+    producer.flush()
+    return sent

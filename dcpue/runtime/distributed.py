@@ -14,16 +14,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dcpue.ingest.base import publish_polls
 from dcpue.registry import Registry
 from dcpue.runtime.aggregator import GroupWorker
 from dcpue.runtime.sinks import BusResultSink, FanoutSink
 from dcpue.runtime.worker import AnalyticsWorker
 from dcpue.settings import Settings
-from dcpue.wire import encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,11 @@ def result_store(settings: Settings, registry: Registry) -> Any:
 
 
 def analytics_stage(settings: Settings, registry: Registry, stores: list[Any],
-                    clock: Callable[[], int] | None = None, emit_groups: bool = False) -> Stage:
+                    clock: Callable[[], int] | None = None, emit_groups: bool = False,
+                    shared: Sequence[Any] = ()) -> Stage:
     """A consumer-group analytics worker: readings → site rows (``stores`` + metrics topic), state → state topic.
 
-    The stage closes ``stores`` when it is closed.
+    The stage closes ``stores`` when it is closed; ``shared`` sinks are written first and left open.
     """
     from dcpue.adapters.kafka import KafkaConsumerAdapter, KafkaProducerAdapter, KafkaStateStore
 
@@ -70,22 +71,25 @@ def analytics_stage(settings: Settings, registry: Registry, stores: list[Any],
     producer = KafkaProducerAdapter(kafka).setup()
     state = KafkaStateStore(kafka, topics.state, producer).setup()
     consumer = KafkaConsumerAdapter(kafka, [topics.readings]).setup()
-    sink = FanoutSink(*stores, BusResultSink(producer, topics.metrics))
+    sink = FanoutSink(*shared, *stores, BusResultSink(producer, topics.metrics))
     worker = AnalyticsWorker(registry, settings, consumer, sink, dead_letter_producer=producer, clock=clock,
                              emit_groups=emit_groups, state=state)
     return Stage(worker, [lambda: _final_checkpoint(worker), consumer.close, producer.close,
                           *[store.close for store in stores]])
 
 
-def aggregate_stage(settings: Settings, registry: Registry, stores: list[Any]) -> Stage:
-    """The group worker: site rows from the metrics topic → cluster and fleet rows (to ``stores``, which it closes)."""
+def aggregate_stage(settings: Settings, registry: Registry, stores: list[Any], shared: Sequence[Any] = ()) -> Stage:
+    """The group worker: site rows from the metrics topic → cluster and fleet rows.
+
+    Rows go to ``shared`` (left open) and ``stores`` (closed with the stage) and the metrics topic.
+    """
     from dcpue.adapters.kafka import KafkaConsumerAdapter, KafkaProducerAdapter, KafkaStateStore
 
     kafka, topics = settings.bus.kafka, settings.bus.topics
     producer = KafkaProducerAdapter(kafka).setup()
     state = KafkaStateStore(kafka, topics.group_state, producer).setup()
     consumer = KafkaConsumerAdapter(kafka, [topics.metrics], group_id=kafka.group_id + AGGREGATE_GROUP_SUFFIX).setup()
-    sink = FanoutSink(*stores, BusResultSink(producer, topics.metrics))
+    sink = FanoutSink(*shared, *stores, BusResultSink(producer, topics.metrics))
     worker = GroupWorker(registry, settings, consumer, sink, state=state)
     return Stage(worker, [lambda: _final_checkpoint(worker), consumer.close, producer.close,
                           *[store.close for store in stores]])
@@ -104,16 +108,6 @@ def view_stage(settings: Settings, store: Any, group_id: str) -> Stage:
 def _final_checkpoint(worker: Any) -> None:
     if not worker.checkpoint():
         log.warning("stopping with results not written; the next worker replays them")
-
-
-def publish_polls(collector: Any, producer: Any, topic: str, now_ms: Callable[[], int]) -> int:
-    """One collector poll to the readings topic; returns once Kafka acknowledged every batch."""
-    sent = 0
-    for site, frame in collector.poll(now_ms()):
-        producer.send(topic, encode_frame(site, frame), key=site)
-        sent += 1
-    producer.flush()
-    return sent
 
 
 class DistributedDemo:
@@ -144,22 +138,19 @@ class DistributedDemo:
 
     def start(self) -> None:
         from dcpue.adapters.kafka import create_topics
-        from dcpue.runtime.embedded import serve_http
+        from dcpue.runtime.embedded import serve_http, spawn_guarded
 
         create_topics(self.settings.bus.kafka, self.settings.bus.topics)
         influx = self.settings.store.kind == "influxdb"
         self.analytics = analytics_stage(self.settings, self.registry,
                                          [result_store(self.settings, self.registry)] if influx else [],
-                                         clock=self.clock.now_ms)
+                                         clock=self.clock.now_ms, shared=[self.mirror])
         self.groups = aggregate_stage(self.settings, self.registry,
-                                      [result_store(self.settings, self.registry)] if influx else [])
-        self.analytics.worker.store.sinks.insert(0, self.mirror)
-        self.groups.worker.sink.sinks.insert(0, self.mirror)
+                                      [result_store(self.settings, self.registry)] if influx else [],
+                                      shared=[self.mirror])
         self.clock.start()
         for target, name in ((self._collect, "collector"), (self._analyze, "analytics"), (self._aggregate, "groups")):
-            thread = threading.Thread(target=self._guard(target, name), name=f"dcpue-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            self._threads.append(spawn_guarded(target, name, self.errors, self.stop_event))
         if self.serve_http:
             self._server, _, self.http_port = serve_http(self.settings, self.mirror, self.registry, self.status,
                                                          self.stop_event, self.errors)
@@ -169,16 +160,6 @@ class DistributedDemo:
         from dcpue.runtime.embedded import wait_until
 
         wait_until(self.stop_event, duration_s, on_tick, tick_s)
-
-    def _guard(self, target: Callable[[], None], name: str) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                target()
-            except BaseException as exc:
-                log.exception("%s failed", name)
-                self.errors.append(exc)
-                self.stop_event.set()
-        return run
 
     def _collect(self) -> None:
         from dcpue.adapters.kafka import KafkaProducerAdapter

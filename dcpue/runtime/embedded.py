@@ -18,13 +18,12 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from dcpue.ingest.base import Collector
+from dcpue.ingest.base import Collector, publish_polls
 from dcpue.registry import Registry
 from dcpue.runtime.bus import InProcessBus
 from dcpue.runtime.store import FileStore
 from dcpue.runtime.worker import AnalyticsWorker
 from dcpue.settings import Settings
-from dcpue.wire import encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -75,35 +74,23 @@ class EmbeddedPipeline:
     # -- stages --------------------------------------------------------------------------
     def _collect(self) -> None:
         producer = self.bus.producer(send_timeout_s=None)
-        topic = self.settings.bus.topics.readings
         try:
             self.collector.setup()
             while not self.stop_event.is_set():
-                now = self.clock.now_ms()
-                for site, frame in self.collector.poll(now):
-                    producer.send(topic, encode_frame(site, frame), key=site)
-                    self.batches_sent += 1
-                self.sim_now_ms = now
+                self.sim_now_ms = self.clock.now_ms()
+                self.batches_sent += publish_polls(self.collector, producer, self.settings.bus.topics.readings,
+                                                   lambda: self.sim_now_ms)
                 self.stop_event.wait(0.5)
-        except BaseException as exc:  # a dying collector must stop the pipeline, not hang it
-            log.exception("collector failed")
-            self.errors.append(exc)
-            self.stop_event.set()
         finally:
             self.collector.close()
             self.collector_done.set()
 
     def _analyze(self) -> None:
-        try:
-            topic = self.settings.bus.topics.readings
-            while not (self.collector_done.is_set() and self.bus.lag(ANALYTICS_GROUP, topic) == 0):
-                self.worker.step(timeout_s=0.2)
-                if self.collector_done.is_set():
-                    self.worker.checkpoint()  # draining: commit now, not at the next interval
-        except BaseException as exc:
-            log.exception("analytics worker failed")
-            self.errors.append(exc)
-            self.stop_event.set()
+        topic = self.settings.bus.topics.readings
+        while not (self.collector_done.is_set() and self.bus.lag(ANALYTICS_GROUP, topic) == 0):
+            self.worker.step(timeout_s=0.2)
+            if self.collector_done.is_set():
+                self.worker.checkpoint()  # draining: commit now, not at the next interval
 
     def status(self) -> dict[str, object]:
         """What the status endpoint and the terminal summary show."""
@@ -129,9 +116,7 @@ class EmbeddedPipeline:
             self._threads.append(thread)
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
-        thread = threading.Thread(target=target, name=f"dcpue-{name}", daemon=True)
-        thread.start()
-        self._threads.append(thread)
+        self._threads.append(spawn_guarded(target, name, self.errors, self.stop_event))
 
     def stop(self, timeout_s: float = 300.0) -> bool:
         """Stop collecting, drain the bus into the store, stop HTTP, close the store.
@@ -164,6 +149,25 @@ class EmbeddedPipeline:
              tick_s: float = 5.0) -> None:
         """Block until ``duration_s`` passed or the pipeline stopped, calling ``on_tick`` periodically."""
         wait_until(self.stop_event, duration_s, on_tick, tick_s)
+
+
+def spawn_guarded(target: Callable[[], None], name: str, errors: list[BaseException],
+                  stop_event: threading.Event) -> threading.Thread:
+    """Run ``target`` on a daemon thread ``dcpue-<name>``; if it dies, record why and stop the pipeline.
+
+    A dying stage must stop the whole pipeline, not leave the others waiting for it.
+    """
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:
+            log.exception("%s failed", name)
+            errors.append(exc)
+            stop_event.set()
+
+    thread = threading.Thread(target=run, name=f"dcpue-{name}", daemon=True)
+    thread.start()
+    return thread
 
 
 def serve_http(settings: Settings, store: FileStore, registry: Registry, status: Callable[[], dict[str, object]],
