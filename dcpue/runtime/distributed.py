@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dcpue.ingest.base import publish_polls
 from dcpue.registry import Registry
 from dcpue.runtime.aggregator import GroupWorker
 from dcpue.runtime.sinks import BusResultSink, FanoutSink
@@ -163,19 +162,13 @@ class DistributedDemo:
 
     def _collect(self) -> None:
         from dcpue.adapters.kafka import KafkaProducerAdapter
+        from dcpue.runtime.embedded import run_collector
 
         producer = KafkaProducerAdapter(self.settings.bus.kafka).setup()
         try:
-            self.collector.setup()
-            while not self.stop_event.is_set():
-                self.sim_now_ms = self.clock.now_ms()
-                self.batches_sent += publish_polls(self.collector, producer, self.settings.bus.topics.readings,
-                                                   lambda: self.sim_now_ms)
-                self.stop_event.wait(0.5)
+            run_collector(self, producer)
         finally:
-            self.collector.close()
             producer.close()
-            self.collector_done.set()
 
     def _analyze(self) -> None:
         assert self.analytics is not None

@@ -15,10 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
 from dcpue.ingest.base import Collector, publish_polls
+from dcpue.ports import Producer
 from dcpue.registry import Registry
 from dcpue.runtime.bus import InProcessBus
 from dcpue.runtime.store import FileStore
@@ -73,17 +75,7 @@ class EmbeddedPipeline:
 
     # -- stages --------------------------------------------------------------------------
     def _collect(self) -> None:
-        producer = self.bus.producer(send_timeout_s=None)
-        try:
-            self.collector.setup()
-            while not self.stop_event.is_set():
-                self.sim_now_ms = self.clock.now_ms()
-                self.batches_sent += publish_polls(self.collector, producer, self.settings.bus.topics.readings,
-                                                   lambda: self.sim_now_ms)
-                self.stop_event.wait(0.5)
-        finally:
-            self.collector.close()
-            self.collector_done.set()
+        run_collector(self, self.bus.producer(send_timeout_s=None))
 
     def _analyze(self) -> None:
         topic = self.settings.bus.topics.readings
@@ -149,6 +141,24 @@ class EmbeddedPipeline:
              tick_s: float = 5.0) -> None:
         """Block until ``duration_s`` passed or the pipeline stopped, calling ``on_tick`` periodically."""
         wait_until(self.stop_event, duration_s, on_tick, tick_s)
+
+
+def run_collector(pipeline: Any, producer: Producer) -> None:
+    """The collector stage of a pipeline: poll onto the readings topic every 0.5 s until ``stop_event``.
+
+    Keeps ``pipeline.sim_now_ms`` and ``pipeline.batches_sent`` current for the status, closes the
+    collector and sets ``pipeline.collector_done`` when it ends (the producer stays the caller's).
+    """
+    try:
+        pipeline.collector.setup()
+        while not pipeline.stop_event.is_set():
+            pipeline.sim_now_ms = pipeline.clock.now_ms()
+            pipeline.batches_sent += publish_polls(pipeline.collector, producer,
+                                                   pipeline.settings.bus.topics.readings, lambda: pipeline.sim_now_ms)
+            pipeline.stop_event.wait(0.5)
+    finally:
+        pipeline.collector.close()
+        pipeline.collector_done.set()
 
 
 def spawn_guarded(target: Callable[[], None], name: str, errors: list[BaseException],
