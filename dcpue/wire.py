@@ -9,6 +9,9 @@ Decoding validates every record on its own: a malformed record is returned as a
 :class:`Reject` with its reason while the rest of the batch is kept. Only a message
 that is not a batch at all (not MessagePack, unknown schema or version, columns of
 different lengths) raises :class:`~dcpue.errors.DecodeError`.
+
+A value must be a finite number, except that a record flagged ``BAD`` or ``COLLECTOR_DOWN`` may
+carry NaN: a collector says "this point has no usable value now" without inventing a zero.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ SUPPORTED_VERSIONS = frozenset({1})
 TS_MIN_MS = 946_684_800_000
 TS_MAX_MS = 4_102_444_800_000
 MAX_QUALITY = int(max(Quality)) * 2 - 1
+# a reading flagged with one of these may carry NaN: "no usable value", never a stand-in zero
+NO_VALUE_FLAGS = int(Quality.BAD | Quality.COLLECTOR_DOWN)
 
 
 class _BatchV1(msgspec.Struct, forbid_unknown_fields=False):
@@ -114,7 +119,7 @@ def decode_batch(data: bytes) -> DecodedBatch:
         return _decode_slow(data)
     value = np.asarray(batch.value, dtype=np.float64) if n else np.empty(0, np.float64)
     bad_ts = (ts < TS_MIN_MS) | (ts >= TS_MAX_MS)
-    bad_value = ~np.isfinite(value)
+    bad_value = ~np.isfinite(value) & ~(np.isnan(value) & ((quality & NO_VALUE_FLAGS) != 0))
     bad_quality = (quality < 0) | (quality > MAX_QUALITY)
     bad_point = np.fromiter((not p for p in batch.point), dtype=bool, count=n)
     bad = bad_ts | bad_value | bad_quality | bad_point
@@ -213,10 +218,10 @@ def _record_problem(point: object, ts: object, value: object, quality: object) -
         return f"ts {ts} is outside 2000-01-01..2100-01-01 (expected ms since epoch)"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"value {value!r} is not a number"
-    if not math.isfinite(value):
-        return f"value {value!r} is not a finite number"
     if isinstance(quality, bool) or not isinstance(quality, int) or not 0 <= quality <= MAX_QUALITY:
         return f"quality {quality!r} is not a valid flag set (0..{MAX_QUALITY})"
+    if not math.isfinite(value) and not (math.isnan(value) and quality & NO_VALUE_FLAGS):
+        return f"value {value!r} is not a finite number"
     return None
 
 

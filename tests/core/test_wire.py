@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dcpue.errors import DecodeError
+from dcpue.model import Quality
 from dcpue.wire import decode_batch, encode_batch
 
 TS = 1_736_092_800_000
@@ -41,6 +42,21 @@ def test_bad_records_are_rejected_individually_with_reasons():
     assert reasons[1] == "point is empty"
     assert "not a finite number" in reasons[2]
     assert "outside 2000-01-01..2100-01-01" in reasons[3]
+
+
+@pytest.mark.parametrize("slow_path", [False, True])
+def test_nan_is_accepted_only_as_a_flagged_no_value(slow_path):
+    down, bad = int(Quality.COLLECTOR_DOWN), int(Quality.BAD)
+    records = {"point": ["down", "bad", "good", "inf"], "ts": [TS] * 4,
+               "value": [float("nan"), float("nan"), float("nan"), float("inf")], "quality": [down, bad, 0, down]}
+    if slow_path:  # a string ts elsewhere in the batch sends it record by record
+        records = {k: [*v, "x" if k == "ts" else v[0]] for k, v in records.items()}
+    raw = msgspec.msgpack.encode({"schema": "dcpue.readings", "v": 1, "site": "a", **records})
+    batch = decode_batch(raw)
+    assert batch.readings["point"].tolist() == ["down", "bad"]
+    assert np.isnan(batch.readings["value"]).all()
+    reasons = {r.index: r.reason for r in batch.rejects}
+    assert "not a finite number" in reasons[2] and "not a finite number" in reasons[3]
 
 
 def test_wrongly_typed_records_take_the_slow_path_and_keep_the_rest():
