@@ -32,7 +32,8 @@ class Producer(Protocol):
     def flush(self, timeout_s: float | None = None) -> None:
         """Return once every queued record is acknowledged by the bus."""
 
-    def close(self) -> None: ...
+    def close(self, timeout_s: float | None = None) -> None:
+        """Disconnect, waiting up to ``timeout_s`` for queued records (0: drop them at once)."""
 
 
 class Consumer(Protocol):

@@ -65,6 +65,8 @@ class KafkaProducerAdapter:
                 linger_ms=self.settings.linger_ms,
                 compression_type=compression,
                 retries=2**31 - 1 if self.settings.enable_idempotence else 5,
+                # send() waits this long for metadata when the broker is away (kafka-python's default: 60 s)
+                max_block_ms=int(self.settings.send_timeout_s * 1000),
             )
         except kafka.errors.KafkaError as exc:
             raise DcpueError(f"cannot connect to Kafka at {self.settings.bootstrap_servers}: {exc}") from exc
@@ -87,10 +89,12 @@ class KafkaProducerAdapter:
             first = failed[0].exception if failed[0].is_done else "not acknowledged in time"
             raise SinkError(f"{len(failed)} of {len(futures)} records not acknowledged by Kafka: {first}")
 
-    def close(self) -> None:
+    def close(self, timeout_s: float | None = None) -> None:
+        """Send what is queued (waiting up to ``timeout_s``, default ``send_timeout_s``) and disconnect."""
         if self._producer is not None:
-            self._producer.close(timeout=self.settings.send_timeout_s)
+            self._producer.close(timeout=self.settings.send_timeout_s if timeout_s is None else timeout_s)
             self._producer = None
+            self._futures = []
 
 
 class KafkaConsumerAdapter:
@@ -301,7 +305,8 @@ def topic_specs(settings: KafkaSettings, topics: TopicSettings) -> list[tuple[st
 
     Readings, metrics, alerts, recommendations and state are keyed by site and get ``partitions``
     (the state topic must match the readings topic: a site's checkpoint sits on its readings'
-    partition number). The state topics are compacted (the newest checkpoint per key is kept for
+    partition number). The health topic, keyed by device, is compacted and time-limited. The state topics
+    are compacted (the newest checkpoint per key is kept for
     good); the others keep ``retention_ms``.
     """
     timed = {"retention.ms": str(settings.retention_ms)}
@@ -313,6 +318,8 @@ def topic_specs(settings: KafkaSettings, topics: TopicSettings) -> list[tuple[st
         (topics.dead_letters, 1, timed),
         (topics.state, settings.partitions, {"cleanup.policy": "compact"}),
         (topics.group_state, 1, {"cleanup.policy": "compact"}),
+        # newest record per device/collector kept for good, the history for retention_ms
+        (topics.health, settings.partitions, {"cleanup.policy": "compact,delete", **timed}),
     ]
 
 

@@ -127,7 +127,7 @@ class BusProducer:
     def flush(self, timeout_s: float | None = None) -> None:
         """Nothing is buffered outside the log, so there is nothing to wait for."""
 
-    def close(self) -> None:
+    def close(self, timeout_s: float | None = None) -> None:
         """The bus outlives its producers."""
 
 
