@@ -56,6 +56,7 @@ class TopicSettings(_Section):
     recommendations: str = "dcpue.recommendations.v1"
     state: str = "dcpue.state.v1"  # compacted, keyed by site: engine checkpoints for rebalance and restart
     group_state: str = "dcpue.groupstate.v1"  # compacted, one partition: the `dcpue aggregate` checkpoint
+    health: str = "dcpue.health.v1"  # collector and device health (up, last error, spool), keyed by device
 
 
 class KafkaSettings(_Section):
