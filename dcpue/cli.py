@@ -17,6 +17,7 @@ import logging
 import math
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -257,32 +258,44 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    """Run the fleet simulator as a collector publishing reading batches to Kafka."""
+    """Read the configured devices (or, with none configured, the simulated fleet) into Kafka via the spool."""
     from dcpue.adapters.kafka import KafkaProducerAdapter
-    from dcpue.ingest.base import publish_polls
+    from dcpue.runtime.collect import CollectRuntime
     from dcpue.runtime.embedded import SimClock
 
     settings = _kafka_settings(args)
-    registry = _demo_registry(settings)
-    start_ms = _sim_start_ms(settings)
-    clock = SimClock(start_ms, settings.simulator.speed)
-    simulator = _simulator(settings, registry, start_ms)
-    producer = KafkaProducerAdapter(settings.bus.kafka).setup()
+    devices = getattr(settings.collect, "devices", ())
+    simulator = clock = None
+    if devices:
+        if settings.registry is None:
+            raise ConfigError("dcpue collect: devices are configured but no site registry is given "
+                              "(--registry or `registry:`): it says which unit each mapped point is in")
+        registry = load_registry(settings.registry)
+    else:
+        registry = _demo_registry(settings)
+        start_ms = _sim_start_ms(settings)
+        clock = SimClock(start_ms, settings.simulator.speed)
+        simulator = _simulator(settings, registry, start_ms)
+    runtime = CollectRuntime(settings, lambda: KafkaProducerAdapter(settings.bus.kafka).setup(), registry,
+                             simulator=simulator, sim_now_ms=clock.now_ms if clock else None)
     _stop_on_sigterm()
-    simulator.setup()
-    clock.start()
-    end = None if args.duration is None else time.monotonic() + args.duration
-    sent = 0
+    stop = threading.Event()
+    runtime.start()
+    if runtime.metrics_port is not None:
+        print(f"dcpue collect: metrics on http://{settings.collect.metrics_host}:{runtime.metrics_port}/metrics",
+              flush=True)
+    if clock is not None:
+        clock.start()
     try:
-        while end is None or time.monotonic() < end:
-            sent += publish_polls(simulator, producer, settings.bus.topics.readings, clock.now_ms)
-            time.sleep(0.5)
+        runtime.run(stop, args.duration)
     except KeyboardInterrupt:
         pass
     finally:
-        simulator.close()
-        producer.close()
-    print(f"dcpue collect: {sent} batches delivered to {settings.bus.topics.readings}", flush=True)
+        runtime.close()
+    what = f"{runtime.batches} simulator batches" if simulator is not None else f"{len(devices)} devices"
+    last = f", simulated time reached {simulator.last_polled_ms} ms" if simulator is not None else ""
+    print(f"dcpue collect: {what} spooled, {runtime.forwarder.forwarded_total} records delivered to Kafka, "
+          f"{runtime.spool.depth} waiting in {runtime.spool.path}{last}", flush=True)
     return 0
 
 

@@ -116,6 +116,26 @@ class HttpSettings(_Section):
     port: int = Field(8600, ge=0, le=65535)
 
 
+class SpoolSettings(_Section):
+    """The collector's on-disk store-and-forward queue (see ``dcpue.ingest.spool``)."""
+
+    path: Path = Path("dcpue-data/spool.sqlite")
+    max_bytes: int = Field(1 << 30, ge=1 << 20)  # when full, the oldest records are dropped (counted, logged)
+    fsync: bool = False  # true: every append survives power loss too (false: a process crash)
+
+
+class CollectSettings(_Section):
+    """``dcpue collect``: which devices to read, and how."""
+
+    collector_id: str | None = None  # names this collector in health records; default: the host name
+    max_concurrency: int = Field(16, ge=1, le=1024)  # device reads in flight at once
+    metrics_port: int | None = Field(9108, ge=0, le=65535)  # Prometheus /metrics; null: off, 0: any free port
+    metrics_host: str = "0.0.0.0"
+    health_interval_s: float = Field(30, gt=0)  # how often the collector's own health record is sent
+    drain_s: float = Field(10, ge=0)  # on shutdown, keep forwarding the spool this long (the rest stays on disk)
+    spool: SpoolSettings = SpoolSettings()
+
+
 class SimulatorSettings(_Section):
     sites: int = Field(12, ge=1, le=5000)
     seed: int = 7
@@ -138,6 +158,7 @@ class Settings(BaseSettings):
     bus: BusSettings = BusSettings()
     store: StoreSettings = StoreSettings()
     http: HttpSettings = HttpSettings()
+    collect: CollectSettings = CollectSettings()
     simulator: SimulatorSettings = SimulatorSettings()
 
 

@@ -35,7 +35,7 @@ def test_collect_and_analyze_processes_fill_influxdb(tansu_broker, victoria_metr
     collected = dcpue("collect", "--kafka", kafka, "--registry", sites, "--speed", "3600", "--duration", "4",
                       env=env)
     assert collected.returncode == 0, collected.stderr
-    assert "batches delivered" in collected.stdout
+    assert "records delivered to Kafka, 0 waiting" in collected.stdout
     analyzed = dcpue("analyze", "--kafka", kafka, "--influx", victoria_metrics.url, "--registry", sites,
                      "--duration", "20", env=env)
     assert analyzed.returncode == 0, analyzed.stderr
