@@ -2,7 +2,8 @@
 
 Docker and Kubernetes are not run here; these tests pin what can go wrong without them: YAML that does
 not parse, DCPUE_* names or values the Settings model rejects, missing resources or a root container,
-secrets written into a file, and an image without the Kafka and InfluxDB clients.
+secrets written into a file, an image without the Kafka, InfluxDB and device clients, a collector spool
+that would not survive a restart, and ports opened to more than their one client.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from dcpue.settings import Settings, load_settings
+from dcpue.settings import CollectSettings, Settings, SpoolSettings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -174,7 +175,56 @@ def test_compose_ports_are_published_on_loopback_only() -> None:
             host_ip, target = _published(entry)
             assert host_ip == "127.0.0.1", f"{name}: port {target} reachable from other hosts"
             publishing.add(name)
-    assert {"kafka", "influxdb", "grafana", "api"} <= publishing
+    assert {"kafka", "influxdb", "grafana", "api", "collector"} <= publishing
+
+
+def _seconds(duration: str | int) -> float:
+    """A compose duration (``30s``, ``1m30s``) in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)", str(duration))
+    assert parts and "".join(n + u for n, u in parts) == str(duration), duration
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def _compose_collector_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    env = {k: _resolve(str(v)) for k, v in _compose()["services"]["collector"]["environment"].items()}
+    return _validate_env(env, {"bus": {"kind": "kafka"}}, monkeypatch)
+
+
+def test_compose_collector_spool_is_on_a_named_volume(monkeypatch: pytest.MonkeyPatch) -> None:
+    compose = _compose()
+    collector = compose["services"]["collector"]
+    spool = _compose_collector_settings(monkeypatch).collect.spool.path
+    assert spool.is_absolute(), "a relative spool path is under the read-only root filesystem"
+    assert collector["read_only"] is True
+    mounts = {}
+    for entry in collector["volumes"]:
+        source, target, *_ = entry.split(":")
+        mounts[target] = source
+    (volume,) = [source for target, source in mounts.items() if spool.is_relative_to(target)]
+    # a named volume, kept across `docker compose up` and restarts (a tmpfs or anonymous volume is not)
+    assert volume in compose["volumes"], f"{spool} is not on a named volume"
+    # a new named volume takes the ownership of the image's directory: it must be the dcpue user's
+    spool_dir = next(t for t, s in mounts.items() if s == volume)
+    uid = re.findall(r"^USER\s+(\d+)", DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE)[-1]
+    assert re.search(rf"chown {uid}:\d+ {re.escape(spool_dir)}\b", DOCKERFILE.read_text(encoding="utf-8"))
+    assert collector.get("deploy", {}).get("replicas", 1) == 1  # one spool, one reader per device
+
+
+def test_compose_collector_metrics_drain_and_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    collector = _compose()["services"]["collector"]
+    collect = _compose_collector_settings(monkeypatch).collect
+    port = collect.metrics_port
+    assert port == 9108 and collect.metrics_host == "0.0.0.0"  # reachable through the published port
+    assert [_published(e) for e in collector["ports"]] == [("127.0.0.1", str(port))]
+    assert f"http://127.0.0.1:{port}/metrics" in " ".join(collector["healthcheck"]["test"])
+    # on stop the collector keeps forwarding its spool for drain_s; compose must not kill it sooner
+    assert _seconds(collector["stop_grace_period"]) > collect.drain_s
+    assert collector["stop_signal"] == "SIGINT"
+    # the demo runs the simulator: no settings file unless the operator names one in deploy/config
+    assert collector["environment"]["DCPUE_CONFIG"] == "${COLLECTORS_CONFIG:-}"
+    assert "./config:/etc/dcpue/config:ro" in collector["volumes"]
+    assert collector["command"] == ["collect", "--registry", "/etc/dcpue/sites.yaml"]
 
 
 @pytest.mark.parametrize("service", DCPUE_SERVICES)
@@ -220,8 +270,9 @@ def test_grafana_datasource() -> None:
 
 
 # -- Kubernetes -------------------------------------------------------------------------------
-WORKLOADS = [("Deployment", "dcpue-analytics"), ("Deployment", "dcpue-aggregator"), ("Deployment", "dcpue-collector"),
+WORKLOADS = [("Deployment", "dcpue-analytics"), ("Deployment", "dcpue-aggregator"), ("StatefulSet", "dcpue-collector"),
              ("Deployment", "dcpue-api"), ("Job", "dcpue-topics-create")]
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "ReplicaSet", "Pod")
 
 
 def _pod(kind: str, name: str) -> dict[str, Any]:
@@ -243,8 +294,8 @@ def test_k8s_workload_is_non_root_with_resources(kind: str, name: str) -> None:
             assert {"cpu", "memory"} <= container["resources"][part].keys()
 
 
-@pytest.mark.parametrize(("kind", "name"), WORKLOADS)
-def test_k8s_env_names_are_settings_and_validate(kind: str, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def _container_env(kind: str, name: str) -> dict[str, str]:
+    """The first container's environment as the pod sees it: the settings ConfigMap, then its ``env``."""
     container = _pod(kind, name)["containers"][0]
     settings_cm = _k8s("ConfigMap", "dcpue-settings")["data"]
     secret = _k8s("Secret", "dcpue-secrets")["stringData"]
@@ -257,13 +308,19 @@ def test_k8s_env_names_are_settings_and_validate(kind: str, name: str, monkeypat
             ref = var["valueFrom"]["secretKeyRef"]
             assert ref["name"] == "dcpue-secrets" and ref["key"] in secret
             env[var["name"]] = secret[ref["key"]]
+    return env
+
+
+@pytest.mark.parametrize(("kind", "name"), WORKLOADS)
+def test_k8s_env_names_are_settings_and_validate(kind: str, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = _container_env(kind, name)
     unknown = sorted(n for n in env if n not in SETTING_NAMES)
     assert not unknown, f"{name}: not settings in dcpue/settings.py: {unknown}"
     _validate_env(env, {"bus": {"kind": "kafka"}}, monkeypatch)
 
 
 def test_k8s_every_workload_is_checked() -> None:
-    found = {(d["kind"], d["metadata"]["name"]) for d in _k8s_docs() if d["kind"] in ("Deployment", "Job")}
+    found = {(d["kind"], d["metadata"]["name"]) for d in _k8s_docs() if d["kind"] in WORKLOAD_KINDS}
     assert found == set(WORKLOADS)
 
 
@@ -276,7 +333,7 @@ def test_k8s_analytics_replicas_match_partitions() -> None:
     assert strategy["type"] == "Recreate" or strategy["rollingUpdate"]["maxSurge"] == 0
     args = _pod("Deployment", "dcpue-analytics")["containers"][0]["args"]
     assert args[0] == "analyze" and "--groups" not in args
-    assert _k8s("Deployment", "dcpue-collector")["spec"]["replicas"] == 1
+    assert _k8s("StatefulSet", "dcpue-collector")["spec"]["replicas"] == 1
 
 
 def test_k8s_aggregator_is_one_pod_that_never_overlaps() -> None:
@@ -349,31 +406,181 @@ def test_k8s_api_service_targets_the_container_port() -> None:
     assert named.get(port["targetPort"], port["targetPort"]) == _api_port()
 
 
-def test_k8s_networkpolicy_admits_only_the_api_port() -> None:
+def _named_ports(kind: str, name: str) -> dict[str, int]:
+    """Every container port of a workload's pod, by name (name → containerPort)."""
+    return {p["name"]: p["containerPort"] for c in _pod(kind, name)["containers"] for p in c.get("ports", [])}
+
+
+def test_k8s_networkpolicy_admits_only_the_api_and_metrics_ports() -> None:
     policies = [d for d in _k8s_docs() if d["kind"] == "NetworkPolicy"]
     # policyTypes Ingress only: listing Egress without egress rules would cut the pods off from Kafka
     assert all(p["spec"]["policyTypes"] == ["Ingress"] for p in policies)
     deny = [p for p in policies if not p["spec"].get("ingress")]
     allow = [p for p in policies if p["spec"].get("ingress")]
     for kind, name in WORKLOADS:
-        labels = _pod_labels(kind, name)
-        assert any(_matches(p["spec"]["podSelector"], labels) for p in deny), f"{name}: ingress not denied"
-        assert any(_matches(p["spec"]["podSelector"], labels) for p in allow) == (name == "dcpue-api"), name
-    port = _api_port()
-    _, named = _api_container()
-    assert allow
+        assert any(_matches(p["spec"]["podSelector"], _pod_labels(kind, name)) for p in deny), f"{name}: not denied"
+    admitted: set[tuple[str, str, int]] = set()  # (workload, source namespace, port)
     for policy in allow:
+        where = policy["metadata"]["name"]
+        targets = [(kind, name) for kind, name in WORKLOADS
+                   if _matches(policy["spec"]["podSelector"], _pod_labels(kind, name))]
+        assert targets, f"{where} selects no workload"
         for rule in policy["spec"]["ingress"]:
             # without `ports` a rule admits every port; without `from`, every source
-            assert rule.get("ports"), policy["metadata"]["name"]
-            assert rule.get("from"), policy["metadata"]["name"]
-            for p in rule["ports"]:
-                assert p.get("protocol", "TCP") == "TCP" and "endPort" not in p
-                assert named.get(p["port"], p["port"]) == port
+            assert rule.get("ports"), where
+            assert rule.get("from"), where
+            sources = []
             for peer in rule["from"]:
-                # the API has no authentication: name who may call it, never every address or namespace
-                assert not peer.get("ipBlock", {}).get("cidr", "").endswith("/0"), "every address"
-                assert peer.get("namespaceSelector") != {}, "every namespace of the cluster"
+                # one named namespace (optionally narrowed by a podSelector): never an ipBlock, never
+                # `namespaceSelector: {}` (every namespace) nor a podSelector alone (every pod of dcpue)
+                assert set(peer) <= {"namespaceSelector", "podSelector"} and "namespaceSelector" in peer, where
+                selector = peer["namespaceSelector"]
+                assert set(selector) == {"matchLabels"}, where
+                sources.append(selector["matchLabels"]["kubernetes.io/metadata.name"])
+            for p in rule["ports"]:
+                assert p.get("protocol", "TCP") == "TCP" and "endPort" not in p, where
+                for kind, name in targets:
+                    named = _named_ports(kind, name)
+                    port = named.get(p["port"], p["port"])
+                    assert port in named.values(), f"{where}: {name} has no port {p['port']}"
+                    admitted |= {(name, source, port) for source in sources}
+    metrics = _named_ports("StatefulSet", "dcpue-collector")["metrics"]
+    assert admitted == {("dcpue-api", "ingress-nginx", _api_port()), ("dcpue-collector", "monitoring", metrics)}
+
+
+# -- Kubernetes: the collector ---------------------------------------------------------------------
+COLLECTOR = ("StatefulSet", "dcpue-collector")
+BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "": 1}
+
+
+def _bytes(quantity: str) -> float:
+    """A Kubernetes storage quantity (``2Gi``, ``500M``, ``1073741824``) in bytes."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]i|[kMGT]?)", str(quantity))
+    assert m, f"unsupported quantity {quantity!r}"
+    return float(m.group(1)) * {**BINARY, **DECIMAL}[m.group(2)]
+
+
+def _collector_container() -> dict[str, Any]:
+    (container,) = _pod(*COLLECTOR)["containers"]
+    return container
+
+
+def _collectors_file(tmp_path: Path) -> Path:
+    """collectors.yaml from the ConfigMap `dcpue-collectors`, written where --config can read it."""
+    data = yaml.safe_load(_k8s("ConfigMap", "dcpue-collectors")["data"]["collectors.yaml"])
+    assert data["collect"]["devices"] == []  # shipped empty: the simulator; docs/collectors.md says how to fill it
+    if "devices" not in CollectSettings.model_fields:  # collect.devices is being added to dcpue/settings.py
+        del data["collect"]["devices"]
+    path = tmp_path / "collectors.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def _collector_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+    """The collector pod's settings: its environment over the mounted collectors.yaml, as `dcpue collect` loads them."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("DCPUE_")]:
+        monkeypatch.delenv(name)
+    for name, value in _container_env(*COLLECTOR).items():
+        monkeypatch.setenv(name, value)
+    return load_settings(_collectors_file(tmp_path), bus={"kind": "kafka"})
+
+
+def test_k8s_collector_reads_the_collectors_config() -> None:
+    container = _collector_container()
+    args = container["args"]
+    assert args[:3] == ["collect", "--registry", "/etc/dcpue/sites.yaml"]
+    config = Path(_flag(args, "--config"))
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts[str(config.parent)]
+    assert mount["readOnly"] is True
+    volumes = {v["name"]: v for v in _pod(*COLLECTOR)["volumes"]}
+    source = volumes[mount["name"]]
+    # a ConfigMap, or the Secret of the same name once the file holds device credentials
+    assert source.get("configMap", {}).get("name") == "dcpue-collectors" \
+        or source.get("secret", {}).get("secretName") == "dcpue-collectors"
+    assert "collectors.yaml" in _k8s("ConfigMap", "dcpue-collectors")["data"]
+    assert config.name == "collectors.yaml"
+    # not inside the registry's ConfigMap mount (a mount point inside a read-only ConfigMap volume)
+    assert not any(config.is_relative_to(p) for p in mounts if p != str(config.parent) and p != "/")
+
+
+def test_k8s_collector_spool_is_on_its_volume_claim(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    statefulset = _k8s(*COLLECTOR)
+    # one pod: a second replica of the same device list would read every device twice
+    assert statefulset["spec"]["replicas"] == 1
+    spool = _collector_settings(monkeypatch, tmp_path).collect.spool
+    assert spool.path.is_absolute(), "a relative spool path is under the read-only root filesystem"
+    container = _collector_container()
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    (mount,) = [m for m in container["volumeMounts"] if spool.path.is_relative_to(m["mountPath"])]
+    claims = {t["metadata"]["name"]: t for t in statefulset["spec"]["volumeClaimTemplates"]}
+    assert mount["name"] in claims, f"{spool.path} is not on a volumeClaimTemplate: lost with the pod"
+    assert mount["name"] not in {v["name"] for v in _pod(*COLLECTOR)["volumes"]}  # a pod volume would shadow it
+    assert not mount.get("readOnly")
+    claim = claims[mount["name"]]["spec"]
+    assert claim["accessModes"] == ["ReadWriteOnce"]
+    # room for the spool's cap plus SQLite's WAL and free pages
+    requested = _bytes(claim["resources"]["requests"]["storage"])
+    assert requested >= 1.5 * spool.max_bytes, (requested, spool.max_bytes)
+    # a cap set nowhere is the settings default, which the volume must cover too
+    env = _container_env(*COLLECTOR)
+    cap = int(env.get("DCPUE_COLLECT__SPOOL__MAX_BYTES", SpoolSettings().max_bytes))
+    assert requested > cap
+    # the volume is writable by the dcpue user (uid 10001, fsGroup)
+    pod = _pod(*COLLECTOR)
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+
+def test_k8s_collector_stops_after_its_drain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    drain_s = _collector_settings(monkeypatch, tmp_path).collect.drain_s
+    # SIGKILL comes after the grace period: it must leave the drain its whole time
+    assert _pod(*COLLECTOR)["terminationGracePeriodSeconds"] > drain_s
+
+
+def test_k8s_collector_metrics_port_matches_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    collect = _collector_settings(monkeypatch, tmp_path).collect
+    assert collect.metrics_port
+    assert collect.metrics_host in ("0.0.0.0", "::")  # the kubelet and Prometheus come in on the pod's IP
+    container = _collector_container()
+    named = _named_ports(*COLLECTOR)
+    assert named == {"metrics": collect.metrics_port}
+    assert all(p.get("protocol", "TCP") == "TCP" for p in container["ports"])
+    probe = container["livenessProbe"]
+    if "httpGet" in probe:
+        assert probe["httpGet"]["path"] == "/metrics"
+        port = probe["httpGet"]["port"]
+    else:
+        port = probe["tcpSocket"]["port"]
+    assert named.get(port, port) == collect.metrics_port
+    annotations = _k8s(*COLLECTOR)["spec"]["template"]["metadata"].get("annotations", {})
+    if annotations.get("prometheus.io/scrape") == "true":
+        assert annotations["prometheus.io/port"] == str(collect.metrics_port)
+        assert annotations.get("prometheus.io/path", "/metrics") == "/metrics"
+
+
+def test_k8s_collector_headless_service() -> None:
+    statefulset = _k8s(*COLLECTOR)
+    service = _k8s("Service", statefulset["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    selector = {"matchLabels": service["spec"]["selector"]}
+    for kind, name in WORKLOADS:
+        assert _matches(selector, _pod_labels(kind, name)) == (name == "dcpue-collector"), name
+    named = _named_ports(*COLLECTOR)
+    (port,) = service["spec"]["ports"]
+    assert port["name"] == "metrics" and port.get("protocol", "TCP") == "TCP"
+    assert named.get(port["targetPort"], port["targetPort"]) == named["metrics"] == port["port"]
+    # the StatefulSet's own selector picks its pods only (copies for other device lists differ in it)
+    assert _matches(statefulset["spec"]["selector"], _pod_labels(*COLLECTOR))
+
+
+def test_k8s_collector_config_validates(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    settings = _collector_settings(monkeypatch, tmp_path)
+    assert not getattr(settings.collect, "devices", ())  # no invented devices in the shipped file
+    text = _k8s("ConfigMap", "dcpue-collectors")["data"]["collectors.yaml"]
+    assert not SECRET_KEY.search(text)  # credentials go into the Secret `dcpue-collectors`, never this ConfigMap
 
 
 def test_readme_applies_every_k8s_manifest() -> None:
@@ -436,7 +643,12 @@ def test_dockerfile_installs_extras_as_non_root() -> None:
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
     install = re.search(r"pip install [^\n]*\.\[([\w,]+)\]", text)
     assert install, "the Dockerfile must pip install the repository with extras"
-    assert {"kafka", "influx"} <= set(install.group(1).split(","))
+    # collectors: pymodbus, pysnmp, paho-mqtt, httpx, prometheus-client for `dcpue collect` and `dcpue probe`
+    assert {"kafka", "influx", "collectors"} <= set(install.group(1).split(","))
+    check = re.search(r'python -c "import ([^"]+)"', text)
+    assert check, "the image must import its clients at build time"
+    imported = {m.strip() for m in check.group(1).split(",")}
+    assert {"kafka", "influxdb_client", "pymodbus", "pysnmp", "paho.mqtt", "httpx", "prometheus_client"} <= imported
     users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert re.search(r'^ENTRYPOINT \["dcpue"\]', text, re.MULTILINE)
