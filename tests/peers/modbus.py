@@ -1,0 +1,237 @@
+"""Modbus TCP peers on 127.0.0.1 for the collector tests.
+
+- :func:`run_modbus_server`: a real pymodbus TCP server (its own asyncio loop in a background thread)
+  serving register images the test writes, per unit id; it counts the requests it receives.
+- :func:`silent_tcp_server`: accepts connections and never answers (a device that hangs).
+- :func:`short_reply_server`: answers every read with one register fewer than asked.
+- :func:`encode_value`: a value as the registers a device would send, built with :mod:`struct` and the
+  byte-order letters themselves, independently of the decoder under test.
+
+Everything is stopped and joined on exit; a thread that does not stop fails the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.servers import free_port
+
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+
+RegisterImage = Mapping[str, Mapping[int, int]]
+"""One unit's registers: ``{"holding": {address: value}, "input": {address: value}}``."""
+
+STRUCT_CODES = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "int64": "q", "uint64": "Q",
+                "float32": "f", "float64": "d"}
+
+
+def wire_order(big_endian: bytes, byte_order: str) -> bytes:
+    """Reorder a value's big-endian bytes as ``byte_order`` says they travel (letter A = most significant)."""
+    letters = "ABCDEFGH"[: len(big_endian)]
+    if sorted(byte_order) != list(letters):
+        raise ValueError(f"byte order {byte_order!r} does not fit a {len(big_endian)}-byte value")
+    return bytes(big_endian[letters.index(letter)] for letter in byte_order)
+
+
+def encode_value(value: float, data_type: str, byte_order: str = "", scale: float = 1.0,
+                 offset: float = 0.0) -> list[int]:
+    """The registers a device sends for ``value`` (``raw = (value - offset) / scale``, rounded for integers).
+
+    ``byte_order`` must be spelled for the type's width (``AB``/``BA``, 4 or 8 letters); empty means
+    big-endian.
+    """
+    code = STRUCT_CODES[data_type]
+    raw: float | int = (value - offset) / scale
+    if code not in "fd":
+        raw = int(round(raw))
+    big = struct.pack(f">{code}", raw)
+    wire = wire_order(big, byte_order or "ABCDEFGH"[: len(big)])
+    return list(struct.unpack(f">{len(wire) // 2}H", wire))
+
+
+@dataclass
+class ModbusPeer:
+    """A running pymodbus server: where it listens and how many read requests it has received."""
+
+    host: str
+    port: int
+    requests: list[tuple[int, int]] = field(default_factory=list)  # (unit id, function code)
+
+    @property
+    def address(self) -> str:
+        """``host:port``."""
+        return f"{self.host}:{self.port}"
+
+
+def _sim_device(unit_id: int, image: RegisterImage, fill_gaps: bool) -> Any:  # a pymodbus SimDevice
+    from pymodbus.simulator import DataType, SimData, SimDevice
+
+    def registers(kind: str) -> list[SimData]:
+        values = dict(image.get(kind, {}))
+        if not values:
+            return [SimData(0, count=1, datatype=DataType.INVALID)]
+        for address, value in values.items():
+            if not 0 <= value <= 0xFFFF:
+                raise ValueError(f"unit {unit_id} {kind} register {address}: {value} is not a 16-bit value")
+        runs: list[tuple[int, list[int]]] = []
+        if fill_gaps:  # one block from the lowest to the highest address, zeros in between
+            low, high = min(values), max(values)
+            runs.append((low, [values.get(a, 0) for a in range(low, high + 1)]))
+        else:  # holes stay invalid: reading them gives ILLEGAL DATA ADDRESS
+            for address in sorted(values):
+                if runs and runs[-1][0] + len(runs[-1][1]) == address:
+                    runs[-1][1].append(values[address])
+                else:
+                    runs.append((address, [values[address]]))
+        return [SimData(start, values=vals, datatype=DataType.REGISTERS) for start, vals in runs]
+
+    bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
+    # pymodbus' non-shared layout: (coils, discrete inputs, holding registers, input registers)
+    return SimDevice(unit_id, simdata=(bits, list(bits), registers("holding"), registers("input")))
+
+
+class _ServerThread(threading.Thread):
+    def __init__(self, devices: list[Any], port: int, peer: ModbusPeer) -> None:
+        super().__init__(name=f"modbus-peer-{port}", daemon=True)
+        self.devices, self.port, self.peer = devices, port, peer
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop_event: asyncio.Event | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported to the test thread by start()
+            self.error = exc
+            self.ready.set()
+
+    def _trace(self, sending: bool, pdu: Any) -> Any:  # pymodbus calls it with every PDU
+        if not sending:
+            self.peer.requests.append((pdu.dev_id, pdu.function_code))
+        return pdu
+
+    async def _serve(self) -> None:
+        from pymodbus.server import ModbusTcpServer
+
+        self.loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        server = ModbusTcpServer(self.devices, address=(HOST, self.port), trace_pdu=self._trace)
+        await server.serve_forever(background=True)  # raises if it cannot listen
+        self.ready.set()
+        try:
+            await self.stop_event.wait()
+        finally:
+            await server.shutdown()
+
+    def stop(self) -> None:
+        if self.loop is not None and self.stop_event is not None and not self.loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop already finished
+                self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.join(STOP_TIMEOUT_S)
+        if self.is_alive():
+            raise RuntimeError(f"Modbus peer on port {self.port} did not stop within {STOP_TIMEOUT_S} s")
+
+
+@contextlib.contextmanager
+def run_modbus_server(devices: Mapping[int, RegisterImage], fill_gaps: bool = True,
+                      attempts: int = 3) -> Iterator[ModbusPeer]:
+    """A pymodbus TCP server on a free 127.0.0.1 port serving ``{unit_id: register image}``.
+
+    With ``fill_gaps`` each register type of a unit is one block from its lowest to its highest
+    address (zeros between), as on a real meter whose map has no holes there; without, only the given
+    addresses exist. A unit id not in ``devices`` gets exception 4 (SERVER DEVICE FAILURE).
+    """
+    sim = [_sim_device(unit, image, fill_gaps) for unit, image in devices.items()]
+    last: BaseException | None = None
+    for _ in range(attempts):  # a port taken between free_port() and bind is retried on another
+        port = free_port()
+        peer = ModbusPeer(HOST, port)
+        thread = _ServerThread(sim, port, peer)
+        thread.start()
+        if not thread.ready.wait(START_TIMEOUT_S):
+            thread.stop()
+            raise RuntimeError(f"Modbus peer did not start within {START_TIMEOUT_S} s")
+        if thread.error is not None:
+            thread.join(STOP_TIMEOUT_S)
+            last = thread.error
+            continue
+        try:
+            yield peer
+        finally:
+            thread.stop()
+        return
+    raise RuntimeError(f"Modbus peer could not listen on 127.0.0.1: {last}")
+
+
+@contextlib.contextmanager
+def _tcp_listener(handle: Callable[[socket.socket], None]) -> Iterator[tuple[str, int]]:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((HOST, 0))
+    listener.listen()
+    connections: list[socket.socket] = []
+    stopping = threading.Event()
+
+    def accept() -> None:
+        while not stopping.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(conn)
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, name="tcp-peer", daemon=True)
+    acceptor.start()
+    try:
+        yield listener.getsockname()
+    finally:
+        stopping.set()
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        acceptor.join(STOP_TIMEOUT_S)
+        if acceptor.is_alive():
+            raise RuntimeError("TCP peer acceptor did not stop")
+
+
+@contextlib.contextmanager
+def silent_tcp_server() -> Iterator[tuple[str, int]]:
+    """``(host, port)`` of a server that accepts connections, reads requests and never answers."""
+
+    def swallow(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(1024):
+                pass
+
+    with _tcp_listener(swallow) as address:
+        yield address
+
+
+@contextlib.contextmanager
+def short_reply_server() -> Iterator[tuple[str, int]]:
+    """``(host, port)`` of a Modbus TCP server that answers each read with one register fewer than asked."""
+
+    def reply(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while request := conn.recv(260):
+                tid, _, _, unit, function, _, count = struct.unpack(">HHHBBHH", request[:12])
+                n = max(count - 1, 0)
+                body = struct.pack(">BB", function, 2 * n) + struct.pack(f">{n}H", *range(n))
+                conn.sendall(struct.pack(">HHHB", tid, 0, len(body) + 1, unit) + body)
+
+    with _tcp_listener(reply) as address:
+        yield address
