@@ -299,6 +299,76 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Read one device once and print what it answered (and, for a configured device, what would be published)."""
+    from dcpue.ingest.poller import field_values_to_readings, resolve_targets
+
+    settings = load_settings(args.config, log_level=args.log_level, registry=args.registry)
+    _configure_logging(settings.log_level)
+    if (args.url is None) == (args.device is None):
+        raise ConfigError("dcpue probe: give either a device URL or --device NAME (a device of collect.devices)")
+    if args.device is not None:
+        device = next((d for d in settings.collect.devices if d.name == args.device), None)
+        if device is None:
+            known = ", ".join(d.name for d in settings.collect.devices) or "none configured"
+            raise ConfigError(f"dcpue probe: no device named {args.device!r} in collect.devices (known: {known})")
+        # a push device (MQTT) probed under the collector's own client id would take over its session
+        for_probe = getattr(device, "for_probe", None)
+        device = for_probe() if callable(for_probe) else device
+    else:
+        from dcpue.ingest.devices import device_from_url
+
+        options: dict[str, Any] = {}
+        for item in args.option or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"dcpue probe: option {item!r} is not key=value")
+            options[key.strip()] = value
+        if args.timeout is not None:
+            options["timeout_s"] = args.timeout
+            options.setdefault("interval_s", max(args.timeout, 10.0))
+        device = device_from_url(args.url, **options)
+    reader = device.make_reader()
+    started = time.monotonic()
+    try:
+        reader.open()
+        values = reader.read()
+        malformed = list(getattr(reader, "malformed", lambda: [])())
+    finally:
+        reader.close()
+    elapsed_ms = (time.monotonic() - started) * 1000
+    now_ms = int(time.time() * 1000)
+    if args.format == "json":
+        out: dict[str, Any] = {"device": device.name, "protocol": device.protocol, "latency_ms": round(elapsed_ms, 1),
+                               "fields": [{"field": v.field, "value": None if math.isnan(v.value) else v.value,
+                                           "unit": v.unit, "quality": int(v.quality), "ts": v.ts_ms}
+                                          for v in values]}
+    else:
+        print(f"{device.protocol} device {device.name}: {len(values)} fields in {elapsed_ms:.0f} ms")
+        width = max((len(v.field) for v in values), default=5)
+        for v in values:
+            flags = "" if not v.quality else f"  [{v.quality!r}]"
+            print(f"  {v.field:<{width}}  {_fmt(v.value, 4):>14} {v.unit}{flags}")
+        for bad in malformed:
+            print(f"  malformed payload: {getattr(bad, 'reason', bad)}")
+    if device.points and settings.registry is not None:
+        targets = resolve_targets(device, load_registry(settings.registry))
+        frame, rejects = field_values_to_readings(device.site, values, targets, now_ms)
+        if args.format == "json":
+            out["publish"] = [{"site": r.site, "point": r.point, "value": None if math.isnan(r.value) else r.value,
+                               "quality": int(r.quality)} for r in frame.itertuples()]
+            out["rejects"] = [r.reason for r in rejects]
+        else:
+            print(f"would publish to site {device.site}:")
+            for r in frame.itertuples():
+                print(f"  {r.point:<{width}}  {_fmt(r.value, 4):>14}  quality {r.quality}")
+            for r in rejects:
+                print(f"  dead letter: {r.reason}")
+    if args.format == "json":
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+    return 0
+
+
 def _run_stage(stage: Any, duration: float | None, before_close: Any = None) -> None:
     """Step ``stage`` until ``duration`` or Ctrl-C/SIGTERM; then checkpoint, commit and close it."""
     end = None if duration is None else time.monotonic() + duration
@@ -453,10 +523,27 @@ def build_parser() -> argparse.ArgumentParser:
     create = topics_sub.add_parser("create", parents=[kafka_common], help="create dcpue's topics")
     create.set_defaults(func=cmd_topics_create)
 
-    collect = sub.add_parser("collect", parents=[kafka_common], help="simulated fleet → Kafka readings topic")
-    collect.add_argument("--sites", type=int, help="number of simulated sites (default 12)")
-    collect.add_argument("--speed", type=float, help="simulated seconds per real second (default 1440)")
+    collect = sub.add_parser("collect", parents=[kafka_common],
+                             help="devices of collect.devices (or, with none, the simulated fleet) → spool → Kafka")
+    collect.add_argument("--sites", type=int, help="simulator: number of simulated sites (default 12)")
+    collect.add_argument("--speed", type=float, help="simulator: simulated seconds per real second (default 1440)")
     collect.set_defaults(func=cmd_collect)
+
+    probe = sub.add_parser(
+        "probe", parents=[common], help="read one device once and print what dcpue would publish",
+        description="Read a device once. URL forms: modbus://HOST[:502]/UNIT?profile=NAME, "
+                    "snmp://COMMUNITY@HOST[:161]?profile=ups-mib (v3: snmp://USER@HOST?version=3&...), "
+                    "redfish://USER:PASS@HOST[:443] (redfish+http:// for plain HTTP), "
+                    "mqtt://[USER:PASS@]HOST[:1883]/TOPIC?format=json&value_path=...; "
+                    "or --device NAME for a device of collect.devices in --config.")
+    probe.add_argument("url", nargs="?", help="device URL (see above)")
+    probe.add_argument("--device", help="probe this device of collect.devices (with --config) instead of a URL")
+    probe.add_argument("--registry", help="site registry: with --device, also show the readings it would publish")
+    probe.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
+                       help="a device setting for a URL probe (e.g. -o verify_tls=false); repeatable")
+    probe.add_argument("--timeout", type=float, help="seconds to wait for the device (default 5)")
+    probe.add_argument("--format", choices=["table", "json"], default="table")
+    probe.set_defaults(func=cmd_probe)
 
     analyze = sub.add_parser("analyze", parents=[kafka_common],
                              help="consumer-group worker: Kafka readings → PUE windows → InfluxDB")

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dcpue.errors import ConfigError
+from dcpue.ingest.devices import AnyDevice
 from dcpue.yamlio import read_yaml
 
 
@@ -134,6 +135,17 @@ class CollectSettings(_Section):
     health_interval_s: float = Field(30, gt=0)  # how often the collector's own health record is sent
     drain_s: float = Field(10, ge=0)  # on shutdown, keep forwarding the spool this long (the rest stays on disk)
     spool: SpoolSettings = SpoolSettings()
+    devices: tuple[AnyDevice, ...] = ()  # empty: `dcpue collect` runs the fleet simulator
+
+    @field_validator("devices")
+    @classmethod
+    def _unique_names(cls, devices: tuple[AnyDevice, ...]) -> tuple[AnyDevice, ...]:
+        seen: set[str] = set()
+        for device in devices:
+            if device.name in seen:
+                raise ValueError(f"device name {device.name!r} is used twice (names key health and metrics)")
+            seen.add(device.name)
+        return devices
 
 
 class SimulatorSettings(_Section):

@@ -225,7 +225,9 @@ class DevicePoller:
         if slot.busy:
             slot.health.overruns += 1
             hung_for = now - slot.started
-            if hung_for > self.stuck_after_s * slot.config.timeout_s + 1:
+            # a read is many bounded calls (a Redfish discovery: tens of GETs), so allow two intervals too
+            limit = max(self.stuck_after_s * slot.config.timeout_s + 1, 2 * slot.config.interval_s)
+            if hung_for > limit:
                 self._failed(slot, f"read still running after {hung_for:.1f} s (timeout_s {slot.config.timeout_s})",
                              hung_for, close=False)
             return

@@ -16,6 +16,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 import psychrolib
+
 from dcpue.ingest.simulator import _noise
 
 MS_PER_DAY = 86_400_000

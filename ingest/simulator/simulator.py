@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from dcpue.ingest.simulator import _noise, climate, plant
 from dcpue.ingest.simulator.faults import SPIKE_FACTOR, FaultEvent, FaultKind, random_faults
 from dcpue.ingest.simulator.fleet import archetype_of
-
 from dcpue.model import CoolingSubsystem, Quantity, Role, readings_frame
 from dcpue.registry import Point, Registry, Site
 

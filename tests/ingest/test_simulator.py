@@ -10,9 +10,9 @@ import pandas as pd
 import psychrolib
 import pytest
 import yaml
+
 from dcpue.ingest.base import Collector
 from dcpue.ingest.simulator import FaultKind, FleetSimulator, archetype_of, climate, generate_fleet
-
 from dcpue.model import READING_COLUMNS, CoolingSubsystem, Quantity, Role
 from dcpue.registry import dump_registry, load_registry, parse_registry
 from dcpue.wire import decode_batch, encode_frame
