@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from dcpue.analytics.energy import EnergyParams, point_windows
 from dcpue.analytics.pue import MetricParams, group_metrics, site_flows, window_metrics
 from dcpue.analytics.stream import FLEET_ID, window_ends, window_starts
-
 from dcpue.registry import Registry
 from dcpue.results import WINDOWS, Scope, conform_windows, empty_windows
 from dcpue.settings import EngineSettings

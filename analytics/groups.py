@@ -14,8 +14,8 @@ import zlib
 
 import numpy as np
 import pandas as pd
-from dcpue.analytics.pue import MetricParams, group_metrics
 
+from dcpue.analytics.pue import MetricParams, group_metrics
 from dcpue.results import ROLLING_ANNUAL, Scope, conform_windows, empty_windows
 
 DAY_MS = 86_400_000

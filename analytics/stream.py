@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
 from dcpue.analytics.energy import EnergyParams, point_windows
 from dcpue.analytics.groups import FLEET_ID, GroupAggregator
 from dcpue.analytics.pue import (
@@ -27,7 +28,6 @@ from dcpue.analytics.pue import (
     site_flows,
     window_metrics,
 )
-
 from dcpue.model import empty_readings, readings_frame
 from dcpue.registry import Registry
 from dcpue.results import ROLLING_ANNUAL, WINDOWS, empty_windows

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dcpue.analytics.batch import batch_windows
 
 from dcpue.adapters.influxdb import InfluxSink
 from dcpue.adapters.lineprotocol import dead_letters_to_lines, inventory_to_lines, readings_to_lines, windows_to_lines
+from dcpue.analytics.batch import batch_windows
 from dcpue.errors import SinkError
 from dcpue.model import Quality, readings_frame
 from dcpue.settings import InfluxSettings

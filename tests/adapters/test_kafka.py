@@ -6,9 +6,9 @@ import json
 
 import pandas as pd
 import pytest
-from dcpue.analytics.batch import batch_windows
 
 from dcpue.adapters.kafka import KafkaConsumerAdapter, KafkaProducerAdapter, create_topics
+from dcpue.analytics.batch import batch_windows
 from dcpue.runtime.store import FileStore
 from dcpue.runtime.worker import AnalyticsWorker
 from dcpue.settings import BusSettings, KafkaSettings, Settings, TopicSettings

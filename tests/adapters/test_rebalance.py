@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dcpue.analytics.stream import StreamEngine
 
 from dcpue.adapters.kafka import KafkaProducerAdapter, connection_config
+from dcpue.analytics.stream import StreamEngine
 from dcpue.registry import dump_registry
 from dcpue.settings import KafkaSettings, Settings
 from dcpue.wire import decode_windows, encode_frame

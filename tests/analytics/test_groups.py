@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from dcpue.analytics.groups import HOLD_MS, GroupAggregator
 from dcpue.analytics.stream import StreamEngine
-
 from dcpue.results import conform_windows
 from tests.factories import GUI_AN, T0, counter_series, power_series, registry, simple_site
 

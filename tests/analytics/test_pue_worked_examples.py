@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from dcpue.analytics.batch import batch_windows
 from dcpue.analytics.energy import EnergyParams, point_windows
 from dcpue.analytics.pue import grade
-
 from dcpue.model import Quality, readings_frame
 from dcpue.settings import EngineSettings
 from tests.factories import GUI_AN, MIN, T0, counter_series, point, power_series, registry, simple_site, site

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from dcpue.analytics.batch import batch_windows
 from dcpue.analytics.stream import StreamEngine, window_ends, window_starts
-
 from dcpue.settings import EngineSettings
 from tests.factories import GUI_AN, MIN, T0, counter_series, power_series, registry, simple_site
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from dcpue.analytics.stream import StreamEngine
 
+from dcpue.analytics.stream import StreamEngine
 from dcpue.runtime.aggregator import CHUNK_BYTES, GroupWorker, chunk_state, unchunk_state
 from dcpue.runtime.bus import InProcessBus
 from dcpue.runtime.sinks import BusResultSink
