@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -271,6 +272,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
             raise ConfigError("dcpue collect: devices are configured but no site registry is given "
                               "(--registry or `registry:`): it says which unit each mapped point is in")
         registry = load_registry(settings.registry)
+        from dcpue.ingest.poller import check_devices
+
+        check_devices(devices, registry, str(args.config or os.environ.get("DCPUE_CONFIG") or "settings"))
     else:
         registry = _demo_registry(settings)
         start_ms = _sim_start_ms(settings)

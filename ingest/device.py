@@ -97,6 +97,11 @@ class DeviceConfig(BaseModel):
         """The jitter actually applied [s]."""
         return self.interval_s * 0.1 if self.jitter_s is None else min(self.jitter_s, self.interval_s)
 
+    def declared_unit(self, field: str) -> str | None:
+        """The unit ``field`` will be reported in, when the configuration already says so (profiles,
+        subscriptions), else None (known only once read). Lets a wrong mapping fail at start-up."""
+        return None
+
     def make_reader(self) -> DeviceReader:
         """A reader for this device (no I/O until :meth:`DeviceReader.open`)."""
         raise NotImplementedError

@@ -576,6 +576,10 @@ class ModbusDeviceConfig(DeviceConfig):
         """Every field read from the device, with ``byte_order`` and ``unit_id`` filled in."""
         return self._resolved
 
+    def declared_unit(self, field: str) -> str | None:
+        """The unit the profile (or an inline field) gives ``field``."""
+        return next((f.unit for f in self._resolved if f.name == field), None)
+
     @property
     def effective_max_gap(self) -> int:
         """The ``max_gap`` read planning uses [registers]."""

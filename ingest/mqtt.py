@@ -380,6 +380,15 @@ class MqttDeviceConfig(DeviceConfig):
         for ``timeout_s``."""
         return self.model_validate(self.model_dump() | _probe_settings(self.timeout_s))
 
+    def declared_unit(self, field: str) -> str | None:
+        """The unit of the first subscription whose field template can produce ``field``."""
+        for sub in self.subscriptions:
+            pattern = "".join(re.escape(literal) + ("" if name is None else r"[A-Za-z0-9_.:-]+")
+                              for literal, name, _, _ in string.Formatter().parse(sub.field))
+            if re.fullmatch(pattern, field):
+                return sub.unit
+        return None
+
     def make_reader(self) -> MqttReader:
         """A reader for this device (no I/O until :meth:`MqttReader.open`)."""
         return MqttReader(self)

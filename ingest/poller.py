@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from dcpue.errors import CollectorError
+from dcpue.errors import CollectorError, ConfigError
 from dcpue.ingest.device import DeviceConfig, DeviceReader, FieldValue
 from dcpue.model import Quality, Quantity, readings_frame, unit_factor
 from dcpue.ports import Producer
@@ -102,7 +102,8 @@ def down_readings(site: str, targets: dict[str, PointTarget], ts_ms: int) -> pd.
 
 
 def resolve_targets(device: DeviceConfig, registry: Registry) -> dict[str, PointTarget]:
-    """The registry points ``device.points`` names; raises :class:`ValueError` naming what is missing."""
+    """The registry points ``device.points`` names; raises :class:`ValueError` naming what is missing, or a
+    field whose declared unit cannot be converted to its point's (volts mapped to a power point)."""
     site = registry.site_map.get(device.site)
     if site is None:
         raise ValueError(f"device {device.name!r}: site {device.site!r} is not in the registry")
@@ -113,8 +114,31 @@ def resolve_targets(device: DeviceConfig, registry: Registry) -> dict[str, Point
         if point is None:
             raise ValueError(f"device {device.name!r}: field {field_name!r} maps to point {point_id!r}, "
                              f"which site {device.site!r} does not have")
+        unit = device.declared_unit(field_name)
+        if unit is not None:
+            try:
+                unit_factor(point.quantity, unit)
+            except ValueError as exc:
+                raise ValueError(f"device {device.name!r}: field {field_name!r} is in {unit or 'no unit'!r}, "
+                                 f"point {point_id!r} measures {point.quantity.value}: {exc}") from None
         targets[field_name] = PointTarget(point.id, point.quantity, point.unit)
     return targets
+
+
+def check_devices(devices: Iterable[DeviceConfig], registry: Registry, source: str) -> None:
+    """Check every device's mapping against ``registry`` before anything is polled.
+
+    Raises :class:`~dcpue.errors.ConfigError` listing each problem with ``source`` (the config file)
+    and the device's position, e.g. ``collectors.yaml: field 'collect.devices.2.points': …``.
+    """
+    problems = []
+    for i, device in enumerate(devices):
+        try:
+            resolve_targets(device, registry)
+        except ValueError as exc:
+            problems.append(f"{source}: field 'collect.devices.{i}.points': {exc}")
+    if problems:
+        raise ConfigError("invalid collector configuration:\n  " + "\n  ".join(problems))
 
 
 @dataclass

@@ -533,6 +533,14 @@ class SnmpDeviceConfig(DeviceConfig):
         """``host:port`` (IPv6 hosts in brackets)."""
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    def declared_unit(self, field: str) -> str | None:
+        """The unit the first profile producing ``field`` gives it."""
+        for profile in self.loaded_profiles():
+            for pattern, unit in profile.field_patterns():
+                if pattern.fullmatch(field):
+                    return unit
+        return None
+
     def loaded_profiles(self) -> list[SnmpProfile]:
         """The configured profiles, in order."""
         return [load_profile(ref) for ref in self.profiles]

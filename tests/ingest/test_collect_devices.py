@@ -84,14 +84,15 @@ def test_collect_reads_every_protocol_and_isolates_broken_devices(tansu_broker, 
         devices = [
             {"protocol": "modbus", "name": "meter", "site": SITE, "host": meter.host, "port": meter.port,
              "profile": "eastron-sdm630", "interval_s": 0.5, "timeout_s": 0.5,
-             "points": {"active_power_total_w": "facility.power", "energy_import_kwh": "facility.energy",
-                        "voltage_l1_v": "cool.crah"}},  # volts on a power point: must be dead-lettered
+             "points": {"active_power_total_w": "facility.power", "energy_import_kwh": "facility.energy"}},
             {"protocol": "snmp", "name": "ups", "site": SITE, "host": snmp_agent.host, "port": snmp_agent.port,
              "community": "eaton", "profiles": ["xups-mib"], "interval_s": 1, "timeout_s": 1,
              "points": {"output_l1_power_w": "it.ups"}},
             {"protocol": "redfish", "name": "bmc", "site": SITE, "url": rackmount1_server.url, "auth": "basic",
              "interval_s": 1, "timeout_s": 1,
-             "points": {"chassis.1U.power_consumed_w": "it.servers", "chassis.1U.inlet_temp_c": "sensor.bmc-inlet"}},
+             "points": {"chassis.1U.power_consumed_w": "it.servers", "chassis.1U.inlet_temp_c": "sensor.bmc-inlet",
+                        # a sensor's unit is known only once read: °C on a power point must be dead-lettered
+                        "chassis.1U.sensor.IntakeTemp": "cool.crah"}},
             {"protocol": "mqtt", "name": "racks", "site": SITE, "host": mosquitto.host, "port": mosquitto.port,
              "interval_s": 0.5, "timeout_s": 0.5,
              "subscriptions": [{"topic": f"{mqtt_root}/+/inlet", "field": "rack_{1}_inlet_temp_c", "unit": "°C",
@@ -173,5 +174,6 @@ def test_collect_reads_every_protocol_and_isolates_broken_devices(tansu_broker, 
 
     letters = topic_values(tansu_broker.bootstrap_servers, f"{prefix}.dead_letters.v1")
     reasons = [json.loads(v) for v in letters]
-    assert any(r["field"] == "voltage_l1_v" and r["point"] == "cool.crah" and r["unit"] == "V" for r in reasons)
+    assert any(r["field"] == "chassis.1U.sensor.IntakeTemp" and r["point"] == "cool.crah" and r["unit"] == "°C"
+               and r["device"] == "bmc" for r in reasons), reasons
     assert not math.isnan(reasons[0]["value"])
