@@ -40,6 +40,9 @@ def _configure_logging(level: str) -> None:
         level=level, stream=sys.stderr,
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
+    if level != "DEBUG":
+        # pymodbus logs every failed request at ERROR; the poller reports each device's failure once
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 def _fmt(value: float, digits: int = 3) -> str:

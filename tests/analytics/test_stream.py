@@ -224,3 +224,18 @@ def test_a_restored_snapshot_continues_exactly_as_without_restart():
     assert got.index.equals(want.index)
     np.testing.assert_allclose(got["facility_kwh"], want["facility_kwh"])
     np.testing.assert_allclose(got["pue"].fillna(-1), want["pue"].fillna(-1))
+
+
+def test_collector_down_markers_leave_every_figure_as_it_was(reg):
+    from dcpue.model import Quality, readings_frame
+
+    readings = fleet_readings(180)
+    # a collector that could not reach a's UPS every 5 minutes published NaN flagged COLLECTOR_DOWN
+    marks_ts = T0 + np.arange(0, 180, 5) * MIN + 30_000
+    marks = readings_frame("a", "it.ups", marks_ts, np.nan, int(Quality.COLLECTOR_DOWN))
+    with_marks = pd.concat([readings, marks], ignore_index=True).sort_values("ts", kind="stable")
+    plain = run(StreamEngine(reg, EngineSettings()), chunked(readings, 7))
+    marked = run(StreamEngine(reg, EngineSettings()), chunked(with_marks, 7))
+    columns = ["scope", "id", "window", "start_ms", "pue", "facility_kwh", "it_kwh"]
+    pd.testing.assert_frame_equal(plain[columns].sort_values(columns[:4]).reset_index(drop=True),
+                                  marked[columns].sort_values(columns[:4]).reset_index(drop=True))
