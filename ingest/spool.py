@@ -259,6 +259,7 @@ class Forwarder:
         self.send_timeout_s = send_timeout_s
         self.wake = threading.Event()
         self._stop = threading.Event()
+        self._hurry = threading.Event()  # cuts a backoff short while stopping
         self._thread: threading.Thread | None = None
         self._producer: Producer | None = None
         self.bus_up = False
@@ -277,7 +278,8 @@ class Forwarder:
     def stop(self, drain_s: float = 10.0) -> None:
         """Stop after trying for up to ``drain_s`` to empty the spool (what remains stays on disk)."""
         deadline = time.monotonic() + drain_s
-        while self.spool.depth and self.bus_up and time.monotonic() < deadline:
+        self._hurry.set()
+        while self.spool.depth and time.monotonic() < deadline and self._thread is not None:
             self.wake.set()
             time.sleep(0.05)
         self._stop.set()
@@ -338,4 +340,7 @@ class Forwarder:
                 self._drop_producer()
                 self._set_bus(False)
                 backoff = min(self.max_backoff_s, max(0.5, backoff * 2))
-                self._stop.wait(backoff)
+                if self._hurry.is_set():  # stopping: retry often until drain_s is over
+                    self._stop.wait(0.2)
+                else:
+                    self._hurry.wait(backoff)
