@@ -259,14 +259,6 @@ class DevicePoller:
         slot.started = now
         self._pool.submit(self._poll, slot)
 
-    def poll_once(self, device_name: str) -> DeviceHealth:
-        """Read one device now, on the calling thread (for tests and ``dcpue probe``-like checks)."""
-        slot = next(s for s in self._slots if s.config.name == device_name)
-        slot.busy = True
-        slot.started = time.monotonic()
-        self._poll(slot)
-        return slot.health
-
     def _poll(self, slot: _Slot) -> None:
         try:
             with slot.lock:
