@@ -38,7 +38,8 @@ import pytest
 from tests.servers import Server, _http_ready, _missing, free_port, run_server
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_REDFISH = REPO.parent / "shared" / "data" / "redfish"
+# ../shared/data/redfish beside the checkout; DCPUE_REDFISH_MOCKUPS points elsewhere for other layouts
+SHARED_REDFISH = Path(os.environ.get("DCPUE_REDFISH_MOCKUPS") or REPO.parent / "shared" / "data" / "redfish")
 RACKMOUNT1 = SHARED_REDFISH / "public-rackmount1"
 CDU1_MOCKUP = REPO / "tests" / "data" / "redfish" / "cdu1"
 REDFISH_ROOT = "/redfish/v1"
