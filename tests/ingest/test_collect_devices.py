@@ -29,7 +29,7 @@ from tests.peers.snmp import parse_snmprec, run_snmpsim, standard_recordings
 from tests.servers import distributed_env, free_port, tansu_broker, unique_name
 
 __all__ = ["mosquitto", "rackmount1_server", "tansu_broker"]  # fixtures
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
 SITE = "lab-1"
 POWER_W, ENERGY_KWH, VOLTAGE_V = 123_456.0, 1000.5, 231.5

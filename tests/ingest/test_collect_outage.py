@@ -28,7 +28,7 @@ from dcpue.wire import decode_batch
 from tests.peers.netcut import kafka_behind_netcut
 from tests.servers import distributed_env, unique_name
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 START = "2026-01-01"
 
 

@@ -383,6 +383,7 @@ def image_of(values: dict[ModbusField, float], byte_order: str | None = None) ->
     return image
 
 
+@pytest.mark.integration
 def test_reads_every_type_and_byte_order_over_tcp():
     fields, values, address = [], {}, 0
     for n, (data_type, order) in enumerate(table()):
@@ -404,6 +405,7 @@ def test_reads_every_type_and_byte_order_over_tcp():
     assert len(peer.requests) == len(reader.blocks) == 2  # one read per register type
 
 
+@pytest.mark.integration
 def test_scale_and_offset_over_tcp():
     temp = field("supply_temp_c", 0, "int16", scale=0.1, offset=-40.0, unit="°C", valid_range=(-50, 100))
     energy = field("energy_kwh", 1, "uint32", scale=0.001, unit="kWh", valid_range=(0, 1e7))
@@ -421,6 +423,7 @@ def test_scale_and_offset_over_tcp():
     assert all(fv.quality == Quality.GOOD for fv in got.values())
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", SHIPPED)
 def test_each_shipped_profile_reads_over_tcp(name):
     profile = load_profile(name)
@@ -458,6 +461,7 @@ def sdm630_image(swapped: dict[str, float]) -> tuple[dict, dict[str, float]]:
     return image, values
 
 
+@pytest.mark.integration
 def test_first_read_check_catches_word_swapped_floats(caplog):
     image, _ = sdm630_image({"active_power_total_w": 12345.6, "voltage_l1_v": 230.0})
     caplog.set_level(logging.WARNING, logger="dcpue.ingest.modbus")
@@ -490,6 +494,7 @@ def test_first_read_check_catches_word_swapped_floats(caplog):
     assert reader.suggested_byte_order is None  # 12 of 14 fields are right as configured
 
 
+@pytest.mark.integration
 def test_word_swapped_device_gets_a_device_wide_suggestion_and_the_override_fixes_it():
     profile = load_profile("eastron-sdm630")
     sent = {f.name: plausible_value(f) for f in profile.fields} | {"energy_export_kwh": 0.0}
@@ -523,6 +528,7 @@ def test_sanity_check_without_a_plausible_alternative():
 # --- errors -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_refused_connection():
     port = free_port()  # nothing listens there
     reader = device("127.0.0.1", port, profile="abb-b23", name="pdu-7").make_reader()
@@ -533,6 +539,7 @@ def test_refused_connection():
     assert not reader.connected
 
 
+@pytest.mark.integration
 def test_timeout_when_the_device_never_answers():
     with silent_tcp_server() as (host, port):
         reader = device(host, port, profile="abb-b23", timeout_s=0.3).make_reader()
@@ -547,6 +554,7 @@ def test_timeout_when_the_device_never_answers():
     assert not reader.connected  # dropped, so a late reply cannot answer the next request
 
 
+@pytest.mark.integration
 def test_illegal_address_exception():
     image = {"holding": {a: 0 for a in range(10)}}
     temp = field("supply_temp_c", 100, "int16", scale=0.1, unit="°C")
@@ -562,6 +570,7 @@ def test_illegal_address_exception():
     assert f"at {peer.address} (unit 1)" in text
 
 
+@pytest.mark.integration
 def test_unknown_unit_id_exception():
     with run_modbus_server({1: {"holding": {0: 1}}}) as peer:
         reader = device(peer.host, peer.port, unit_id=9, fields=[field("x", 0, "uint16")]).make_reader()
@@ -570,6 +579,7 @@ def test_unknown_unit_id_exception():
         reader.close()
 
 
+@pytest.mark.integration
 def test_short_response():
     with short_reply_server() as (host, port):
         reader = device(host, port, fields=[field("x", 0, "float64")]).make_reader()
@@ -578,6 +588,7 @@ def test_short_response():
         reader.close()
 
 
+@pytest.mark.integration
 def test_reader_reconnects_after_close():
     with run_modbus_server({1: {"input": dict(enumerate(registers_for(50.0, "float32", "ABCD"), start=70))}}) as peer:
         reader = device(peer.host, peer.port, fields=[
