@@ -1,0 +1,1 @@
+"""Alert delivery: receivers, payload formats, signing, the durable outbox and its delivery log."""
