@@ -263,6 +263,23 @@ def plant(p: dict[str, np.ndarray], it_kw: np.ndarray, light_kw: np.ndarray, w: 
     }
 
 
+COOLING_POWERS = ("crah", "chiller", "pump", "cooling_tower", "dry_cooler", "cdu")  # subsystem keys of plant()
+
+
+def degrade_cooling(st: dict[str, np.ndarray], factor: np.ndarray) -> dict[str, np.ndarray]:
+    """The plant of :func:`plant` drawing ``factor`` × its normal power [-] (fouled coils, a failed
+    economizer): every cooling subsystem scales, the effective COP falls by the same factor and
+    the extra chiller work is rejected by the cooling towers. Heat removed and temperatures are
+    unchanged (the plant still does its job, at a higher price). Returns a new dict."""
+    out = dict(st)
+    for name in COOLING_POWERS:
+        out[name] = st[name] * factor
+    out["cop"] = st["cop"] / factor
+    towers = st["tower_heat"] > 0.0  # tower_heat = q_air + chiller where a tower rejects the heat
+    out["tower_heat"] = np.where(towers, st["tower_heat"] + (factor - 1.0) * st["chiller"], st["tower_heat"])
+    return out
+
+
 def tower_makeup_l(tower_heat_kw: np.ndarray, dt_s: float) -> np.ndarray:
     """Cooling-tower makeup water per sample [L]: evaporation (latent share of heat / h_fg) plus blowdown."""
     evap_kg_s = TOWER_LATENT_SHARE * tower_heat_kw / H_FG_KJ_PER_KG

@@ -8,6 +8,7 @@ Counters are the only state: they integrate the true power of each sample exactl
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +17,14 @@ import numpy as np
 import pandas as pd
 
 from dcpue.ingest.simulator import _noise, climate, plant
-from dcpue.ingest.simulator.faults import SPIKE_FACTOR, FaultEvent, FaultKind, random_faults
+from dcpue.ingest.simulator.faults import (
+    DEFAULT_MAGNITUDE,
+    PLANT_EVENTS,
+    SPIKE_FACTOR,
+    FaultEvent,
+    FaultKind,
+    random_faults,
+)
 from dcpue.ingest.simulator.fleet import archetype_of
 from dcpue.model import CoolingSubsystem, Quantity, Role, readings_frame
 from dcpue.registry import Point, Registry, Site
@@ -222,13 +230,40 @@ class FleetSimulator:
 
     # -- faults -----------------------------------------------------------------------------------
     def inject(self, site: str, point: str | None, kind: str | FaultKind, start_ms: int,
-               duration_s: float = 0) -> FaultEvent:
-        """Schedule a fault. ``point`` is ignored (use ``None``) for ``outage``; ``counter_reset``
-        needs a counter point. Samples already returned are not changed: a fault starting
-        earlier takes effect from the next sample."""
-        kind = FaultKind(kind)
+               duration_s: float = 0, magnitude: float | None = None) -> FaultEvent:
+        """Schedule a fault on ``site`` from ``start_ms`` [ms] for ``duration_s`` [s].
+
+        Meter and collector faults (``stuck``, ``gap``, ``spike``, ``counter_reset``, ``outage``):
+        ``point`` is ignored (use ``None``) for ``outage``; ``counter_reset`` needs a counter point.
+
+        Plant events change the physics, consistently in every meter of the site, and need a
+        positive duration; ``magnitude`` defaults to ``DEFAULT_MAGNITUDE`` of the kind:
+
+        * ``cooling_degraded`` (``point=None``): the cooling plant draws ``magnitude`` × its normal
+          power [-] (default 1.6); facility meters, the energy counter and transformer losses follow.
+        * ``hot_aisle``: rack-inlet sensors read ``magnitude`` [K] above normal (default 6 K);
+          every rack-inlet sensor of the site with ``point=None``, else only that sensor.
+        * ``fw_supply_high`` (liquid and hybrid sites): the facility-water supply reads
+          ``magnitude`` [K] above normal (default 8 K); ``point`` is ``None`` or that sensor.
+
+        Samples already returned are not changed: a fault starting earlier takes effect from the
+        next sample. Raises ``ValueError`` for a point, duration or magnitude that does not fit.
+        """
+        try:
+            kind = FaultKind(kind)
+        except ValueError:
+            valid = ", ".join(k.value for k in FaultKind)
+            raise ValueError(f"unknown fault kind {kind!r} (valid: {valid})") from None
         s = self._index(site)
-        if kind is FaultKind.OUTAGE:
+        if kind in PLANT_EVENTS:
+            point = self._plant_event_point(s, kind, point)
+            magnitude = self._plant_event_magnitude(kind, magnitude)
+            if not duration_s > 0:
+                raise ValueError(f"{kind.value} needs a positive duration_s, got {duration_s}")
+        elif magnitude is not None:
+            plant_kinds = ", ".join(sorted(k.value for k in PLANT_EVENTS))
+            raise ValueError(f"magnitude applies to plant events only ({plant_kinds}), not to {kind.value}")
+        elif kind is FaultKind.OUTAGE:
             point = None
         else:
             pmap = self._sites[s].point_map
@@ -239,9 +274,35 @@ class FleetSimulator:
                                  "water_volume")
         start = max(int(start_ms), self.last_polled_ms + 1)
         end = start + max(int(duration_s * 1000), self.dt_ms if kind is FaultKind.SPIKE else 0)
-        event = FaultEvent(site, point, kind, start, end, "manual")
+        event = FaultEvent(site, point, kind, start, end, "manual", math.nan if magnitude is None else magnitude)
         self._manual.append(event)
         return event
+
+    def _plant_event_point(self, s: int, kind: FaultKind, point: str | None) -> str | None:
+        """Check the target of a plant event: ``None`` (site-wide) or a sensor the event affects."""
+        site = self._sites[s].id
+        if kind is FaultKind.COOLING_DEGRADED:
+            if point is not None:
+                raise ValueError(f"cooling_degraded affects the whole plant of {site!r}: pass point=None, "
+                                 f"not {point!r}")
+            return None
+        source = "rack_inlet_c" if kind is FaultKind.HOT_AISLE else "fw_supply_c"
+        sensors = sorted(sig.point for sig in self._signals[s] if sig.source == source)
+        location = "rack_inlet" if kind is FaultKind.HOT_AISLE else "fw_supply"
+        if not sensors:
+            raise ValueError(f"site {site!r} has no {location} temperature sensor for {kind.value}")
+        if point is not None and point not in sensors:
+            raise ValueError(f"{kind.value} on {site!r} needs point=None or a {location} temperature sensor "
+                             f"(valid: {', '.join(sensors)}), got {point!r}")
+        return point
+
+    @staticmethod
+    def _plant_event_magnitude(kind: FaultKind, magnitude: float | None) -> float:
+        value = DEFAULT_MAGNITUDE[kind] if magnitude is None else float(magnitude)
+        if not math.isfinite(value) or (kind is FaultKind.COOLING_DEGRADED and value <= 0.0):
+            need = "a positive power ratio" if kind is FaultKind.COOLING_DEGRADED else "a finite rise [K]"
+            raise ValueError(f"{kind.value} magnitude must be {need}, got {magnitude}")
+        return value
 
     @property
     def faults_log(self) -> list[FaultEvent]:
@@ -253,12 +314,14 @@ class FleetSimulator:
 
     # -- ground truth -----------------------------------------------------------------------------
     def true_state(self, ts_ms: np.ndarray | list[int]) -> pd.DataFrame:
-        """The noise-free simulated state at ``ts_ms`` with the current setpoints (one row per site and time).
+        """The noise-free simulated state at ``ts_ms`` with the current setpoints and the injected
+        plant events (one row per site and time).
 
         Columns include ``it_kw`` (UPS output, category 1), ``facility_kw`` (grid import), ``pv_kw``,
         ``cooling_kw`` and each cooling subsystem [kW], ``ups_loss``, ``tx_loss``, ``lighting_kw``,
         ``dry_bulb_c``, ``wet_bulb_c``, ``rh_pct``, ``rack_inlet_c``, ``free_cooling`` [0..1].
-        ``(facility_kw + pv_kw) / it_kw`` is the site's true PUE.
+        ``(facility_kw + pv_kw) / it_kw`` is the site's true PUE. A ``hot_aisle`` event on a single
+        sensor shows in that sensor's readings only, not in the room's ``rack_inlet_c``.
         """
         ts = np.asarray(ts_ms, dtype=np.int64)
         state = self._physics(ts)
@@ -342,6 +405,7 @@ class FleetSimulator:
         light = p["racks"] * p["light_kw_per_rack"] * (0.35 + 0.65 * plant.daylight(hour))
         sp = self._setpoint_arrays()
         st = plant.plant(p, it, light, w, sp)
+        st = self._apply_plant_events(st, ts)
         cooling = st["crah"] + st["chiller"] + st["pump"] + st["cooling_tower"] + st["dry_cooler"] + st["cdu"]
         load = it + cooling + st["ups_loss"] + light
         tx = plant.transformer_loss_kw(load, p["design_kw"] * p["tx_ratio"], p["tx_p0"], p["tx_pk"])
@@ -362,6 +426,29 @@ class FleetSimulator:
         )
         for name, arr in sp.items():
             st[f"sp:{name}"] = np.broadcast_to(arr, it.shape)
+        return st
+
+    def _apply_plant_events(self, st: dict[str, np.ndarray], ts: np.ndarray) -> dict[str, np.ndarray]:
+        """The plant state with the site-wide plant events active at ``ts`` (manual only: their random
+        rate is 0). Builds (S, T) factor and offset arrays from each event's site row and time
+        window, so the rest of :meth:`_physics` (facility power, transformer loss, counters) follows."""
+        events = [e for e in self._manual if e.kind in PLANT_EVENTS and e.start_ms <= ts[-1] and e.end_ms > ts[0]]
+        if not events:  # leave the arrays untouched: identical to a simulator without plant events
+            return st
+        shape = st["rack_inlet_c"].shape
+        factor, inlet_rise, fw_rise = np.ones(shape), np.zeros(shape), np.zeros(shape)
+        for e in events:
+            s = self._index(e.site)
+            window = (ts >= e.start_ms) & (ts < e.end_ms)
+            if e.kind is FaultKind.COOLING_DEGRADED:
+                factor[s, window] *= e.magnitude
+            elif e.kind is FaultKind.HOT_AISLE and e.point is None:  # one sensor: see _site_frame
+                inlet_rise[s, window] += e.magnitude
+            elif e.kind is FaultKind.FW_SUPPLY_HIGH:
+                fw_rise[s, window] += e.magnitude
+        st = plant.degrade_cooling(st, factor)
+        st["rack_inlet_c"] = st["rack_inlet_c"] + inlet_rise
+        st["fw_supply_c"] = st["fw_supply_c"] + fw_rise
         return st
 
     def _events_for(self, s: int, site: Site, ts: np.ndarray) -> list[FaultEvent]:
@@ -393,8 +480,14 @@ class FleetSimulator:
         dt_h = self.dt_ms / 3_600_000.0
         point_keys = np.array([_crc(sig.point) for sig in sigs], dtype=np.int64)[:, None]
         meter_noise = _noise.normal(self.seed, 0x40, site.id, point_keys, ts[None, :])  # (P, T)
+        # a hot aisle at one rack: only that sensor reads warmer (site-wide ones are in _physics)
+        hot_spots = [e for e in self._manual if e.kind is FaultKind.HOT_AISLE and e.site == site.id
+                     and e.point is not None]
         for i, sig in enumerate(sigs):
             series = state[sig.source][s] * sig.share
+            for e in hot_spots:
+                if e.point == sig.point:
+                    series[(ts >= e.start_ms) & (ts < e.end_ms)] += e.magnitude
             if sig.quantity in (Quantity.ENERGY, Quantity.WATER_VOLUME):
                 per_hour = series * (3600.0 if sig.quantity is Quantity.WATER_VOLUME else 1.0)  # L/s -> L/h
                 values[i] = self._counter(site.id, sig, per_hour * dt_h, ts, events)

@@ -12,7 +12,16 @@ import pytest
 import yaml
 
 from dcpue.ingest.base import Collector
-from dcpue.ingest.simulator import FaultKind, FleetSimulator, archetype_of, climate, generate_fleet
+from dcpue.ingest.simulator import (
+    FaultEvent,
+    FaultKind,
+    FleetSimulator,
+    archetype_of,
+    climate,
+    faults,
+    generate_fleet,
+    plant,
+)
 from dcpue.model import READING_COLUMNS, CoolingSubsystem, Quantity, Role
 from dcpue.registry import dump_registry, load_registry, parse_registry
 from dcpue.wire import decode_batch, encode_frame
@@ -226,6 +235,13 @@ def test_readings_do_not_depend_on_how_polls_are_chunked(fleet):
         sim.inject(site, "env.supply-air", "spike", start + 26 * HOUR_MS, 0)
         sim.inject(site, None, "outage", start + 40 * HOUR_MS, 1800)
         sim.inject(site, "cool.crah-1", "gap", start + 47 * HOUR_MS, 3 * 3600)  # runs past the end
+        # plant events, overlapping the meter faults above and each other
+        sim.inject(site, None, "cooling_degraded", start + 3 * HOUR_MS + 30_000, 30 * 3600, magnitude=1.4)
+        sim.inject(site, None, "hot_aisle", start + 10 * HOUR_MS, 4 * 3600)
+        sim.inject(site, "env.rack-inlet-2", "hot_aisle", start + 12 * HOUR_MS, 40 * 3600, magnitude=3.0)
+        liquid = site_of(fleet, "liquid").id
+        sim.inject(liquid, None, "fw_supply_high", start + 23 * HOUR_MS, 3 * 3600)
+        sim.inject(liquid, None, "cooling_degraded", start + 24 * HOUR_MS, 30 * 3600)  # runs past the end
         return sim
 
     one = make()
@@ -238,7 +254,9 @@ def test_readings_do_not_depend_on_how_polls_are_chunked(fleet):
         parts += chunked.poll(t)
     pd.testing.assert_frame_equal(whole, collect(parts))
     assert one.faults_log == chunked.faults_log
-    assert len(one.faults_log) >= 4
+    assert len(one.faults_log) >= 9
+    assert {FaultKind.COOLING_DEGRADED, FaultKind.HOT_AISLE, FaultKind.FW_SUPPLY_HIGH} <= {
+        e.kind for e in one.faults_log}
 
 
 # -- physics --------------------------------------------------------------------------------------
@@ -457,6 +475,199 @@ def test_counters_only_fall_at_resets_or_rollover(fleet):
             checked += 1
     assert checked >= len(fleet.sites)
     assert any(e.kind is FaultKind.COUNTER_RESET for e in log)
+
+
+# -- plant events ---------------------------------------------------------------------------------
+
+PLANT_KINDS = (FaultKind.COOLING_DEGRADED, FaultKind.HOT_AISLE, FaultKind.FW_SUPPLY_HIGH)
+
+
+def test_plant_events_are_manual_only_and_change_no_existing_output(fleet, monkeypatch):
+    # random rate 0, and appended after the meter faults: the draws of those keep their keys
+    assert all(faults.FAULT_RATES[k] == 0.0 for k in PLANT_KINDS)
+    assert list(faults.FAULT_RATES)[:5] == [FaultKind.GAP, FaultKind.STUCK, FaultKind.SPIKE,
+                                           FaultKind.COUNTER_RESET, FaultKind.OUTAGE]
+    day0 = JAN // DAY_MS
+
+    def schedule() -> list[FaultEvent]:
+        return [e for site in fleet.sites for day in range(day0, day0 + 120)
+                for e in faults.random_faults(7, site.id, day, sorted(site.point_map),
+                                              sorted(p.id for p in site.points if p.is_counter))]
+
+    def day_of_readings() -> pd.DataFrame:
+        return collect(FleetSimulator(fleet, seed=7, start_ms=JAN, faults=True).poll(JAN + DAY_MS))
+
+    now, readings = schedule(), day_of_readings()
+    assert len(now) > 100 and not {e.kind for e in now} & set(PLANT_KINDS)
+    # the simulator as it was before plant events existed: only the five meter and collector faults
+    meter_rates = {k: v for k, v in faults.FAULT_RATES.items() if k not in PLANT_KINDS}
+    monkeypatch.setattr(faults, "FAULT_RATES", meter_rates)
+    assert schedule() == now
+    pd.testing.assert_frame_equal(day_of_readings(), readings, check_exact=True)
+    # neutral plant events (ratio 1, rise 0 K) leave every reading as it was, too
+    neutral = FleetSimulator(fleet, seed=7, start_ms=JAN, faults=True)
+    site = site_of(fleet, "hybrid").id
+    neutral.inject(site, None, "cooling_degraded", JAN + HOUR_MS, 8 * 3600, magnitude=1.0)
+    neutral.inject(site, None, "hot_aisle", JAN + HOUR_MS, 8 * 3600, magnitude=0.0)
+    neutral.inject(site, None, "fw_supply_high", JAN + HOUR_MS, 8 * 3600, magnitude=0.0)
+    pd.testing.assert_frame_equal(collect(neutral.poll(JAN + DAY_MS)), readings, check_exact=True)
+
+
+def _with_and_without(fleet, start: int, end: int, inject) -> tuple[FleetSimulator, FleetSimulator,
+                                                                      pd.DataFrame, pd.DataFrame]:
+    """An event-free simulator and one with ``inject(sim)`` applied, and their readings up to ``end``."""
+    base = FleetSimulator(fleet, seed=7, start_ms=start, faults=False)
+    sick = FleetSimulator(fleet, seed=7, start_ms=start, faults=False)
+    inject(sick)
+    return base, sick, collect(base.poll(end)), collect(sick.poll(end))
+
+
+def _others_unchanged(a: pd.DataFrame, b: pd.DataFrame, site_id: str) -> None:
+    pd.testing.assert_frame_equal(a[a["site"] != site_id].reset_index(drop=True),
+                                  b[b["site"] != site_id].reset_index(drop=True), check_exact=True)
+
+
+def _counter_kw(values: pd.Series, rollover: float | None) -> np.ndarray:
+    """Mean power [kW] of each one-minute step of an energy counter [kWh]."""
+    step = np.diff(values.to_numpy())
+    if rollover:
+        step = np.where(step < 0, step + rollover, step)
+    return step * 60.0
+
+
+@pytest.mark.parametrize("kind", ["enterprise", "hybrid", "liquid", "legacy"])
+def test_cooling_degraded_raises_pue_and_every_meter_follows(fleet, kind):
+    site = site_of(fleet, kind)
+    t0, t1, end = JUL + 8 * HOUR_MS, JUL + 14 * HOUR_MS, JUL + 20 * HOUR_MS
+    base, sick, a, b = _with_and_without(
+        fleet, JUL, end, lambda sim: sim.inject(site.id, None, "cooling_degraded", t0, 6 * 3600))
+    event = sick.faults_log[0]
+    assert (event.kind, event.point, event.magnitude, event.end_ms) == ("cooling_degraded", None, 1.6, t1)
+    m = 1.6
+    ts = np.arange(JUL, end + 1, MIN_MS)
+    inside = (ts >= t0) & (ts < t1)
+    ta = base.true_state(ts).query("site == @site.id").reset_index(drop=True)
+    tb = sick.true_state(ts).query("site == @site.id").reset_index(drop=True)
+    _others_unchanged(a, b, site.id)
+
+    # hand check: facility import rises by (m − 1) × cooling power plus the transformer's extra load loss
+    load = ta["facility_kw"] + ta["pv_kw"] - ta["tx_loss"]  # IT + cooling + UPS loss + lighting
+    extra = (m - 1.0) * ta["cooling_kw"]
+    arch = plant.ARCHETYPES[kind]
+    rating = site.design_it_kw * arch.tx_ratio  # transformer constants are not jittered per site
+    tx_extra = arch.tx_pk * ((load + extra) ** 2 - load**2) / rating
+    expected = np.where(inside, extra + tx_extra, 0.0)
+    np.testing.assert_allclose(tb["facility_kw"] - ta["facility_kw"], expected, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(tb["cooling_kw"], ta["cooling_kw"] * np.where(inside, m, 1.0), rtol=1e-12)
+    assert (tb["tx_loss"] > ta["tx_loss"])[inside].all() and (tb["tx_loss"] == ta["tx_loss"])[~inside].all()
+    for column in ("it_kw", "ups_loss", "lighting_kw", "pv_kw", "rack_inlet_c", "supply_air_c", "fw_supply_c"):
+        assert tb[column].equals(ta[column]), column
+    parts = tb["it_kw"] + tb["cooling_kw"] + tb["losses_kw"] + tb["lighting_kw"]
+    np.testing.assert_allclose(tb["facility_kw"] + tb["pv_kw"], parts)  # the energy balance still closes
+
+    # the meters: PUE from the facility counter and the UPS outputs rises by the hand-checked amount
+    main = site.point_map["facility.main"]
+    fa, fb = (_counter_kw(series(x, site.id, main.id), main.rollover) for x in (a, b))
+    np.testing.assert_allclose(fb, tb["facility_kw"].to_numpy()[1:], rtol=1e-6)  # counter = ∫ power
+    assert (fb > 0).all()
+    it = (series(a, site.id, "it.ups-a") + series(a, site.id, "it.ups-b")).to_numpy()[1:]
+    assert it.tolist() == (series(b, site.id, "it.ups-a") + series(b, site.id, "it.ups-b")).to_numpy()[1:].tolist()
+    pv = series(a, site.id, "renewable.pv").to_numpy()[1:] if "renewable.pv" in site.point_map else 0.0 * it
+    win = inside[1:]
+    pue_a, pue_b = ((f[win] + pv[win]).sum() / it[win].sum() for f in (fa, fb))
+    assert pue_b - pue_a == pytest.approx(expected[1:][win].sum() / it[win].sum(), rel=2e-3)
+    assert pue_b - pue_a > 0.03
+    np.testing.assert_allclose(fb[~win], fa[~win], rtol=1e-6)
+    # after the event the counter stays ahead by exactly the extra energy [kWh]
+    gap = series(b, site.id, main.id).iloc[-1] - series(a, site.id, main.id).iloc[-1]
+    assert gap % (main.rollover or np.inf) == pytest.approx(expected.sum() / 60.0, rel=1e-6)
+
+    for p in site.points:
+        ra, rb = series(a, site.id, p.id).to_numpy(), series(b, site.id, p.id).to_numpy()
+        if p.role is Role.COOLING:  # same meter noise, m × the power
+            np.testing.assert_allclose(rb / ra, np.where(inside, m, 1.0), rtol=1e-12)
+        elif p.id in ("facility.swgr", "losses.transformer"):
+            column = "facility_kw" if p.id == "facility.swgr" else "tx_loss"
+            np.testing.assert_allclose(rb / ra, (tb[column] / ta[column]).to_numpy(), rtol=1e-9)
+        elif p.id == "water.makeup":  # the extra chiller work is rejected by the towers
+            more = np.diff(rb) - np.diff(ra)  # [m3 or L] per step; rounding of the large counter aside
+            assert (more > -1e-6).all() and np.abs(more[~win]).max() < 1e-6 and more[win].sum() > 0
+        elif p.id != "facility.main":
+            assert ra.tolist() == rb.tolist(), p.id  # IT, UPS loss, lighting, PV, sensors, setpoints
+
+
+def test_hot_aisle_warms_only_the_rack_inlets(fleet):
+    site = site_of(fleet, "enterprise")
+    inlets = sorted(p.id for p in site.points if p.tags.get("location") == "rack_inlet")
+    room_t, spot_t, end = JUL + 2 * HOUR_MS, JUL + 3 * HOUR_MS, JUL + 6 * HOUR_MS
+
+    def inject(sim):
+        sim.inject(site.id, None, "hot_aisle", room_t, 2 * 3600)  # every inlet, default 6 K
+        sim.inject(site.id, inlets[1], "hot_aisle", spot_t, 2 * 3600, magnitude=3.0)  # one rack
+
+    base, sick, a, b = _with_and_without(fleet, JUL, end, inject)
+    assert [e.magnitude for e in sick.faults_log] == [6.0, 3.0]
+    _others_unchanged(a, b, site.id)
+    ts = np.arange(JUL, end + 1, MIN_MS)
+    room = np.where((ts >= room_t) & (ts < room_t + 2 * HOUR_MS), 6.0, 0.0)
+    spot = np.where((ts >= spot_t) & (ts < spot_t + 2 * HOUR_MS), 3.0, 0.0)
+    for p in site.points:
+        ra, rb = series(a, site.id, p.id).to_numpy(), series(b, site.id, p.id).to_numpy()
+        if p.id in inlets:
+            np.testing.assert_allclose(rb - ra, room + (spot if p.id == inlets[1] else 0.0), atol=1e-9)
+        else:
+            assert ra.tolist() == rb.tolist(), p.id  # energy, supply air, outdoor: unchanged
+    ta = base.true_state(ts).query("site == @site.id").reset_index(drop=True)
+    tb = sick.true_state(ts).query("site == @site.id").reset_index(drop=True)
+    np.testing.assert_allclose(tb["rack_inlet_c"] - ta["rack_inlet_c"], room, atol=1e-9)  # the room figure
+    assert tb.drop(columns="rack_inlet_c").equals(ta.drop(columns="rack_inlet_c"))
+    with pytest.raises(ValueError, match="valid: env.rack-inlet-1"):
+        sick.inject(site.id, "env.supply-air", "hot_aisle", end, 3600)
+
+
+@pytest.mark.parametrize("kind", ["liquid", "hybrid"])
+def test_fw_supply_high_moves_only_the_facility_water_sensor(fleet, kind):
+    site = site_of(fleet, kind)
+    t0, end = JUL + HOUR_MS, JUL + 4 * HOUR_MS
+    base, sick, a, b = _with_and_without(
+        fleet, JUL, end, lambda sim: sim.inject(site.id, None, "fw_supply_high", t0, 2 * 3600))
+    assert sick.faults_log[0].magnitude == 8.0
+    _others_unchanged(a, b, site.id)
+    ts = np.arange(JUL, end + 1, MIN_MS)
+    rise = np.where((ts >= t0) & (ts < t0 + 2 * HOUR_MS), 8.0, 0.0)
+    for p in site.points:
+        ra, rb = series(a, site.id, p.id).to_numpy(), series(b, site.id, p.id).to_numpy()
+        if p.id == "env.fw-supply":
+            np.testing.assert_allclose(rb - ra, rise, atol=1e-9)
+        else:
+            assert ra.tolist() == rb.tolist(), p.id  # the setpoint point sp.fw-supply included
+    tb = sick.true_state(ts).query("site == @site.id")
+    ta = base.true_state(ts).query("site == @site.id")
+    np.testing.assert_allclose(tb["fw_supply_c"] - ta["fw_supply_c"], rise, atol=1e-9)
+    with pytest.raises(ValueError, match="no fw_supply temperature sensor"):
+        sick.inject(site_of(fleet, "enterprise").id, None, "fw_supply_high", end, 3600)
+
+
+def test_plant_event_arguments_are_checked(fleet):
+    sim = FleetSimulator(fleet, seed=7, start_ms=JAN, faults=False)
+    site = site_of(fleet, "liquid").id
+    assert sim.inject(site, None, "cooling_degraded", JAN, 60).magnitude == 1.6
+    assert sim.inject(site, "env.rack-inlet-1", FaultKind.HOT_AISLE, JAN, 60).magnitude == 6.0
+    assert sim.inject(site, "env.fw-supply", "fw_supply_high", JAN, 60, magnitude=-2.5).magnitude == -2.5
+    assert sim.inject(site, "it.ups-a", "stuck", JAN, 60).magnitude == 0.0  # unused by meter faults
+    assert FaultEvent(site, None, FaultKind.HOT_AISLE, 0, 1).magnitude == 6.0
+    cases = [
+        ((site, "cool.cdu-1", "cooling_degraded", JAN, 60), {}, "point=None"),
+        ((site, None, "cooling_degraded", JAN, 60), {"magnitude": 0.0}, "positive power ratio"),
+        ((site, None, "hot_aisle", JAN, 60), {"magnitude": float("nan")}, "finite rise"),
+        ((site, None, "hot_aisle", JAN, 0), {}, "positive duration_s"),
+        ((site, "sp.fw-supply", "fw_supply_high", JAN, 60), {}, "valid: env.fw-supply"),
+        ((site, "it.ups-a", "stuck", JAN, 60), {"magnitude": 2.0}, "plant events only"),
+        ((site, None, "meltdown", JAN, 60), {}, "valid: stuck, gap"),
+    ]
+    for args, kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            sim.inject(*args, **kwargs)
 
 
 def test_simulation_is_fast(fleet):
