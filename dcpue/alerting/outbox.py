@@ -1,0 +1,281 @@
+"""The durable alert outbox: one SQLite file (WAL) holding every notification until it is delivered or given up.
+
+One row per (receiver, idempotency key) with the rendered body, so:
+
+- enqueueing the same event (or group) twice — e.g. the worker replays its input after a crash — finds the
+  existing row and adds nothing (``INSERT … ON CONFLICT DO NOTHING``);
+- a process that dies with rows pending leaves them on disk; the next process's dispatcher sends them,
+  oldest first per receiver, with the same body and ``Idempotency-Key``;
+- delivered and failed rows stay as the delivery log (:meth:`Outbox.deliveries`) until pruned.
+
+Rows move ``pending`` → ``delivered`` (a 2xx came back) or ``pending`` → ``failed`` (a permanent error, or
+given up after ``max_attempts``/``max_age_s``). ``synchronous=FULL`` by default: an enqueued alert survives a
+power loss too. One connection, guarded by a lock, serves all threads; run one dispatcher per file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from dcpue.errors import SinkError
+
+log = logging.getLogger(__name__)
+
+
+class OutboxError(SinkError):
+    """The outbox file could not be read or written."""
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        receiver TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        body BLOB NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT,
+        last_status_code INTEGER,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        delivered_ms INTEGER,
+        alert_status TEXT NOT NULL DEFAULT '',
+        site TEXT NOT NULL DEFAULT '',
+        alertname TEXT NOT NULL DEFAULT '',
+        fingerprints TEXT NOT NULL DEFAULT '[]',
+        UNIQUE (receiver, idempotency_key)
+    )""",
+    "CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (receiver, status, id)",
+    "CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, id)",
+)
+
+_COLUMNS = ("id", "receiver", "idempotency_key", "kind", "body", "status", "attempts", "next_attempt_ms",
+            "last_error", "last_status_code", "created_ms", "updated_ms", "delivered_ms", "alert_status", "site",
+            "alertname", "fingerprints")
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM deliveries"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One outbox row: a rendered notification for one receiver and its delivery state. Times [ms since epoch]."""
+
+    id: int
+    receiver: str
+    idempotency_key: str
+    kind: str
+    body: bytes
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_ms: int
+    last_error: str | None
+    last_status_code: int | None
+    created_ms: int
+    updated_ms: int
+    delivered_ms: int | None
+    alert_status: str  # firing/resolved of the group
+    site: str
+    alertname: str
+    fingerprints: tuple[str, ...]
+
+    def as_dict(self, include_body: bool = False) -> dict[str, Any]:
+        """JSON-ready form for the delivery-log API; the body (UTF-8 text) only on request."""
+        data = asdict(self)
+        data["status"] = str(self.status)
+        data["fingerprints"] = list(self.fingerprints)
+        body = data.pop("body")
+        if include_body:
+            data["body"] = body.decode("utf-8", "replace")
+        return data
+
+
+def _row(values: tuple[Any, ...]) -> Delivery:
+    data = dict(zip(_COLUMNS, values, strict=True))
+    data["body"] = bytes(data["body"])
+    data["status"] = DeliveryStatus(data["status"])
+    data["fingerprints"] = tuple(json.loads(data["fingerprints"] or "[]"))
+    return Delivery(**data)
+
+
+class Outbox:
+    """The outbox file. ``open()`` before use (creates it), ``close()`` after; also a context manager.
+
+    ``fsync=True`` (SQLite ``synchronous=FULL``) survives power loss; False (``NORMAL``) a process crash.
+    """
+
+    def __init__(self, path: str | Path, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> Outbox:
+        """Open (or create) the file; rows left by an earlier process are kept."""
+        with self._lock:
+            if self._db is not None:
+                return self
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                pending = db.execute("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'").fetchone()[0]
+            except (sqlite3.Error, OSError) as exc:
+                raise OutboxError(f"{self.path}: cannot open the alert outbox: {exc}") from exc
+            self._db = db
+        if pending:
+            log.info("alert outbox reopened path=%s pending=%d", self.path, pending)
+        return self
+
+    def close(self) -> None:
+        """Close the file; idempotent."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> Outbox:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _conn(self, what: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._db is None:
+                raise OutboxError(f"{self.path}: alert outbox is not open (call open())")
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise OutboxError(f"{self.path}: {what} failed: {exc}") from exc
+
+    # --- writing ------------------------------------------------------------------------------------
+
+    def enqueue(self, receiver: str, idempotency_key: str, body: bytes, *, now_ms: int, kind: str = "webhook",
+                alert_status: str = "", site: str = "", alertname: str = "",
+                fingerprints: Sequence[str] = ()) -> bool:
+        """Add a pending delivery due now; False (and nothing changes) if (receiver, key) is already there."""
+        with self._conn("enqueue") as db:
+            cursor = db.execute(
+                "INSERT INTO deliveries (receiver, idempotency_key, kind, body, next_attempt_ms, created_ms,"
+                " updated_ms, alert_status, site, alertname, fingerprints) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (receiver, idempotency_key) DO NOTHING",
+                (receiver, idempotency_key, kind, body, now_ms, now_ms, now_ms, alert_status, site, alertname,
+                 json.dumps(list(fingerprints))),
+            )
+            return cursor.rowcount == 1
+
+    def mark_delivered(self, delivery_id: int, now_ms: int, status_code: int | None = None) -> None:
+        """Record a successful attempt: the row is done."""
+        self._finish(delivery_id, DeliveryStatus.DELIVERED, now_ms, None, status_code, attempted=True)
+
+    def mark_failed(self, delivery_id: int, now_ms: int, error: str, status_code: int | None = None,
+                    attempted: bool = True) -> None:
+        """Give the row up (kept in the log); ``attempted``: this call records a request that was sent."""
+        self._finish(delivery_id, DeliveryStatus.FAILED, now_ms, error, status_code, attempted=attempted)
+
+    def mark_retry(self, delivery_id: int, now_ms: int, next_attempt_ms: int, error: str,
+                   status_code: int | None = None) -> None:
+        """Record a failed attempt and when to try again [ms since epoch]."""
+        with self._conn("mark_retry") as db:
+            db.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, next_attempt_ms = ?, last_error = ?,"
+                " last_status_code = ?, updated_ms = ? WHERE id = ? AND status = 'pending'",
+                (next_attempt_ms, error[:1000], status_code, now_ms, delivery_id),
+            )
+
+    def _finish(self, delivery_id: int, status: DeliveryStatus, now_ms: int, error: str | None,
+                status_code: int | None, attempted: bool) -> None:
+        with self._conn(f"mark_{status}") as db:
+            db.execute(
+                "UPDATE deliveries SET status = ?, attempts = attempts + ?, last_error = COALESCE(?, last_error),"
+                " last_status_code = COALESCE(?, last_status_code), updated_ms = ?,"
+                " delivered_ms = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_ms END"
+                " WHERE id = ? AND status = 'pending'",
+                (str(status), int(attempted), None if error is None else error[:1000], status_code, now_ms,
+                 str(status), now_ms, delivery_id),
+            )
+
+    def requeue(self, delivery_id: int, now_ms: int) -> bool:
+        """Put a failed row back to pending, due now (an operator's retry); False if it was not failed."""
+        with self._conn("requeue") as db:
+            cursor = db.execute(
+                "UPDATE deliveries SET status = 'pending', next_attempt_ms = ?, updated_ms = ?"
+                " WHERE id = ? AND status = 'failed'",
+                (now_ms, now_ms, delivery_id),
+            )
+            return cursor.rowcount == 1
+
+    def prune(self, before_ms: int) -> int:
+        """Delete delivered and failed rows last updated before ``before_ms``; returns how many."""
+        with self._conn("prune") as db:
+            cursor = db.execute("DELETE FROM deliveries WHERE status != 'pending' AND updated_ms < ?", (before_ms,))
+            return cursor.rowcount
+
+    # --- reading ------------------------------------------------------------------------------------
+
+    def head(self, receiver: str) -> Delivery | None:
+        """The oldest pending row of ``receiver`` (FIFO: later rows wait for it), or None."""
+        with self._conn("head") as db:
+            row = db.execute(f"{_SELECT} WHERE receiver = ? AND status = 'pending' ORDER BY id LIMIT 1",
+                             (receiver,)).fetchone()
+        return None if row is None else _row(row)
+
+    def get(self, receiver: str, idempotency_key: str) -> Delivery | None:
+        """The row for (receiver, key), or None."""
+        with self._conn("get") as db:
+            row = db.execute(f"{_SELECT} WHERE receiver = ? AND idempotency_key = ?",
+                             (receiver, idempotency_key)).fetchone()
+        return None if row is None else _row(row)
+
+    def pending_receivers(self) -> list[str]:
+        """Receivers with at least one pending row."""
+        with self._conn("pending_receivers") as db:
+            return [r[0] for r in db.execute("SELECT DISTINCT receiver FROM deliveries WHERE status = 'pending'")]
+
+    def deliveries(self, limit: int = 100, receiver: str | None = None,
+                   status: DeliveryStatus | str | None = None) -> list[Delivery]:
+        """The delivery log, newest first, optionally for one receiver and/or status."""
+        if status is not None:
+            try:
+                status = DeliveryStatus(status)
+            except ValueError:
+                valid = [str(s) for s in DeliveryStatus]
+                raise ValueError(f"unknown delivery status {status!r}; valid: {valid}") from None
+        where, params = [], []
+        if receiver is not None:
+            where.append("receiver = ?")
+            params.append(receiver)
+        if status is not None:
+            where.append("status = ?")
+            params.append(str(status))
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        with self._conn("deliveries") as db:
+            rows = db.execute(f"{_SELECT}{clause} ORDER BY id DESC LIMIT ?", (*params, int(limit))).fetchall()
+        return [_row(r) for r in rows]
+
+    def counts(self, receiver: str | None = None) -> dict[str, int]:
+        """Rows per status (every status present, zero if none), optionally for one receiver."""
+        clause, params = ("WHERE receiver = ?", (receiver,)) if receiver is not None else ("", ())
+        with self._conn("counts") as db:
+            found = dict(db.execute(f"SELECT status, COUNT(*) FROM deliveries {clause} GROUP BY status", params))
+        return {str(s): int(found.get(str(s), 0)) for s in DeliveryStatus}

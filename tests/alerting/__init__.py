@@ -1,0 +1,1 @@
+"""Alert delivery: payload formats, signatures, routing, the outbox and the dispatcher over real HTTP."""
