@@ -69,7 +69,8 @@ class AlertEvent:
 
     ``starts_at_ms`` is when the breach began (not when ``for`` elapsed); ``ends_at_ms`` is set on
     resolve. ``sequence`` counts this fingerprint's events (1 = first firing, 2 = its resolve, …): with
-    the fingerprint it makes the idempotency key of every delivery of this event.
+    the fingerprint and the episode start it makes the idempotency key of every delivery of this event
+    (the start keeps a new episode's key new even if lost state restarted the sequence).
     """
 
     fingerprint: str
@@ -96,4 +97,4 @@ class AlertEvent:
 
     @property
     def idempotency_key(self) -> str:
-        return f"{self.fingerprint}-{self.sequence}"
+        return f"{self.fingerprint}-{self.starts_at_ms}-{self.sequence}"

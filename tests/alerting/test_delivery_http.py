@@ -55,7 +55,7 @@ def test_a_firing_and_its_resolve_arrive_once_each_signed(tmp_path: Path, hook: 
     try:
         firing = make_event()
         [queued] = delivery.notify([firing])
-        assert queued.created and queued.idempotency_key == f"{firing.fingerprint}-1"
+        assert queued.created and queued.idempotency_key == f"{firing.fingerprint}-{firing.starts_at_ms}-1"
         hook.wait_for(1)
         assert not delivery.notify([firing])[0].created  # the engine replays the event: nothing new
         delivery.notify([resolved(firing, int(time.time() * 1000))])
@@ -66,7 +66,8 @@ def test_a_firing_and_its_resolve_arrive_once_each_signed(tmp_path: Path, hook: 
         delivery.stop()
     assert len(requests) == 2
     assert [r.json()["status"] for r in requests] == ["firing", "resolved"]
-    assert [r.header("Idempotency-Key") for r in requests] == [f"{firing.fingerprint}-1", f"{firing.fingerprint}-2"]
+    assert [r.header("Idempotency-Key") for r in requests] == [f"{firing.fingerprint}-{firing.starts_at_ms}-1",
+                                                                      f"{firing.fingerprint}-{firing.starts_at_ms}-2"]
     assert all(r.signature_ok for r in requests) and all(r.path == "/dcpue" for r in requests)
     assert requests[0].header("User-Agent").startswith("dcpue/")
     assert requests[1].json()["alerts"][0]["endsAt"] != "0001-01-01T00:00:00Z"
@@ -127,7 +128,7 @@ def test_a_dispatcher_killed_before_marking_is_followed_by_the_same_body_and_key
     finally:
         successor.stop()
     assert second.body == first.body
-    key = f"{dispatch_child.CRASH_EVENT.fingerprint}-1"
+    key = dispatch_child.CRASH_EVENT.idempotency_key
     assert first.header("Idempotency-Key") == second.header("Idempotency-Key") == key
     assert first.signature_ok and second.signature_ok
     assert len(rows) == 1 and rows[0].status == "delivered" and rows[0].attempts == 1
