@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dcpue.alerting.config import DeliverySettings, Receiver, Route, check_routing
+from dcpue.analytics.alerts.silences import MaintenanceWindow
 from dcpue.errors import ConfigError
 from dcpue.ingest.devices import AnyDevice
 from dcpue.yamlio import read_yaml
@@ -148,6 +150,55 @@ class CollectSettings(_Section):
         return devices
 
 
+WaterClass = Literal["W17", "W27", "W32", "W40", "W45", "W+"]
+
+
+class SiteAlertSettings(_Section):
+    """Per-site overrides of the alert rules."""
+
+    target_pue: float | None = Field(None, gt=1.0)  # default: engine.target_pue
+    water_class: WaterClass | None = None  # ASHRAE liquid-cooling class of the site's facility water
+
+
+class AlertSettings(_Section):
+    """Alert rules (docs/alerting.md gives each default's source)."""
+
+    enabled: bool = True
+    pue_window: Literal["15m", "1h"] = "15m"  # PUE of these closed windows is compared with the target
+    pue_fire_margin: float = Field(0.05, ge=0)  # fire above target + this (1.25 for the 1.2 target) …
+    pue_for_s: float = Field(1800, ge=0)  # … sustained this long
+    pue_clear_margin: float = Field(0.02, ge=0)  # clear below target + this (1.22) …
+    pue_clear_for_s: float = Field(900, ge=0)  # … sustained this long
+    annual_clear_margin: float = Field(0.005, ge=0)  # the 12-month PUE clears at target − this
+    inlet_recommended_c: float = 27.0  # ASHRAE TC9.9 recommended envelope, upper dry-bulb limit
+    inlet_allowable_c: float = 32.0  # ASHRAE class A1 allowable upper limit
+    inlet_hysteresis_c: float = Field(0.5, ge=0)
+    inlet_for_s: float = Field(300, ge=0)
+    water_class: WaterClass = "W32"  # default class of liquid-cooled sites
+    water_hysteresis_c: float = Field(1.0, ge=0)
+    water_for_s: float = Field(120, ge=0)
+    stuck_after_s: float = Field(3600, gt=0)  # a power meter repeating one value this long is stuck
+    no_data_after_s: float = Field(600, gt=0)  # a site silent this long (fleet time) is "no data"
+    device_down_for_s: float = Field(300, ge=0)  # a collector's device failing this long
+    spool_clear_after_s: float = Field(1800, gt=0)  # SpoolDroppingData clears after this long without drops
+    sites: dict[str, SiteAlertSettings] = Field(default_factory=dict)
+    # delivery (docs/alerting-delivery.md): where notifications go, and the outbox
+    receivers: tuple[Receiver, ...] = ()
+    routes: tuple[Route, ...] = ()
+    delivery: DeliverySettings = DeliverySettings()
+    # maintenance windows (docs/alerting-lifecycle.md): alerts of these sites are not notified meanwhile
+    maintenance: tuple[MaintenanceWindow, ...] = ()
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> AlertSettings:
+        check_routing(self.receivers, self.routes)
+        if self.pue_clear_margin > self.pue_fire_margin:
+            raise ValueError("pue_clear_margin must not exceed pue_fire_margin (clear below where it fires)")
+        if self.inlet_allowable_c <= self.inlet_recommended_c:
+            raise ValueError("inlet_allowable_c must be above inlet_recommended_c")
+        return self
+
+
 class SimulatorSettings(_Section):
     sites: int = Field(12, ge=1, le=5000)
     seed: int = 7
@@ -171,6 +222,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     http: HttpSettings = HttpSettings()
     collect: CollectSettings = CollectSettings()
+    alerts: AlertSettings = AlertSettings()
     simulator: SimulatorSettings = SimulatorSettings()
 
 
