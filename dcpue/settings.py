@@ -174,7 +174,7 @@ class AlertSettings(_Section):
     inlet_allowable_c: float = 32.0  # ASHRAE class A1 allowable upper limit
     inlet_hysteresis_c: float = Field(0.5, ge=0)
     inlet_for_s: float = Field(300, ge=0)
-    water_class: WaterClass = "W32"  # default class of liquid-cooled sites
+    water_class: WaterClass = "W40"  # default class: warm-water liquid cooling (supply up to 40 °C)
     water_hysteresis_c: float = Field(1.0, ge=0)
     water_for_s: float = Field(120, ge=0)
     stuck_after_s: float = Field(3600, gt=0)  # a power meter repeating one value this long is stuck

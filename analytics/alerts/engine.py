@@ -8,6 +8,7 @@ time: the newest reading or window end seen, so a replayed backlog alerts as it 
 from __future__ import annotations
 
 import json
+import threading
 import zlib
 from collections.abc import Iterable
 
@@ -19,6 +20,8 @@ from dcpue.analytics.alerts.model import AlertEvent, Condition
 from dcpue.analytics.alerts.silences import SilenceSet
 from dcpue.registry import Registry
 from dcpue.settings import AlertSettings, EngineSettings
+
+STALE_AFTER_MS = 26 * 3_600_000
 
 
 class AlertEngine:
@@ -35,12 +38,17 @@ class AlertEngine:
                             **{site: o.water_class for site, o in settings.sites.items() if o.water_class}}
         self.silences = silences if silences is not None else SilenceSet()
         for window in settings.maintenance:
-            if self.silences.get(window.id) is None:
+            if window.id not in self.silences:
                 self.silences.add(window)
-        self.lifecycle = AlertLifecycle(self.silences)
+        # a rule reports a subject once per window it closes, the daily-grade rule once a day: an alert is
+        # only "stale" (its subject gone) after a day and more without a condition
+        self.lifecycle = AlertLifecycle(self.silences, stale_after_ms=STALE_AFTER_MS)
+        # the API changes silences on its own thread while the worker evaluates: both take this lock
+        self.lock = threading.RLock()
         self.now_ms = 0
         self.first_ms: int | None = None
         self.last_seen: dict[str, int] = {}
+        self.gap_ms: dict[str, float] = {}  # smoothed time between a site's newest readings [ms]
         self.grades: dict[str, str] = {}
         self.stuck: dict[tuple[str, str], tuple[float, int]] = {}
         self.drops: dict[str, tuple[int, int]] = {}
@@ -51,11 +59,20 @@ class AlertEngine:
         ``health`` records; returns the firing/resolved events this brings (silenced ones flagged)."""
         if not self.settings.enabled:
             return []
+        with self.lock:
+            return self._observe(readings, windows, health)
+
+    def _observe(self, readings: pd.DataFrame | None, windows: pd.DataFrame | None,
+                 health: Iterable[dict[str, object]]) -> list[AlertEvent]:
         conditions: list[Condition] = []
         if readings is not None and not readings.empty:
             newest = readings.groupby("site")["ts"].max()
             for site, ts in newest.items():
-                self.last_seen[str(site)] = max(self.last_seen.get(str(site), 0), int(ts))
+                before = self.last_seen.get(str(site))
+                if before is not None and ts > before:  # how often this site usually reports
+                    gap = float(ts - before)
+                    self.gap_ms[str(site)] = 0.8 * self.gap_ms.get(str(site), gap) + 0.2 * gap
+                self.last_seen[str(site)] = max(before or 0, int(ts))
             self.now_ms = max(self.now_ms, int(newest.max()))
             if self.first_ms is None:
                 self.first_ms = int(readings["ts"].min())
@@ -74,7 +91,8 @@ class AlertEngine:
             from_health, self.drops = rules.device_health(records, self.settings, self.drops)
             conditions += from_health
         if self.first_ms is not None:
-            conditions += rules.no_data(self.last_seen, self.sites, self.now_ms, self.first_ms, self.settings)
+            conditions += rules.no_data(self.last_seen, self.sites, self.now_ms, self.first_ms, self.settings,
+                                        self.gap_ms)
         if not conditions:
             return []
         now = max([self.now_ms, *(c.ts_ms for c in conditions)])
@@ -82,11 +100,12 @@ class AlertEngine:
 
     def active(self) -> list[dict[str, object]]:
         """Pending and firing alerts, for the API."""
-        return self.lifecycle.active()
+        with self.lock:
+            return self.lifecycle.active()
 
     def snapshot(self) -> bytes:
         """Everything needed to resume after a restart (silences are saved by their owner)."""
-        state = {"now_ms": self.now_ms, "first_ms": self.first_ms, "last_seen": self.last_seen,
+        state = {"now_ms": self.now_ms, "first_ms": self.first_ms, "last_seen": self.last_seen, "gap_ms": self.gap_ms,
                  "grades": self.grades, "stuck": [[s, p, v, t] for (s, p), (v, t) in self.stuck.items()],
                  "drops": {c: list(v) for c, v in self.drops.items()},
                  "lifecycle": self.lifecycle.snapshot().hex()}
@@ -97,6 +116,7 @@ class AlertEngine:
         state = json.loads(zlib.decompress(blob))
         self.now_ms, self.first_ms = state["now_ms"], state["first_ms"]
         self.last_seen = dict(state["last_seen"])
+        self.gap_ms = dict(state.get("gap_ms", {}))
         self.grades = dict(state["grades"])
         self.stuck = {(s, p): (v, t) for s, p, v, t in state["stuck"]}
         self.drops = {c: (int(v[0]), int(v[1])) for c, v in state["drops"].items()}

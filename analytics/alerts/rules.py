@@ -138,7 +138,7 @@ def _latest_per_point(readings: pd.DataFrame, points: pd.DataFrame, location: st
     """Newest good reading per (site, point) of sensor points at ``location``, in °C (canonical)."""
     if readings.empty:
         return readings
-    meta = points[points["location"] == location]
+    meta = points[(points["location"] == location) & (points["quantity"] == "temperature")]  # not setpoints
     if meta.empty:
         return readings.iloc[:0]
     good = readings[(readings["quality"].to_numpy() & 0b1100) == 0]  # BAD | COLLECTOR_DOWN
@@ -225,16 +225,18 @@ def stuck_meters(readings: pd.DataFrame, points: pd.DataFrame, last_change: dict
 
 
 def no_data(last_seen: dict[str, int], sites: Iterable[str], now_ms: int, first_ms: int,
-            settings: AlertSettings) -> list[Condition]:
+            settings: AlertSettings, typical_gap_ms: dict[str, float] | None = None) -> list[Condition]:
     """Sites silent for ``no_data_after_s`` while the fleet clock (newest reading anywhere, ``now_ms``) moved on.
 
     A site never seen counts as silent since ``first_ms`` (the first reading the engine saw). A firing
     NoData inhibits the site's efficiency and safety alerts (label ``inhibits: site``): one
-    data-quality alert instead of a storm.
+    data-quality alert instead of a storm. A site whose meters report less often than that gets three
+    of its usual gaps (``typical_gap_ms``) instead.
     """
-    limit_ms = int(settings.no_data_after_s * 1000)
+    gaps = typical_gap_ms or {}
     out = []
     for site in sites:
+        limit_ms = int(max(settings.no_data_after_s * 1000, 3 * gaps.get(site, 0.0)))
         seen = last_seen.get(site)
         silent_ms = now_ms - (seen if seen is not None else first_ms)
         out.append(Condition(

@@ -15,7 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -26,6 +27,9 @@ from dcpue.runtime.bus import InProcessBus
 from dcpue.runtime.store import FileStore
 from dcpue.runtime.worker import AnalyticsWorker
 from dcpue.settings import Settings
+
+if TYPE_CHECKING:
+    from dcpue.runtime.alerts import AlertsApi
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,29 @@ class SimClock:
         return self.start_ms + int((time.monotonic() - self._t0) * self.speed * 1000)
 
 
+def build_alerting(settings: Settings, registry: Registry, history_path: Path,
+                   producer: Producer | None) -> tuple[AlertsApi | None, Callable[[list[Any]], None] | None]:
+    """The alert engine and where its events go: a history file, the alerts topic, webhook receivers.
+
+    Returns (None, None) when ``alerts.enabled`` is false. Delivery runs only with receivers configured.
+    """
+    if not settings.alerts.enabled:
+        return None, None
+    from dcpue.analytics.alerts.engine import AlertEngine
+    from dcpue.runtime.alerts import AlertHistory, AlertOutput, AlertsApi
+
+    engine = AlertEngine(registry, settings.engine, settings.alerts)
+    history = AlertHistory(history_path).setup()
+    delivery = None
+    if settings.alerts.receivers:
+        from dcpue.alerting.delivery import AlertDelivery
+
+        delivery = AlertDelivery(settings.alerts.receivers, settings.alerts.routes, settings.alerts.delivery)
+    api = AlertsApi(engine, history, delivery)
+    output = AlertOutput(history, producer, settings.bus.topics.alerts, delivery)
+    return api, output
+
+
 class EmbeddedPipeline:
     """Runs one collector, one analytics worker and the HTTP API in this process."""
 
@@ -58,10 +85,12 @@ class EmbeddedPipeline:
         self.clock = clock
         self.store = store
         self.bus = InProcessBus(settings.bus.max_pending_messages)
+        self.alerts, alert_output = build_alerting(settings, registry, Path(store.path).with_name("alerts.sqlite"),
+                                                   self.bus.producer(send_timeout_s=None))
         self.worker = AnalyticsWorker(
             registry, settings, self.bus.consumer([settings.bus.topics.readings], ANALYTICS_GROUP), store,
             clock=clock.now_ms,  # simulated time is "now" for the clock-skew check
-            state=store,
+            state=store, alerts=self.alerts.engine if self.alerts else None, alert_output=alert_output,
         )
         self.serve_http = serve_http
         self.stop_event = threading.Event()
@@ -102,9 +131,11 @@ class EmbeddedPipeline:
         self.clock.start()
         self._spawn(self._collect, "collector")
         self._spawn(self._analyze, "analytics")
+        if self.alerts is not None and self.alerts.delivery is not None:
+            self.alerts.delivery.start()
         if self.serve_http:
             self._server, thread, self.http_port = serve_http(self.settings, self.store, self.registry, self.status,
-                                                              self.stop_event, self.errors)
+                                                              self.stop_event, self.errors, alerts=self.alerts)
             self._threads.append(thread)
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
@@ -135,6 +166,8 @@ class EmbeddedPipeline:
             return False
         self.bus.close()
         self.store.close()
+        if self.alerts is not None:
+            self.alerts.close()
         return True
 
     def wait(self, duration_s: float | None, on_tick: Callable[[], None] | None = None,
@@ -182,12 +215,12 @@ def spawn_guarded(target: Callable[[], None], name: str, errors: list[BaseExcept
 
 def serve_http(settings: Settings, store: FileStore, registry: Registry, status: Callable[[], dict[str, object]],
                stop_event: threading.Event, errors: list[BaseException],
-               not_ready: Callable[[], str | None] | None = None,
+               not_ready: Callable[[], str | None] | None = None, alerts: Any = None,
                ) -> tuple[uvicorn.Server, threading.Thread, int | None]:
     """Start the HTTP API and live page on a thread; returns (server, thread, bound port or None)."""
     from dcpue.web.app import create_app
 
-    app = create_app(store, registry, settings.engine, status=status, not_ready=not_ready)
+    app = create_app(store, registry, settings.engine, status=status, not_ready=not_ready, alerts=alerts)
     config = uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
                             log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)

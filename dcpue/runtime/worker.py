@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -137,7 +138,8 @@ class AnalyticsWorker:
 
     def __init__(self, registry: Registry, settings: Settings, consumer: Consumer, store: ResultSink,
                  dead_letter_producer: Producer | None = None, clock: Callable[[], int] | None = None,
-                 emit_groups: bool = True, state: StateStore | None = None) -> None:
+                 emit_groups: bool = True, state: StateStore | None = None,
+                 alerts: Any = None, alert_output: Callable[[list[Any]], None] | None = None) -> None:
         self.registry = registry
         self.settings = settings
         self.consumer = consumer
@@ -146,6 +148,8 @@ class AnalyticsWorker:
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.engine = StreamEngine(registry, settings.engine, emit_groups=emit_groups)
         self.state = state
+        self.alerts = alerts  # a dcpue.analytics.alerts.engine.AlertEngine, or None
+        self.alert_output = alert_output  # where its events go (history, alerts topic, webhooks)
         self.stats = WorkerStats()
         self._touched: set[str] = set()  # sites changed since the last checkpoint
         self._owned: set[str] = set()  # sites whose state this worker holds
@@ -154,7 +158,7 @@ class AnalyticsWorker:
         self._skip_before: dict[str, tuple[int, int]] = {}  # site → position its restored state includes
         self._durable_offsets = bool(getattr(consumer, "durable_offsets", False))
         self._last_prune_ms = 0
-        self._unwritten: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = None  # not yet written
+        self._unwritten: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[Any]] | None = None  # not yet written
         self._uncommitted = False
         self._last_commit = time.monotonic()
         self._backoff = Backoff()
@@ -198,7 +202,8 @@ class AnalyticsWorker:
                 self.stats.newest_ts_ms = max(self.stats.newest_ts_ms, int(readings["ts"].max()))
         rows = self.engine.advance()
         dead = pd.concat(letters, ignore_index=True) if letters else pd.DataFrame(columns=DEAD_LETTER_COLUMNS)
-        self._unwritten = (rows, dead, readings if readings is not None else pd.DataFrame())
+        events = self.alerts.observe(readings=readings, windows=rows) if self.alerts is not None else []
+        self._unwritten = (rows, dead, readings if readings is not None else pd.DataFrame(), events)
         self._uncommitted = True
         self.stats.messages += len(messages)
         if self._write() and time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s:
@@ -208,7 +213,7 @@ class AnalyticsWorker:
     def _write(self) -> bool:
         """Write the pending results; on failure keep them, back off and return False."""
         assert self._unwritten is not None
-        rows, dead, raw = self._unwritten
+        rows, dead, raw, events = self._unwritten
         started = time.perf_counter()
         try:
             self.store.write_windows(rows)
@@ -216,6 +221,8 @@ class AnalyticsWorker:
                 self.store.write_readings(raw)  # type: ignore[attr-defined]
             if not dead.empty:
                 self._dead_letter(dead)
+            if events and self.alert_output is not None:
+                self.alert_output(events)
         except SinkError as exc:
             self._count_error("store_write")
             log.warning("store write failed, keeping %d rows and retrying: %s", len(rows), exc)

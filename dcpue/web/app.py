@@ -237,6 +237,7 @@ def create_app(
     engine_settings: EngineSettings,
     status: Callable[[], dict[str, Any]] | None = None,
     not_ready: Callable[[], str | None] | None = None,
+    alerts: Any = None,
 ) -> FastAPI:
     """Build the API and page over an open ``store``.
 
@@ -246,6 +247,9 @@ def create_app(
     ``status`` is called on every ``GET /api/v1/status`` and should be cheap; whatever it returns
     (simulated clock, counters) is passed through, NaN made null. The page shows ``sim_time_ms``
     (epoch ms) or ``sim_time`` (ISO text) as the simulated clock when present.
+
+    ``alerts`` (a :class:`dcpue.runtime.alerts.AlertsApi`, optional) adds the alert, delivery-log and
+    silence endpoints; without it they answer 404.
     """
     target = float(engine_settings.target_pue)
     sites_meta = registry.sites_table
@@ -379,6 +383,47 @@ def create_app(
             return {"count": 0, "dead_letters": []}
         rows = _records(reader(limit=limit))
         return {"count": len(rows), "dead_letters": rows}
+
+    def _alerts() -> Any:
+        if alerts is None:
+            raise HTTPException(404, "alerting is not running in this process")
+        return alerts
+
+    @app.get(f"{API_PREFIX}/alerts", tags=["alerts"],
+             summary="Pending and firing alerts, and the newest alert events (firing/resolved)")
+    def alerts_view(limit: int = Query(100, ge=1, le=10_000), site: str | None = None) -> dict[str, Any]:
+        api = _alerts()
+        active = api.active()
+        if site:
+            active = [a for a in active if a.get("labels", {}).get("site") == site]
+        return _clean({"active": active, "events": api.recent(limit, site)})
+
+    @app.get(f"{API_PREFIX}/alerts/deliveries", tags=["alerts"],
+             summary="The webhook delivery log, newest first")
+    def alert_deliveries(limit: int = Query(100, ge=1, le=10_000), receiver: str | None = None,
+                         status: str | None = None) -> dict[str, Any]:
+        rows = _alerts().deliveries(limit, receiver, status)
+        return {"count": len(rows), "deliveries": rows}
+
+    @app.get(f"{API_PREFIX}/silences", tags=["alerts"], summary="Silences and maintenance windows")
+    def silences_view() -> dict[str, Any]:
+        return {"silences": _alerts().silences()}
+
+    @app.post(f"{API_PREFIX}/silences", tags=["alerts"], status_code=201,
+              summary="Add a silence: matchers [[label, op, value]], ends_at_ms, created_by, comment")
+    def silence_add(body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return _alerts().add_silence(body)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+
+    @app.delete(f"{API_PREFIX}/silences/{{silence_id}}", tags=["alerts"], status_code=204,
+                summary="Expire a silence now")
+    def silence_expire(silence_id: str) -> None:
+        try:
+            _alerts().expire_silence(silence_id)
+        except KeyError as exc:
+            raise HTTPException(404, str(exc)) from None
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
