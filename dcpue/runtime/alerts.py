@@ -169,9 +169,16 @@ class AlertsApi:
 
     def add_silence(self, data: dict[str, Any]) -> dict[str, Any]:
         """Add a silence (``ValueError`` with the reason when invalid); starts now unless told otherwise."""
+        from pydantic import ValidationError
+
         from dcpue.analytics.alerts.silences import Silence
 
-        silence = Silence.model_validate({"starts_at_ms": self._now(), **data})
+        try:
+            silence = Silence.model_validate({"starts_at_ms": self._now(), **data})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'silence'}: {e['msg']}"
+                                 for e in exc.errors())
+            raise ValueError(f"invalid silence: {problems}") from None
         with self.engine.lock:
             self.engine.silences.add(silence)
             self._save()
