@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from dcpue.adapters.lineprotocol import (
+    alerts_to_lines,
     dead_letters_to_lines,
     inventory_to_lines,
     readings_to_lines,
@@ -94,6 +95,11 @@ class InfluxSink:
         """
         if self.sites is not None:
             self._send(inventory_to_lines(self.sites, ts_ms))
+
+    def write_alerts(self, events: list[Any]) -> None:
+        """Alert state changes (measurement ``alert``; see docs/influxdb.md)."""
+        if events:
+            self._send(alerts_to_lines(events))
 
     def write_dead_letters(self, letters: pd.DataFrame) -> None:
         if not letters.empty:

@@ -20,7 +20,8 @@ on ``status = 'ok'`` (the shipped dashboards do).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -223,3 +224,38 @@ def dead_letters_to_lines(letters: pd.DataFrame, now_ms: int) -> list[str]:
         fields.add(key + "=" + _quote(pd.Series(np.asarray(values, dtype=object), index=index)))
     stamps = pd.Series(np.arange(len(letters), dtype=np.int64) + now_ms, index=index).astype(str)
     return (_tag_set(DEAD_LETTER_MEASUREMENT, [("site", keys)], index) + " " + fields.fields + " " + stamps).tolist()
+
+
+ALERT_MEASUREMENT = "alert"
+ALERT_TAGS = ("site", "rule", "severity", "family", "subject")
+
+
+def alerts_to_lines(events: Sequence[Any]) -> list[str]:
+    """Alert state changes (measurement ``alert``) for Grafana annotations and history.
+
+    ``events`` are :class:`dcpue.analytics.alerts.model.AlertEvent` s. Tags ``site``, ``rule`` (the
+    alertname), ``severity``, ``family`` and ``subject`` (the point, device or fault the alert is about);
+    fields ``state`` (``firing``/``resolved``), ``value`` (the rule's value, left out when NaN),
+    ``threshold`` and ``message`` (text), ``fingerprint``, ``silenced``. Timestamp: when the state changed
+    (firing: the breach start, resolved: its end), so writing the same event again overwrites it.
+    """
+    if not events:
+        return []
+    index = pd.RangeIndex(len(events))
+    labels = [e.labels for e in events]
+    subject = [lab.get("point") or lab.get("device") or lab.get("fault") or lab.get("collector") or ""
+               for lab in labels]
+    tag_values = {"site": [e.site for e in events], "rule": [lab.get("alertname", "") for lab in labels],
+                  "severity": [lab.get("severity", "") for lab in labels],
+                  "family": [lab.get("family", "") for lab in labels], "subject": subject}
+    tags = _tag_set(ALERT_MEASUREMENT, [(k, _text(tag_values[k], index)) for k in ALERT_TAGS], index)
+    fields = _FieldSet(index)
+    fields.add_string("state", [e.status.value for e in events])
+    fields.add_float("value", [e.value for e in events])
+    fields.add_string("threshold", [e.annotations.get("threshold", "") for e in events])
+    fields.add_string("message", [e.annotations.get("summary", "") for e in events])
+    fields.add_string("fingerprint", [e.fingerprint for e in events])
+    fields.add("silenced=" + pd.Series(["true" if e.silenced else "false" for e in events], index=index))
+    stamps = pd.Series([str(e.ends_at_ms if e.ends_at_ms is not None else e.starts_at_ms) for e in events],
+                       index=index)
+    return (tags + " " + fields.fields + " " + stamps).tolist()

@@ -17,7 +17,15 @@ import pandas as pd
 import pytest
 
 from dcpue.adapters.influxdb import InfluxSink
-from dcpue.adapters.lineprotocol import dead_letters_to_lines, inventory_to_lines, readings_to_lines, windows_to_lines
+from dcpue.adapters.lineprotocol import (
+    alerts_to_lines,
+    dead_letters_to_lines,
+    inventory_to_lines,
+    readings_to_lines,
+    windows_to_lines,
+)
+from dcpue.analytics.alerts.model import AlertEvent
+from dcpue.analytics.alerts.model import Status as AlertStatus
 from dcpue.analytics.batch import batch_windows
 from dcpue.errors import SinkError
 from dcpue.model import Quality, readings_frame
@@ -354,9 +362,13 @@ def test_documented_influxql_queries_run(influxdb1):  # noqa: F811
              *readings_to_lines(readings, reg.points_table, reg.sites_table),
              *inventory_to_lines(reg.sites_table, today),
              *dead_letters_to_lines(letters, today),
-             # the reserved schemas of issues #5 and #6, as documented
-             f'alert,site=ga-01,rule=pue_high,severity=warning state="firing",value=1.62,threshold=1.5,'
-             f'message="PUE above 1.5" {today}',
+             # the alert schema as written by dcpue; the reserved schema of issue #6 as documented
+             *alerts_to_lines([AlertEvent(
+                 fingerprint="f1", status=AlertStatus.FIRING, value=1.27, sequence=1, starts_at_ms=today,
+                 ends_at_ms=None, labels={"alertname": "PueAboveTarget", "site": "ga-01", "family": "efficiency",
+                                          "severity": "warning"},
+                 annotations={"summary": "PUE 1.270 above target 1.20 at ga-01",
+                              "threshold": "fire > 1.250, clear < 1.220"})]),
              f"recommendation,site=ga-01,loop=air,setpoint=supply_air current=22.0,recommended=24.0,"
              f"expected_saving_kw=12.5,confidence=0.8 {today}"]
     db = influx1_database(influxdb1)
