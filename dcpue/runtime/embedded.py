@@ -123,6 +123,7 @@ class EmbeddedPipeline:
             "sites": len(self.registry.sites),
             "batches_sent": self.batches_sent,
             "bus_lag": self.bus.lag(ANALYTICS_GROUP, self.settings.bus.topics.readings),
+            "alerts_firing": sum(a.get("state") == "firing" for a in self.alerts.active()) if self.alerts else 0,
             **self.worker.status(),
         }
 
