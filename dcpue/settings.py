@@ -170,6 +170,7 @@ class AlertSettings(_Section):
     pue_clear_margin: float = Field(0.02, ge=0)  # clear below target + this (1.22) …
     pue_clear_for_s: float = Field(900, ge=0)  # … sustained this long
     annual_clear_margin: float = Field(0.005, ge=0)  # the 12-month PUE clears at target − this
+    annual_min_days: float = Field(7, gt=0)  # before a full year, project the year from this much data on
     inlet_recommended_c: float = 27.0  # ASHRAE TC9.9 recommended envelope, upper dry-bulb limit
     inlet_allowable_c: float = 32.0  # ASHRAE class A1 allowable upper limit
     inlet_hysteresis_c: float = Field(0.5, ge=0)

@@ -12,6 +12,7 @@ import threading
 import zlib
 from collections.abc import Iterable
 
+import numpy as np
 import pandas as pd
 
 from dcpue.analytics.alerts import rules
@@ -48,7 +49,8 @@ class AlertEngine:
         self.now_ms = 0
         self.first_ms: int | None = None
         self.last_seen: dict[str, int] = {}
-        self.gap_ms: dict[str, float] = {}  # smoothed time between a site's newest readings [ms]
+        self.gap_ms: dict[str, float] = {}  # smoothed time between a site's meter samples [ms]
+        self.point_last: dict[tuple[str, str], int] = {}  # newest sample per (site, point) [ms]
         self.grades: dict[str, str] = {}
         self.stuck: dict[tuple[str, str], tuple[float, int]] = {}
         self.drops: dict[str, tuple[int, int]] = {}
@@ -68,11 +70,8 @@ class AlertEngine:
         if readings is not None and not readings.empty:
             newest = readings.groupby("site")["ts"].max()
             for site, ts in newest.items():
-                before = self.last_seen.get(str(site))
-                if before is not None and ts > before:  # how often this site usually reports
-                    gap = float(ts - before)
-                    self.gap_ms[str(site)] = 0.8 * self.gap_ms.get(str(site), gap) + 0.2 * gap
-                self.last_seen[str(site)] = max(before or 0, int(ts))
+                self.last_seen[str(site)] = max(self.last_seen.get(str(site), 0), int(ts))
+            self._learn_gaps(readings)
             self.now_ms = max(self.now_ms, int(newest.max()))
             if self.first_ms is None:
                 self.first_ms = int(readings["ts"].min())
@@ -98,6 +97,26 @@ class AlertEngine:
         now = max([self.now_ms, *(c.ts_ms for c in conditions)])
         return self.lifecycle.update(conditions, now)
 
+    def _learn_gaps(self, readings: pd.DataFrame) -> None:
+        """How often each site's meters report [ms]: the median time between a point's samples, smoothed.
+
+        Learned from the samples themselves, not from how they were batched, so NoData fires at the
+        same event time whether the worker sees a minute or an hour of readings at once.
+        """
+        r = readings[["site", "point", "ts"]].drop_duplicates().sort_values(["site", "point", "ts"], kind="stable")
+        previous = r.groupby(["site", "point"], sort=False)["ts"].shift().to_numpy(np.float64, copy=True)
+        if self.point_last:
+            known = pd.Series(self.point_last).reindex(pd.MultiIndex.from_arrays([r["site"], r["point"]]))
+            first = np.isnan(previous)
+            previous[first] = known.to_numpy(np.float64)[first]
+        gaps = r["ts"].to_numpy(np.float64) - previous
+        per_site = pd.Series(gaps, index=r["site"].to_numpy()).dropna()
+        per_site = per_site[per_site > 0].groupby(level=0).median()
+        for site, gap in per_site.items():
+            self.gap_ms[str(site)] = 0.8 * self.gap_ms.get(str(site), float(gap)) + 0.2 * float(gap)
+        last = r.groupby(["site", "point"], sort=False)["ts"].max()
+        self.point_last.update(zip(last.index, last.to_numpy().tolist(), strict=True))
+
     def active(self) -> list[dict[str, object]]:
         """Pending and firing alerts, for the API."""
         with self.lock:
@@ -106,6 +125,7 @@ class AlertEngine:
     def snapshot(self) -> bytes:
         """Everything needed to resume after a restart (silences are saved by their owner)."""
         state = {"now_ms": self.now_ms, "first_ms": self.first_ms, "last_seen": self.last_seen, "gap_ms": self.gap_ms,
+                 "point_last": [[s, p, t] for (s, p), t in self.point_last.items()],
                  "grades": self.grades, "stuck": [[s, p, v, t] for (s, p), (v, t) in self.stuck.items()],
                  "drops": {c: list(v) for c, v in self.drops.items()},
                  "lifecycle": self.lifecycle.snapshot().hex()}
@@ -117,6 +137,7 @@ class AlertEngine:
         self.now_ms, self.first_ms = state["now_ms"], state["first_ms"]
         self.last_seen = dict(state["last_seen"])
         self.gap_ms = dict(state.get("gap_ms", {}))
+        self.point_last = {(s, p): int(t) for s, p, t in state.get("point_last", [])}
         self.grades = dict(state["grades"])
         self.stuck = {(s, p): (v, t) for s, p, v, t in state["stuck"]}
         self.drops = {c: (int(v[0]), int(v[1])) for c, v in state["drops"].items()}

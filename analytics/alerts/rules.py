@@ -73,16 +73,29 @@ def pue_above_target(windows: pd.DataFrame, settings: AlertSettings, targets: di
 
 def annual_pue_projection(windows: pd.DataFrame, settings: AlertSettings,
                           targets: dict[str, float]) -> list[Condition]:
-    """The rolling 12-month PUE (the annualised figure) above the target: the year will miss it."""
+    """The year's PUE projected from the rolling 12-month row above the target: the year will miss it.
+
+    Before a full year of data the rolling row is incomplete (coverage = days seen / 365) and has no
+    PUE; from ``annual_min_days`` of data on, the projection is its energy-weighted PUE so far
+    (``total_kwh / it_kwh``), which is what the year's figure becomes if the rest of it runs the same.
+    """
     rows = _site_rows(windows, "12mo")
-    rows = rows[rows["status"] == "ok"] if not rows.empty else rows
+    if rows.empty:
+        return []
+    enough = rows["coverage"].to_numpy() * 365 >= settings.annual_min_days
+    so_far = np.where(rows["it_kwh"].to_numpy() > 0, rows["total_kwh"].to_numpy() / rows["it_kwh"].to_numpy(),
+                      np.nan)
+    projected = np.where(rows["status"].to_numpy() == "ok", rows["pue"].to_numpy(), np.where(enough, so_far, np.nan))
     out = []
-    for site, end, pue in zip(rows["id"], rows["end_ms"], rows["pue"], strict=True):
+    for site, end, pue, cov in zip(rows["id"], rows["end_ms"], projected, rows["coverage"], strict=True):
+        if not np.isfinite(pue):
+            continue
         target = targets.get(site, targets[""])
         out.append(Condition(
             _labels("AnnualPueProjectedMiss", site, Family.EFFICIENCY, Severity.WARNING), int(end),
             breach=bool(pue > target), clear=bool(pue <= target - settings.annual_clear_margin), value=float(pue),
-            annotations={"summary": f"rolling 12-month PUE {_fmt(pue)} at {site} misses the target {target:.2f}",
+            annotations={"summary": f"the year's PUE at {site} is heading for {_fmt(pue)}, missing the target "
+                                    f"{target:.2f} ({cov * 365:.0f} days of data)",
                          "threshold": f"fire > {target:.3f}, clear ≤ {target - settings.annual_clear_margin:.3f}"},
         ))
     return out
@@ -134,8 +147,12 @@ def meter_faults(windows: pd.DataFrame) -> list[Condition]:
     return out
 
 
-def _latest_per_point(readings: pd.DataFrame, points: pd.DataFrame, location: str) -> pd.DataFrame:
-    """Newest good reading per (site, point) of sensor points at ``location``, in °C (canonical)."""
+def _sensor_samples(readings: pd.DataFrame, points: pd.DataFrame, location: str) -> pd.DataFrame:
+    """Every good reading of temperature points at ``location``, in °C, oldest first.
+
+    Every sample is judged, not only the newest of a batch, so a backlog replayed in large batches
+    alerts as the live stream did.
+    """
     if readings.empty:
         return readings
     meta = points[(points["location"] == location) & (points["quantity"] == "temperature")]  # not setpoints
@@ -146,14 +163,14 @@ def _latest_per_point(readings: pd.DataFrame, points: pd.DataFrame, location: st
     mine = good[keys.isin(meta.index)]
     if mine.empty:
         return mine
-    latest = mine.sort_values("ts", kind="stable").drop_duplicates(["site", "point"], keep="last")
-    factor = meta["factor"].reindex(pd.MultiIndex.from_arrays([latest["site"], latest["point"]])).to_numpy()
-    return latest.assign(value=latest["value"].to_numpy() * factor)
+    mine = mine.sort_values("ts", kind="stable")
+    factor = meta["factor"].reindex(pd.MultiIndex.from_arrays([mine["site"], mine["point"]])).to_numpy()
+    return mine.assign(value=mine["value"].to_numpy() * factor)
 
 
 def rack_inlet_temperature(readings: pd.DataFrame, points: pd.DataFrame, settings: AlertSettings) -> list[Condition]:
     """Rack inlet temperatures above the ASHRAE TC9.9 recommended and allowable limits, per sensor."""
-    latest = _latest_per_point(readings, points, "rack_inlet")
+    latest = _sensor_samples(readings, points, "rack_inlet")
     out = []
     hyst = settings.inlet_hysteresis_c
     for site, point, ts, temp in zip(latest["site"], latest["point"], latest["ts"], latest["value"], strict=True):
@@ -174,7 +191,7 @@ def rack_inlet_temperature(readings: pd.DataFrame, points: pd.DataFrame, setting
 def facility_water_supply(readings: pd.DataFrame, points: pd.DataFrame, settings: AlertSettings,
                           water_class: dict[str, str]) -> list[Condition]:
     """Facility-water supply temperature above the limit of the site's ASHRAE W class."""
-    latest = _latest_per_point(readings, points, "fw_supply")
+    latest = _sensor_samples(readings, points, "fw_supply")
     out = []
     for site, point, ts, temp in zip(latest["site"], latest["point"], latest["ts"], latest["value"], strict=True):
         cls = water_class.get(site, water_class[""])
