@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +19,7 @@ from dcpue.analytics.alerts.silences import MaintenanceWindow
 from dcpue.errors import ConfigError
 from dcpue.ingest.devices import AnyDevice
 from dcpue.yamlio import read_yaml
+from dcpue.zones import TimeZoneName
 
 
 class _Section(BaseModel):
@@ -37,18 +37,10 @@ class EngineSettings(_Section):
     max_future_s: float = Field(300, ge=0)  # readings further ahead of the clock are dead-lettered
     spike_tolerance: float = Field(1.5, ge=1)  # counter deltas above rated_kw × dt × this are rejected
     hierarchy_tolerance: float = Field(0.05, ge=0)  # sub-meters vs facility meter
-    timezone: str = "Asia/Shanghai"  # calendar of day and month windows (an IANA zone name)
+    timezone: TimeZoneName = "Asia/Shanghai"  # calendar of day and month windows (an IANA zone name)
     live_history_h: float = Field(6, gt=0)  # how much live (1 min) history the store keeps
 
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {value!r} (use an IANA name such as 'Asia/Shanghai')") from None
-        return value
 
 
 class TopicSettings(_Section):

@@ -19,9 +19,11 @@ import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from dcpue.zones import TimeZoneName
 
 __all__ = ["WEEKDAYS", "MaintenanceWindow", "Matcher", "Mute", "Silence", "SilenceSet"]
 
@@ -148,7 +150,7 @@ class MaintenanceWindow(BaseModel):
     weekdays: tuple[int, ...] = ()
     start_time: str | None = None
     end_time: str | None = None
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     matchers: tuple[Matcher, ...] = ()
     created_by: str = ""
     comment: str = ""
@@ -170,14 +172,6 @@ class MaintenanceWindow(BaseModel):
                 raise ValueError(f"unknown weekday {day!r}; use one of {', '.join(WEEKDAYS)} or 0-6 (Monday = 0)")
         return tuple(sorted(set(out)))
 
-    @field_validator("timezone")
-    @classmethod
-    def _timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown timezone {value!r}; use an IANA name such as 'Asia/Shanghai' or 'UTC'") from exc
-        return value
 
     @model_validator(mode="after")
     def _check(self) -> MaintenanceWindow:
