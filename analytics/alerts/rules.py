@@ -219,24 +219,34 @@ def stuck_meters(readings: pd.DataFrame, points: pd.DataFrame, last_change: dict
     power = points[points["quantity"] == "power"]
     good = readings[(readings["quality"].to_numpy() & 0b1100) == 0]
     mine = good[pd.MultiIndex.from_arrays([good["site"], good["point"]]).isin(power.index)]
-    out = []
+    if mine.empty:
+        return [], state
+    mine = mine.sort_values(["site", "point", "ts"], kind="stable")
+    codes, keys = pd.factorize(pd.MultiIndex.from_arrays([mine["site"], mine["point"]]))
+    ts = mine["ts"].to_numpy(np.int64)
+    values = mine["value"].to_numpy(np.float64)
+    n = len(values)
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    ends = np.r_[starts[1:], n] - 1
+    known = [state.get(key, (np.nan, -1)) for key in keys]
+    prior_value = np.array([k[0] for k in known], dtype=np.float64)
+    prior_since = np.array([k[1] for k in known], dtype=np.int64)
+    previous = np.r_[np.nan, values[:-1]]
+    previous[starts] = prior_value  # each point's first sample compares with what the last batch ended on
+    changed = values != previous  # NaN (point never seen) compares unequal: its first sample starts a run
+    last_change = np.maximum.reduceat(np.where(changed, np.arange(n), -1), starts)
+    moved = last_change >= 0
+    value = np.where(moved, values[np.maximum(last_change, 0)], prior_value)
+    since = np.where(moved, ts[np.maximum(last_change, 0)], prior_since)
+    held_ms = np.where(value == 0, 0, ts[ends] - since)  # a switched-off feeder legitimately reads 0 for hours
+    state.update(zip(keys, zip(value.tolist(), since.tolist(), strict=True), strict=True))
     limit_ms = int(settings.stuck_after_s * 1000)
-    for (site, point), series in mine.sort_values("ts", kind="stable").groupby(["site", "point"], sort=False):
-        ts = series["ts"].to_numpy()
-        values = series["value"].to_numpy()
-        value, since = state.get((site, point), (np.nan, int(ts[0])))
-        changed = np.flatnonzero(values != np.concatenate(([value], values[:-1])))
-        if changed.size:
-            value, since = float(values[changed[-1]]), int(ts[changed[-1]])
-        state[(site, point)] = (value, since)
-        held_ms = int(ts[-1]) - since
-        if value == 0:  # a switched-off feeder legitimately reads 0 for hours
-            held_ms = 0
+    out = []
+    for (site, point), end, v, held in zip(keys, ts[ends].tolist(), value.tolist(), held_ms.tolist(), strict=True):
         out.append(Condition(
             _labels("MeterFault", site, Family.DATA_QUALITY, Severity.WARNING, fault="stuck", point=point),
-            int(ts[-1]), breach=held_ms >= limit_ms, clear=held_ms < limit_ms, value=float(value),
-            annotations={"summary": f"meter {point} at {site} has reported exactly {value:g} for "
-                                    f"{held_ms / 60_000:.0f} min"},
+            end, breach=held >= limit_ms, clear=held < limit_ms, value=v,
+            annotations={"summary": f"meter {point} at {site} has reported exactly {v:g} for {held / 60_000:.0f} min"},
         ))
     return out, state
 
