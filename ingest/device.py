@@ -84,7 +84,7 @@ class DeviceConfig(BaseModel):
     enabled: bool = True
     points: dict[str, str] = Field(default_factory=dict)
 
-    example_url: ClassVar[str] = ""  # shown by `dcpue probe --help`
+    example_url: ClassVar[str] = ""  # quoted in the error for a malformed probe URL
 
     @model_validator(mode="after")
     def _check_timing(self) -> Self:

@@ -6,6 +6,7 @@ while the bus is away, replays in order when it returns and loses nothing across
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dcpue.ingest.base import Collector, publish_polls
-from dcpue.ingest.poller import CollectorMetrics, DevicePoller
+from dcpue.ingest.poller import HEALTH_SCHEMA, CollectorMetrics, DevicePoller
 from dcpue.ingest.spool import Forwarder, Spool, SpoolingProducer
 from dcpue.ports import Producer
 from dcpue.registry import Registry
@@ -89,7 +90,7 @@ class CollectRuntime:
 
     def health_record(self) -> dict[str, object]:
         """The collector's own health record (spool, bus)."""
-        return {"schema": "dcpue.health", "v": 1, "kind": "collector", "collector": self.collector_id,
+        return {"schema": HEALTH_SCHEMA, "v": 1, "kind": "collector", "collector": self.collector_id,
                 "ts": time.time_ns() // 1_000_000, "bus_up": self.forwarder.bus_up,
                 "bus_last_error": self.forwarder.last_error, "spool_records": self.spool.depth,
                 "spool_bytes": self.spool.bytes, "spool_max_bytes": self.spool.max_bytes,
@@ -103,8 +104,6 @@ class CollectRuntime:
         if self.poller is not None:
             self.poller.send_collector_health(record)
         else:
-            import json
-
             self.producer.send(self.settings.bus.topics.health, json.dumps(record).encode(), key=self.collector_id)
             self.producer.flush()
 
