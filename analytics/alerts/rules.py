@@ -163,21 +163,41 @@ def _sensor_samples(readings: pd.DataFrame, points: pd.DataFrame, location: str)
     mine = good[keys.isin(meta.index)]
     if mine.empty:
         return mine
-    mine = mine.sort_values("ts", kind="stable")
+    mine = mine.sort_values(["site", "point", "ts"], kind="stable")
     factor = meta["factor"].reindex(pd.MultiIndex.from_arrays([mine["site"], mine["point"]])).to_numpy()
     return mine.assign(value=mine["value"].to_numpy() * factor)
 
 
+def _worth_judging(samples: pd.DataFrame, breach: np.ndarray, clear: np.ndarray) -> np.ndarray:
+    """Rows of ``samples`` (sorted by site, point, ts) the lifecycle must see: every breach, every change of
+    (breach, clear) from the sensor's previous sample, and each sensor's first and last sample of the batch.
+
+    A run of identical non-breaching samples says nothing the first and last of it do not, so large
+    batches of healthy sensors do not become one condition per sample.
+    """
+    sensor = pd.factorize(pd.MultiIndex.from_arrays([samples["site"], samples["point"]]))[0]
+    first = np.r_[True, sensor[1:] != sensor[:-1]]
+    last = np.r_[sensor[1:] != sensor[:-1], True]
+    changed = np.r_[True, (breach[1:] != breach[:-1]) | (clear[1:] != clear[:-1])]
+    return breach | first | last | changed
+
+
 def rack_inlet_temperature(readings: pd.DataFrame, points: pd.DataFrame, settings: AlertSettings) -> list[Condition]:
     """Rack inlet temperatures above the ASHRAE TC9.9 recommended and allowable limits, per sensor."""
-    latest = _sensor_samples(readings, points, "rack_inlet")
+    samples = _sensor_samples(readings, points, "rack_inlet")
+    if samples.empty:
+        return []
     out = []
     hyst = settings.inlet_hysteresis_c
-    for site, point, ts, temp in zip(latest["site"], latest["point"], latest["ts"], latest["value"], strict=True):
-        for name, limit, severity, what in (
-            ("RackInletAboveRecommended", settings.inlet_recommended_c, Severity.WARNING, "recommended"),
-            ("RackInletAboveAllowable", settings.inlet_allowable_c, Severity.CRITICAL, "allowable"),
-        ):
+    temps = samples["value"].to_numpy(np.float64)
+    for name, limit, severity, what in (
+        ("RackInletAboveRecommended", settings.inlet_recommended_c, Severity.WARNING, "recommended"),
+        ("RackInletAboveAllowable", settings.inlet_allowable_c, Severity.CRITICAL, "allowable"),
+    ):
+        breach, clear = temps > limit, temps < limit - hyst
+        keep = _worth_judging(samples, breach, clear)
+        for site, point, ts, temp in zip(samples["site"].to_numpy()[keep], samples["point"].to_numpy()[keep],
+                                         samples["ts"].to_numpy()[keep], temps[keep], strict=True):
             out.append(Condition(
                 _labels(name, site, Family.SAFETY, severity, point=point), int(ts),
                 breach=bool(temp > limit), clear=bool(temp < limit - hyst), value=float(temp),
@@ -191,11 +211,17 @@ def rack_inlet_temperature(readings: pd.DataFrame, points: pd.DataFrame, setting
 def facility_water_supply(readings: pd.DataFrame, points: pd.DataFrame, settings: AlertSettings,
                           water_class: dict[str, str]) -> list[Condition]:
     """Facility-water supply temperature above the limit of the site's ASHRAE W class."""
-    latest = _sensor_samples(readings, points, "fw_supply")
+    samples = _sensor_samples(readings, points, "fw_supply")
+    if samples.empty:
+        return []
+    classes = samples["site"].map(lambda site: water_class.get(site, water_class[""])).to_numpy()
+    limits = np.array([W_CLASS_LIMIT_C[c] for c in classes])
+    temps = samples["value"].to_numpy(np.float64)
+    keep = _worth_judging(samples, temps > limits, temps < limits - settings.water_hysteresis_c)
     out = []
-    for site, point, ts, temp in zip(latest["site"], latest["point"], latest["ts"], latest["value"], strict=True):
-        cls = water_class.get(site, water_class[""])
-        limit = W_CLASS_LIMIT_C[cls]
+    for site, point, ts, temp, cls, limit in zip(
+            samples["site"].to_numpy()[keep], samples["point"].to_numpy()[keep], samples["ts"].to_numpy()[keep],
+            temps[keep], classes[keep], limits[keep], strict=True):
         out.append(Condition(
             _labels("FacilityWaterTooWarm", site, Family.SAFETY, Severity.CRITICAL, point=point), int(ts),
             breach=bool(temp > limit), clear=bool(temp < limit - settings.water_hysteresis_c), value=float(temp),
