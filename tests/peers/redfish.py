@@ -38,8 +38,27 @@ import pytest
 from tests.servers import Server, _http_ready, _missing, free_port, run_server
 
 REPO = Path(__file__).resolve().parents[2]
-# ../shared/data/redfish beside the checkout; DCPUE_REDFISH_MOCKUPS points elsewhere for other layouts
-SHARED_REDFISH = Path(os.environ.get("DCPUE_REDFISH_MOCKUPS") or REPO.parent / "shared" / "data" / "redfish")
+
+
+def _shared_redfish() -> Path:
+    """``DCPUE_REDFISH_MOCKUPS``, else ``../shared/data/redfish`` beside the checkout, else beside the checkout
+    it was cloned from (a local clone such as ``git clone . /tmp/fresh`` keeps finding the mockup)."""
+    if os.environ.get("DCPUE_REDFISH_MOCKUPS"):
+        return Path(os.environ["DCPUE_REDFISH_MOCKUPS"])
+    beside = REPO.parent / "shared" / "data" / "redfish"
+    if beside.is_dir():
+        return beside
+    try:
+        origin = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        origin = ""
+    if origin and Path(origin).is_dir():
+        return Path(origin).resolve().parent / "shared" / "data" / "redfish"
+    return beside
+
+
+SHARED_REDFISH = _shared_redfish()
 RACKMOUNT1 = SHARED_REDFISH / "public-rackmount1"
 CDU1_MOCKUP = REPO / "tests" / "data" / "redfish" / "cdu1"
 REDFISH_ROOT = "/redfish/v1"
