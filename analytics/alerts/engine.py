@@ -23,6 +23,7 @@ from dcpue.registry import Registry
 from dcpue.settings import AlertSettings, EngineSettings
 
 STALE_AFTER_MS = 26 * 3_600_000
+SITE_STATE_VERSION = 2
 
 
 class AlertEngine:
@@ -32,7 +33,7 @@ class AlertEngine:
                  silences: SilenceSet | None = None) -> None:
         self.settings = settings
         self.points = registry.points_table
-        self.sites = [s.id for s in registry.sites]
+        self.sites: set[str] = {s.id for s in registry.sites}  # the sites this engine answers for; see own()
         self.targets = {"": engine.target_pue,
                         **{site: o.target_pue for site, o in settings.sites.items() if o.target_pue is not None}}
         self.water_class = {"": settings.water_class,
@@ -53,7 +54,8 @@ class AlertEngine:
         self.point_last: dict[tuple[str, str], int] = {}  # newest sample per (site, point) [ms]
         self.grades: dict[str, str] = {}
         self.stuck: dict[tuple[str, str], tuple[float, int]] = {}
-        self.drops: dict[str, tuple[int, int]] = {}
+        self.drops: dict[tuple[str, str], tuple[int, int]] = {}  # (site, collector) → (dropped, since)
+        self.touched: set[str] = set()  # sites whose state changed since take_touched()
 
     def observe(self, readings: pd.DataFrame | None = None, windows: pd.DataFrame | None = None,
                 health: Iterable[dict[str, object]] = ()) -> list[AlertEvent]:
@@ -68,6 +70,7 @@ class AlertEngine:
                  health: Iterable[dict[str, object]]) -> list[AlertEvent]:
         conditions: list[Condition] = []
         if readings is not None and not readings.empty:
+            self.touched.update(readings["site"].unique().tolist())
             newest = readings.groupby("site")["ts"].max()
             for site, ts in newest.items():
                 self.last_seen[str(site)] = max(self.last_seen.get(str(site), 0), int(ts))
@@ -80,6 +83,7 @@ class AlertEngine:
             stuck, self.stuck = rules.stuck_meters(readings, self.points, self.stuck, self.settings)
             conditions += stuck
         if windows is not None and not windows.empty:
+            self.touched.update(windows.loc[windows["scope"] == "site", "id"].unique().tolist())
             conditions += rules.pue_above_target(windows, self.settings, self.targets)
             conditions += rules.annual_pue_projection(windows, self.settings, self.targets)
             graded, self.grades = rules.grade_worsening(windows, self.grades)
@@ -89,8 +93,9 @@ class AlertEngine:
         if records:
             from_health, self.drops = rules.device_health(records, self.settings, self.drops)
             conditions += from_health
+            self.touched.update(c.labels.get("site", "") for c in from_health)
         if self.first_ms is not None:
-            conditions += rules.no_data(self.last_seen, self.sites, self.now_ms, self.first_ms, self.settings,
+            conditions += rules.no_data(self.last_seen, sorted(self.sites), self.now_ms, self.first_ms, self.settings,
                                         self.gap_ms)
         if not conditions:
             return []
@@ -122,23 +127,96 @@ class AlertEngine:
         with self.lock:
             return self.lifecycle.active()
 
+    # -- the sites this engine answers for, and their state -------------------------------------------
+
+    def own(self, sites: Iterable[str]) -> None:
+        """Answer for ``sites`` too (a worker was assigned their partitions); "no data" covers them."""
+        with self.lock:
+            self.sites |= set(sites)
+
+    def drop_sites(self, sites: Iterable[str]) -> None:
+        """Stop answering for ``sites`` and forget their state (another worker restores it)."""
+        gone = set(sites)
+        with self.lock:
+            self.sites -= gone
+            self.touched -= gone
+            for table in (self.last_seen, self.gap_ms, self.grades):
+                for site in gone & table.keys():
+                    del table[site]
+            for keyed in (self.point_last, self.stuck, self.drops):
+                for key in [k for k in keyed if k[0] in gone]:
+                    del keyed[key]
+            self.lifecycle.drop_sites(gone)
+
+    def take_touched(self) -> set[str]:
+        """The sites whose alert state changed since the last call (to be checkpointed)."""
+        with self.lock:
+            touched = self.touched | self.lifecycle.touched_sites
+            self.touched, self.lifecycle.touched_sites = set(), set()
+            return touched
+
+    def snapshot_sites(self, sites: Iterable[str]) -> dict[str, bytes]:
+        """Per site: its rules' state and alerts (plus the engine's clock), for :meth:`restore_site`."""
+        with self.lock:
+            wanted = set(sites)
+            lifecycles = self.lifecycle.snapshot_sites(wanted)
+            point_last: dict[str, list[list[object]]] = {}
+            for (s, p), t in self.point_last.items():
+                if s in wanted:
+                    point_last.setdefault(s, []).append([p, t])
+            stuck: dict[str, list[list[object]]] = {}
+            for (s, p), (v, t) in self.stuck.items():
+                if s in wanted:
+                    stuck.setdefault(s, []).append([p, v, t])
+            drops: dict[str, list[list[object]]] = {}
+            for (s, c), (n, t) in self.drops.items():
+                if s in wanted:
+                    drops.setdefault(s, []).append([c, n, t])
+            return {site: zlib.compress(json.dumps({
+                "v": SITE_STATE_VERSION, "now_ms": self.now_ms, "first_ms": self.first_ms,
+                "last_seen": self.last_seen.get(site), "gap_ms": self.gap_ms.get(site), "grade": self.grades.get(site),
+                "point_last": point_last.get(site, []), "stuck": stuck.get(site, []), "drops": drops.get(site, []),
+                "lifecycle": lifecycles[site].hex()}).encode()) for site in wanted}
+
+    def restore_site(self, site: str, blob: bytes) -> None:
+        """Take ``site`` over from a :meth:`snapshot_sites` blob (made by this or another engine)."""
+        try:
+            state = json.loads(zlib.decompress(blob))
+        except (zlib.error, ValueError) as exc:
+            raise ValueError(f"not an alert engine site snapshot: {exc}") from exc
+        if state.get("v") != SITE_STATE_VERSION:
+            raise ValueError(f"unsupported alert site snapshot (version {state.get('v')}; expected "
+                             f"{SITE_STATE_VERSION})")
+        with self.lock:
+            self.drop_sites({site})
+            self.sites.add(site)
+            self.now_ms = max(self.now_ms, int(state["now_ms"]))
+            if state["first_ms"] is not None:
+                self.first_ms = min(self.first_ms if self.first_ms is not None else state["first_ms"],
+                                    int(state["first_ms"]))
+            for table, value in ((self.last_seen, state["last_seen"]), (self.gap_ms, state["gap_ms"]),
+                                 (self.grades, state["grade"])):
+                if value is not None:
+                    table[site] = value
+            self.point_last.update({(site, p): int(t) for p, t in state["point_last"]})
+            self.stuck.update({(site, p): (v, int(t)) for p, v, t in state["stuck"]})
+            self.drops.update({(site, c): (int(n), int(t)) for c, n, t in state["drops"]})
+            self.lifecycle.restore_site(site, bytes.fromhex(state["lifecycle"]))
+
     def snapshot(self) -> bytes:
-        """Everything needed to resume after a restart (silences are saved by their owner)."""
-        state = {"now_ms": self.now_ms, "first_ms": self.first_ms, "last_seen": self.last_seen, "gap_ms": self.gap_ms,
-                 "point_last": [[s, p, t] for (s, p), t in self.point_last.items()],
-                 "grades": self.grades, "stuck": [[s, p, v, t] for (s, p), (v, t) in self.stuck.items()],
-                 "drops": {c: list(v) for c, v in self.drops.items()},
-                 "lifecycle": self.lifecycle.snapshot().hex()}
-        return zlib.compress(json.dumps(state).encode())
+        """Every site's state (see :meth:`snapshot_sites`), for :meth:`restore` after a restart."""
+        with self.lock:
+            sites = self.sites | self.last_seen.keys() | {""}
+            blobs = self.snapshot_sites(sites)
+            return zlib.compress(json.dumps({"v": SITE_STATE_VERSION, "sites": sorted(self.sites),
+                                             "states": {s: b.hex() for s, b in blobs.items()}}).encode())
 
     def restore(self, blob: bytes) -> None:
         """Resume from :meth:`snapshot`."""
         state = json.loads(zlib.decompress(blob))
-        self.now_ms, self.first_ms = state["now_ms"], state["first_ms"]
-        self.last_seen = dict(state["last_seen"])
-        self.gap_ms = dict(state.get("gap_ms", {}))
-        self.point_last = {(s, p): int(t) for s, p, t in state.get("point_last", [])}
-        self.grades = dict(state["grades"])
-        self.stuck = {(s, p): (v, t) for s, p, v, t in state["stuck"]}
-        self.drops = {c: (int(v[0]), int(v[1])) for c, v in state["drops"].items()}
-        self.lifecycle.restore(bytes.fromhex(state["lifecycle"]))
+        if state.get("v") != SITE_STATE_VERSION:
+            raise ValueError(f"unsupported alert engine snapshot (version {state.get('v')})")
+        with self.lock:
+            for site, hexed in state["states"].items():
+                self.restore_site(site, bytes.fromhex(hexed))
+            self.sites = set(state["sites"])

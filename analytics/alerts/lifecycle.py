@@ -95,6 +95,7 @@ class AlertLifecycle:
         self._now = 0  # event-time clock [ms]: newest condition ts or now_ms seen
         self._alerts: dict[str, _Alert] = {}
         self._live: set[str] = set()  # pending or firing fingerprints
+        self.touched_sites: set[str] = set()  # sites whose alert state changed; the owner clears it
 
     @property
     def now_ms(self) -> int:
@@ -129,6 +130,7 @@ class AlertLifecycle:
             st = self._alerts[fp] = _Alert(labels=dict(cond.labels), annotations={})
         elif cond.ts_ms <= st.last_ts:
             return
+        self.touched_sites.add(st.labels.get("site", ""))
         ts = cond.ts_ms
         st.last_ts, st.value, st.annotations = ts, cond.value, dict(cond.annotations)
         if st.state == INACTIVE:
@@ -191,6 +193,7 @@ class AlertLifecycle:
             ended_inhibitor = False
             for fp in sorted(stale, key=lambda f: (self._alerts[f].last_ts, f)):
                 st = self._alerts[fp]
+                self.touched_sites.add(st.labels.get("site", ""))
                 if st.state == FIRING:
                     note = (f"stale: no condition for {self.stale_after_ms // 1000} s since {_iso(st.last_ts)}; "
                             "resolved without a clear")
@@ -221,6 +224,7 @@ class AlertLifecycle:
                                      st.seq, silenced))
         for fp, flag in notified.items():
             self._alerts[fp].notified = flag
+        self.touched_sites.update(e.labels.get("site", "") for e in events)
         # firing alerts nobody was told about whose mute has ended (silence expired, inhibitor resolved)
         waiting = [fp for fp in self._live if self._alerts[fp].state == FIRING and not self._alerts[fp].notified]
         for fp in sorted(waiting, key=lambda f: (self._alerts[f].starts_at, f)):
@@ -228,6 +232,7 @@ class AlertLifecycle:
             if not self._muted(st.labels, inhibited):
                 st.seq += 1
                 st.notified = True
+                self.touched_sites.add(st.labels.get("site", ""))
                 events.append(AlertEvent(fp, Status.FIRING, dict(st.labels), dict(st.annotations), st.starts_at,
                                          None, st.value, st.seq, False))
         return events
@@ -282,3 +287,38 @@ class AlertLifecycle:
         self._now = state.now
         self._alerts = state.alerts
         self._live = {fp for fp, st in state.alerts.items() if st.state != INACTIVE}
+
+    # -- per-site state: it follows a site to whichever worker holds the site -------------------------
+
+    def snapshot_sites(self, sites: Iterable[str]) -> dict[str, bytes]:
+        """Per site of ``sites``: the state of its alerts and the clock, for :meth:`restore_site` anywhere."""
+        by_site: dict[str, dict[str, _Alert]] = {site: {} for site in sites}
+        for fp, st in self._alerts.items():
+            alerts = by_site.get(st.labels.get("site", ""))
+            if alerts is not None:
+                alerts[fp] = st
+        return {site: zlib.compress(msgspec.msgpack.encode(_State(STATE_VERSION, self._now, alerts)), 6)
+                for site, alerts in by_site.items()}
+
+    def restore_site(self, site: str, blob: bytes) -> None:
+        """Replace ``site``'s alerts by a :meth:`snapshot_site`'s; the clock only moves forward."""
+        try:
+            state = msgspec.msgpack.decode(zlib.decompress(blob), type=_State)
+        except (zlib.error, msgspec.DecodeError) as exc:
+            raise ValueError(f"not an alert lifecycle snapshot: {exc}") from exc
+        if state.v != STATE_VERSION:
+            raise ValueError(f"unsupported alert lifecycle snapshot (version {state.v}; expected {STATE_VERSION})")
+        foreign = [fp for fp, st in state.alerts.items() if st.labels.get("site", "") != site]
+        if foreign:
+            raise ValueError(f"alert snapshot of site {site!r} holds alerts of other sites: {foreign[:3]}")
+        self.drop_sites({site})
+        self._now = max(self._now, state.now)
+        self._alerts.update(state.alerts)
+        self._live |= {fp for fp, st in state.alerts.items() if st.state != INACTIVE}
+
+    def drop_sites(self, sites: set[str]) -> None:
+        """Forget the alerts of ``sites`` (another worker holds them now)."""
+        gone = [fp for fp, st in self._alerts.items() if st.labels.get("site", "") in sites]
+        for fp in gone:
+            del self._alerts[fp]
+            self._live.discard(fp)

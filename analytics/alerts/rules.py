@@ -302,12 +302,15 @@ def no_data(last_seen: dict[str, int], sites: Iterable[str], now_ms: int, first_
 
 
 def device_health(records: Iterable[dict[str, object]], settings: AlertSettings,
-                  drops: dict[str, tuple[int, int]]) -> tuple[list[Condition], dict[str, tuple[int, int]]]:
+                  drops: dict[tuple[str, str], tuple[int, int]],
+                  ) -> tuple[list[Condition], dict[tuple[str, str], tuple[int, int]]]:
     """Collector health records (``dcpue.health``): devices failing to read, spools dropping data.
 
-    ``drops`` maps a collector to (its last ``spool_dropped_total``, ts [ms] of the last increase);
-    a collector whose count rose within ``spool_clear_after_s`` is dropping data. Returns the
-    conditions and the updated state.
+    A collector record names the ``sites`` its devices serve; its spool alert is raised for each of
+    them (so it routes and groups like the site's other alerts), or once with no site when it names
+    none. ``drops`` maps (site, collector) to (the last ``spool_dropped_total``, ts [ms] of the last
+    increase); a collector whose count rose within ``spool_clear_after_s`` is dropping data. Returns
+    the conditions and the updated state.
     """
     state = dict(drops)
     out = []
@@ -327,15 +330,16 @@ def device_health(records: Iterable[dict[str, object]], settings: AlertSettings,
         elif r.get("kind") == "collector":
             collector = str(r.get("collector", ""))
             dropped = int(r.get("spool_dropped_total", 0))  # type: ignore[call-overload]
-            before, since = state.get(collector, (0, -(2**62)))
-            if dropped > before:
-                since = ts
-            state[collector] = (dropped, since)
-            dropping = ts - since < settings.spool_clear_after_s * 1000
-            out.append(Condition(
-                _labels("SpoolDroppingData", "", Family.DATA_QUALITY, Severity.CRITICAL, collector=collector), ts,
-                breach=dropping, clear=not dropping, value=float(dropped),
-                annotations={"summary": f"collector {collector} has dropped {dropped} spooled records: its disk cap "
-                                        f"({r.get('spool_max_bytes')} B) was reached while the bus was away"},
-            ))
+            for site in [str(s) for s in r.get("sites") or ()] or [""]:  # type: ignore[attr-defined]
+                before, since = state.get((site, collector), (0, -(2**62)))
+                if dropped > before:
+                    since = ts
+                state[(site, collector)] = (dropped, since)
+                dropping = ts - since < settings.spool_clear_after_s * 1000
+                out.append(Condition(
+                    _labels("SpoolDroppingData", site, Family.DATA_QUALITY, Severity.CRITICAL, collector=collector),
+                    ts, breach=dropping, clear=not dropping, value=float(dropped),
+                    annotations={"summary": f"collector {collector} has dropped {dropped} spooled records: its disk "
+                                            f"cap ({r.get('spool_max_bytes')} B) was reached while the bus was away"},
+                ))
     return out, state

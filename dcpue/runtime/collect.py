@@ -96,7 +96,14 @@ class CollectRuntime:
                 "spool_bytes": self.spool.bytes, "spool_max_bytes": self.spool.max_bytes,
                 "spool_dropped_total": self.spool.dropped_total, "forwarded_total": self.forwarder.forwarded_total,
                 "devices": len(self.poller.health) if self.poller else 0,
-                "devices_down": sum(not h.up for h in self.poller.health) if self.poller else 0}
+                "devices_down": sum(not h.up for h in self.poller.health) if self.poller else 0,
+                "sites": self.sites()}
+
+    def sites(self) -> list[str]:
+        """The sites this collector reads (its spool alert is raised for each of them)."""
+        if self.poller is not None:
+            return sorted({h.site for h in self.poller.health})
+        return sorted(s.id for s in self.registry.sites) if self.simulator is not None else []
 
     def send_health(self) -> None:
         """Put the collector's health record on the health topic (through the spool, like everything)."""

@@ -441,7 +441,7 @@ def collector_record(dropped: int, minute: int) -> dict[str, object]:
     return {"schema": "dcpue.health", "v": 1, "kind": "collector", "collector": "collector-gy",
             "ts": T0 + minute * MIN, "bus_up": dropped == 0, "bus_last_error": None, "spool_records": 1000,
             "spool_bytes": 64_000_000, "spool_max_bytes": 64_000_000, "spool_dropped_total": dropped,
-            "forwarded_total": 5000, "devices": 3, "devices_down": 0}
+            "forwarded_total": 5000, "devices": 3, "devices_down": 0, "sites": ["gy-04"]}
 
 
 def test_collector_device_down_fires_after_5_min_and_resolves_when_up():
@@ -473,6 +473,7 @@ def test_spool_dropping_data_fires_on_an_increase_and_resolves_after_the_quiet_p
     assert [(m, e.status) for m, e in out] == [(10, FIRING), (15 + quiet_min, RESOLVED)]
     (_, fire), (_, res) = out
     assert fire.labels["alertname"] == "SpoolDroppingData" and fire.labels["collector"] == "collector-gy"
+    assert fire.site == "gy-04"  # raised for the site whose data the collector drops, so it routes with it
     assert fire.starts_at_ms == T0 + 10 * MIN and res.ends_at_ms == T0 + (15 + quiet_min) * MIN
     assert res.value == 40
 
@@ -490,3 +491,35 @@ def test_snapshot_restore_mid_run_gives_the_same_events(restart_after):
     assert tuple((t, key(e)) for t, e in restarted) == uninterrupted()
     cut = T0 + (restart_after + 1) * 15 * MIN
     assert sum(t > cut for t, _ in uninterrupted()) >= 3  # there is something after the restart to compare
+
+
+@pytest.mark.parametrize("handover_after", [3, 5])  # chunks ending at minute 60 (ga-01 pending), 90 (NoData firing)
+def test_a_site_handed_to_another_engine_mid_run_gives_the_same_events(handover_after):
+    """Two engines share the fleet as two workers would; ga-01 moves from one to the other mid-episode."""
+    inputs = run(FLAP, **FLAP_RUN).inputs
+    left, right = AlertEngine(REGISTRY, ENGINE, ALERTS), AlertEngine(REGISTRY, ENGINE, ALERTS)
+    left.drop_sites({"xy-03", "gy-04"})
+    right.drop_sites({"ga-01", "tr-02"})
+    split = []
+    for i, (_t, readings, windows) in enumerate(inputs):
+        for engine in (left, right):
+            mine = sorted(engine.sites)
+            split += [repr(key(e)) for e in engine.observe(readings=readings[readings["site"].isin(mine)],
+                                                           windows=windows[windows["id"].isin(mine)])]
+        if i == handover_after:
+            assert "ga-01" in left.take_touched()
+            blob = left.snapshot_sites({"ga-01"})["ga-01"]
+            left.drop_sites({"ga-01"})
+            right.restore_site("ga-01", blob)
+            assert "ga-01" not in left.sites and "ga-01" in right.sites
+    whole = [repr(key(e)) for _, e in replay(inputs, 15)]
+    assert sorted(split) == sorted(whole)
+    assert sum("'ga-01'" in k for k in whole) >= 4  # ga-01 has alerts on both sides of the handover
+
+
+def test_a_site_snapshot_refuses_foreign_or_corrupt_state():
+    engine = AlertEngine(REGISTRY, ENGINE, ALERTS)
+    with pytest.raises(ValueError, match="not an alert engine site snapshot"):
+        engine.restore_site("ga-01", b"garbage")
+    blob = engine.snapshot_sites({"ga-01"})["ga-01"]
+    engine.restore_site("ga-01", blob)  # its own, empty: fine
