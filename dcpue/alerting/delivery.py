@@ -13,7 +13,8 @@ The dispatcher's rules:
 - connection errors, timeouts, 408, 429 and 5xx (and the robots' rate-limit codes) are retried with
   exponential backoff and full jitter — delay ∈ [0, min(cap, base·2^(n-1))] — or after ``Retry-After``;
   other 4xx are permanent: the row is failed, logged and kept in the delivery log;
-- a row is given up after the receiver's ``max_attempts`` or ``max_age_s``;
+- a row is given up after the receiver's ``max_attempts`` or ``max_age_s``, both counted from when it entered
+  the queue — its creation, or an operator's retry (:meth:`AlertDelivery.retry`);
 - ``max_per_minute`` is a token bucket per receiver: excess waits, nothing is dropped;
 - DingTalk and Feishu signatures are computed per attempt, so their timestamps are always fresh.
 """
@@ -36,7 +37,7 @@ import httpx
 from dcpue import __version__
 from dcpue.alerting import payloads, signing
 from dcpue.alerting.config import DeliverySettings, Receiver, ReceiverKind, Route, check_routing, route
-from dcpue.alerting.outbox import Delivery, DeliveryStatus, Outbox
+from dcpue.alerting.outbox import Delivery, DeliveryStatus, NotRetryable, Outbox
 from dcpue.analytics.alerts.model import AlertEvent
 
 log = logging.getLogger(__name__)
@@ -345,7 +346,7 @@ class Dispatcher:
             now_ms = int(now * 1000)
             if row.next_attempt_ms > now_ms:
                 return (row.next_attempt_ms - now_ms) / 1000.0
-            if now_ms - row.created_ms >= receiver.max_age_s * 1000:
+            if now_ms - row.pending_since_ms >= receiver.max_age_s * 1000:
                 self._give_up(lane, row, now_ms, f"gave up: older than max_age_s={receiver.max_age_s:g} "
                               f"after {row.attempts} attempts; last error: {row.last_error}", attempted=False)
                 return 0.0
@@ -356,12 +357,14 @@ class Dispatcher:
             outcome = self._attempt(lane, row, now)
             done_ms = now_ms + int((time.monotonic() - started) * 1000)
             attempts = row.attempts + 1
+            budget_used = row.attempts_since_requeue + 1
             if outcome.verdict == "delivered":
                 self.outbox.mark_delivered(row.id, done_ms, outcome.status_code)
                 lane.counters.sent += 1
                 log.info("alert delivered receiver=%s key=%s status=%s attempts=%d", receiver.name,
                          row.idempotency_key, outcome.status_code, attempts)
-            elif outcome.verdict == "retry" and (receiver.max_attempts is None or attempts < receiver.max_attempts):
+            elif outcome.verdict == "retry" and (receiver.max_attempts is None
+                                                 or budget_used < receiver.max_attempts):
                 delay = outcome.retry_after_s
                 if delay is None:
                     delay = backoff_delay(attempts, receiver.backoff_max_s, self.backoff_base_s, self._rng)
@@ -460,6 +463,25 @@ class AlertDelivery:
                    status: DeliveryStatus | str | None = None) -> list[Delivery]:
         """The delivery log, newest first (see :meth:`Outbox.deliveries`)."""
         return self.outbox.deliveries(limit, receiver, status)
+
+    def retry(self, delivery_id: int) -> Delivery:
+        """Send a failed delivery again (an operator's retry): back to pending, due now; returns the row.
+
+        Same body and ``Idempotency-Key``; ``max_attempts`` and ``max_age_s`` count afresh from now. Raises
+        :class:`~dcpue.alerting.outbox.UnknownDelivery` (a KeyError) for an unknown id and
+        :class:`~dcpue.alerting.outbox.NotRetryable` (a ValueError) when the row is not failed or its receiver
+        is no longer configured (nothing would send it).
+        """
+        row = self.outbox.by_id(delivery_id)
+        names = [r.name for r in self.receivers]
+        if row is not None and row.receiver not in names:
+            raise NotRetryable(f"alert delivery {delivery_id} is for receiver {row.receiver!r}, which is not "
+                               f"configured (configured: {names}); nothing would send it")
+        done = self.outbox.retry(delivery_id, int(self._clock() * 1000))
+        self.dispatcher.wake(done.receiver)
+        log.info("alert delivery retried by operator id=%d receiver=%s key=%s attempts=%d last_error=%s", done.id,
+                 done.receiver, done.idempotency_key, done.attempts, done.last_error)
+        return done
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per receiver: ``sent``, ``failed``, ``retried`` since start and ``pending`` rows now."""

@@ -9,8 +9,10 @@ One row per (receiver, idempotency key) with the rendered body, so:
 - delivered and failed rows stay as the delivery log (:meth:`Outbox.deliveries`) until pruned.
 
 Rows move ``pending`` → ``delivered`` (a 2xx came back) or ``pending`` → ``failed`` (a permanent error, or
-given up after ``max_attempts``/``max_age_s``). ``synchronous=FULL`` by default: an enqueued alert survives a
-power loss too. One connection, guarded by a lock, serves all threads; run one dispatcher per file.
+given up after ``max_attempts``/``max_age_s``); an operator's :meth:`Outbox.retry` moves ``failed`` → ``pending``
+again (same body and key; the attempt budget counts afresh from the retry). ``synchronous=FULL`` by
+default: an enqueued alert survives a power loss too. One connection, guarded by a lock, serves all threads;
+run one dispatcher per file.
 """
 
 from __future__ import annotations
@@ -24,15 +26,30 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from dcpue.errors import SinkError
+from dcpue.errors import DcpueError, SinkError
 
 log = logging.getLogger(__name__)
 
 
 class OutboxError(SinkError):
     """The outbox file could not be read or written."""
+
+
+class UnknownDelivery(DcpueError, KeyError):
+    """No outbox row has this id (pruned, or never there)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown alert delivery"
+
+
+class NotRetryable(DcpueError, ValueError):
+    """The row cannot be retried: it is not ``failed``, or its receiver is no longer configured."""
+
+
+class DeliveryDisabled(DcpueError):
+    """No alert delivery runs in this process (no receivers configured)."""
 
 
 class DeliveryStatus(StrEnum):
@@ -60,15 +77,20 @@ _SCHEMA = (
         site TEXT NOT NULL DEFAULT '',
         alertname TEXT NOT NULL DEFAULT '',
         fingerprints TEXT NOT NULL DEFAULT '[]',
+        requeued_ms INTEGER,
+        requeued_attempts INTEGER NOT NULL DEFAULT 0,
         UNIQUE (receiver, idempotency_key)
     )""",
     "CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (receiver, status, id)",
     "CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, id)",
 )
 
+# Columns added after the first release: ALTER TABLE on open, so outbox files written before keep working.
+_ADDED_COLUMNS = (("requeued_ms", "INTEGER"), ("requeued_attempts", "INTEGER NOT NULL DEFAULT 0"))
+
 _COLUMNS = ("id", "receiver", "idempotency_key", "kind", "body", "status", "attempts", "next_attempt_ms",
             "last_error", "last_status_code", "created_ms", "updated_ms", "delivered_ms", "alert_status", "site",
-            "alertname", "fingerprints")
+            "alertname", "fingerprints", "requeued_ms", "requeued_attempts")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM deliveries"
 
 
@@ -93,6 +115,18 @@ class Delivery:
     site: str
     alertname: str
     fingerprints: tuple[str, ...]
+    requeued_ms: int | None = None  # when an operator last retried the row (None: never)
+    requeued_attempts: int = 0  # ``attempts`` at that retry
+
+    @property
+    def pending_since_ms(self) -> int:
+        """When the row last entered the queue [ms since epoch]: its retry, else its creation."""
+        return self.created_ms if self.requeued_ms is None else self.requeued_ms
+
+    @property
+    def attempts_since_requeue(self) -> int:
+        """Requests made since the row last entered the queue (what ``max_attempts`` limits)."""
+        return self.attempts - self.requeued_attempts
 
     def as_dict(self, include_body: bool = False) -> dict[str, Any]:
         """JSON-ready form for the delivery-log API; the body (UTF-8 text) only on request."""
@@ -103,6 +137,13 @@ class Delivery:
         if include_body:
             data["body"] = body.decode("utf-8", "replace")
         return data
+
+
+class PendingSummary(NamedTuple):
+    """A receiver's queue: pending rows and when the oldest of them entered it [ms since epoch]."""
+
+    count: int
+    oldest_since_ms: int
 
 
 def _row(values: tuple[Any, ...]) -> Delivery:
@@ -137,6 +178,7 @@ class Outbox:
                 db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
                 for statement in _SCHEMA:
                     db.execute(statement)
+                _add_missing_columns(db)
                 pending = db.execute("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'").fetchone()[0]
             except (sqlite3.Error, OSError) as exc:
                 raise OutboxError(f"{self.path}: cannot open the alert outbox: {exc}") from exc
@@ -215,15 +257,37 @@ class Outbox:
                  str(status), now_ms, delivery_id),
             )
 
-    def requeue(self, delivery_id: int, now_ms: int) -> bool:
-        """Put a failed row back to pending, due now (an operator's retry); False if it was not failed."""
-        with self._conn("requeue") as db:
-            cursor = db.execute(
-                "UPDATE deliveries SET status = 'pending', next_attempt_ms = ?, updated_ms = ?"
-                " WHERE id = ? AND status = 'failed'",
-                (now_ms, now_ms, delivery_id),
+    def retry(self, delivery_id: int, now_ms: int) -> Delivery:
+        """Put a failed row back to pending, due at ``now_ms`` [ms since epoch] (an operator's retry); the row.
+
+        Body, idempotency key, ``attempts`` and ``last_error`` are kept; ``requeued_ms``/``requeued_attempts``
+        record the retry, so the receiver's ``max_attempts`` and ``max_age_s`` count afresh from it (a row
+        given up for its age would otherwise be given up again without a request). Raises
+        :class:`UnknownDelivery` (a KeyError) when no row has this id and :class:`NotRetryable` (a ValueError)
+        when the row is not failed.
+        """
+        with self._conn("retry") as db:
+            found = db.execute(f"{_SELECT} WHERE id = ?", (delivery_id,)).fetchone()
+            if found is None:
+                raise UnknownDelivery(f"no alert delivery with id {delivery_id} (pruned, or never there)")
+            status = found[_COLUMNS.index("status")]
+            if status != DeliveryStatus.FAILED:
+                raise NotRetryable(f"alert delivery {delivery_id} is {status}; only a failed delivery can be retried")
+            db.execute(
+                "UPDATE deliveries SET status = 'pending', next_attempt_ms = ?, updated_ms = ?, requeued_ms = ?,"
+                " requeued_attempts = attempts WHERE id = ? AND status = 'failed'",
+                (now_ms, now_ms, now_ms, delivery_id),
             )
-            return cursor.rowcount == 1
+            row = db.execute(f"{_SELECT} WHERE id = ?", (delivery_id,)).fetchone()
+        return _row(row)
+
+    def requeue(self, delivery_id: int, now_ms: int) -> bool:
+        """:meth:`retry`, answering False instead of raising when the row is unknown or not failed."""
+        try:
+            self.retry(delivery_id, now_ms)
+        except (UnknownDelivery, NotRetryable):
+            return False
+        return True
 
     def prune(self, before_ms: int) -> int:
         """Delete delivered and failed rows last updated before ``before_ms``; returns how many."""
@@ -246,6 +310,23 @@ class Outbox:
             row = db.execute(f"{_SELECT} WHERE receiver = ? AND idempotency_key = ?",
                              (receiver, idempotency_key)).fetchone()
         return None if row is None else _row(row)
+
+    def by_id(self, delivery_id: int) -> Delivery | None:
+        """The row with this id, or None."""
+        with self._conn("by_id") as db:
+            row = db.execute(f"{_SELECT} WHERE id = ?", (delivery_id,)).fetchone()
+        return None if row is None else _row(row)
+
+    def pending_summary(self) -> dict[str, PendingSummary]:
+        """Per receiver with pending rows: how many, and the oldest one's ``pending_since_ms`` [ms since epoch].
+
+        A retried row counts from its retry, not its creation: the age says how long the queue has been
+        waiting, not how old the notification is.
+        """
+        with self._conn("pending_summary") as db:
+            rows = db.execute("SELECT receiver, COUNT(*), MIN(COALESCE(requeued_ms, created_ms)) FROM deliveries"
+                              " WHERE status = 'pending' GROUP BY receiver").fetchall()
+        return {receiver: PendingSummary(int(count), int(oldest)) for receiver, count, oldest in rows}
 
     def pending_receivers(self) -> list[str]:
         """Receivers with at least one pending row."""
@@ -279,3 +360,15 @@ class Outbox:
         with self._conn("counts") as db:
             found = dict(db.execute(f"SELECT status, COUNT(*) FROM deliveries {clause} GROUP BY status", params))
         return {str(s): int(found.get(str(s), 0)) for s in DeliveryStatus}
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring an outbox file from an earlier release up to the current columns."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(deliveries)")}
+    for name, declaration in _ADDED_COLUMNS:
+        if name not in have:
+            try:
+                db.execute(f"ALTER TABLE deliveries ADD COLUMN {name} {declaration}")
+            except sqlite3.OperationalError as exc:  # another process added it between our look and ours
+                if "duplicate column" not in str(exc):
+                    raise

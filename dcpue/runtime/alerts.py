@@ -160,6 +160,18 @@ class AlertsApi:
             return []
         return [d.as_dict() for d in self.delivery.deliveries(limit, receiver, status)]
 
+    def retry_delivery(self, delivery_id: int) -> dict[str, Any]:
+        """Send a failed delivery again (same body and Idempotency-Key); the row, now pending, as in deliveries().
+
+        Raises ``DeliveryDisabled`` without receivers, ``UnknownDelivery`` (a KeyError) for an unknown id and
+        ``NotRetryable`` (a ValueError) when the row is not failed (all from :mod:`dcpue.alerting.outbox`).
+        """
+        from dcpue.alerting.outbox import DeliveryDisabled
+
+        if self.delivery is None:
+            raise DeliveryDisabled("alert delivery is not configured in this process (no alerts.receivers)")
+        return self.delivery.retry(delivery_id).as_dict()
+
     def silences(self) -> list[dict[str, Any]]:
         now = self._now()
         with self.engine.lock:

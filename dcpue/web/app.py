@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, create_model
 
+from dcpue.alerting.outbox import DeliveryDisabled, NotRetryable, OutboxError, UnknownDelivery
 from dcpue.errors import DcpueError
 from dcpue.ports import ResultStore
 from dcpue.registry import Registry
@@ -404,6 +405,22 @@ def create_app(
                          status: str | None = None) -> dict[str, Any]:
         rows = _alerts().deliveries(limit, receiver, status)
         return {"count": len(rows), "deliveries": rows}
+
+    @app.post(f"{API_PREFIX}/alerts/deliveries/{{delivery_id}}/retry", tags=["alerts"],
+              summary="Send a failed delivery again: same body and Idempotency-Key, due now",
+              responses={404: {"description": "no delivery with this id, or alert delivery not configured"},
+                         409: {"description": "the delivery is not failed, or its receiver is not configured"},
+                         503: {"description": "the alert outbox does not answer"}})
+    def alert_delivery_retry(delivery_id: int = PathParam(ge=1)) -> dict[str, Any]:
+        api = _alerts()
+        try:
+            return api.retry_delivery(delivery_id)
+        except (DeliveryDisabled, UnknownDelivery) as exc:
+            raise HTTPException(404, str(exc)) from None
+        except NotRetryable as exc:
+            raise HTTPException(409, str(exc)) from None
+        except OutboxError as exc:
+            raise HTTPException(503, f"alert outbox unavailable: {exc}") from None
 
     @app.get(f"{API_PREFIX}/silences", tags=["alerts"], summary="Silences and maintenance windows")
     def silences_view() -> dict[str, Any]:
