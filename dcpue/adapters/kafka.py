@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from dcpue.errors import CommitError, DcpueError, SinkError, missing_extra
@@ -95,6 +95,13 @@ class KafkaProducerAdapter:
             self._producer.close(timeout=self.settings.send_timeout_s if timeout_s is None else timeout_s)
             self._producer = None
             self._futures = []
+
+
+def partition_for_key(key: str, partitions: int) -> int:
+    """Where the Java client's (and kafka-python's) default partitioner puts a keyed record."""
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 class KafkaConsumerAdapter:
@@ -200,6 +207,11 @@ class KafkaConsumerAdapter:
     def partition_count(self) -> int:
         """Partitions of the first subscribed topic."""
         return len(self._consumer.partitions_for_topic(self.topics[0]) or ())
+
+    def partitions_for(self, keys: Iterable[str]) -> dict[str, int]:
+        """Per key: the partition of the first subscribed topic that the default partitioner gives it."""
+        count = self.partition_count()
+        return {key: partition_for_key(key, count) for key in keys}
 
     def pause(self) -> None:
         """Stop fetching (polls still keep the group membership alive)."""

@@ -86,25 +86,31 @@ def reject_future(frame: pd.DataFrame, now_ms: int, max_future_s: float) -> tupl
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """A site's engine state and the bus position it includes: (partition, next offset) of that site."""
+    """A site's state and the bus position it includes: (partition, next offset) of that site.
+
+    ``state`` is the PUE engine's (empty while the site sent nothing), ``alerts`` the alert engine's
+    (empty without alerting). Version 1 checkpoints (no alert state) are still read.
+    """
 
     partition: int
     offset: int
     state: bytes
+    alerts: bytes = b""
 
     def encode(self) -> bytes:
         import msgspec
 
-        return msgspec.msgpack.encode({"v": 1, "p": self.partition, "o": self.offset, "s": self.state})
+        return msgspec.msgpack.encode({"v": 2, "p": self.partition, "o": self.offset, "s": self.state,
+                                       "a": self.alerts})
 
     @staticmethod
     def decode(blob: bytes) -> Checkpoint:
         import msgspec
 
         obj = msgspec.msgpack.decode(blob)
-        if not isinstance(obj, dict) or obj.get("v") != 1:
-            raise ValueError("not a dcpue worker checkpoint (version 1)")
-        return Checkpoint(int(obj["p"]), int(obj["o"]), bytes(obj["s"]))
+        if not isinstance(obj, dict) or obj.get("v") not in (1, 2):
+            raise ValueError("not a dcpue worker checkpoint (version 1 or 2)")
+        return Checkpoint(int(obj["p"]), int(obj["o"]), bytes(obj["s"]), bytes(obj.get("a", b"")))
 
 
 @dataclass
@@ -134,12 +140,18 @@ class AnalyticsWorker:
 
     If the store refuses a write, the results are kept, the consumer is paused (it stays in its
     group) and the write is retried with backoff; nothing is committed until it succeeds.
+
+    With ``alerts`` (an :class:`~dcpue.analytics.alerts.engine.AlertEngine`) the worker answers for the
+    alerts of every registry site on its partitions (silent ones included: "no data" needs them), their
+    alert state travels in the same checkpoints, and ``health`` (a consumer of the collectors' health
+    topic, read from its end and never committed) feeds the device and spool rules.
     """
 
     def __init__(self, registry: Registry, settings: Settings, consumer: Consumer, store: ResultSink,
                  dead_letter_producer: Producer | None = None, clock: Callable[[], int] | None = None,
                  emit_groups: bool = True, state: StateStore | None = None,
-                 alerts: Any = None, alert_output: Callable[[list[Any]], None] | None = None) -> None:
+                 alerts: Any = None, alert_output: Callable[[list[Any]], None] | None = None,
+                 health: Consumer | None = None) -> None:
         self.registry = registry
         self.settings = settings
         self.consumer = consumer
@@ -150,6 +162,12 @@ class AnalyticsWorker:
         self.state = state
         self.alerts = alerts  # a dcpue.analytics.alerts.engine.AlertEngine, or None
         self.alert_output = alert_output  # where its events go (history, alerts topic, webhooks)
+        self.health = health
+        self._alert_sites: set[str] = set()  # sites whose alerts this worker answers for
+        self._alerts_touched: set[str] = set()  # of those, changed since the last checkpoint
+        self._grouped = hasattr(consumer, "on_revoked")  # partitions (and so sites) come and go
+        if alerts is not None and self._grouped:
+            alerts.drop_sites(set(alerts.sites))  # none until partitions are assigned
         self.stats = WorkerStats()
         self._touched: set[str] = set()  # sites changed since the last checkpoint
         self._owned: set[str] = set()  # sites whose state this worker holds
@@ -177,19 +195,21 @@ class AnalyticsWorker:
             return 0
         if self._paused:
             self._resume()
+        health, health_letters = self._poll_health()
         messages = self.consumer.poll(timeout_s, max_records)
-        if not messages:
+        if not messages and not health and not health_letters:
             if self._uncommitted and time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s:
                 self.checkpoint()
             return 0
         frames, letters = self._decode(messages)
+        letters += health_letters
         readings = pd.concat(frames, ignore_index=True) if frames else None
         if readings is not None:
             readings, unknown = validate_against_registry(readings, self.registry)
             readings, future = reject_future(readings, self.clock(), self.settings.engine.max_future_s)
             for extra in (unknown, future):
                 if not extra.empty:
-                    extra["topic"] = messages[0].topic
+                    extra["topic"] = self.settings.bus.topics.readings
                     letters.append(extra)
             late = self.engine.add(readings)
             if late:
@@ -202,7 +222,8 @@ class AnalyticsWorker:
                 self.stats.newest_ts_ms = max(self.stats.newest_ts_ms, int(readings["ts"].max()))
         rows = self.engine.advance()
         dead = pd.concat(letters, ignore_index=True) if letters else pd.DataFrame(columns=DEAD_LETTER_COLUMNS)
-        events = self.alerts.observe(readings=readings, windows=rows) if self.alerts is not None else []
+        events = (self.alerts.observe(readings=readings, windows=rows, health=health)
+                  if self.alerts is not None else [])
         self._unwritten = (rows, dead, readings if readings is not None else pd.DataFrame(), events)
         self._uncommitted = True
         self.stats.messages += len(messages)
@@ -239,19 +260,17 @@ class AnalyticsWorker:
         """Save the touched sites' state, then commit the offsets; False if results are still unwritten."""
         if self._unwritten is not None and not self._write():
             return False
-        if self.state is not None and self._touched:
-            touched = self._touched & self._owned
-            blobs = snapshot_sites(self.engine, touched)
+        if self.alerts is not None:
+            self._alerts_touched |= self.alerts.take_touched() & self._alert_sites
+        if self.state is not None and (self._touched or self._alerts_touched):
             try:
-                self.state.save_states({
-                    site: Checkpoint(*self._position.get(site, (-1, -1)), blob).encode()
-                    for site, blob in blobs.items()
-                })
+                self.state.save_states({site: cp.encode() for site, cp in self._checkpoints().items()})
             except SinkError as exc:
                 self._count_error("state_write")
                 log.warning("state checkpoint failed, offsets not committed: %s", exc)
                 return False
         self._touched = set()
+        self._alerts_touched = set()
         try:
             self.consumer.commit()  # only now: the results and the state of everything polled are saved
         except CommitError as exc:
@@ -262,13 +281,35 @@ class AnalyticsWorker:
         self._last_commit = time.monotonic()
         return True
 
+    def _checkpoints(self) -> dict[str, Checkpoint]:
+        """The checkpoints of every site whose engine or alert state changed since the last one."""
+        engine_sites = self._touched & self._owned
+        blobs = snapshot_sites(self.engine, engine_sites)
+        alert_sites = self._alerts_touched & self._alert_sites
+        alert_blobs = self.alerts.snapshot_sites(alert_sites) if self.alerts is not None else {}
+        out = {}
+        for site in sorted(engine_sites | alert_sites):
+            if site in blobs:
+                partition, offset = self._position.get(site, (-1, -1))
+                state = blobs[site]
+            else:  # only its alerts changed: keep the engine state and position it was restored with
+                held = self._restorable.get(site)
+                partition, offset, state = (held.partition, held.offset, held.state) if held else (-1, -1, b"")
+            out[site] = Checkpoint(partition, offset, state, alert_blobs.get(site, b""))
+            if site not in blobs and site in self._restorable:
+                self._restorable[site] = out[site]
+        return out
+
     # -- state follows the partitions ------------------------------------------------------------
     def _on_assigned(self, partitions: list[int] | None) -> None:
-        """Load the checkpoints of the sites on newly assigned partitions (all of them if ``None``)."""
-        if self.state is None:
-            return
+        """Load the checkpoints of the sites on newly assigned partitions (all of them if ``None``).
+
+        Engine state is restored when a site's first message arrives; alert state at once, for every
+        registry site on those partitions, so a silent site still raises "no data".
+        """
+        checkpoints = self.state.load_states(partitions) if self.state is not None else {}
         loaded = 0
-        for site, blob in self.state.load_states(partitions).items():
+        for site, blob in checkpoints.items():
             if site in self._owned or site not in self.registry.site_map:
                 continue
             try:
@@ -277,7 +318,28 @@ class AnalyticsWorker:
             except Exception as exc:  # noqa: BLE001 — a bad checkpoint means starting that site afresh
                 self._count_error("bad_checkpoint")
                 log.error("checkpoint of site %s unusable, starting it afresh: %s", site, exc)
+        if self.alerts is not None:
+            gained = self._sites_on(partitions) - self._alert_sites
+            self.alerts.own(gained)
+            self._alert_sites |= gained
+            for site in sorted(gained):
+                checkpoint = self._restorable.get(site)
+                if checkpoint is not None and checkpoint.alerts:
+                    try:
+                        self.alerts.restore_site(site, checkpoint.alerts)
+                    except ValueError as exc:
+                        self._count_error("bad_checkpoint")
+                        log.error("alert state of site %s unusable, starting its alerts afresh: %s", site, exc)
         log.info("assigned partitions %s: %d site checkpoints available", partitions, loaded)
+
+    def _sites_on(self, partitions: list[int] | None) -> set[str]:
+        """The registry sites whose readings are keyed onto ``partitions`` (all if ``None``)."""
+        sites = set(self.registry.site_map)
+        partitions_for = getattr(self.consumer, "partitions_for", None)
+        if partitions is None or partitions_for is None:
+            return sites
+        wanted = set(partitions)
+        return {site for site, partition in partitions_for(sites).items() if partition in wanted}
 
     def _on_revoked(self, partitions: list[int]) -> None:
         """Forget the sites of the lost partitions.
@@ -295,11 +357,25 @@ class AnalyticsWorker:
         for site in lost:
             self._position.pop(site, None)
             self._skip_before.pop(site, None)
+        if self.alerts is not None:
+            released = self._alert_sites & (self._sites_on(partitions) | lost)
+            self.alerts.drop_sites(released)
+            self._alert_sites -= released
+            self._alerts_touched -= released
         log.info("revoked partitions %s: released %d sites", partitions, len(lost))
 
     def _take(self, site: str) -> None:
         """Start holding ``site``: restore its checkpoint if there is one."""
         checkpoint = self._restorable.pop(site, None)
+        if self.alerts is not None and site not in self._alert_sites:  # keyed onto a partition unexpectedly
+            self.alerts.own({site})
+            self._alert_sites.add(site)
+            if checkpoint is not None and checkpoint.alerts:
+                try:
+                    self.alerts.restore_site(site, checkpoint.alerts)
+                except ValueError as exc:
+                    self._count_error("bad_checkpoint")
+                    log.error("alert state of site %s unusable, starting its alerts afresh: %s", site, exc)
         if checkpoint is not None:
             try:
                 restore_site(self.engine, checkpoint.state)
@@ -326,6 +402,35 @@ class AnalyticsWorker:
         self._paused = True
         if self.consumer.poll(0.0):
             raise AssertionError("a paused consumer returned records")  # they would be lost: never go on
+
+    def _poll_health(self) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
+        """New collector health records about this worker's sites, and dead letters for malformed ones."""
+        if self.health is None or self.alerts is None:
+            return [], []
+        records: list[dict[str, Any]] = []
+        letters: list[pd.DataFrame] = []
+        for message in self.health.poll(0.0, 1000):
+            try:
+                record = json.loads(message.value)
+                if not isinstance(record, dict) or record.get("schema") != "dcpue.health":
+                    raise ValueError("not a dcpue.health record")
+                int(record.get("ts", "missing"))
+            except (ValueError, TypeError) as exc:
+                letters.append(pd.DataFrame([{"topic": message.topic, "key": message.key,
+                                              "reason": f"health record: {exc}",
+                                              "payload": {"offset": message.offset,
+                                                          "bytes_hex": message.value[:256].hex()}}]))
+                continue
+            if record.get("kind") == "device":
+                if record.get("site") in self._alert_sites:
+                    records.append(record)
+            elif record.get("kind") == "collector":
+                sites = [s for s in record.get("sites") or () if s in self._alert_sites]
+                if sites:
+                    records.append({**record, "sites": sites})
+                elif not record.get("sites") and not self._grouped:  # names no site: one worker has all
+                    records.append(record)
+        return records, letters
 
     def _count_error(self, kind: str) -> None:
         self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1
