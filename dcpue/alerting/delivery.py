@@ -106,7 +106,13 @@ def enqueue_events(outbox: Outbox, events: Iterable[AlertEvent], receivers: Sequ
                      else (event.idempotency_key,))
             groups.setdefault((name, group), []).append(event)
     done = []
-    for (name, _), members in groups.items():
+    for (name, _), grouped in groups.items():
+        known = outbox.enqueued_events(name, [e.idempotency_key for e in grouped])
+        members = [e for e in grouped if e.idempotency_key not in known]  # already sent in another grouping
+        if not members:
+            log.info("alert events already in outbox receiver=%s count=%d", name, len(grouped))
+            done.append(Enqueued(name, group_idempotency_key(grouped), False, len(grouped)))
+            continue
         receiver = by_name[name]
         key = group_idempotency_key(members)
         body = payloads.render(receiver.kind, members, receiver=name, group_by=settings.group_by,
@@ -117,7 +123,7 @@ def enqueue_events(outbox: Outbox, events: Iterable[AlertEvent], receivers: Sequ
             name, key, body, now_ms=now_ms, kind=str(receiver.kind),
             alert_status=str(payloads.group_status(members)),
             site=sites.pop() if len(sites) == 1 else "*", alertname=alertnames.pop() if len(alertnames) == 1 else "*",
-            fingerprints=[e.fingerprint for e in members],
+            fingerprints=[e.fingerprint for e in members], event_keys=[e.idempotency_key for e in members],
         )
         if not created:
             log.info("alert notification already in outbox receiver=%s key=%s", name, key)

@@ -83,6 +83,14 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (receiver, status, id)",
     "CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, id)",
+    # every event (by its idempotency key) already in some body for a receiver: a replay that groups
+    # events differently must not notify an event twice under a new group key
+    """CREATE TABLE IF NOT EXISTS enqueued_events (
+        receiver TEXT NOT NULL,
+        event_key TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (receiver, event_key)
+    ) WITHOUT ROWID""",
 )
 
 # Columns added after the first release: ALTER TABLE on open, so outbox files written before keep working.
@@ -214,17 +222,42 @@ class Outbox:
 
     def enqueue(self, receiver: str, idempotency_key: str, body: bytes, *, now_ms: int, kind: str = "webhook",
                 alert_status: str = "", site: str = "", alertname: str = "",
-                fingerprints: Sequence[str] = ()) -> bool:
-        """Add a pending delivery due now; False (and nothing changes) if (receiver, key) is already there."""
+                fingerprints: Sequence[str] = (), event_keys: Sequence[str] = ()) -> bool:
+        """Add a pending delivery due now; False (and nothing changes) if (receiver, key) is already there.
+
+        ``event_keys`` (the idempotency keys of the events in ``body``) are recorded in the same
+        transaction, for :meth:`enqueued_events`.
+        """
         with self._conn("enqueue") as db:
-            cursor = db.execute(
-                "INSERT INTO deliveries (receiver, idempotency_key, kind, body, next_attempt_ms, created_ms,"
-                " updated_ms, alert_status, site, alertname, fingerprints) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (receiver, idempotency_key) DO NOTHING",
-                (receiver, idempotency_key, kind, body, now_ms, now_ms, now_ms, alert_status, site, alertname,
-                 json.dumps(list(fingerprints))),
-            )
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = db.execute(
+                    "INSERT INTO deliveries (receiver, idempotency_key, kind, body, next_attempt_ms, created_ms,"
+                    " updated_ms, alert_status, site, alertname, fingerprints)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (receiver, idempotency_key) DO NOTHING",
+                    (receiver, idempotency_key, kind, body, now_ms, now_ms, now_ms, alert_status, site, alertname,
+                     json.dumps(list(fingerprints))),
+                )
+                db.executemany("INSERT OR IGNORE INTO enqueued_events VALUES (?, ?, ?)",
+                               [(receiver, key, now_ms) for key in event_keys])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
             return cursor.rowcount == 1
+
+    def enqueued_events(self, receiver: str, event_keys: Sequence[str]) -> set[str]:
+        """Which of ``event_keys`` are already in a delivery to ``receiver``."""
+        if not event_keys:
+            return set()
+        found: set[str] = set()
+        with self._conn("enqueued_events") as db:
+            for start in range(0, len(event_keys), 500):
+                chunk = list(event_keys[start:start + 500])
+                rows = db.execute(f"SELECT event_key FROM enqueued_events WHERE receiver = ? AND event_key IN "
+                                  f"({','.join('?' * len(chunk))})", (receiver, *chunk)).fetchall()
+                found.update(r[0] for r in rows)
+        return found
 
     def mark_delivered(self, delivery_id: int, now_ms: int, status_code: int | None = None) -> None:
         """Record a successful attempt: the row is done."""
@@ -293,6 +326,7 @@ class Outbox:
         """Delete delivered and failed rows last updated before ``before_ms``; returns how many."""
         with self._conn("prune") as db:
             cursor = db.execute("DELETE FROM deliveries WHERE status != 'pending' AND updated_ms < ?", (before_ms,))
+            db.execute("DELETE FROM enqueued_events WHERE created_ms < ?", (before_ms,))
             return cursor.rowcount
 
     # --- reading ------------------------------------------------------------------------------------

@@ -159,3 +159,26 @@ def test_429_retry_after_is_waited_out(tmp_path: Path, hook: WebhookReceiver) ->
         delivery.stop()
     assert second.at - first.at >= 0.9
     assert second.body == first.body
+
+
+def test_a_replay_grouped_differently_sends_no_event_twice(tmp_path: Path, hook: WebhookReceiver) -> None:
+    """Grouped by site, a replay that brings an already-sent event together with a new one sends only the new one."""
+    noc = Receiver.model_validate({"name": "noc", "url": hook.url + "/dcpue", "secret": SECRET})
+    settings = DeliverySettings(outbox_path=str(tmp_path / "outbox.sqlite"), poll_interval_s=0.05, group_by=("site",))
+    delivery = AlertDelivery([noc], [Route(receivers=("noc",))], settings).start()
+    try:
+        first = make_event(alertname="PueAboveTarget")
+        second = make_event(alertname="RackInletAboveRecommended")
+        assert first.site == second.site and first.fingerprint != second.fingerprint
+        delivery.notify([first])
+        hook.wait_for(1)
+        [again] = delivery.notify([first, second])  # the same site: one group, one new event in it
+        assert again.created and again.events == 1
+        hook.wait_for(2)
+        assert not delivery.notify([second, first])[0].created  # and the whole batch once more: nothing
+        time.sleep(0.3)
+        requests = hook.requests
+    finally:
+        delivery.stop()
+    assert [[a["labels"]["alertname"] for a in r.json()["alerts"]] for r in requests] == [
+        ["PueAboveTarget"], ["RackInletAboveRecommended"]]
