@@ -420,12 +420,46 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notify(args: argparse.Namespace) -> int:
+    """Deliver alert events from the alerts topic to the configured webhook receivers (distributed path)."""
+    from dcpue.runtime.distributed import notify_stage
+
+    settings = _kafka_settings(args)
+    if not settings.alerts.receivers:
+        print("dcpue notify: no alerts.receivers configured: events are kept in the history only", file=sys.stderr)
+    history = Path(args.history) if args.history else Path(settings.alerts.delivery.outbox_path).with_name(
+        "alert-history.sqlite")
+    stage = notify_stage(settings, history)
+    notifier = stage.worker
+    http = None
+    if args.metrics_port is not None and notifier.delivery is not None:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from dcpue.alerting.metrics import register_delivery_metrics
+
+        metrics = CollectorRegistry()
+        register_delivery_metrics(notifier.delivery, metrics)
+        http, _ = start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics)
+        print(f"dcpue notify: metrics at http://{args.metrics_host}:{http.server_address[1]}/metrics", flush=True)
+    print(f"dcpue notify: {settings.bus.topics.alerts} → {len(settings.alerts.receivers)} receivers "
+          f"(outbox {settings.alerts.delivery.outbox_path}, history {history})", flush=True)
+    try:
+        _run_stage(stage, args.duration)
+    finally:
+        if http is not None:
+            http.shutdown()
+    stats = notifier.status()
+    print(f"dcpue notify: {stats['alert_events']} alert events, {stats['malformed_alert_records']} malformed",
+          flush=True)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """HTTP API and live page for the distributed path, from a local view of the metrics topic."""
     import threading
     import uuid
 
-    from dcpue.runtime.distributed import view_stage
+    from dcpue.runtime.distributed import alert_view_stage, view_stage
     from dcpue.runtime.embedded import serve_http, wait_until
     from dcpue.runtime.store import FileStore
 
@@ -443,11 +477,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         store.put_state("view_id", view_id)
     group = f"{settings.bus.kafka.group_id}-api-{view_id}"
     stage = view_stage(settings, store, group)
+    alert_stage, alerts = (alert_view_stage(settings, path.with_name(f"{path.stem}.alerts.sqlite"))
+                           if settings.alerts.enabled else (None, None))
     stop = threading.Event()
     errors: list[BaseException] = []
-    server, _thread, port = serve_http(settings, store, registry,
-                                       lambda: {"mode": "distributed-view", **stage.worker.status()}, stop, errors,
-                                       not_ready=stage.worker.not_ready)
+
+    def status() -> dict[str, object]:
+        return {"mode": "distributed-view", **stage.worker.status(),
+                **(alert_stage.worker.status() if alert_stage is not None else {})}
+
+    server, _thread, port = serve_http(settings, store, registry, status, stop, errors,
+                                       not_ready=stage.worker.not_ready, alerts=alerts)
+    if alert_stage is not None:
+        from dcpue.runtime.embedded import spawn_guarded
+
+        def follow_alerts() -> None:
+            while not stop.is_set():
+                alert_stage.worker.step(0.5)
+
+        alert_thread = spawn_guarded(follow_alerts, "alert-view", errors, stop)
     if errors:
         stage.close()
         print(f"dcpue serve: {errors[0]}", file=sys.stderr)
@@ -458,6 +506,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def stop_http() -> None:
         server.should_exit = True
         wait_until(stop, 0.5)  # let the last response finish before the store closes
+        if alert_stage is not None:
+            stop.set()
+            alert_thread.join(5)
+            alert_stage.close()
 
     _run_stage(stage, args.duration, before_close=stop_http)
     print(f"dcpue serve: stopped; {stage.worker.status()['rows']} window rows applied", flush=True)
@@ -564,6 +616,14 @@ def build_parser() -> argparse.ArgumentParser:
                                help="second stage: site rows from all workers → cluster and fleet rows")
     aggregate.add_argument("--influx", help="InfluxDB URL (store.influxdb.url); token/org/bucket from settings")
     aggregate.set_defaults(func=cmd_aggregate)
+
+    notify = sub.add_parser("notify", parents=[kafka_common],
+                            help="deliver alert events from the alerts topic to webhook receivers")
+    notify.add_argument("--history", help="alert history file (default: alert-history.sqlite beside the outbox)")
+    notify.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus delivery metrics on this port (0 picks a free one)")
+    notify.add_argument("--metrics-host", default="127.0.0.1", help="bind address of the metrics port")
+    notify.set_defaults(func=cmd_notify)
 
     serve = sub.add_parser("serve", parents=[kafka_common],
                            help="HTTP API and live page from the metrics topic (distributed path)")

@@ -52,6 +52,7 @@ class TopicSettings(_Section):
     state: str = "dcpue.state.v1"  # compacted, keyed by site: engine checkpoints for rebalance and restart
     group_state: str = "dcpue.groupstate.v1"  # compacted, one partition: the `dcpue aggregate` checkpoint
     health: str = "dcpue.health.v1"  # collector and device health (up, last error, spool), keyed by device
+    silences: str = "dcpue.silences.v1"  # compacted, one partition: silences set through the API, keyed by id
 
 
 class KafkaSettings(_Section):

@@ -65,7 +65,8 @@ def pue_above_target(windows: pd.DataFrame, settings: AlertSettings, targets: di
             _labels("PueAboveTarget", site, Family.EFFICIENCY, Severity.WARNING), int(end),
             breach=bool(pue > fire), clear=bool(pue < clear), value=float(pue),
             for_ms=int(settings.pue_for_s * 1000), clear_for_ms=int(settings.pue_clear_for_s * 1000),
-            annotations={"summary": f"PUE {_fmt(pue)} above target {target:.2f} at {site}",
+            annotations={"summary": f"PUE {_fmt(pue)} {'above' if pue > target else 'within'} target "
+                                    f"{target:.2f} at {site}",
                          "threshold": f"fire > {fire:.3f}, clear < {clear:.3f}", "window": settings.pue_window},
         ))
     return out

@@ -238,6 +238,56 @@ class KafkaConsumerAdapter:
             self._consumer = None
 
 
+class KafkaTailConsumer:
+    """A :class:`~dcpue.ports.Consumer` outside any group that reads every partition of its topics.
+
+    ``topics`` maps each topic to where reading starts: ``"earliest"`` (the whole topic: a compacted
+    topic of current settings) or ``"latest"`` (only what comes from now on: periodic status records).
+    Nothing is committed; a restarted reader starts over the same way.
+    """
+
+    def __init__(self, settings: KafkaSettings, topics: dict[str, str]) -> None:
+        self.settings = settings
+        self.topics = dict(topics)
+        self._consumer: Any = None
+
+    def setup(self) -> KafkaTailConsumer:
+        kafka = _kafka()
+        try:
+            self._consumer = kafka.KafkaConsumer(**connection_config(self.settings), group_id=None,
+                                                 enable_auto_commit=False)
+        except kafka.errors.KafkaError as exc:
+            raise DcpueError(f"cannot connect to Kafka at {self.settings.bootstrap_servers}: {exc}") from exc
+        by_start: dict[str, list[Any]] = {"earliest": [], "latest": []}
+        for topic, start in self.topics.items():
+            partitions = self._consumer.partitions_for_topic(topic)
+            if not partitions:
+                self._consumer.close(autocommit=False)
+                raise DcpueError(f"Kafka topic {topic} does not exist: run `dcpue topics create` first")
+            by_start[start] += [kafka.TopicPartition(topic, p) for p in sorted(partitions)]
+        self._consumer.assign(by_start["earliest"] + by_start["latest"])
+        if by_start["earliest"]:
+            self._consumer.seek_to_beginning(*by_start["earliest"])
+        if by_start["latest"]:
+            self._consumer.seek_to_end(*by_start["latest"])
+        return self
+
+    def poll(self, timeout_s: float, max_records: int = 500) -> list[Message]:
+        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        return [Message(r.topic, r.value if r.value is not None else b"",
+                        None if r.key is None else r.key.decode(errors="replace"),
+                        tuple((k, v) for k, v in (r.headers or [])), r.partition, r.offset)
+                for records in batches.values() for r in records]
+
+    def commit(self) -> None:
+        """Nothing to commit: a tail reader keeps no position."""
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+            self._consumer = None
+
+
 class KafkaStateStore:
     """:class:`~dcpue.ports.StateStore` on a compacted topic keyed by site.
 
@@ -332,6 +382,8 @@ def topic_specs(settings: KafkaSettings, topics: TopicSettings) -> list[tuple[st
         (topics.group_state, 1, {"cleanup.policy": "compact"}),
         # newest record per device/collector kept for good, the history for retention_ms
         (topics.health, settings.partitions, {"cleanup.policy": "compact,delete", **timed}),
+        # every silence set through the API, newest version per id, read whole by every analytics worker
+        (topics.silences, 1, {"cleanup.policy": "compact"}),
     ]
 
 

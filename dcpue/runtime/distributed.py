@@ -3,7 +3,10 @@
 * collector → readings topic (keyed by site), acknowledged by Kafka before the next poll;
 * analytics workers (one consumer group over the readings partitions) → site rows to InfluxDB and
   to the metrics topic, engine checkpoints to the compacted state topic;
-* one group worker → cluster and fleet rows from the metrics topic.
+* one group worker → cluster and fleet rows from the metrics topic;
+* with alerting on, each analytics worker also evaluates the alert rules of its sites (their alert
+  state rides in the same checkpoints) → the alerts topic and InfluxDB; ``dcpue notify`` delivers
+  them from the alerts topic; ``dcpue serve`` shows them and publishes silences on the silences topic.
 
 ``dcpue collect``, ``dcpue analyze`` and ``dcpue aggregate`` run one stage each (one process per
 container); ``dcpue demo --kafka … --influx …`` runs all of them in one process.
@@ -16,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dcpue.registry import Registry
@@ -27,6 +31,7 @@ from dcpue.settings import Settings
 log = logging.getLogger(__name__)
 
 AGGREGATE_GROUP_SUFFIX = "-aggregate"
+NOTIFY_GROUP_SUFFIX = "-notify"
 
 
 @dataclass
@@ -71,10 +76,76 @@ def analytics_stage(settings: Settings, registry: Registry, stores: list[Any],
     state = KafkaStateStore(kafka, topics.state, producer).setup()
     consumer = KafkaConsumerAdapter(kafka, [topics.readings]).setup()
     sink = FanoutSink(*shared, *stores, BusResultSink(producer, topics.metrics))
+    alerts = alert_output = inputs = None
+    if settings.alerts.enabled:
+        from dcpue.adapters.kafka import KafkaTailConsumer
+        from dcpue.analytics.alerts.engine import AlertEngine
+        from dcpue.runtime.alerts import AlertOutput
+
+        alerts = AlertEngine(registry, settings.engine, settings.alerts)
+        # events → the alerts topic (for `dcpue notify` and `dcpue serve`) and InfluxDB (Grafana annotations)
+        alert_output = AlertOutput(producer=producer, topic=topics.alerts, sinks=[*shared, *stores])
+        inputs = KafkaTailConsumer(kafka, {topics.health: "latest", topics.silences: "earliest"}).setup()
     worker = AnalyticsWorker(registry, settings, consumer, sink, dead_letter_producer=producer, clock=clock,
-                             emit_groups=emit_groups, state=state)
-    return Stage(worker, [lambda: _final_checkpoint(worker), consumer.close, producer.close,
+                             emit_groups=emit_groups, state=state, alerts=alerts, alert_output=alert_output,
+                             health=inputs)
+    return Stage(worker, [lambda: _final_checkpoint(worker), consumer.close,
+                          *([inputs.close] if inputs is not None else []), producer.close,
                           *[store.close for store in stores]])
+
+
+def notify_stage(settings: Settings, history_path: Path | None) -> Stage:
+    """``dcpue notify``: alert events from the alerts topic → history (``history_path``) and webhook outbox."""
+    from dcpue.adapters.kafka import KafkaConsumerAdapter, KafkaProducerAdapter
+    from dcpue.runtime.alerts import AlertHistory, AlertNotifier
+
+    kafka, topics = settings.bus.kafka, settings.bus.topics
+    delivery = None
+    if settings.alerts.receivers:
+        from dcpue.alerting.delivery import AlertDelivery
+
+        delivery = AlertDelivery(settings.alerts.receivers, settings.alerts.routes, settings.alerts.delivery)
+    history = AlertHistory(history_path).setup() if history_path is not None else None
+    producer = KafkaProducerAdapter(kafka).setup()
+    consumer = KafkaConsumerAdapter(kafka, [topics.alerts], group_id=kafka.group_id + NOTIFY_GROUP_SUFFIX).setup()
+
+    def dead_letter(message: Any, reason: str) -> None:
+        producer.send(topics.dead_letters, message.value, key=message.key,
+                      headers=(("reason", reason.encode()), ("source_topic", message.topic.encode())))
+
+    notifier = AlertNotifier(consumer, history, delivery, dead_letter=dead_letter)
+    if delivery is not None:
+        delivery.start()
+    closers: list[Callable[[], None]] = [notifier.checkpoint, consumer.close, producer.close]
+    if delivery is not None:
+        closers.append(delivery.stop)
+    if history is not None:
+        closers.append(history.close)
+    return Stage(notifier, closers)
+
+
+def alert_view_stage(settings: Settings, history_path: Path) -> tuple[Stage, Any]:
+    """``dcpue serve``'s alert view: the alerts and silences topics, read whole → a local history.
+
+    Returns the stage and the :class:`~dcpue.runtime.alerts.AlertsApi` to serve; silences set through
+    it are published on the silences topic, which every analytics worker applies.
+    """
+    from dcpue.adapters.kafka import KafkaProducerAdapter, KafkaTailConsumer
+    from dcpue.runtime.alerts import AlertBoard, AlertFeed, AlertHistory, AlertsApi
+
+    kafka, topics = settings.bus.kafka, settings.bus.topics
+    history = AlertHistory(history_path).setup()
+    board = AlertBoard(history)
+    producer = KafkaProducerAdapter(kafka).setup()
+    consumer = KafkaTailConsumer(kafka, {topics.alerts: "earliest", topics.silences: "earliest"}).setup()
+
+    def publish(key: str, value: bytes) -> None:
+        producer.send(topics.silences, value, key=key)
+        producer.flush()
+
+    api = AlertsApi(board, history, publish=publish)
+    feed = AlertFeed(consumer, history, board, topics.alerts, topics.silences)
+    return Stage(feed, [consumer.close, producer.close, history.close]), api
 
 
 def aggregate_stage(settings: Settings, registry: Registry, stores: list[Any], shared: Sequence[Any] = ()) -> Stage:
@@ -130,6 +201,8 @@ class DistributedDemo:
         self.sim_now_ms = clock.start_ms
         self.analytics: Stage | None = None
         self.groups: Stage | None = None
+        self.alert_view: Stage | None = None
+        self.notifier: Stage | None = None
         self._threads: list[threading.Thread] = []
         self.serve_http = serve_http
         self.http_port: int | None = None
@@ -147,12 +220,21 @@ class DistributedDemo:
         self.groups = aggregate_stage(self.settings, self.registry,
                                       [result_store(self.settings, self.registry)] if influx else [],
                                       shared=[self.mirror])
+        alerts_api = None
+        if self.settings.alerts.enabled:
+            path = Path(self.mirror.path)
+            self.alert_view, alerts_api = alert_view_stage(self.settings, path.with_name(f"{path.stem}.alerts.sqlite"))
+            if self.settings.alerts.receivers:
+                self.notifier = notify_stage(self.settings, None)
         self.clock.start()
-        for target, name in ((self._collect, "collector"), (self._analyze, "analytics"), (self._aggregate, "groups")):
+        stages = [(self._collect, "collector"), (self._analyze, "analytics"), (self._aggregate, "groups")]
+        stages += [(lambda s=stage: self._follow(s), name)  # type: ignore[misc]
+                   for stage, name in ((self.alert_view, "alert-view"), (self.notifier, "notify")) if stage]
+        for target, name in stages:
             self._threads.append(spawn_guarded(target, name, self.errors, self.stop_event))
         if self.serve_http:
             self._server, _, self.http_port = serve_http(self.settings, self.mirror, self.registry, self.status,
-                                                         self.stop_event, self.errors)
+                                                         self.stop_event, self.errors, alerts=alerts_api)
 
     def wait(self, duration_s: float | None, on_tick: Callable[[], None] | None = None, tick_s: float = 5.0) -> None:
         """Block until ``duration_s`` passed or the demo stopped, calling ``on_tick`` periodically."""
@@ -186,6 +268,14 @@ class DistributedDemo:
         while not (not analytics.is_alive() and idle >= 3):
             idle = 0 if worker.step(timeout_s=0.5) else idle + 1
         self.groups.close()
+
+    def _follow(self, stage: Stage) -> None:
+        """Step an alert stage until the analytics worker has stopped and three polls came back empty."""
+        analytics = next(t for t in self._threads if t.name == "dcpue-analytics")
+        idle = 0
+        while not (not analytics.is_alive() and idle >= 3):
+            idle = 0 if stage.worker.step(timeout_s=0.5) else idle + 1
+        stage.close()
 
     def status(self) -> dict[str, object]:
         worker = self.analytics.worker.status() if self.analytics else {}

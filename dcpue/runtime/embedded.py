@@ -91,6 +91,7 @@ class EmbeddedPipeline:
             registry, settings, self.bus.consumer([settings.bus.topics.readings], ANALYTICS_GROUP), store,
             clock=clock.now_ms,  # simulated time is "now" for the clock-skew check
             state=store, alerts=self.alerts.engine if self.alerts else None, alert_output=alert_output,
+            health=self.bus.consumer([settings.bus.topics.health], "dcpue-alert-inputs") if self.alerts else None,
         )
         self.serve_http = serve_http
         self.stop_event = threading.Event()

@@ -144,7 +144,8 @@ class AnalyticsWorker:
     With ``alerts`` (an :class:`~dcpue.analytics.alerts.engine.AlertEngine`) the worker answers for the
     alerts of every registry site on its partitions (silent ones included: "no data" needs them), their
     alert state travels in the same checkpoints, and ``health`` (a consumer of the collectors' health
-    topic, read from its end and never committed) feeds the device and spool rules.
+    topic, read from its end, and of the silences topic, read whole; never committed) feeds the device
+    and spool rules and the silences set through the API.
     """
 
     def __init__(self, registry: Registry, settings: Settings, consumer: Consumer, store: ResultSink,
@@ -195,7 +196,7 @@ class AnalyticsWorker:
             return 0
         if self._paused:
             self._resume()
-        health, health_letters = self._poll_health()
+        health, health_letters = self._poll_alert_inputs()
         messages = self.consumer.poll(timeout_s, max_records)
         if not messages and not health and not health_letters:
             if self._uncommitted and time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s:
@@ -403,21 +404,30 @@ class AnalyticsWorker:
         if self.consumer.poll(0.0):
             raise AssertionError("a paused consumer returned records")  # they would be lost: never go on
 
-    def _poll_health(self) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
-        """New collector health records about this worker's sites, and dead letters for malformed ones."""
+    def _poll_alert_inputs(self) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
+        """Apply new silences; return new collector health records about this worker's sites, and dead
+        letters for malformed records of either topic."""
         if self.health is None or self.alerts is None:
             return [], []
+        from dcpue.runtime.alerts import apply_silence_record
+
         records: list[dict[str, Any]] = []
         letters: list[pd.DataFrame] = []
         for message in self.health.poll(0.0, 1000):
             try:
+                if message.topic == self.settings.bus.topics.silences:
+                    with self.alerts.lock:
+                        silence_id = apply_silence_record(self.alerts.silences, message.value)
+                    log.info("silence %s applied from %s", silence_id, message.topic)
+                    continue
                 record = json.loads(message.value)
                 if not isinstance(record, dict) or record.get("schema") != "dcpue.health":
                     raise ValueError("not a dcpue.health record")
                 int(record.get("ts", "missing"))
             except (ValueError, TypeError) as exc:
+                kind = "silence" if message.topic == self.settings.bus.topics.silences else "health"
                 letters.append(pd.DataFrame([{"topic": message.topic, "key": message.key,
-                                              "reason": f"health record: {exc}",
+                                              "reason": f"{kind} record: {exc}",
                                               "payload": {"offset": message.offset,
                                                           "bytes_hex": message.value[:256].hex()}}]))
                 continue
