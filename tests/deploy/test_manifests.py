@@ -3,7 +3,8 @@
 Docker and Kubernetes are not run here; these tests pin what can go wrong without them: YAML that does
 not parse, DCPUE_* names or values the Settings model rejects, missing resources or a root container,
 secrets written into a file, an image without the Kafka, InfluxDB and device clients, a collector spool
-that would not survive a restart, and ports opened to more than their one client.
+or an alert outbox that would not survive a restart, receiver credentials in a ConfigMap, and ports opened
+to more than their one client.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from dcpue.settings import CollectSettings, Settings, SpoolSettings, load_settings
+from dcpue.settings import CollectSettings, Settings, SpoolSettings, TopicSettings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -24,7 +25,9 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 K8S = DEPLOY / "k8s"
 DATASOURCE = DEPLOY / "grafana" / "provisioning" / "datasources" / "influxdb.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
-DCPUE_SERVICES = ("topics", "collector", "analytics", "aggregator", "api")
+SETTINGS_EXAMPLE = DEPLOY / "config" / "dcpue.example.yaml"
+ALERTING_EXAMPLE = DEPLOY / "config" / "alerting.example.yaml"
+DCPUE_SERVICES = ("topics", "collector", "analytics", "aggregator", "notify", "api")
 SECRET_KEY = re.compile(r"TOKEN|PASSWORD|SECRET|SASL_PASSWORD", re.IGNORECASE)
 INTERPOLATION = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 
@@ -127,9 +130,12 @@ def test_compose_has_the_stack() -> None:
     # the aggregator's group is the analytics group id + "-aggregate"
     group = "DCPUE_BUS__KAFKA__GROUP_ID"
     assert aggregator["environment"][group] == services["analytics"]["environment"][group]
-    for name in DCPUE_SERVICES:
-        assert "./sites/guizhou-demo.yaml:/etc/dcpue/sites.yaml:ro" in services[name]["volumes"]
+    for name in DCPUE_SERVICES:  # every service given a registry finds it mounted there
+        if "--registry" in services[name]["command"]:
+            assert _flag(services[name]["command"], "--registry") == "/etc/dcpue/sites.yaml"
+            assert "./sites/guizhou-demo.yaml:/etc/dcpue/sites.yaml:ro" in services[name]["volumes"], name
     assert (DEPLOY / "sites" / "guizhou-demo.yaml").is_file()
+    assert services["notify"]["command"][0] == "notify"
 
 
 def _flag(args: list[str], name: str) -> str:
@@ -175,7 +181,7 @@ def test_compose_ports_are_published_on_loopback_only() -> None:
             host_ip, target = _published(entry)
             assert host_ip == "127.0.0.1", f"{name}: port {target} reachable from other hosts"
             publishing.add(name)
-    assert {"kafka", "influxdb", "grafana", "api", "collector"} <= publishing
+    assert {"kafka", "influxdb", "grafana", "api", "collector", "notify"} <= publishing
 
 
 def _seconds(duration: str | int) -> float:
@@ -227,6 +233,59 @@ def test_compose_collector_metrics_drain_and_config(monkeypatch: pytest.MonkeyPa
     assert collector["command"] == ["collect", "--registry", "/etc/dcpue/sites.yaml"]
 
 
+def _compose_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path → source of a compose service's ``volumes`` entries."""
+    mounts = {}
+    for entry in service["volumes"]:
+        source, target, *_ = entry.split(":")
+        mounts[target] = source
+    return mounts
+
+
+def test_compose_notify_keeps_its_outbox_and_history_on_a_named_volume(monkeypatch: pytest.MonkeyPatch) -> None:
+    compose = _compose()
+    notify, analytics = compose["services"]["notify"], compose["services"]["analytics"]
+    command = notify["command"]
+    assert command[0] == "notify"
+    env = {k: _resolve(str(v)) for k, v in notify["environment"].items()}
+    settings = _validate_env(env, {"bus": {"kind": "kafka"}}, monkeypatch)
+    outbox = Path(settings.alerts.delivery.outbox_path)
+    history = Path(_flag(command, "--history"))
+    assert outbox.is_absolute() and history.is_absolute()  # not under the read-only root filesystem
+    assert notify["read_only"] is True
+    mounts = _compose_mounts(notify)
+    for path in (outbox, history):
+        (volume,) = [source for target, source in mounts.items() if path.is_relative_to(target)]
+        assert volume in compose["volumes"], f"{path} is not on a named volume: lost with the container"
+        # a new named volume takes the ownership of the image's directory: it must be the dcpue user's
+        target = next(t for t, s in mounts.items() if s == volume)
+        assert re.search(rf"chown \d+:\d+ {re.escape(target)}\b", DOCKERFILE.read_text(encoding="utf-8"))
+    # one outbox, one dispatcher: never scaled
+    assert notify.get("deploy", {}).get("replicas", 1) == 1
+    # its consumer group is the analytics group id + "-notify"
+    group = "DCPUE_BUS__KAFKA__GROUP_ID"
+    assert notify["environment"][group] == analytics["environment"][group]
+    # receivers come from the operator's settings file in the read-only, git-ignored config directory
+    assert notify["environment"]["DCPUE_CONFIG"] == "${ALERTING_CONFIG:-}"
+    assert "./config:/etc/dcpue/config:ro" in notify["volumes"]
+    assert "config/alerting.yaml" in (DEPLOY / ".gitignore").read_text(encoding="utf-8").split()
+    # metrics: on all container interfaces, published on loopback only
+    port = int(_flag(command, "--metrics-port"))
+    assert _flag(command, "--metrics-host") == "0.0.0.0"
+    assert [_published(e) for e in notify["ports"]] == [("127.0.0.1", str(port))]
+    assert port != _compose_collector_port()
+    # Kafka only: no InfluxDB, no token
+    assert "influxdb" not in notify["depends_on"]
+    assert notify["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    assert not [n for n in notify["environment"] if SECRET_KEY.search(n)]
+    assert notify["stop_signal"] == "SIGINT"
+
+
+def _compose_collector_port() -> int:
+    (entry,) = _compose()["services"]["collector"]["ports"]
+    return int(_published(entry)[1])
+
+
 @pytest.mark.parametrize("service", DCPUE_SERVICES)
 def test_compose_dcpue_env_names_are_settings(service: str) -> None:
     env = _compose()["services"][service]["environment"]
@@ -271,7 +330,7 @@ def test_grafana_datasource() -> None:
 
 # -- Kubernetes -------------------------------------------------------------------------------
 WORKLOADS = [("Deployment", "dcpue-analytics"), ("Deployment", "dcpue-aggregator"), ("StatefulSet", "dcpue-collector"),
-             ("Deployment", "dcpue-api"), ("Job", "dcpue-topics-create")]
+             ("StatefulSet", "dcpue-notify"), ("Deployment", "dcpue-api"), ("Job", "dcpue-topics-create")]
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "ReplicaSet", "Pod")
 
 
@@ -413,15 +472,17 @@ def _named_ports(kind: str, name: str) -> dict[str, int]:
 
 def test_k8s_networkpolicy_admits_only_the_api_and_metrics_ports() -> None:
     policies = [d for d in _k8s_docs() if d["kind"] == "NetworkPolicy"]
-    # policyTypes Ingress only: listing Egress without egress rules would cut the pods off from Kafka
-    assert all(p["spec"]["policyTypes"] == ["Ingress"] for p in policies)
-    deny = [p for p in policies if not p["spec"].get("ingress")]
-    allow = [p for p in policies if p["spec"].get("ingress")]
+    assert all(set(p["spec"]["policyTypes"]) <= {"Ingress", "Egress"} for p in policies)
+    ingress_policies = [p for p in policies if "Ingress" in p["spec"]["policyTypes"]]
+    deny = [p for p in ingress_policies if not p["spec"].get("ingress")]
+    allow = [p for p in ingress_policies if p["spec"].get("ingress")]
     for kind, name in WORKLOADS:
         assert any(_matches(p["spec"]["podSelector"], _pod_labels(kind, name)) for p in deny), f"{name}: not denied"
     admitted: set[tuple[str, str, int]] = set()  # (workload, source namespace, port)
     for policy in allow:
         where = policy["metadata"]["name"]
+        # listing Egress too would need egress rules, or it would cut the pods off from Kafka
+        assert policy["spec"]["policyTypes"] == ["Ingress"], where
         targets = [(kind, name) for kind, name in WORKLOADS
                    if _matches(policy["spec"]["podSelector"], _pod_labels(kind, name))]
         assert targets, f"{where} selects no workload"
@@ -444,8 +505,57 @@ def test_k8s_networkpolicy_admits_only_the_api_and_metrics_ports() -> None:
                     port = named.get(p["port"], p["port"])
                     assert port in named.values(), f"{where}: {name} has no port {p['port']}"
                     admitted |= {(name, source, port) for source in sources}
-    metrics = _named_ports("StatefulSet", "dcpue-collector")["metrics"]
-    assert admitted == {("dcpue-api", "ingress-nginx", _api_port()), ("dcpue-collector", "monitoring", metrics)}
+    collector_metrics = _named_ports("StatefulSet", "dcpue-collector")["metrics"]
+    notify_metrics = _named_ports(*NOTIFY)["metrics"]
+    assert admitted == {("dcpue-api", "ingress-nginx", _api_port()),
+                        ("dcpue-collector", "monitoring", collector_metrics),
+                        ("dcpue-notify", "monitoring", notify_metrics)}
+
+
+def _kafka_bootstrap() -> tuple[str, int]:
+    """(namespace, port) of the settings ConfigMap's in-cluster Kafka bootstrap address (``svc.ns.svc:port``)."""
+    address = _k8s("ConfigMap", "dcpue-settings")["data"]["DCPUE_BUS__KAFKA__BOOTSTRAP_SERVERS"].split(",")[0]
+    host, port = address.rsplit(":", 1)
+    labels = host.split(".")
+    assert len(labels) >= 3 and labels[2] == "svc", f"not an in-cluster Service address: {address}"
+    return labels[1], int(port)
+
+
+def test_k8s_networkpolicy_egress_is_limited_for_notify_only_and_reaches_what_it_needs() -> None:
+    egress = [d for d in _k8s_docs() if d["kind"] == "NetworkPolicy" and "Egress" in d["spec"]["policyTypes"]]
+    # any Egress policy must name everything its pods need; the other pods' egress stays open
+    for policy in egress:
+        targets = {name for kind, name in WORKLOADS if _matches(policy["spec"]["podSelector"], _pod_labels(kind, name))}
+        assert targets == {"dcpue-notify"}, policy["metadata"]["name"]
+    (policy,) = egress
+    rules = policy["spec"]["egress"]
+    assert all(rule.get("to") and rule.get("ports") for rule in rules)  # no rule opens every address or port
+
+    def allowed(protocol: str, port: int, peer_ok: Any) -> bool:
+        return any(any(peer_ok(peer) for peer in rule["to"])
+                   and any(p.get("protocol", "TCP") == protocol and p["port"] == port for p in rule["ports"])
+                   for rule in rules)
+
+    def namespace(name: str) -> Any:
+        return lambda peer: peer.get("namespaceSelector", {}).get("matchLabels", {}) == {
+            "kubernetes.io/metadata.name": name}
+
+    # DNS over UDP and TCP, to the cluster DNS
+    for protocol in ("UDP", "TCP"):
+        assert allowed(protocol, 53, namespace("kube-system")), f"DNS over {protocol}"
+    # the Kafka bootstrap Service and brokers of the settings ConfigMap
+    kafka_namespace, kafka_port = _kafka_bootstrap()
+    assert allowed("TCP", kafka_port, namespace(kafka_namespace)), "Kafka"
+    # HTTPS to public addresses (chat robots, webhooks), not to private ranges or the metadata endpoint
+    blocks = [peer["ipBlock"] for rule in rules for peer in rule["to"] if "ipBlock" in peer]
+    assert allowed("TCP", 443, lambda peer: peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0"), "receivers"
+    for block in blocks:
+        if block["cidr"] == "0.0.0.0/0":
+            assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(block["except"])
+    # no ipBlock anywhere else opens the internet on another port
+    for rule in rules:
+        if any(peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0" for peer in rule["to"]):
+            assert [(p.get("protocol", "TCP"), p["port"]) for p in rule["ports"]] == [("TCP", 443)]
 
 
 # -- Kubernetes: the collector ---------------------------------------------------------------------
@@ -625,6 +735,8 @@ def test_no_secret_values_anywhere_in_deploy() -> None:
             continue
         for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
             for where, key, value in _walk(doc):
+                if key == "secretName":  # a pod volume naming a Secret object: a reference, not a value
+                    continue
                 if SECRET_KEY.search(key) and isinstance(value, str):
                     checked += 1
                     assert placeholder.match(value), f"{path.relative_to(ROOT)}{where}: hard-coded secret?"
@@ -635,6 +747,156 @@ def test_no_secret_values_anywhere_in_deploy() -> None:
                         assert placeholder.match(secret), f"{path.relative_to(ROOT)}{where}.{field}"
     assert checked >= 8
     assert not re.search(r"(?im)^(ENV|ARG)\b.*(TOKEN|PASSWORD|SECRET)", DOCKERFILE.read_text(encoding="utf-8"))
+
+
+# -- Kubernetes: alert delivery (notify) -------------------------------------------------------------
+NOTIFY = ("StatefulSet", "dcpue-notify")
+
+
+def _notify_container() -> dict[str, Any]:
+    (container,) = _pod(*NOTIFY)["containers"]
+    return container
+
+
+def _notify_config_source() -> tuple[Path, dict[str, Any]]:
+    """(path of --config, the pod volume it is mounted from)."""
+    container = _notify_container()
+    config = Path(_flag(container["args"], "--config"))
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts[str(config.parent)]
+    assert mount["readOnly"] is True
+    volumes = {v["name"]: v for v in _pod(*NOTIFY)["volumes"]}
+    return config, volumes[mount["name"]]
+
+
+def _notify_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The notify pod's settings over the shipped example as its alerting.yaml, as `dcpue notify` loads them."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("DCPUE_")]:
+        monkeypatch.delenv(name)
+    for name, value in _container_env(*NOTIFY).items():
+        monkeypatch.setenv(name, value)
+    return load_settings(ALERTING_EXAMPLE, bus={"kind": "kafka"})
+
+
+def test_k8s_notify_is_one_pod_with_the_command_line_it_needs() -> None:
+    statefulset = _k8s(*NOTIFY)
+    # one outbox, one dispatcher: a second replica would double rate limits and resend after a rebalance
+    assert statefulset["spec"]["replicas"] == 1
+    assert statefulset["spec"].get("updateStrategy", {}).get("type", "RollingUpdate") == "RollingUpdate"
+    assert _matches(statefulset["spec"]["selector"], _pod_labels(*NOTIFY))
+    args = _notify_container()["args"]
+    assert args[0] == "notify"
+    assert _flag(args, "--metrics-host") in ("0.0.0.0", "::")  # the kubelet and Prometheus come in on the pod IP
+    # Kafka only: no InfluxDB token
+    assert "DCPUE_STORE__INFLUXDB__TOKEN" not in {v["name"] for v in _notify_container().get("env", [])}
+    # SIGKILL only after a request in flight (a receiver's timeout, 10 s by default) could finish
+    assert _pod(*NOTIFY)["terminationGracePeriodSeconds"] > 10
+
+
+def test_k8s_notify_outbox_and_history_are_on_its_volume_claim(monkeypatch: pytest.MonkeyPatch) -> None:
+    statefulset = _k8s(*NOTIFY)
+    container = _notify_container()
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    outbox = Path(_notify_settings(monkeypatch).alerts.delivery.outbox_path)
+    history = Path(_flag(container["args"], "--history"))
+    claims = {c["metadata"]["name"]: c for c in statefulset["spec"]["volumeClaimTemplates"]}
+    pod_volumes = {v["name"] for v in _pod(*NOTIFY)["volumes"]}
+    for path in (outbox, history):
+        assert path.is_absolute(), f"{path}: a relative path is under the read-only root filesystem"
+        (mount,) = [m for m in container["volumeMounts"] if path.is_relative_to(m["mountPath"])]
+        assert mount["name"] in claims, f"{path} is not on a volumeClaimTemplate: lost with the pod"
+        assert mount["name"] not in pod_volumes  # a pod volume of that name would shadow the claim
+        assert not mount.get("readOnly")
+    claim = next(iter(claims.values()))["spec"]
+    assert claim["accessModes"] == ["ReadWriteOnce"]
+    assert _bytes(claim["resources"]["requests"]["storage"]) >= 2**30
+    # the volume is writable by the dcpue user (uid 10001, fsGroup)
+    pod = _pod(*NOTIFY)
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    # the outbox path comes from the environment, so an alerting.yaml cannot move it off the volume
+    assert "DCPUE_ALERTS__DELIVERY__OUTBOX_PATH" in {v["name"] for v in container["env"]}
+
+
+def test_k8s_notify_reads_its_receivers_from_a_secret_never_a_configmap() -> None:
+    config, source = _notify_config_source()
+    # receiver URLs carry robot tokens and `secret` signs requests: a Secret, created by the operator
+    assert "configMap" not in source
+    assert source["secret"]["secretName"] == "dcpue-alerting"
+    assert not source["secret"].get("optional", False)  # no receivers file, no pod (rather than a silent notify)
+    assert config.name == "alerting.yaml"
+    assert not [d for d in _k8s_docs() if d["metadata"]["name"] == "dcpue-alerting"]  # no Secret with values shipped
+    mode = source["secret"].get("defaultMode", 0o644)
+    assert mode & 0o007 == 0, oct(mode)  # not world-readable
+    # no ConfigMap anywhere holds alert receivers or routes
+    for doc in _k8s_docs():
+        if doc["kind"] == "ConfigMap":
+            for key, text in doc["data"].items():
+                assert not re.search(r"(?m)^\s*(receivers|routes)\s*:", text), f"{doc['metadata']['name']}/{key}"
+                assert not key.startswith("DCPUE_ALERTS__RECEIVERS"), doc["metadata"]["name"]
+
+
+def test_k8s_notify_metrics_port_probe_and_service() -> None:
+    container = _notify_container()
+    named = _named_ports(*NOTIFY)
+    port = int(_flag(container["args"], "--metrics-port"))
+    assert named == {"metrics": port}
+    assert port != _named_ports("StatefulSet", "dcpue-collector")["metrics"]
+    assert all(p.get("protocol", "TCP") == "TCP" for p in container["ports"])
+    probe = container["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/metrics" and named.get(probe["port"], probe["port"]) == port
+    annotations = _k8s(*NOTIFY)["spec"]["template"]["metadata"].get("annotations", {})
+    if annotations.get("prometheus.io/scrape") == "true":
+        assert annotations["prometheus.io/port"] == str(port)
+        assert annotations.get("prometheus.io/path", "/metrics") == "/metrics"
+    statefulset = _k8s(*NOTIFY)
+    service = _k8s("Service", statefulset["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    selector = {"matchLabels": service["spec"]["selector"]}
+    for kind, name in WORKLOADS:
+        assert _matches(selector, _pod_labels(kind, name)) == (name == "dcpue-notify"), name
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["name"] == "metrics" and service_port.get("protocol", "TCP") == "TCP"
+    assert named.get(service_port["targetPort"], service_port["targetPort"]) == port == service_port["port"]
+
+
+def test_k8s_notify_group_and_settings_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _notify_settings(monkeypatch)
+    assert settings.alerts.receivers and settings.alerts.routes  # the example, as the Secret's file
+    # the consumer group is the shared group id + "-notify", which the Secret template grants
+    template = (K8S / "secret.template.yaml").read_text(encoding="utf-8")
+    assert f"`{settings.bus.kafka.group_id}-notify`" in template
+
+
+# -- settings files in deploy/config ------------------------------------------------------------------
+def test_alerting_example_loads_as_notify_settings_with_placeholders_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in [n for n in os.environ if n.startswith("DCPUE_")]:
+        monkeypatch.delenv(name)
+    settings = load_settings(ALERTING_EXAMPLE)
+    alerts = settings.alerts
+    assert {r.kind.value for r in alerts.receivers} >= {"webhook"}
+    for receiver in alerts.receivers:
+        if receiver.secret is not None:
+            assert receiver.secret.get_secret_value().startswith("REPLACE_WITH_"), receiver.name
+        for name, value in receiver.headers.items():
+            assert "REPLACE_WITH_" in value, f"{receiver.name}: header {name}"
+        query = receiver.url.partition("?")[2]
+        for pair in filter(None, query.split("&")):  # a token in the URL (DingTalk access_token, WeCom key)
+            assert pair.partition("=")[2].startswith("REPLACE_WITH_"), f"{receiver.name}: {pair}"
+    # only what notify reads: rules, per-site overrides and maintenance windows are analyze's
+    data = yaml.safe_load(ALERTING_EXAMPLE.read_text(encoding="utf-8"))
+    assert set(data) == {"alerts"}
+    assert set(data["alerts"]) <= {"receivers", "routes", "delivery"}
+    # the deployments put the outbox on their volume through the environment, which beats the file
+    assert "outbox_path" not in data["alerts"].get("delivery", {})
+
+
+def test_settings_example_lists_every_topic_with_its_default() -> None:
+    topics = yaml.safe_load(SETTINGS_EXAMPLE.read_text(encoding="utf-8"))["bus"]["topics"]
+    assert topics == TopicSettings().model_dump()
 
 
 # -- Dockerfile ----------------------------------------------------------------------------
