@@ -58,16 +58,20 @@ class AlertEngine:
         self.touched: set[str] = set()  # sites whose state changed since take_touched()
 
     def observe(self, readings: pd.DataFrame | None = None, windows: pd.DataFrame | None = None,
-                health: Iterable[dict[str, object]] = ()) -> list[AlertEvent]:
+                health: Iterable[dict[str, object]] = (), settled: Iterable[str] | None = None) -> list[AlertEvent]:
         """Evaluate the rules on new ``readings`` (readings columns), ``windows`` (result rows) and
-        ``health`` records; returns the firing/resolved events this brings (silenced ones flagged)."""
+        ``health`` records; returns the firing/resolved events this brings (silenced ones flagged).
+
+        ``settled``: the sites whose input is known to be current (no backlog on their partition); only
+        they are judged for "no data", since a site still being replayed only looks silent. Default: all.
+        """
         if not self.settings.enabled:
             return []
         with self.lock:
-            return self._observe(readings, windows, health)
+            return self._observe(readings, windows, health, settled)
 
     def _observe(self, readings: pd.DataFrame | None, windows: pd.DataFrame | None,
-                 health: Iterable[dict[str, object]]) -> list[AlertEvent]:
+                 health: Iterable[dict[str, object]], settled: Iterable[str] | None) -> list[AlertEvent]:
         conditions: list[Condition] = []
         if readings is not None and not readings.empty:
             self.touched.update(readings["site"].unique().tolist())
@@ -95,7 +99,8 @@ class AlertEngine:
             conditions += from_health
             self.touched.update(c.labels.get("site", "") for c in from_health)
         if self.first_ms is not None:
-            conditions += rules.no_data(self.last_seen, sorted(self.sites), self.now_ms, self.first_ms, self.settings,
+            judged = self.sites if settled is None else self.sites & set(settled)
+            conditions += rules.no_data(self.last_seen, sorted(judged), self.now_ms, self.first_ms, self.settings,
                                         self.gap_ms)
         if not conditions:
             return []
@@ -109,18 +114,21 @@ class AlertEngine:
         same event time whether the worker sees a minute or an hour of readings at once.
         """
         r = readings[["site", "point", "ts"]].drop_duplicates().sort_values(["site", "point", "ts"], kind="stable")
-        previous = r.groupby(["site", "point"], sort=False)["ts"].shift().to_numpy(np.float64, copy=True)
-        if self.point_last:
-            known = pd.Series(self.point_last).reindex(pd.MultiIndex.from_arrays([r["site"], r["point"]]))
-            first = np.isnan(previous)
-            previous[first] = known.to_numpy(np.float64)[first]
-        gaps = r["ts"].to_numpy(np.float64) - previous
-        per_site = pd.Series(gaps, index=r["site"].to_numpy()).dropna()
+        site, point = r["site"].to_numpy(object), r["point"].to_numpy(object)
+        ts = r["ts"].to_numpy(np.float64)
+        first = np.ones(len(r), dtype=bool)
+        first[1:] = (site[1:] != site[:-1]) | (point[1:] != point[:-1])
+        previous = np.empty(len(r))
+        previous[1:] = ts[:-1]
+        # a point's first sample of this batch follows its newest of the batches before (NaN: none)
+        previous[first] = [self.point_last.get(key, np.nan) for key in zip(site[first], point[first], strict=True)]
+        per_site = pd.Series(ts - previous, index=site).dropna()
         per_site = per_site[per_site > 0].groupby(level=0).median()
-        for site, gap in per_site.items():
-            self.gap_ms[str(site)] = 0.8 * self.gap_ms.get(str(site), float(gap)) + 0.2 * float(gap)
-        last = r.groupby(["site", "point"], sort=False)["ts"].max()
-        self.point_last.update(zip(last.index, last.to_numpy().tolist(), strict=True))
+        for s, gap in per_site.items():
+            self.gap_ms[str(s)] = 0.8 * self.gap_ms.get(str(s), float(gap)) + 0.2 * float(gap)
+        last = np.r_[np.flatnonzero(first)[1:] - 1, len(r) - 1]
+        self.point_last.update(zip(zip(site[last], point[last], strict=True), ts[last].astype(np.int64).tolist(),
+                                   strict=True))
 
     def active(self) -> list[dict[str, object]]:
         """Pending and firing alerts, for the API."""

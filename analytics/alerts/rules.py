@@ -278,11 +278,16 @@ def stuck_meters(readings: pd.DataFrame, points: pd.DataFrame, last_change: dict
     return out, state
 
 
+NEVER_SEEN_GRACE_MS = 3_600_000  # a site that never reported is "no data" only an hour into the engine's clock
+
+
 def no_data(last_seen: dict[str, int], sites: Iterable[str], now_ms: int, first_ms: int,
             settings: AlertSettings, typical_gap_ms: dict[str, float] | None = None) -> list[Condition]:
     """Sites silent for ``no_data_after_s`` while the fleet clock (newest reading anywhere, ``now_ms``) moved on.
 
-    A site never seen counts as silent since ``first_ms`` (the first reading the engine saw). A firing
+    A site never seen counts as silent since ``first_ms`` (the first reading the engine saw), after a
+    grace of at least :data:`NEVER_SEEN_GRACE_MS` (collectors start one by one, and a worker that just
+    started may get a site's first batch some polls after another's). A firing
     NoData inhibits the site's efficiency and safety alerts (label ``inhibits: site``): one
     data-quality alert instead of a storm. A site whose meters report less often than that gets three
     of its usual gaps (``typical_gap_ms``) instead.
@@ -292,6 +297,8 @@ def no_data(last_seen: dict[str, int], sites: Iterable[str], now_ms: int, first_
     for site in sites:
         limit_ms = int(max(settings.no_data_after_s * 1000, 3 * gaps.get(site, 0.0)))
         seen = last_seen.get(site)
+        if seen is None:
+            limit_ms = max(limit_ms, NEVER_SEEN_GRACE_MS)
         silent_ms = now_ms - (seen if seen is not None else first_ms)
         out.append(Condition(
             _labels("NoData", site, Family.DATA_QUALITY, Severity.CRITICAL, inhibits="site"), now_ms,

@@ -204,6 +204,18 @@ class KafkaConsumerAdapter:
                 return False
         return True
 
+    def caught_up_partitions(self) -> set[int]:
+        """Assigned partitions of the first subscribed topic whose position has reached the high watermark
+        last reported by the broker (no backlog known)."""
+        done = set()
+        for tp in self._consumer.assignment() if self._consumer is not None else ():
+            if tp.topic != self.topics[0]:
+                continue
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None and self._consumer.position(tp) >= highwater:
+                done.add(tp.partition)
+        return done
+
     def partition_count(self) -> int:
         """Partitions of the first subscribed topic."""
         return len(self._consumer.partitions_for_topic(self.topics[0]) or ())

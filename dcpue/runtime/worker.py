@@ -167,6 +167,7 @@ class AnalyticsWorker:
         self._alert_sites: set[str] = set()  # sites whose alerts this worker answers for
         self._alerts_touched: set[str] = set()  # of those, changed since the last checkpoint
         self._grouped = hasattr(consumer, "on_revoked")  # partitions (and so sites) come and go
+        self._site_partitions: dict[str, int] = {}  # registry site → readings partition (group consumers)
         if alerts is not None and self._grouped:
             alerts.drop_sites(set(alerts.sites))  # none until partitions are assigned
         self.stats = WorkerStats()
@@ -223,7 +224,7 @@ class AnalyticsWorker:
                 self.stats.newest_ts_ms = max(self.stats.newest_ts_ms, int(readings["ts"].max()))
         rows = self.engine.advance()
         dead = pd.concat(letters, ignore_index=True) if letters else pd.DataFrame(columns=DEAD_LETTER_COLUMNS)
-        events = (self.alerts.observe(readings=readings, windows=rows, health=health)
+        events = (self.alerts.observe(readings=readings, windows=rows, health=health, settled=self._settled_sites())
                   if self.alerts is not None else [])
         self._unwritten = (rows, dead, readings if readings is not None else pd.DataFrame(), events)
         self._uncommitted = True
@@ -333,6 +334,14 @@ class AnalyticsWorker:
                         log.error("alert state of site %s unusable, starting its alerts afresh: %s", site, exc)
         log.info("assigned partitions %s: %d site checkpoints available", partitions, loaded)
 
+    def _settled_sites(self) -> set[str] | None:
+        """Sites on partitions without backlog (None: every site; the consumer cannot tell)."""
+        caught_up = getattr(self.consumer, "caught_up_partitions", None)
+        if caught_up is None or not self._grouped:
+            return None
+        done = caught_up()
+        return {site for site, partition in self._site_partitions.items() if partition in done}
+
     def _sites_on(self, partitions: list[int] | None) -> set[str]:
         """The registry sites whose readings are keyed onto ``partitions`` (all if ``None``)."""
         sites = set(self.registry.site_map)
@@ -340,7 +349,8 @@ class AnalyticsWorker:
         if partitions is None or partitions_for is None:
             return sites
         wanted = set(partitions)
-        return {site for site, partition in partitions_for(sites).items() if partition in wanted}
+        self._site_partitions = partitions_for(sites)
+        return {site for site, partition in self._site_partitions.items() if partition in wanted}
 
     def _on_revoked(self, partitions: list[int]) -> None:
         """Forget the sites of the lost partitions.

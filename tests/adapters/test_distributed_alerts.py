@@ -101,13 +101,15 @@ def test_alerts_survive_a_killed_worker_reach_the_receiver_once_and_obey_a_silen
         logs = {name: tmp_path / f"{name}.log" for name in ("analyze", "analyze2", "notify", "serve")}
         procs = {
             "analyze": start(["analyze", *common], env, logs["analyze"]),
-            "notify": start(["notify", *common, "--history", str(tmp_path / "history.sqlite")], env, logs["notify"]),
+            "notify": start(["notify", *common, "--history", str(tmp_path / "history.sqlite"), "--metrics-port", "0"],
+                            env, logs["notify"]),
             "serve": start(["serve", *common, "--port", "0", "--store", str(tmp_path / "view.sqlite")], env,
                            logs["serve"]),
         }
         topic = AlertsTopic(settings)
         try:
             api = procs["serve"].stdout.readline().split(" at ", 1)[1].split(" ", 1)[0] + "api/v1"
+            metrics_url = procs["notify"].stdout.readline().split(" at ", 1)[1].strip()
             # a silence set through the API, for the site whose aisle will run hot
             silence = httpx.post(f"{api}/silences", timeout=10, json={
                 "matchers": [["site", "=", "tr-02"]], "starts_at_ms": start_ms, "ends_at_ms": start_ms + 7 * DAY,
@@ -150,6 +152,7 @@ def test_alerts_survive_a_killed_worker_reach_the_receiver_once_and_obey_a_silen
             wait_for(resolved, 120, "ga-01's resolve at the receiver", logs)
             time.sleep(2.0)  # anything still to come (a duplicate) has time to arrive
             view = httpx.get(f"{api}/alerts", params={"limit": 1000}, timeout=10).json()
+            metrics = httpx.get(metrics_url, timeout=10).text
         finally:
             for name in ("analyze2", "notify", "serve"):
                 if name in procs:
@@ -182,6 +185,11 @@ def test_alerts_survive_a_killed_worker_reach_the_receiver_once_and_obey_a_silen
     assert all(len(k) == 1 for k in by_event.values()), by_event
     restored = procs["analyze2"].stdout.read() if procs["analyze2"].stdout else ""
     assert "sites restored" in restored, restored
+
+    # notify's Prometheus endpoint counts what the receiver got
+    sent = [line for line in metrics.splitlines() if line.startswith("dcpue_alert_deliveries_total{")
+            and 'outcome="sent"' in line and 'receiver="noc"' in line]
+    assert sent and float(sent[0].rsplit(" ", 1)[1]) == len(requests), sent
 
     # `dcpue serve` shows what the workers published
     assert {(e["site"], e["alertname"], e["status"]) for e in view["events"]} >= {

@@ -3,11 +3,13 @@
 The survivor takes over the killed worker's partitions, restores its sites from the state topic
 and replays from the last commit. What the metrics topic ends with (newest row per window) must be
 what the embedded engine computes from the same readings: every window there, none counted twice.
-`dcpue aggregate` runs alongside and must give the embedded cluster and fleet figures.
+`dcpue aggregate` runs alongside and must give the embedded cluster and fleet figures. The alert events
+the workers publish must be those of one alert engine over the same batches: alert state follows the sites.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -20,6 +22,7 @@ import pandas as pd
 import pytest
 
 from dcpue.adapters.kafka import KafkaProducerAdapter, connection_config
+from dcpue.analytics.alerts.engine import AlertEngine
 from dcpue.analytics.stream import StreamEngine
 from dcpue.registry import dump_registry
 from dcpue.settings import KafkaSettings, Settings
@@ -67,9 +70,10 @@ def newest_rows(frames: list[pd.DataFrame]) -> pd.DataFrame:
 class MetricsReader:
     """Reads the metrics topic from the start, incrementally: every window batch in partition order."""
 
-    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
+    def __init__(self, kafka: KafkaSettings, topic: str, decode=decode_windows) -> None:  # noqa: ANN001
         import kafka as kafka_lib
 
+        self.decode = decode
         self.consumer = kafka_lib.KafkaConsumer(**connection_config(kafka), enable_auto_commit=False, group_id=None)
         self.tps = [kafka_lib.TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic))]
         self.consumer.assign(self.tps)
@@ -81,7 +85,7 @@ class MetricsReader:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for records in self.consumer.poll(timeout_ms=300, max_records=5000).values():
-                self.frames += [decode_windows(r.value) for r in records]
+                self.frames += [self.decode(r.value) for r in records]
             if all(self.consumer.highwater(tp) is not None and self.consumer.position(tp) >= self.consumer.highwater(tp)
                    for tp in self.tps):
                 return self.frames
@@ -116,10 +120,11 @@ def test_killed_worker_loses_and_duplicates_no_window(tansu_broker, tmp_path):  
                    clusters=[{**GUI_AN, "id": "north"}, {**GUI_AN, "id": "south"}])
     sites_file = tmp_path / "sites.yaml"
     sites_file.write_text(dump_registry(reg), encoding="utf-8")
-    env = distributed_env(prefix, partitions=4, DCPUE_BUS__COMMIT_INTERVAL_S="1")
+    # a "collector" here sends 30-min batches, site after site: "no data" must allow for that skew
+    env = distributed_env(prefix, partitions=4, DCPUE_BUS__COMMIT_INTERVAL_S="1", DCPUE_ALERTS__NO_DATA_AFTER_S="7200")
     prefix_len = len("DCPUE_BUS__TOPICS__")
     topics = {k[prefix_len:].lower(): v for k, v in env.items() if k.startswith("DCPUE_BUS__TOPICS__")}
-    settings = Settings(bus={"kind": "kafka", "topics": topics,
+    settings = Settings(alerts={"no_data_after_s": 7200}, bus={"kind": "kafka", "topics": topics,
                              "kafka": {"bootstrap_servers": tansu_broker.bootstrap_servers, "partitions": 4}})
     kafka = settings.bus.kafka
     common = ["--kafka", kafka.bootstrap_servers, "--registry", str(sites_file)]
@@ -157,16 +162,20 @@ def test_killed_worker_loses_and_duplicates_no_window(tansu_broker, tmp_path):  
         # the survivor ends up with all four partitions
         wait_for(lambda: assignments(logs["b"])[-1] == [0, 1, 2, 3], 60, "worker b to take over all partitions")
 
-        # the embedded engine on the same batches is the reference
+        # the embedded engine on the same batches is the reference, for windows and for alerts
         engine = StreamEngine(reg, settings.engine, emit_groups=True)
-        reference = []
+        alert_engine = AlertEngine(reg, settings.engine, settings.alerts)
+        reference, expected_alerts = [], set()
         for _site, frame in plan:
             engine.add(frame)
             reference.append(engine.advance())
+            expected_alerts |= {alert_key(e) for e in alert_engine.observe(readings=frame, windows=reference[-1])}
         want = newest_rows(reference)
         want = want[want["final"] & want.index.get_level_values("window").isin(["1h", "1d"])]
         assert {"site", "cluster", "fleet"} <= set(want.index.get_level_values("scope"))
         assert (want.index.get_level_values("window") == "1d").sum() == 2 * (len(SITES) + 3)  # 2 days × 11 ids
+
+        assert {a[1] for a in expected_alerts} == {"firing"} and len(expected_alerts) == len(SITES)  # PUE > 1.25
 
         reader = MetricsReader(kafka, settings.bus.topics.metrics)
         missing: list[object] = []
@@ -192,6 +201,12 @@ def test_killed_worker_loses_and_duplicates_no_window(tansu_broker, tmp_path):  
 
     frames = reader.read()
     reader.close()
+    # every site's alert fired once, by whichever worker held it: the survivor restored the alert state of
+    # the dead worker's sites and did not fire them again as new episodes
+    alerts_reader = MetricsReader(kafka, settings.bus.topics.alerts, decode=json.loads)
+    published = {(r["fingerprint"], r["status"], r["starts_at_ms"], r["sequence"]) for r in alerts_reader.read()}
+    alerts_reader.close()
+    assert published == expected_alerts
     got = newest_rows(frames)
     # what the last write left equals the embedded figures: nothing lost, nothing doubled
     actual, expected = got.loc[want.index, FIGURES], want[FIGURES]
@@ -208,6 +223,10 @@ def test_killed_worker_loses_and_duplicates_no_window(tansu_broker, tmp_path):  
     restored = int(re.search(r"(\d+) sites restored", b_out).group(1))
     a_sites = {s for s in SITES if _partition(s, 4) in a_partitions}
     assert a_sites and restored >= len(a_sites), (b_out, a_partitions)
+
+
+def alert_key(event) -> tuple[str, str, int, int]:  # noqa: ANN001
+    return (event.fingerprint, event.status.value, event.starts_at_ms, event.sequence)
 
 
 def _partition(site: str, partitions: int) -> int:

@@ -523,3 +523,15 @@ def test_a_site_snapshot_refuses_foreign_or_corrupt_state():
         engine.restore_site("ga-01", b"garbage")
     blob = engine.snapshot_sites({"ga-01"})["ga-01"]
     engine.restore_site("ga-01", blob)  # its own, empty: fine
+
+
+def test_no_data_judges_only_settled_sites():
+    """A site whose partition still has a backlog only looks silent: it is not judged until it is settled."""
+    inputs = run(FLAP, **FLAP_RUN).inputs
+    engine = AlertEngine(REGISTRY, ENGINE, ALERTS)
+    unsettled = [e for _, readings, windows in inputs
+                 for e in engine.observe(readings=readings, windows=windows, settled={"tr-02", "xy-03", "gy-04"})]
+    assert not [e for e in unsettled if e.labels["alertname"] == "NoData"]
+    engine = AlertEngine(REGISTRY, ENGINE, ALERTS)
+    settled = [e for _, readings, windows in inputs for e in engine.observe(readings=readings, windows=windows)]
+    assert [e.site for e in settled if e.labels["alertname"] == "NoData"] == ["ga-01", "ga-01"]
