@@ -79,6 +79,16 @@ def _iso(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _decode_state(blob: bytes) -> _State:
+    try:
+        state = msgspec.msgpack.decode(zlib.decompress(blob), type=_State)
+    except (zlib.error, msgspec.DecodeError) as exc:
+        raise ValueError(f"not an alert lifecycle snapshot: {exc}") from exc
+    if state.v != STATE_VERSION:
+        raise ValueError(f"unsupported alert lifecycle snapshot (version {state.v}; expected {STATE_VERSION})")
+    return state
+
+
 class AlertLifecycle:
     """Stateful, I/O-free alert lifecycle for every (rule, subject) fingerprint.
 
@@ -278,12 +288,7 @@ class AlertLifecycle:
 
     def restore(self, blob: bytes) -> None:
         """Replace the state by a :meth:`snapshot`'s; silences and ``stale_after_ms`` stay as constructed."""
-        try:
-            state = msgspec.msgpack.decode(zlib.decompress(blob), type=_State)
-        except (zlib.error, msgspec.DecodeError) as exc:
-            raise ValueError(f"not an alert lifecycle snapshot: {exc}") from exc
-        if state.v != STATE_VERSION:
-            raise ValueError(f"unsupported alert lifecycle snapshot (version {state.v}; expected {STATE_VERSION})")
+        state = _decode_state(blob)
         self._now = state.now
         self._alerts = state.alerts
         self._live = {fp for fp, st in state.alerts.items() if st.state != INACTIVE}
@@ -302,12 +307,7 @@ class AlertLifecycle:
 
     def restore_site(self, site: str, blob: bytes) -> None:
         """Replace ``site``'s alerts by a :meth:`snapshot_site`'s; the clock only moves forward."""
-        try:
-            state = msgspec.msgpack.decode(zlib.decompress(blob), type=_State)
-        except (zlib.error, msgspec.DecodeError) as exc:
-            raise ValueError(f"not an alert lifecycle snapshot: {exc}") from exc
-        if state.v != STATE_VERSION:
-            raise ValueError(f"unsupported alert lifecycle snapshot (version {state.v}; expected {STATE_VERSION})")
+        state = _decode_state(blob)
         foreign = [fp for fp, st in state.alerts.items() if st.labels.get("site", "") != site]
         if foreign:
             raise ValueError(f"alert snapshot of site {site!r} holds alerts of other sites: {foreign[:3]}")

@@ -325,13 +325,7 @@ class AnalyticsWorker:
             self.alerts.own(gained)
             self._alert_sites |= gained
             for site in sorted(gained):
-                checkpoint = self._restorable.get(site)
-                if checkpoint is not None and checkpoint.alerts:
-                    try:
-                        self.alerts.restore_site(site, checkpoint.alerts)
-                    except ValueError as exc:
-                        self._count_error("bad_checkpoint")
-                        log.error("alert state of site %s unusable, starting its alerts afresh: %s", site, exc)
+                self._restore_alerts(site, self._restorable.get(site))
         log.info("assigned partitions %s: %d site checkpoints available", partitions, loaded)
 
     def _settled_sites(self) -> set[str] | None:
@@ -341,6 +335,15 @@ class AnalyticsWorker:
             return None
         done = caught_up()
         return {site for site, partition in self._site_partitions.items() if partition in done}
+
+    def _restore_alerts(self, site: str, checkpoint: Checkpoint | None) -> None:
+        if checkpoint is None or not checkpoint.alerts or self.alerts is None:
+            return
+        try:
+            self.alerts.restore_site(site, checkpoint.alerts)
+        except ValueError as exc:
+            self._count_error("bad_checkpoint")
+            log.error("alert state of site %s unusable, starting its alerts afresh: %s", site, exc)
 
     def _sites_on(self, partitions: list[int] | None) -> set[str]:
         """The registry sites whose readings are keyed onto ``partitions`` (all if ``None``)."""
@@ -381,12 +384,7 @@ class AnalyticsWorker:
         if self.alerts is not None and site not in self._alert_sites:  # keyed onto a partition unexpectedly
             self.alerts.own({site})
             self._alert_sites.add(site)
-            if checkpoint is not None and checkpoint.alerts:
-                try:
-                    self.alerts.restore_site(site, checkpoint.alerts)
-                except ValueError as exc:
-                    self._count_error("bad_checkpoint")
-                    log.error("alert state of site %s unusable, starting its alerts afresh: %s", site, exc)
+            self._restore_alerts(site, checkpoint)
         if checkpoint is not None:
             try:
                 restore_site(self.engine, checkpoint.state)
