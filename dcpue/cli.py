@@ -516,6 +516,113 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- cooling ------------------------------------------------------------------------------
+def _pairs(items: list[str] | None, what: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip().removeprefix("sp_")] = float(value)
+        except ValueError:
+            raise DcpueError(f"{what}: expected name=number, got {item!r}") from None
+    return out
+
+
+def _read_frame(path: str) -> pd.DataFrame:
+    if path.endswith((".parquet", ".pq")):
+        return pd.read_parquet(path)
+    return pd.read_csv(path)
+
+
+def _cooling_model(path: str, site: str | None) -> Any:
+    """A saved model: a ``.joblib``/``.json`` file, or the newest model of ``site`` in a directory."""
+    from dcpue.analytics.cooling import CoolingModel
+
+    target = Path(path)
+    if target.is_dir():
+        pattern = f"cooling-{site}-*.json" if site else "cooling-*.json"
+        found = sorted(target.glob(pattern), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise DcpueError(f"{target}: no cooling model{' of site ' + site if site else ''} (train one first)")
+        target = found[-1]
+    if not target.exists():
+        raise DcpueError(f"{target}: no such model file")
+    return CoolingModel.load(target)
+
+
+def _envelope(model: Any, args: argparse.Namespace) -> Any:
+    from dcpue.analytics.cooling import Envelope
+
+    data: dict[str, Any] = {}
+    if args.water_class:
+        data["water_class"] = args.water_class
+    if args.margin is not None:
+        data["inlet_margin_k"] = args.margin
+    return Envelope(**data)
+
+
+def cmd_cooling_train(args: argparse.Namespace) -> int:
+    """Train a site's cooling model from a readings export or a cooling table; save it versioned."""
+    from dcpue.analytics.cooling import CoolingModel, readings_to_table
+
+    frame = _read_frame(args.input)
+    if {"site", "point", "value"} <= set(frame.columns):  # a readings export
+        from dcpue.runtime.files import read_readings_file
+
+        settings = load_settings(args.config, log_level=args.log_level, registry=args.registry)
+        _configure_logging(settings.log_level)
+        registry = _demo_registry(settings)
+        if args.site not in registry.site_map:
+            raise DcpueError(f"unknown site {args.site!r} in the registry")
+        readings, _rejects = read_readings_file(args.input, registry, naive_tz=settings.engine.timezone)
+        table = readings_to_table(readings, registry.site_map[args.site], freq=args.freq)
+    else:
+        table = frame
+    model = CoolingModel.train(table, site=args.site)
+    path = model.save(args.models)
+    print(f"dcpue cooling train: site {args.site}, {model.n_rows} rows, model {model.version} → {path}")
+    for target, metrics in model.metrics.items():
+        print(f"  {target:<14} held-out " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                                                       if isinstance(v, int | float)))
+    return 0
+
+
+def cmd_cooling_recommend(args: argparse.Namespace) -> int:
+    """One recommendation for given conditions, or an hourly schedule for a weather-and-load table."""
+    from dcpue.analytics.cooling import recommend, schedule
+
+    model = _cooling_model(args.model, args.site)
+    envelope = _envelope(model, args)
+    current = _pairs(args.current, "--current")
+    if args.hourly:
+        plan = schedule(model, _read_frame(args.hourly), envelope, current)
+        if args.output:
+            plan.to_csv(args.output, index=False)
+            ok = plan["ok"].mean() if len(plan) else 0.0
+            print(f"dcpue cooling recommend: {len(plan)} hours, {ok:.0%} with a recommendation, "
+                  f"predicted saving {plan['saving_kw'].sum():.0f} kWh → {args.output}")
+        else:
+            sys.stdout.write(plan.to_csv(index=False))
+        return 0
+    rec = recommend(model, _pairs(args.conditions, "--conditions"), current, envelope, site=model.site,
+                    ts_ms=int(time.time() * 1000))
+    print(json.dumps(rec.as_dict(), indent=2, ensure_ascii=False))
+    return 0 if rec.ok else 3
+
+
+def cmd_cooling_evaluate(args: argparse.Namespace) -> int:
+    """Closed-loop evaluation on the simulator against fixed-setpoint baselines and hindsight."""
+    from dcpue.runtime import cooling_eval
+
+    argv = [*(["--quick"] if args.quick else []), "--seed", str(args.seed), "--workers", str(args.workers),
+            *(["--site-types", *args.site_types] if args.site_types else []),
+            *(["--seasons", *args.seasons] if args.seasons else []),
+            *(["--json", args.json] if args.json else []), *(["--markdown", args.markdown] if args.markdown else [])]
+    return cooling_eval.main(argv)
+
+
 # -- registry -----------------------------------------------------------------------------
 def cmd_registry_check(args: argparse.Namespace) -> int:
     registry = load_registry(args.file)
@@ -631,6 +738,39 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
     serve.add_argument("--store", help="local view file (default store.path)")
     serve.set_defaults(func=cmd_serve)
+
+    cooling = sub.add_parser("cooling", help="AI cooling setpoints: train, recommend, evaluate")
+    cooling_sub = cooling.add_subparsers(dest="cooling_command", required=True, metavar="ACTION")
+    train = cooling_sub.add_parser("train", parents=[common], help="train a site's model from its history")
+    train.add_argument("--site", required=True, help="site id")
+    train.add_argument("--input", required=True,
+                       help="readings export (site, point, ts, value[, quality]) or a cooling table (docs/cooling.md)"
+                            ", CSV or Parquet")
+    train.add_argument("--registry", help="site registry YAML (readings exports; default: the demo fleet)")
+    train.add_argument("--freq", default="15min", help="interval of the training table (default 15min)")
+    train.add_argument("--models", default="dcpue-data/cooling-models", help="model directory")
+    train.set_defaults(func=cmd_cooling_train)
+    rec = cooling_sub.add_parser("recommend", parents=[common], help="recommend setpoints with a trained model")
+    rec.add_argument("--model", required=True, help="model file, or a directory (newest model of --site)")
+    rec.add_argument("--site", help="site id when --model is a directory")
+    rec.add_argument("--conditions", nargs="*", metavar="NAME=VALUE",
+                     help="it_kw, dry_bulb_c, wet_bulb_c, rh_pct")
+    rec.add_argument("--current", nargs="*", metavar="NAME=VALUE", help="current setpoints, e.g. supply_air=22")
+    rec.add_argument("--hourly", help="hourly table (ts, dry_bulb_c, wet_bulb_c, rh_pct, it_kw): print a schedule")
+    rec.add_argument("--output", help="write the schedule CSV here")
+    rec.add_argument("--water-class", help="ASHRAE liquid class of the facility-water loop (W17…W45)")
+    rec.add_argument("--margin", type=float, help="inlet margin below 27 °C [K] (default 1)")
+    rec.set_defaults(func=cmd_cooling_recommend)
+    ev = cooling_sub.add_parser("evaluate", parents=[common],
+                                help="closed-loop evaluation on the simulator (docs/cooling-evaluation.md)")
+    ev.add_argument("--quick", action="store_true", help="one site type and one week (for a smoke run)")
+    ev.add_argument("--site-types", nargs="+", help="liquid, hybrid, enterprise, legacy (default: all)")
+    ev.add_argument("--seasons", nargs="+", help="representative weeks to run (default: all four)")
+    ev.add_argument("--seed", type=int, default=7)
+    ev.add_argument("--workers", type=int, default=1, help="processes (one season each)")
+    ev.add_argument("--json", help="write the report as JSON here")
+    ev.add_argument("--markdown", help="write the table as Markdown here")
+    ev.set_defaults(func=cmd_cooling_evaluate)
 
     reg = sub.add_parser("registry", help="site registry tools")
     reg_sub = reg.add_subparsers(dest="registry_command", required=True, metavar="ACTION")

@@ -19,6 +19,7 @@ from dcpue.adapters.lineprotocol import (
     dead_letters_to_lines,
     inventory_to_lines,
     readings_to_lines,
+    recommendations_to_lines,
     windows_to_lines,
 )
 from dcpue.errors import SinkError, missing_extra
@@ -100,6 +101,11 @@ class InfluxSink:
         """Alert state changes (measurement ``alert``; see docs/influxdb.md)."""
         if events:
             self._send(alerts_to_lines(events))
+
+    def write_recommendations(self, records: list[dict[str, Any]]) -> None:
+        """Cooling recommendations (measurement ``cooling_recommendation``; see docs/influxdb.md)."""
+        if records:
+            self._send(recommendations_to_lines(records))
 
     def write_dead_letters(self, letters: pd.DataFrame) -> None:
         if not letters.empty:

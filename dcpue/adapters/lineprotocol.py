@@ -259,3 +259,43 @@ def alerts_to_lines(events: Sequence[Any]) -> list[str]:
     stamps = pd.Series([str(e.ends_at_ms if e.ends_at_ms is not None else e.starts_at_ms) for e in events],
                        index=index)
     return (tags + " " + fields.fields + " " + stamps).tolist()
+
+
+RECOMMENDATION_MEASUREMENT = "recommendation"
+RECOMMENDATION_TAGS = ("site", "loop", "setpoint")
+SETPOINT_LOOPS = {"supply_air": "air", "chw_supply": "chilled_water", "fw_supply": "facility_water"}
+
+
+def recommendations_to_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Cooling recommendations (measurement ``recommendation``): one point per record and setpoint.
+
+    ``records`` are :meth:`dcpue.analytics.cooling.Recommendation.as_dict` dicts, optionally with a
+    ``confidence`` [0–1]. Tags ``site``, ``loop`` (``air``, ``chilled_water``, ``facility_water``) and
+    ``setpoint``; fields ``current`` and ``recommended`` [°C] (the latter left out when refused),
+    ``expected_saving_kw`` (the record's predicted saving), ``confidence``, ``predicted_pue``,
+    ``rack_inlet_c_hi`` (unknown values left out), ``ok``, and the text fields ``action``, ``reason``
+    and ``model_version``. Timestamp: the data time the recommendation is for, so recomputing it overwrites.
+    """
+    rows = [(r, name) for r in records for name in sorted({*(r.get("current") or {}), *(r.get("recommended") or {})})]
+    if not rows:
+        return []
+    index = pd.RangeIndex(len(rows))
+    tag_values = {"site": [str(r["site"]) for r, _ in rows], "loop": [SETPOINT_LOOPS.get(n, n) for _, n in rows],
+                  "setpoint": [n for _, n in rows]}
+    tags = _tag_set(RECOMMENDATION_MEASUREMENT, [(k, _text(tag_values[k], index)) for k in RECOMMENDATION_TAGS],
+                    index)
+    fields = _FieldSet(index)
+    fields.add_float("current", [_number((r.get("current") or {}).get(n)) for r, n in rows])
+    fields.add_float("recommended", [_number((r.get("recommended") or {}).get(n)) for r, n in rows])
+    for field_name, key in (("expected_saving_kw", "saving_kw"), ("confidence", "confidence"),
+                            ("predicted_pue", "predicted_pue"), ("rack_inlet_c_hi", "rack_inlet_c_hi")):
+        fields.add_float(field_name, [_number(r.get(key)) for r, _ in rows])
+    fields.add("ok=" + pd.Series(["true" if r.get("ok") else "false" for r, _ in rows], index=index))
+    for key in ("action", "reason", "model_version"):
+        fields.add_string(key, [str(r.get(key) or "") for r, _ in rows])
+    stamps = pd.Series([str(int(r["ts_ms"])) for r, _ in rows], index=index)
+    return (tags + " " + fields.fields + " " + stamps).tolist()
+
+
+def _number(value: Any) -> float:
+    return float("nan") if value is None else float(value)

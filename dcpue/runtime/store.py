@@ -45,6 +45,8 @@ class FileStore:
         )
         conn.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT)")
         conn.execute("CREATE TABLE IF NOT EXISTS engine_state (site TEXT PRIMARY KEY, state BLOB)")
+        conn.execute("CREATE TABLE IF NOT EXISTS recommendations (site TEXT, ts_ms INTEGER, record TEXT,"
+                     " PRIMARY KEY (site, ts_ms))")
         self._conn = conn
         return self
 
@@ -132,6 +134,26 @@ class FileStore:
         with self._lock:
             cur = self._db().execute("DELETE FROM windows WHERE window = ? AND start_ms < ?", (window, older_than_ms))
             return cur.rowcount
+
+    def write_recommendations(self, records: list[dict[str, object]]) -> None:
+        """Keep cooling recommendations (``Recommendation.as_dict()``); the same site and time overwrites."""
+        if not records:
+            return
+        rows = [(str(r["site"]), int(r["ts_ms"]), json.dumps(r, ensure_ascii=False)) for r in records]  # type: ignore[call-overload]
+        with self._lock:
+            try:
+                self._db().executemany("INSERT OR REPLACE INTO recommendations VALUES (?, ?, ?)", rows)
+            except sqlite3.Error as exc:
+                raise SinkError(f"{self.path}: writing {len(rows)} recommendations failed: {exc}") from exc
+
+    def recommendations(self, site: str | None = None, limit: int = 100) -> list[dict[str, object]]:
+        """The newest recommendations, newest first (optionally of one site)."""
+        query, params = "SELECT record FROM recommendations", []
+        if site:
+            query, params = query + " WHERE site = ?", [site]
+        with self._lock:
+            rows = self._db().execute(query + " ORDER BY ts_ms DESC LIMIT ?", [*params, limit]).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def get_state(self, key: str) -> str | None:
         with self._lock:

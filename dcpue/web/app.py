@@ -385,6 +385,15 @@ def create_app(
         rows = _records(reader(limit=limit))
         return {"count": len(rows), "dead_letters": rows}
 
+    @app.get(f"{API_PREFIX}/recommendations", tags=["cooling"],
+             summary="The newest cooling-setpoint recommendations (advisory), newest first")
+    def recommendations(site: str | None = None, limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
+        if site is not None and site not in site_ids:
+            raise HTTPException(404, f"unknown site {site!r}: GET {API_PREFIX}/sites lists them")
+        reader = getattr(store, "recommendations", None)
+        rows = reader(site=site, limit=limit) if reader is not None else []
+        return {"count": len(rows), "recommendations": rows}
+
     def _alerts() -> Any:
         if alerts is None:
             raise HTTPException(404, "alerting is not running in this process")

@@ -22,6 +22,7 @@ from dcpue.adapters.lineprotocol import (
     dead_letters_to_lines,
     inventory_to_lines,
     readings_to_lines,
+    recommendations_to_lines,
     windows_to_lines,
 )
 from dcpue.analytics.alerts.model import AlertEvent
@@ -362,15 +363,18 @@ def test_documented_influxql_queries_run(influxdb1):  # noqa: F811
              *readings_to_lines(readings, reg.points_table, reg.sites_table),
              *inventory_to_lines(reg.sites_table, today),
              *dead_letters_to_lines(letters, today),
-             # the alert schema as written by dcpue; the reserved schema of issue #6 as documented
+             # the alert and recommendation schemas as written by dcpue
              *alerts_to_lines([AlertEvent(
                  fingerprint="f1", status=AlertStatus.FIRING, value=1.27, sequence=1, starts_at_ms=today,
                  ends_at_ms=None, labels={"alertname": "PueAboveTarget", "site": "ga-01", "family": "efficiency",
                                           "severity": "warning"},
                  annotations={"summary": "PUE 1.270 above target 1.20 at ga-01",
                               "threshold": "fire > 1.250, clear < 1.220"})]),
-             f"recommendation,site=ga-01,loop=air,setpoint=supply_air current=22.0,recommended=24.0,"
-             f"expected_saving_kw=12.5,confidence=0.8 {today}"]
+             *recommendations_to_lines([{
+                 "site": "ga-01", "ts_ms": today, "ok": True, "action": "change", "model_version": "abc123",
+                 "reason": "change: supply air 22 → 23 °C saves 12.5 kW", "current": {"supply_air": 22.0},
+                 "recommended": {"supply_air": 23.0}, "saving_kw": 12.5, "confidence": 0.8,
+                 "predicted_pue": 1.18, "rack_inlet_c_hi": 25.2}])]
     db = influx1_database(influxdb1)
     influx1_write(influxdb1, db, lines)
     literal = "'" + pd.Timestamp(now, unit="ms", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ") + "'"

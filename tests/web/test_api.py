@@ -234,3 +234,18 @@ def test_openapi_documents_the_endpoints(client):
                         if p["name"] == "window")
     assert window_param["schema"]["enum"] == list(ALL_WINDOWS)
     assert "SiteRow" in spec["components"]["schemas"] and "WindowRow" in spec["components"]["schemas"]
+
+
+def test_recommendations_newest_first_per_site_and_unknown_site(client, store, registry):
+    site = registry.sites[0].id
+    records = [{"site": site, "ts_ms": NOW_MS - k * 3_600_000, "ok": k == 0, "action": "change" if k == 0 else "none",
+                "reason": "change: …" if k == 0 else "no recommendation: out of distribution",
+                "current": {"supply_air": 22.0}, "recommended": {"supply_air": 23.0} if k == 0 else None,
+                "model_version": "v1"} for k in range(3)]
+    store.write_recommendations(records)
+    store.write_recommendations(records[:1])  # the same site and time again: overwritten, not added
+    body = client.get("/api/v1/recommendations", params={"site": site, "limit": 2}).json()
+    assert body["count"] == 2 and [r["ts_ms"] for r in body["recommendations"]] == [NOW_MS, NOW_MS - 3_600_000]
+    assert body["recommendations"][0]["recommended"] == {"supply_air": 23.0}
+    assert client.get("/api/v1/recommendations").json()["count"] == 3
+    assert client.get("/api/v1/recommendations", params={"site": "nowhere"}).status_code == 404
