@@ -31,6 +31,10 @@ COP_RANGE = (2.0, 9.0)
 CAPTURE_PER_K = 0.001  # liquid heat-capture ratio lost per K of facility water above 32 °C [1/K]
 CYCLES_OF_CONCENTRATION = 4.0  # cooling-tower makeup = evaporation × C / (C − 1)
 TOWER_LATENT_SHARE = 0.8  # share of tower heat rejected by evaporation (rest sensible)
+# Server fans speed up as the inlet warms (see docs/simulator.md, "IT fan power"): an all-air server
+# draws 1 + FAN_K · max(0, T_inlet − FAN_T0)² times its power at a cool inlet, +1 % at 27 °C, +7 % at 32 °C.
+FAN_T0_C = 24.0  # mean server inlet above which fan power rises measurably [°C]
+FAN_K_PER_K2 = 0.0011  # relative IT power rise per K² above FAN_T0_C, all-air server [1/K²]
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,17 @@ def it_load_kw(
     daily = 1.0 + daily_amp * np.cos(2.0 * np.pi * (local_hour - peak_hour) / 24.0)
     weekly = np.where(local_weekday >= 5, weekend, 1.0)
     return np.minimum(design_kw * occupancy * utilization * daily * weekly * (1.0 + noise), design_kw)
+
+
+def it_fan_factor(inlet_c: np.ndarray, air_share: np.ndarray) -> np.ndarray:
+    """IT power multiplier [-] from server fans: 1 + FAN_K · air_share · max(0, T_inlet − FAN_T0)².
+
+    ``inlet_c`` is the mean server inlet [°C]; ``air_share`` [-] the share of the server heat its
+    fans carry (1 for air-cooled servers, about 0.15 for cold-plate servers whose chips are on the
+    liquid loop). Exactly 1 at or below FAN_T0_C.
+    """
+    excess = np.maximum(inlet_c - FAN_T0_C, 0.0)
+    return 1.0 + FAN_K_PER_K2 * air_share * excess * excess
 
 
 def ups_loss_kw(load_kw: np.ndarray, capacity_kw: np.ndarray, c0: np.ndarray, c1: np.ndarray,

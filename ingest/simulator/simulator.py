@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -313,9 +313,16 @@ class FleetSimulator:
         return sorted(started, key=lambda e: (e.start_ms, e.site, e.point or ""))
 
     # -- ground truth -----------------------------------------------------------------------------
-    def true_state(self, ts_ms: np.ndarray | list[int]) -> pd.DataFrame:
+    def true_state(self, ts_ms: np.ndarray | list[int],
+                   setpoints: Mapping[str, Mapping[str, float | np.ndarray]] | None = None) -> pd.DataFrame:
         """The noise-free simulated state at ``ts_ms`` with the current setpoints and the injected
         plant events (one row per site and time).
+
+        ``setpoints`` overrides setpoints for this call only (the simulator's own are unchanged):
+        ``{site_id: {name: value}}`` with names as in :meth:`set_setpoints` and each value a scalar
+        or an array with one value per ``ts_ms`` [°C], so a schedule, or a grid of candidate
+        setpoints over repeated times, is evaluated in one vectorised call. Raises ``ValueError``
+        like :meth:`set_setpoints` for unknown names or values outside the plausible range.
 
         Columns include ``it_kw`` (UPS output, category 1), ``facility_kw`` (grid import), ``pv_kw``,
         ``cooling_kw`` and each cooling subsystem [kW], ``ups_loss``, ``tx_loss``, ``lighting_kw``,
@@ -324,7 +331,7 @@ class FleetSimulator:
         sensor shows in that sensor's readings only, not in the room's ``rack_inlet_c``.
         """
         ts = np.asarray(ts_ms, dtype=np.int64)
-        state = self._physics(ts)
+        state = self._physics(ts, self._override_arrays(setpoints, len(ts)) if setpoints else None)
         columns = {k: v.reshape(-1) for k, v in state.items() if v.ndim == 2}
         frame = pd.DataFrame(columns)
         frame.insert(0, "ts", np.tile(ts, len(self._sites)))
@@ -386,12 +393,38 @@ class FleetSimulator:
         d2 = (table["latitude"] - site.latitude) ** 2 + (table["longitude"] - site.longitude) ** 2
         return str(table.iloc[int(np.argmin(d2.to_numpy()))]["city"])
 
+    def rack_inlet_offsets(self, site_id: str) -> dict[str, float]:
+        """Fixed offset [K] of each rack-inlet sensor of ``site_id`` over the room's ``rack_inlet_c``
+        (the hot spots; sensors also add noise). The hottest rack inlet is ``rack_inlet_c`` + the
+        largest offset."""
+        return {sig.point: sig.offset for sig in self._signals[self._index(site_id)]
+                if sig.source == "rack_inlet_c"}
+
     def _setpoint_arrays(self) -> dict[str, np.ndarray]:
         return {name: np.array([sp.get(name, np.nan) for sp in self._setpoints])[:, None]
                 for name in SETPOINT_NAMES}
 
-    def _physics(self, ts: np.ndarray) -> dict[str, np.ndarray]:
-        """The true state of all sites at times ``ts`` [(S, T) arrays, canonical units]."""
+    def _override_arrays(self, setpoints: Mapping[str, Mapping[str, float | np.ndarray]],
+                         n_t: int) -> dict[str, np.ndarray]:
+        """(S, T) setpoint arrays: the current setpoints with ``setpoints`` overriding (see true_state)."""
+        out = {name: np.repeat(arr, n_t, axis=1) for name, arr in self._setpoint_arrays().items()}
+        for site_id, values in setpoints.items():
+            s = self._index(site_id)
+            for raw_name, value in values.items():
+                name = raw_name.removeprefix("sp_").replace("-", "_")
+                if name not in self._setpoints[s]:
+                    valid = ", ".join(sorted(self._setpoints[s]))
+                    raise ValueError(f"site {site_id!r} has no setpoint {raw_name!r} (valid: {valid})")
+                row = np.broadcast_to(np.asarray(value, dtype=float), (n_t,))
+                lo, hi = plant.SETPOINT_LIMITS[name]
+                if not ((row >= lo) & (row <= hi)).all():
+                    raise ValueError(f"setpoint {name!r} has values outside {lo}..{hi} °C")
+                out[name][s] = row
+        return out
+
+    def _physics(self, ts: np.ndarray, sp: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The true state of all sites at times ``ts`` [(S, T) arrays, canonical units]; ``sp``: (S, T)
+        setpoint arrays instead of the current (S, 1) ones."""
         p = self._params
         keys = p["site_key"]
         w = climate.weather(self.seed, self._climates, self._city_index, ts)
@@ -400,11 +433,19 @@ class FleetSimulator:
         weekday = ((local // MS_PER_DAY + 3) % 7)[None, :]  # 1970-01-01 was a Thursday (weekday 3)
         noise = (_noise.smooth_ar1(ts, 3_600_000, 0.9, IT_NOISE_HOURLY, self.seed, 0x17, keys)
                  + IT_NOISE_SAMPLE * _noise.normal(self.seed, 0x18, keys, ts[None, :]))
-        it = plant.it_load_kw(p["design_kw"], p["occupancy"], p["utilization"], p["daily_amp"],
-                              p["peak_hour"], p["weekend"], hour, weekday, noise)
+        it_cool = plant.it_load_kw(p["design_kw"], p["occupancy"], p["utilization"], p["daily_amp"],
+                                   p["peak_hour"], p["weekend"], hour, weekday, noise)  # at a cool inlet
         light = p["racks"] * p["light_kw_per_rack"] * (0.35 + 0.65 * plant.daylight(hour))
-        sp = self._setpoint_arrays()
+        if sp is None:
+            sp = self._setpoint_arrays()
+        # server fans speed up with the inlet, which itself warms with the load (recirculation): one
+        # fixed-point step, solving the plant at the cool-inlet load first (the fans then follow an inlet
+        # a few hundredths of a K, at most ≈ 0.1 K at 32 °C, below the final one)
+        first = plant.plant(p, it_cool, light, w, sp)
+        fan = plant.it_fan_factor(first["rack_inlet_c"] + 0.5 * p["hotspot_k"], 1.0 - p["liquid_share"] * p["capture"])
+        it = it_cool * fan
         st = plant.plant(p, it, light, w, sp)
+        st["it_fan_kw"] = it - it_cool
         st = self._apply_plant_events(st, ts)
         cooling = st["crah"] + st["chiller"] + st["pump"] + st["cooling_tower"] + st["dry_cooler"] + st["cdu"]
         load = it + cooling + st["ups_loss"] + light

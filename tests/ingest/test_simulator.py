@@ -325,6 +325,12 @@ def test_higher_setpoints_save_cooling_energy(fleet, kind, name, delta, day):
     assert after_inlet >= before_inlet
 
 
+def _day_fan_kwh(sim: FleetSimulator, site_id: str, day_start: int) -> float:
+    ts = day_start + np.arange(0, DAY_MS, 5 * MIN_MS)
+    state = sim.true_state(ts)
+    return float(state[state["site"] == site_id]["it_fan_kw"].sum() / 12.0)  # [kWh]
+
+
 @pytest.mark.parametrize("kind,name", [("enterprise", "chw_supply"), ("enterprise", "supply_air"),
                                        ("liquid", "fw_supply"), ("liquid", "supply_air"),
                                        ("hybrid", "supply_air")])
@@ -332,10 +338,66 @@ def test_higher_setpoints_warm_the_rack_inlets(fleet, kind, name):
     site = site_of(fleet, kind)
     sim = FleetSimulator(fleet, seed=7, start_ms=JUL, faults=False)
     before_kwh, before_inlet = _day_totals(sim, site.id, JUL)
+    before_fan = _day_fan_kwh(sim, site.id, JUL)
     sim.set_setpoints(site.id, **{name: sim.get_setpoints(site.id)[name] + 2.0})
     after_kwh, after_inlet = _day_totals(sim, site.id, JUL)
+    after_fan = _day_fan_kwh(sim, site.id, JUL)
     assert after_inlet > before_inlet
-    assert after_kwh <= before_kwh
+    assert after_fan > before_fan  # warmer inlets: the server fans speed up
+    # a warmer setpoint never costs more cooling than removing the extra server-fan heat it causes
+    # (raising supply air alone on a chilled-water site saves nothing and then pays for that heat)
+    assert after_kwh <= before_kwh + (after_fan - before_fan)
+
+
+def test_server_fan_factor_by_hand():
+    inlet = np.array([10.0, 20.0, 24.0, 25.0, 27.0, 30.0, 32.0])
+    factor = plant.it_fan_factor(inlet, np.ones(1))
+    assert factor[:3].tolist() == [1.0, 1.0, 1.0]  # exactly 1 at or below T0 = 24 °C
+    np.testing.assert_allclose(factor[3:], [1.0011, 1.0099, 1.0396, 1.0704], rtol=1e-12)  # 0.0011·ΔT²
+    assert factor[4] == pytest.approx(1.01, abs=0.001) and 1.06 <= factor[6] <= 1.08  # +1 % at 27, +7 % at 32
+    np.testing.assert_allclose(plant.it_fan_factor(inlet, np.full(1, 0.15)) - 1.0, 0.15 * (factor - 1.0))
+
+
+def test_it_power_rises_with_the_inlet_above_t0_only(fleet):
+    """Server fans: IT power (the UPS meters too) rises once the mean server inlet passes 24 °C and is
+    unchanged below; warmer inlets lower PUE while the facility draws more (PUE is not ranked on alone)."""
+    site = site_of(fleet, "enterprise")
+    ts = JUL + np.arange(0, 6 * HOUR_MS + 1, MIN_MS)
+
+    def run(**setpoints: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+        sim = FleetSimulator(fleet, seed=7, start_ms=JUL, faults=False)
+        sim.set_setpoints(site.id, **setpoints)
+        data = collect(sim.poll(int(ts[-1])))
+        return sim.true_state(ts).query("site == @site.id").reset_index(drop=True), data
+
+    cold, cold_data = run(supply_air=16.0, chw_supply=8.0)
+    cool, _ = run(supply_air=18.0, chw_supply=8.0)
+    warm, warm_data = run(supply_air=27.0, chw_supply=16.0)
+    hotspot = plant.ARCHETYPES["enterprise"].hotspot_k
+    assert (cool["rack_inlet_c"] + hotspot / 2 < plant.FAN_T0_C).all()
+    assert cold["it_kw"].equals(cool["it_kw"]) and (cool["it_fan_kw"] == 0.0).all()  # below T0: no change
+    server_inlet = warm["rack_inlet_c"] + hotspot / 2
+    assert (server_inlet > 29.0).all()
+    expected = 1.0 + plant.FAN_K_PER_K2 * (server_inlet - plant.FAN_T0_C) ** 2  # an all-air site
+    # one fixed-point step: the fans follow the inlet before their own heat warmed it (≈ 0.02 K lower here)
+    np.testing.assert_allclose(warm["it_kw"] / cool["it_kw"], expected, rtol=5e-4)
+    assert (warm["it_kw"] / cool["it_kw"] <= expected).all()
+    np.testing.assert_allclose(warm["it_kw"] - cool["it_kw"], warm["it_fan_kw"], rtol=1e-9)
+    parts = warm["it_kw"] + warm["cooling_kw"] + warm["losses_kw"] + warm["lighting_kw"]
+    np.testing.assert_allclose(warm["facility_kw"] + warm["pv_kw"], parts)  # the balance still closes
+    ups = [series(d, site.id, "it.ups-a") + series(d, site.id, "it.ups-b") for d in (cold_data, warm_data)]
+    assert (ups[1] / ups[0]).mean() == pytest.approx(expected.mean(), rel=2e-3)  # the meters see the fans
+
+    # raising supply air alone on a chilled-water site: PUE falls, yet the site draws more
+    base, _ = run()
+    hot, _ = run(supply_air=sim_sp(fleet, site.id)["supply_air"] + 4.0)
+    assert hot["facility_kw"].sum() > base["facility_kw"].sum()
+    pue = [(x["facility_kw"].sum() + x["pv_kw"].sum()) / x["it_kw"].sum() for x in (base, hot)]
+    assert pue[1] < pue[0]
+
+
+def sim_sp(fleet, site_id: str) -> dict[str, float]:
+    return FleetSimulator(fleet, seed=7, start_ms=JUL, faults=False).get_setpoints(site_id)
 
 
 def test_old_rooms_run_warmer_inlets_relative_to_supply_and_setpoint_points_report(fleet):
@@ -356,6 +418,46 @@ def test_old_rooms_run_warmer_inlets_relative_to_supply_and_setpoint_points_repo
         return inlet - series(data, site.id, "env.supply-air").mean()
 
     assert rise(legacy) > rise(liquid) + 1.0
+
+
+def test_true_state_evaluates_setpoint_schedules_without_changing_the_simulator(fleet):
+    site, other = site_of(fleet, "hybrid"), site_of(fleet, "legacy")
+    ts = JUL + np.arange(0, 4 * HOUR_MS, 5 * MIN_MS)
+    sim = FleetSimulator(fleet, seed=7, start_ms=JUL, faults=False)
+    before = sim.get_setpoints(site.id)
+    half = len(ts) // 2
+    schedule = {"supply_air": np.where(np.arange(len(ts)) < half, 22.0, 25.0), "sp_chw_supply": 19.0}
+    got = sim.true_state(ts, setpoints={site.id: schedule})
+    assert sim.get_setpoints(site.id) == before  # an override is for this call only
+    ref = FleetSimulator(fleet, seed=7, start_ms=JUL, faults=False)
+    parts = []
+    for value, times in ((22.0, ts[:half]), (25.0, ts[half:])):
+        ref.set_setpoints(site.id, supply_air=value, chw_supply=19.0)
+        parts.append(ref.true_state(times))
+    order = {s.id: i for i, s in enumerate(fleet.sites)}  # true_state lists sites in registry order
+    want = pd.concat(parts).sort_values(["site", "ts"], key=lambda c: c.map(order) if c.name == "site" else c)
+    want = want.reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert (got.loc[got["site"] == other.id, "sp:supply_air"] == 18.0).all()  # other sites keep theirs
+    with pytest.raises(ValueError, match="valid: chw_supply, supply_air"):
+        sim.true_state(ts, setpoints={other.id: {"fw_supply": 30.0}})
+    with pytest.raises(ValueError, match="outside"):
+        sim.true_state(ts, setpoints={site.id: {"supply_air": np.full(len(ts), 40.0)}})
+    with pytest.raises(KeyError, match="unknown site"):
+        sim.true_state(ts, setpoints={"zz-99": {"supply_air": 20.0}})
+
+
+def test_rack_inlet_offsets_are_the_sensors_hot_spots(fleet):
+    site = site_of(fleet, "enterprise")
+    sim = FleetSimulator(fleet, seed=7, start_ms=JUL, faults=False)
+    offsets = sim.rack_inlet_offsets(site.id)
+    assert sorted(offsets) == sorted(p.id for p in site.points if p.tags.get("location") == "rack_inlet")
+    assert all(0.0 <= v <= plant.ARCHETYPES["enterprise"].hotspot_k for v in offsets.values())
+    data = collect(sim.poll(JUL + 6 * HOUR_MS))
+    room = sim.true_state(np.arange(JUL, JUL + 6 * HOUR_MS + 1, MIN_MS)).query("site == @site.id")
+    for point, offset in offsets.items():
+        excess = series(data, site.id, point).to_numpy() - room["rack_inlet_c"].to_numpy()
+        assert excess.mean() == pytest.approx(offset, abs=0.03)  # 0.1 K sensor noise averages out
 
 
 def test_energy_counter_integrates_true_facility_power(fleet):
