@@ -127,7 +127,8 @@ def _fmt(x: float) -> str:
     return f"{x:.1f}"
 
 
-def _quality_refusal(model: CoolingModel, max_relative_error: float, max_abs_error_k: float) -> str | None:
+def _quality_refusal(model: CoolingModel, max_relative_error: float, max_abs_error_k: float,
+                     min_r2: float | None) -> str | None:
     for target, m in model.metrics.items():
         rel = m["relative_error"]
         if not rel <= max_relative_error:
@@ -136,6 +137,9 @@ def _quality_refusal(model: CoolingModel, max_relative_error: float, max_abs_err
         if target in TEMPERATURE_TARGETS and not m["mae"] <= max_abs_error_k:
             return (f"the model's held-out error for {target} is {m['mae']:.2f} K "
                     f"(limit {max_abs_error_k:.2f} K)")
+        if min_r2 is not None and not m["r2"] >= min_r2:
+            return (f"the model's held-out error for {target} is too large for the variation it must explain "
+                    f"(R² {m['r2']:.2f} on held-out days, need {min_r2:.2f})")
     return None
 
 
@@ -174,7 +178,8 @@ def _candidate_axes(model: CoolingModel, current: dict[str, float], envelope: En
 def recommend(model: CoolingModel, conditions: Mapping[str, float], current: Mapping[str, float],
               envelope: Envelope, *, site: str = "", ts_ms: int = 0, max_relative_error: float = 0.1,
               max_abs_error_k: float = 1.0, min_saving_pct: float = 0.05, n_grid: int = 9,
-              resolution_k: float = 0.1, it_fan: ItFan | None = DEFAULT_IT_FAN) -> Recommendation:
+              resolution_k: float = 0.1, it_fan: ItFan | None = DEFAULT_IT_FAN,
+              min_r2: float | None = 0.5) -> Recommendation:
     """The setpoints that minimise predicted facility power within ``envelope``, or a refusal.
 
     ``conditions``: ``it_kw`` [kW], ``dry_bulb_c``, ``wet_bulb_c`` [°C], ``rh_pct`` [%].
@@ -187,7 +192,9 @@ def recommend(model: CoolingModel, conditions: Mapping[str, float], current: Map
     facility-water supply upper bound ≤ the W-class limit (when the envelope has one).
 
     Refuses when a target's held-out relative error exceeds ``max_relative_error`` (or a
-    temperature's MAE ``max_abs_error_k`` [K]), when the conditions with the current setpoints
+    temperature's MAE ``max_abs_error_k`` [K], or its held-out R² is below ``min_r2``: a target
+    that varies little can show a small relative error without any skill), when the conditions
+    with the current setpoints
     are out of distribution, or when no candidate is feasible (naming the constraint). Keeps
     the current setpoints (``action="keep"``) when they are feasible and no candidate saves
     at least ``min_saving_pct`` [%] of facility power. Ties go to the smallest move.
@@ -202,7 +209,7 @@ def recommend(model: CoolingModel, conditions: Mapping[str, float], current: Map
         return Recommendation(site, int(ts_ms), cur, None, False, NONE, f"no recommendation: {reason}",
                               model.version, limits=limits, **predictions)
 
-    reason = _quality_refusal(model, max_relative_error, max_abs_error_k)
+    reason = _quality_refusal(model, max_relative_error, max_abs_error_k, min_r2)
     if reason is None:
         nonfinite = [k for k, v in {**cond, **cur}.items() if not math.isfinite(v)]
         if nonfinite:
