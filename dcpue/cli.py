@@ -557,7 +557,7 @@ def _envelope(model: Any, args: argparse.Namespace) -> Any:
 
     data: dict[str, Any] = {}
     if args.water_class:
-        data["water_class"] = args.water_class
+        data["w_class"] = args.water_class
     if args.margin is not None:
         data["inlet_margin_k"] = args.margin
     return Envelope(**data)

@@ -202,6 +202,21 @@ class SimulatorSettings(_Section):
     faults: bool = True
 
 
+class CoolingSettings(_Section):
+    """AI cooling recommendations in the analytics worker (advisory: nothing is written to a BMS)."""
+
+    enabled: bool = False  # opt in: a site's model needs weeks of history with setpoint changes in it
+    model_dir: str = "dcpue-data/cooling-models"  # versioned models and each site's training table
+    freq: str = "15min"  # interval of the training table and of recommendations
+    table_every_h: float = Field(1.0, gt=0)  # turn buffered readings into table rows this often [event h]
+    min_history_days: float = Field(14.0, gt=0)  # train once a site has this much table
+    history_days: float = Field(90.0, gt=0)  # keep this much table per site
+    retrain_every_h: float = Field(24.0, gt=0)  # retrain a site's model this often [event h]
+    max_relative_error: float = Field(0.1, gt=0)  # refuse when a target's held-out error is above this
+    inlet_margin_k: float = Field(1.0, ge=0)  # stay this far below the 27 °C recommended inlet limit
+    water_class: WaterClass | None = None  # facility-water class of liquid loops (default: alerts.water_class)
+
+
 class Settings(BaseSettings):
     """Everything a dcpue process is configured with."""
 
@@ -217,6 +232,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     collect: CollectSettings = CollectSettings()
     alerts: AlertSettings = AlertSettings()
+    cooling: CoolingSettings = CoolingSettings()
     simulator: SimulatorSettings = SimulatorSettings()
 
 

@@ -86,10 +86,16 @@ def analytics_stage(settings: Settings, registry: Registry, stores: list[Any],
         # events → the alerts topic (for `dcpue notify` and `dcpue serve`) and InfluxDB (Grafana annotations)
         alert_output = AlertOutput(producer=producer, topic=topics.alerts, sinks=[*shared, *stores])
         inputs = KafkaTailConsumer(kafka, {topics.health: "latest", topics.silences: "earliest"}).setup()
+    cooling = advice = None
+    if settings.cooling.enabled:
+        from dcpue.runtime.cooling import CoolingAdvisor, recommendation_writer
+
+        cooling = CoolingAdvisor(registry, settings.cooling, water_class=settings.alerts.water_class)
+        advice = recommendation_writer([*shared, *stores], producer, topics.recommendations)
     worker = AnalyticsWorker(registry, settings, consumer, sink, dead_letter_producer=producer, clock=clock,
                              emit_groups=emit_groups, state=state, alerts=alerts, alert_output=alert_output,
-                             health=inputs)
-    return Stage(worker, [lambda: _final_checkpoint(worker), consumer.close,
+                             health=inputs, cooling=cooling, recommendation_output=advice)
+    return Stage(worker, [lambda: _final_checkpoint(worker), *([cooling.close] if cooling else []), consumer.close,
                           *([inputs.close] if inputs is not None else []), producer.close,
                           *[store.close for store in stores]])
 

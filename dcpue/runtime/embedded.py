@@ -87,11 +87,19 @@ class EmbeddedPipeline:
         self.bus = InProcessBus(settings.bus.max_pending_messages)
         self.alerts, alert_output = build_alerting(settings, registry, Path(store.path).with_name("alerts.sqlite"),
                                                    self.bus.producer(send_timeout_s=None))
+        self.cooling = None
+        if settings.cooling.enabled:
+            from dcpue.runtime.cooling import CoolingAdvisor, recommendation_writer
+
+            self.cooling = CoolingAdvisor(registry, settings.cooling, water_class=settings.alerts.water_class)
         self.worker = AnalyticsWorker(
             registry, settings, self.bus.consumer([settings.bus.topics.readings], ANALYTICS_GROUP), store,
             clock=clock.now_ms,  # simulated time is "now" for the clock-skew check
             state=store, alerts=self.alerts.engine if self.alerts else None, alert_output=alert_output,
             health=self.bus.consumer([settings.bus.topics.health], "dcpue-alert-inputs") if self.alerts else None,
+            cooling=self.cooling,
+            recommendation_output=recommendation_writer([store], self.bus.producer(send_timeout_s=None),
+                                                        settings.bus.topics.recommendations) if self.cooling else None,
         )
         self.serve_http = serve_http
         self.stop_event = threading.Event()
@@ -166,6 +174,8 @@ class EmbeddedPipeline:
                 f"analytics did not drain within {timeout_s:g} s: {lag} batches not processed"))
             log.error("shutdown timed out with %d batches on the bus", lag)
             return False
+        if self.cooling is not None:
+            self.cooling.close()
         self.bus.close()
         self.store.close()
         if self.alerts is not None:

@@ -152,7 +152,8 @@ class AnalyticsWorker:
                  dead_letter_producer: Producer | None = None, clock: Callable[[], int] | None = None,
                  emit_groups: bool = True, state: StateStore | None = None,
                  alerts: Any = None, alert_output: Callable[[list[Any]], None] | None = None,
-                 health: Consumer | None = None) -> None:
+                 health: Consumer | None = None, cooling: Any = None,
+                 recommendation_output: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         self.registry = registry
         self.settings = settings
         self.consumer = consumer
@@ -164,6 +165,8 @@ class AnalyticsWorker:
         self.alerts = alerts  # a dcpue.analytics.alerts.engine.AlertEngine, or None
         self.alert_output = alert_output  # where its events go (history, alerts topic, webhooks)
         self.health = health
+        self.cooling = cooling  # a dcpue.runtime.cooling.CoolingAdvisor, or None
+        self.recommendation_output = recommendation_output  # store, InfluxDB, recommendations topic
         self._alert_sites: set[str] = set()  # sites whose alerts this worker answers for
         self._alerts_touched: set[str] = set()  # of those, changed since the last checkpoint
         self._grouped = hasattr(consumer, "on_revoked")  # partitions (and so sites) come and go
@@ -178,7 +181,8 @@ class AnalyticsWorker:
         self._skip_before: dict[str, tuple[int, int]] = {}  # site → position its restored state includes
         self._durable_offsets = bool(getattr(consumer, "durable_offsets", False))
         self._last_prune_ms = 0
-        self._unwritten: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[Any]] | None = None  # not yet written
+        # (windows, dead letters, readings, alert events, recommendations) not yet written
+        self._unwritten: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[Any], list[Any]] | None = None
         self._uncommitted = False
         self._last_commit = time.monotonic()
         self._backoff = Backoff()
@@ -226,7 +230,8 @@ class AnalyticsWorker:
         dead = pd.concat(letters, ignore_index=True) if letters else pd.DataFrame(columns=DEAD_LETTER_COLUMNS)
         events = (self.alerts.observe(readings=readings, windows=rows, health=health, settled=self._settled_sites())
                   if self.alerts is not None else [])
-        self._unwritten = (rows, dead, readings if readings is not None else pd.DataFrame(), events)
+        advice = self.cooling.observe(readings) if self.cooling is not None else []
+        self._unwritten = (rows, dead, readings if readings is not None else pd.DataFrame(), events, advice)
         self._uncommitted = True
         self.stats.messages += len(messages)
         if self._write() and time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s:
@@ -236,7 +241,7 @@ class AnalyticsWorker:
     def _write(self) -> bool:
         """Write the pending results; on failure keep them, back off and return False."""
         assert self._unwritten is not None
-        rows, dead, raw, events = self._unwritten
+        rows, dead, raw, events, advice = self._unwritten
         started = time.perf_counter()
         try:
             self.store.write_windows(rows)
@@ -246,6 +251,8 @@ class AnalyticsWorker:
                 self._dead_letter(dead)
             if events and self.alert_output is not None:
                 self.alert_output(events)
+            if advice and self.recommendation_output is not None:
+                self.recommendation_output(advice)
         except SinkError as exc:
             self._count_error("store_write")
             log.warning("store write failed, keeping %d rows and retrying: %s", len(rows), exc)
@@ -528,4 +535,5 @@ class AnalyticsWorker:
 
     def status(self) -> dict[str, object]:
         """Counters for the status endpoint."""
-        return {**self.stats.__dict__, **self.engine.snapshot_counters()}
+        cooling = self.cooling.status() if self.cooling is not None else {}
+        return {**self.stats.__dict__, **self.engine.snapshot_counters(), **cooling}

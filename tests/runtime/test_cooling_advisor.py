@@ -1,0 +1,79 @@
+"""Cooling advice in the analytics worker: table from the stream, a model trained on schedule, a
+recommendation per new interval in the store, and a restarted advisor that resumes from model_dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dcpue.ingest.base import publish_polls
+from dcpue.ingest.simulator import FleetSimulator, generate_fleet
+from dcpue.registry import Registry
+from dcpue.runtime.bus import InProcessBus
+from dcpue.runtime.cooling import CoolingAdvisor, recommendation_writer
+from dcpue.runtime.store import FileStore
+from dcpue.runtime.worker import AnalyticsWorker
+from dcpue.settings import CoolingSettings, load_settings
+
+pytest.importorskip("sklearn")
+
+SITE = "xy-03"
+START_MS = 1_751_328_000_000  # 2025-07-01T00:00Z
+HOUR = 3_600_000
+FLEET = generate_fleet(4, seed=7)
+REGISTRY = Registry(clusters=FLEET.clusters, sites=tuple(s for s in FLEET.sites if s.id == SITE))
+
+
+def feed(tmp_path: Path, sim: FleetSimulator, hours: range, rng: np.random.Generator) -> tuple[CoolingAdvisor,
+                                                                                               FileStore]:
+    """A worker with an advisor on ``tmp_path``, fed 6 h at a time; setpoints stepped every 6 h (step tests)."""
+    cooling = CoolingSettings(enabled=True, model_dir=str(tmp_path / "models"), table_every_h=6,
+                              min_history_days=5.5, retrain_every_h=96)
+    settings = load_settings(None, cooling=cooling.model_dump())
+    store = FileStore(tmp_path / "dcpue.sqlite").setup()
+    bus = InProcessBus(10_000)
+    advisor = CoolingAdvisor(REGISTRY, settings.cooling, train_in_background=False)
+    worker = AnalyticsWorker(REGISTRY, settings, bus.consumer([settings.bus.topics.readings], "a"), store,
+                             clock=lambda: START_MS + 400 * HOUR, state=store, cooling=advisor,
+                             recommendation_output=recommendation_writer([store]))
+    producer = bus.producer()
+    for hour in hours:
+        sim.set_setpoints(SITE, supply_air=float(rng.choice([20, 21, 22, 23])),
+                          chw_supply=float(rng.choice([12, 14, 16, 18])))
+        publish_polls(sim, producer, settings.bus.topics.readings, lambda h=hour: START_MS + (h + 6) * HOUR)
+        while worker.step(timeout_s=0.01):
+            pass
+    assert worker.checkpoint()
+    advisor.close()
+    return advisor, store
+
+
+def test_the_advisor_trains_on_schedule_recommends_per_interval_and_resumes(tmp_path: Path):
+    sim = FleetSimulator(REGISTRY, seed=7, start_ms=START_MS, sample_interval_s=300, faults=False)
+    sim.setup()
+    rng = np.random.default_rng(5)
+    advisor, store = feed(tmp_path, sim, range(0, 8 * 24, 6), rng)
+    assert advisor.trainings == 1 and SITE in advisor.models  # trained once the table held 5.5 days
+    model = advisor.models[SITE]
+    assert model.training_window[1] - model.training_window[0] >= 5.5 * 24 * HOUR - 6 * HOUR
+    records = store.recommendations(SITE, limit=1000)
+    assert records, "no recommendation after the model was trained"
+    stamps = sorted(r["ts_ms"] for r in records)
+    assert stamps[0] > model.training_window[1]  # advice only for intervals after the training data
+    # one per complete 15-min table row, none twice (an interval with too little coverage is skipped)
+    assert np.all(np.diff(stamps) > 0) and all(t % (15 * 60_000) == 0 for t in stamps)
+    expected = (stamps[-1] - stamps[0]) // (15 * 60_000) + 1
+    assert len(stamps) >= 0.8 * expected, (len(stamps), expected)
+    assert all(r["site"] == SITE and r["model_version"] == model.version and 0 <= r["confidence"] <= 1
+               for r in records)
+    assert (tmp_path / "models" / f"table-{SITE}.csv").exists()
+    store.close()
+
+    # a new worker resumes with the saved model and table and goes on advising where the last one stopped
+    again, store = feed(tmp_path, sim, range(8 * 24, 8 * 24 + 12, 6), rng)
+    assert again.trainings == 0 and again.models[SITE].version == model.version
+    newer = [r["ts_ms"] for r in store.recommendations(SITE, limit=1000) if r["ts_ms"] > stamps[-1]]
+    assert newer and min(newer) > stamps[-1]
+    store.close()
