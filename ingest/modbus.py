@@ -159,6 +159,29 @@ def decode_registers(
     return float(values[0]) if single else values
 
 
+def encode_registers(value: float, data_type: str, byte_order: str = "ABCD", scale: float = 1.0,
+                     offset: float = 0.0) -> list[int]:
+    """The registers that :func:`decode_registers` reads back as ``value`` (for writing a setpoint).
+
+    Integer types round ``(value - offset) / scale`` to the nearest integer and raise ``ValueError``
+    when it does not fit the type.
+    """
+    dtype = _dtype(data_type)
+    raw = (float(value) - offset) / scale
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        raw = round(raw)
+        if not info.min <= raw <= info.max:
+            raise ValueError(f"{value} does not fit {data_type} with scale {scale:g}")
+    octets = np.array([raw], dtype=dtype).view(np.uint8).reshape(dtype.itemsize // 2, 2)
+    byte_swap, word_swap = _flags(byte_order)
+    if word_swap:
+        octets = octets[::-1, :]
+    if byte_swap:
+        octets = octets[:, ::-1]
+    return np.ascontiguousarray(octets).view(">u2").reshape(-1).astype(int).tolist()
+
+
 def _dtype(data_type: str) -> np.dtype[Any]:
     try:
         return DTYPES[data_type]

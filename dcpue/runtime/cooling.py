@@ -56,6 +56,12 @@ class CoolingAdvisor:
         self._lock = threading.Lock()
         self.trainings = 0
         self.refusals = 0
+        self.writers = {}
+        if settings.writeback:
+            from dcpue.ingest.writeback import SetpointWriter
+
+            self.writers = {site: SetpointWriter(site, target) for site, target in settings.writeback.items()
+                            if target.enabled}
         self._load()
 
     # -- the worker's hook ---------------------------------------------------------------------------
@@ -74,7 +80,9 @@ class CoolingAdvisor:
         return records
 
     def close(self) -> None:
-        """Wait for a running training and save every site's table."""
+        """Wait for a running training, save every site's table, disconnect from the BMSs."""
+        for writer in self.writers.values():
+            writer.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         for site in list(self._training):
@@ -178,6 +186,11 @@ class CoolingAdvisor:
             rec = recommend(model, conditions, current, self.envelope, site=site, ts_ms=int(row["ts"]),
                             max_relative_error=self.settings.max_relative_error).as_dict()
             rec["confidence"] = _confidence(model)
+            writer = self.writers.get(site)
+            if writer is not None:  # opted in: the outcome is watched, the advice applied within its limits
+                watched = writer.watch(int(row["ts"]), _value(row, "rack_inlet_c"), _value(row, "fw_supply_c"))
+                result = watched if watched is not None else writer.apply(rec)
+                rec["writeback"] = {"action": result.action, "reason": result.reason}
             records.append(rec)
         if not fresh.empty:
             self._advised_to[site] = int(fresh["ts"].iloc[-1])
@@ -216,6 +229,11 @@ class CoolingAdvisor:
                 self.models[site] = model
                 self._trained_at[site] = model.training_window[1]
                 self._advised_to[site] = max(model.training_window[1], self._converted_to.get(site, 0))
+
+
+def _value(row: dict[str, Any], key: str) -> float | None:
+    value = row.get(key)
+    return None if value is None or pd.isna(value) else float(value)
 
 
 def _confidence(model: Any) -> float:

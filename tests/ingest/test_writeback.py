@@ -1,0 +1,96 @@
+"""Setpoint write-back to a real Modbus TCP server (pymodbus peer): opt in, bounds, step, rate limit,
+read-back, and rollback on a constraint breach."""
+
+from __future__ import annotations
+
+import pytest
+
+from dcpue.ingest.writeback import SetpointRegister, SetpointWriter, WritebackTarget
+from tests.peers.modbus import run_modbus_server
+
+pytest.importorskip("pymodbus")
+
+T0 = 1_751_328_000_000
+MIN = 60_000
+SA, CHW = 100, 101  # holding registers: supply air and chilled water, int16 in 0.1 °C
+
+
+def holding(peer, address: int) -> int:
+    from pymodbus.client import ModbusTcpClient
+
+    client = ModbusTcpClient(peer.host, port=peer.port, timeout=3)
+    assert client.connect()
+    try:
+        return client.read_holding_registers(address, count=1, device_id=1).registers[0]
+    finally:
+        client.close()
+
+
+def target(peer, **overrides: object) -> WritebackTarget:
+    return WritebackTarget.model_validate({
+        "enabled": True, "host": peer.host, "port": peer.port, "unit_id": 1,
+        "registers": {"supply_air": SetpointRegister(address=SA), "chw_supply": SetpointRegister(address=CHW)},
+        "bounds": {"supply_air": (18.0, 26.0), "chw_supply": (7.0, 20.0)}, "min_interval_s": 900,
+        "max_writes_per_day": 3, "watch_s": 1800, "suspend_s": 3600, **overrides})
+
+
+def change(ts_ms: int, **setpoints: float) -> dict[str, object]:
+    return {"site": "xy-03", "ts_ms": ts_ms, "ok": True, "action": "change", "recommended": setpoints}
+
+
+@pytest.fixture
+def peer():
+    with run_modbus_server({1: {"holding": {SA: 220, CHW: 140}}}) as server:
+        yield server
+
+
+def test_writes_within_limits_reads_back_and_rolls_back_on_a_hot_aisle(peer):
+    writer = SetpointWriter("xy-03", target(peer))
+    try:
+        assert writer.read() == {"supply_air": 22.0, "chw_supply": 14.0}
+        done = writer.apply(change(T0, supply_air=23.0, chw_supply=15.0))
+        assert done.action == "written", done.reason
+        assert (holding(peer, SA), holding(peer, CHW)) == (230, 150)
+
+        assert writer.apply(change(T0 + 5 * MIN, supply_air=24.0)).reason.startswith("rate limit")
+        too_far = writer.apply(change(T0 + 20 * MIN, supply_air=25.0))
+        assert too_far.action == "refused" and "more than the 1 K" in too_far.reason
+        outside = writer.apply(change(T0 + 40 * MIN, chw_supply=21.0))
+        assert outside.action == "refused" and "outside the site's bounds" in outside.reason
+        assert holding(peer, SA) == 230  # nothing refused was written
+
+        assert writer.watch(T0 + 10 * MIN, rack_inlet_c=26.4) is None  # within the limit: nothing to do
+        rolled = writer.watch(T0 + 12 * MIN, rack_inlet_c=27.6)
+        assert rolled is not None and rolled.action == "rolled_back" and "27.6" in rolled.reason
+        assert (holding(peer, SA), holding(peer, CHW)) == (220, 140)  # the setpoints before the write
+        suspended = writer.apply(change(T0 + 50 * MIN, supply_air=23.0))
+        assert suspended.action == "refused" and "suspended" in suspended.reason
+        assert writer.apply(change(T0 + 80 * MIN, supply_air=23.0)).action == "written"  # suspension over
+        assert writer.watch(T0 + 80 * MIN + 31 * MIN, rack_inlet_c=28.0) is None  # after watch_s: not ours
+    finally:
+        writer.close()
+
+
+def test_nothing_is_written_unless_enabled_trusted_and_a_change(peer):
+    off = SetpointWriter("xy-03", target(peer, enabled=False))
+    on = SetpointWriter("xy-03", target(peer))
+    try:
+        assert off.apply(change(T0, supply_air=23.0)).action == "refused"
+        refused = {"site": "xy-03", "ts_ms": T0, "ok": False, "action": "none", "recommended": None}
+        assert on.apply(refused).action == "none"
+        assert on.apply({**change(T0, supply_air=22.0), "action": "keep"}).action == "none"
+        assert on.apply(change(T0, fw_supply=30.0)).reason == "no register configured for fw_supply"
+        assert holding(peer, SA) == 220
+        writes = [on.apply(change(T0 + k * 20 * MIN, supply_air=22.0 + (k % 2))) for k in range(5)]
+        assert [w.action for w in writes] == ["written", "written", "written", "refused", "refused"]
+        assert "3 writes in 24 h" in writes[3].reason
+    finally:
+        off.close()
+        on.close()
+
+
+def test_an_unreachable_bms_is_a_refusal_not_a_crash():
+    writer = SetpointWriter("xy-03", WritebackTarget(enabled=True, host="127.0.0.1", port=1, timeout_s=0.5,
+                                                     registers={"supply_air": SetpointRegister(address=SA)}))
+    result = writer.apply(change(T0, supply_air=23.0))
+    assert result.action == "refused" and "cannot connect" in result.reason
