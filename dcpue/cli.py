@@ -459,7 +459,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import threading
     import uuid
 
-    from dcpue.runtime.distributed import alert_view_stage, view_stage
+    from dcpue.runtime.distributed import alert_view_stage, recommendation_view_stage, view_stage
     from dcpue.runtime.embedded import serve_http, wait_until
     from dcpue.runtime.store import FileStore
 
@@ -479,24 +479,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stage = view_stage(settings, store, group)
     alert_stage, alerts = (alert_view_stage(settings, path.with_name(f"{path.stem}.alerts.sqlite"))
                            if settings.alerts.enabled else (None, None))
+    advice_stage = recommendation_view_stage(settings, store)
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def status() -> dict[str, object]:
-        return {"mode": "distributed-view", **stage.worker.status(),
+        return {"mode": "distributed-view", **stage.worker.status(), **advice_stage.worker.status(),
                 **(alert_stage.worker.status() if alert_stage is not None else {})}
 
     server, _thread, port = serve_http(settings, store, registry, status, stop, errors,
                                        not_ready=stage.worker.not_ready, alerts=alerts)
-    if alert_stage is not None:
-        from dcpue.runtime.embedded import spawn_guarded
+    from dcpue.runtime.embedded import spawn_guarded
 
-        def follow_alerts() -> None:
-            while not stop.is_set():
-                alert_stage.worker.step(0.5)
+    side_stages = [s for s in (alert_stage, advice_stage) if s is not None]
 
-        alert_thread = spawn_guarded(follow_alerts, "alert-view", errors, stop)
+    def follow_side_topics() -> None:
+        while not stop.is_set():
+            for side in side_stages:
+                side.worker.step(0.25)
+
+    side_thread = spawn_guarded(follow_side_topics, "side-views", errors, stop)
     if errors:
+        stop.set()
+        side_thread.join(5)
+        for side in side_stages:
+            side.close()
         stage.close()
         print(f"dcpue serve: {errors[0]}", file=sys.stderr)
         return 1
@@ -506,10 +513,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def stop_http() -> None:
         server.should_exit = True
         wait_until(stop, 0.5)  # let the last response finish before the store closes
-        if alert_stage is not None:
-            stop.set()
-            alert_thread.join(5)
-            alert_stage.close()
+        stop.set()
+        side_thread.join(5)
+        for side in side_stages:
+            side.close()
 
     _run_stage(stage, args.duration, before_close=stop_http)
     print(f"dcpue serve: stopped; {stage.worker.status()['rows']} window rows applied", flush=True)

@@ -305,3 +305,43 @@ class DistributedDemo:
         time.sleep(0.3)  # let the HTTP thread finish its last response before the store closes
         self.mirror.close()
         return True
+
+
+class RecommendationFeed:
+    """``dcpue serve``'s view of the recommendations topic (read whole): records → the view store."""
+
+    def __init__(self, consumer: Any, store: Any) -> None:
+        self.consumer = consumer
+        self.store = store
+        self.records = 0
+        self.malformed = 0
+
+    def step(self, timeout_s: float = 0.5) -> int:
+        import json
+
+        messages = self.consumer.poll(timeout_s, 2000)
+        records = []
+        for message in messages:
+            try:
+                record = json.loads(message.value)
+                if not isinstance(record, dict) or not {"site", "ts_ms"} <= record.keys():
+                    raise ValueError("not a recommendation record")
+                records.append(record)
+            except ValueError as exc:
+                self.malformed += 1
+                log.warning("ignoring recommendation record at offset %s: %s", message.offset, exc)
+        if records:
+            self.store.write_recommendations(records)
+            self.records += len(records)
+        return len(messages)
+
+    def status(self) -> dict[str, int]:
+        return {"recommendations": self.records, "malformed_recommendations": self.malformed}
+
+
+def recommendation_view_stage(settings: Settings, store: Any) -> Stage:
+    """The recommendations topic, read from its start, into ``store`` (left open: the caller owns it)."""
+    from dcpue.adapters.kafka import KafkaTailConsumer
+
+    consumer = KafkaTailConsumer(settings.bus.kafka, {settings.bus.topics.recommendations: "earliest"}).setup()
+    return Stage(RecommendationFeed(consumer, store), [consumer.close])

@@ -150,6 +150,15 @@ def test_alerts_survive_a_killed_worker_reach_the_receiver_once_and_obey_a_silen
                            for r in hook.requests)
 
             wait_for(resolved, 120, "ga-01's resolve at the receiver", logs)
+            # a worker's cooling recommendation on its topic reaches `dcpue serve`'s API too
+            advice = {"site": "ga-01", "ts_ms": start_ms + 6 * 60 * MIN, "ok": True, "action": "keep",
+                      "reason": "keep: …", "current": {"supply_air": 25.0}, "recommended": {"supply_air": 25.0},
+                      "model_version": "v1"}
+            producer = KafkaProducerAdapter(settings.bus.kafka).setup()
+            producer.send(topics["recommendations"], json.dumps(advice).encode(), key="ga-01")
+            producer.close()
+            wait_for(lambda: httpx.get(f"{api}/recommendations", timeout=10).json()["count"] == 1, 30,
+                     "the recommendation in serve's view", logs)
             time.sleep(2.0)  # anything still to come (a duplicate) has time to arrive
             view = httpx.get(f"{api}/alerts", params={"limit": 1000}, timeout=10).json()
             metrics = httpx.get(metrics_url, timeout=10).text
