@@ -1,0 +1,93 @@
+"""The closed-loop cooling evaluation (dcpue.runtime.cooling_eval): its accounting, and the issue #6 targets
+on the quick profile (enterprise site, July week, the recommender of dcpue.analytics.cooling in the loop)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import replace
+
+import pytest
+
+from dcpue.runtime import cooling_eval as ce
+
+pytestmark = pytest.mark.timeout(180)
+
+# short weeks for the accounting tests: a week of step tests is the least the model trains on
+SHORT = replace(ce.PROFILES["quick"], history_days=7, week_days=2)
+
+
+def hold(models, envelopes):
+    """A recommender that keeps the standing (B2) setpoints."""
+    return lambda plan, row, conditions, current, ts_ms: (dict(current), "keep: hold")
+
+
+def replay(hourly: dict[str, list[float]], start_ms: int):
+    """A recommender that applies a given hourly schedule (the hindsight one: an oracle)."""
+    def factory(models, envelopes):
+        def call(plan, row, conditions, current, ts_ms):
+            h = (ts_ms - start_ms) // ce.HOUR_MS
+            return {n: hourly[n][h] for n in plan.names}, "change: replay"
+        return call
+    return factory
+
+
+@functools.cache
+def short_runs() -> tuple[dict, dict]:
+    held = ce.evaluate_season(SHORT, "jul", recommender_factory=hold)[0]
+    start = ce.week_start_ms(SHORT.year, ce.SEASONS["jul"])
+    oracle = ce.evaluate_season(SHORT, "jul", recommender_factory=replay(held["hourly_setpoints"]["hindsight"],
+                                                                         start))[0]
+    return held, oracle
+
+
+def test_baselines_hindsight_and_the_loop_are_accounted_consistently():
+    held, oracle = short_runs()
+    s = held["strategies"]
+    assert held["b1_setpoints"] == {"supply_air": 18.0, "chw_supply": 7.0}
+    assert held["b2_setpoints"]["chw_supply"] == held["b2_setpoints"]["supply_air"] - 6.0  # the coil ridge
+    # holding B2 in the loop is B2, exactly; replaying the hindsight schedule through set_setpoints is hindsight
+    assert s["recommender"] == s["b2"]
+    assert held["comparison"]["gap_captured"] == 0.0
+    assert oracle["strategies"]["recommender"] == oracle["strategies"]["hindsight"]
+    assert oracle["comparison"]["gap_captured"] == pytest.approx(1.0, abs=1e-12)
+    # the baselines do not depend on the recommender (everything is seeded)
+    for name in ("b1", "b2", "hindsight"):
+        assert oracle["strategies"][name] == s[name]
+    # hindsight is the least energy of the candidates, hour by hour, and never above 27 °C
+    assert s["hindsight"]["minutes_above_27c"] == 0
+    if s["b2"]["minutes_above_27c"] == 0:
+        assert s["hindsight"]["facility_kwh"] <= s["b2"]["facility_kwh"]
+    assert s["b2"]["facility_kwh"] < s["b1"]["facility_kwh"]  # 18 °C air and 7 °C water cost energy
+    # the step tests stayed safe and moved every setpoint enough to learn from
+    assert held["history"]["max_inlet_c"] <= ce.INLET_LIMIT_C
+    assert all(hi - lo >= 3.0 for lo, hi in held["history"]["setpoint_range"].values())
+
+
+@functools.cache
+def quick_report() -> dict:
+    return ce.run_evaluation(ce.PROFILES["quick"])
+
+
+def test_quick_profile_is_safe_and_beats_the_legacy_setpoints():
+    (kind, totals), = quick_report()["site_types"].items()
+    rec = totals["strategies"]["recommender"]
+    assert kind == "enterprise"
+    assert rec["minutes_above_27c"] == 0 and rec["minutes_above_32c"] == 0
+    assert rec["max_inlet_c"] <= ce.INLET_LIMIT_C
+    assert rec["facility_kwh"] < totals["strategies"]["b1"]["facility_kwh"]
+    assert totals["hours_refused"] < totals["hours"] / 2
+
+
+@pytest.mark.xfail(strict=True, reason="measured with the library's default 1 K inlet margin: 1.15 % above B2, "
+                   "the B2 → hindsight gap is 0.04 % (docs/cooling-evaluation.md); strict, so a recommender that "
+                   "meets the targets turns this into a failure until the marker is removed")
+def test_quick_profile_meets_the_issue_targets():
+    """Issue #6: below B2 in total facility energy, at least half of the B2 → hindsight gap, no minute above
+    27 °C at the hottest rack inlet: measured on the true simulator with the library's recommender."""
+    (kind, totals), = quick_report()["site_types"].items()
+    rec, b2 = totals["strategies"]["recommender"], totals["strategies"]["b2"]
+    assert rec["minutes_above_27c"] == 0
+    assert rec["facility_kwh"] < b2["facility_kwh"], totals["comparison"]["recommender"]
+    gap = totals["comparison"]["gap_captured"]
+    assert not math.isnan(gap) and gap >= 0.5, totals["comparison"]
