@@ -7,10 +7,10 @@ IT load and compared on **total facility energy** (PUE is reported, never ranked
 draw more IT power as inlets warm):
 
 * **history** (not scored): ``history_days`` before the week with commissioning step tests: every
-  ``explore_block_h`` hours each setpoint jumps to a random value inside its exploration range,
-  lowered block by block until no minute of the block has a rack inlet above 27 °C (the engineer
-  watching the test). The readings go through :func:`dcpue.analytics.cooling.readings_to_table`
-  and :meth:`CoolingModel.train`;
+  ``explore_block_h`` hours each setpoint jumps to a new value of a Latin hypercube over its search
+  range (:data:`SEARCH_BOUNDS`), lowered block by block until no minute of the block has a rack
+  inlet above 27 °C (the engineer watching the test). The readings go through
+  :func:`dcpue.analytics.cooling.readings_to_table` and :meth:`CoolingModel.train`;
 * **B1**: the legacy fixed setpoints (:data:`LEGACY_SETPOINTS`: 18 °C supply air, 7 °C chilled
   water, 32 °C facility water);
 * **B2**: the best safe fixed setpoints on *other* weeks: a grid search on the history weeks with the
