@@ -626,7 +626,8 @@ def cmd_cooling_evaluate(args: argparse.Namespace) -> int:
     argv = [*(["--quick"] if args.quick else []), "--seed", str(args.seed), "--workers", str(args.workers),
             *(["--site-types", *args.site_types] if args.site_types else []),
             *(["--seasons", *args.seasons] if args.seasons else []),
-            *(["--json", args.json] if args.json else []), *(["--markdown", args.markdown] if args.markdown else [])]
+            *(["--json", args.json] if args.json else []), *(["--markdown", args.markdown] if args.markdown else []),
+            *(["--inlet-margin", str(args.inlet_margin)] if args.inlet_margin is not None else [])]
     return cooling_eval.main(argv)
 
 
@@ -777,6 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workers", type=int, default=1, help="processes (one season each)")
     ev.add_argument("--json", help="write the report as JSON here")
     ev.add_argument("--markdown", help="write the table as Markdown here")
+    ev.add_argument("--inlet-margin", type=float, help="the recommender's inlet margin below 27 °C [K] (default 1)")
     ev.set_defaults(func=cmd_cooling_evaluate)
 
     reg = sub.add_parser("registry", help="site registry tools")
