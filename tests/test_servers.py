@@ -127,7 +127,8 @@ def test_tansu_rebalance_splits_partitions(tansu_broker: Server) -> None:
             first.poll(timeout_ms=200)
         assert len(first.assignment()) == 4
         second = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, **fast_consumer_config())
-        deadline = time.monotonic() + 20
+        # the join needs a rebalance round of both members; on a loaded 2-core machine that took over 20 s once
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             first.poll(timeout_ms=100)
             second.poll(timeout_ms=100)
