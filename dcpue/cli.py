@@ -104,6 +104,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start_ms = _sim_start_ms(settings)
     simulator = _simulator(settings, registry, start_ms)
     clock = SimClock(start_ms, settings.simulator.speed)
+    # the demo compresses time: each half-second poll carries 0.5 × speed simulated seconds of readings, and
+    # a site whose batch lands in the worker's next step would look silent for that long
+    poll_span_s = 0.5 * settings.simulator.speed
+    if settings.alerts.no_data_after_s < 3 * poll_span_s:
+        settings = settings.model_copy(update={"alerts": settings.alerts.model_copy(
+            update={"no_data_after_s": 3 * poll_span_s})})
+        log.info("demo at %g× speed: alerts.no_data_after_s raised to %g s (three polls)", settings.simulator.speed,
+                 3 * poll_span_s)
     if settings.bus.kind == "kafka":
         from dcpue.runtime.distributed import DistributedDemo
 
