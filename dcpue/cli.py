@@ -551,6 +551,15 @@ def _read_frame(path: str) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def _columns(path: str) -> set[str]:
+    """The column names of a CSV or Parquet file, without reading its rows."""
+    if path.endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+
+        return set(pq.read_schema(path).names)
+    return set(pd.read_csv(path, nrows=0).columns)
+
+
 def _cooling_model(path: str, site: str | None) -> Any:
     """A saved model: a ``.joblib``/``.json`` file, or the newest model of ``site`` in a directory."""
     from dcpue.analytics.cooling import CoolingModel
@@ -582,8 +591,7 @@ def cmd_cooling_train(args: argparse.Namespace) -> int:
     """Train a site's cooling model from a readings export or a cooling table; save it versioned."""
     from dcpue.analytics.cooling import CoolingModel, readings_to_table
 
-    frame = _read_frame(args.input)
-    if {"site", "point", "value"} <= set(frame.columns):  # a readings export
+    if {"site", "point", "value"} <= _columns(args.input):  # a readings export
         from dcpue.runtime.files import read_readings_file
 
         settings = load_settings(args.config, log_level=args.log_level, registry=args.registry)
@@ -591,10 +599,13 @@ def cmd_cooling_train(args: argparse.Namespace) -> int:
         registry = _demo_registry(settings)
         if args.site not in registry.site_map:
             raise DcpueError(f"unknown site {args.site!r} in the registry")
-        readings, _rejects = read_readings_file(args.input, registry, naive_tz=settings.engine.timezone)
+        readings, rejects = read_readings_file(args.input, registry, naive_tz=settings.engine.timezone)
+        if not rejects.empty:
+            print(f"dcpue cooling train: {len(rejects)} row(s) of {args.input} not used; first: line "
+                  f"{rejects['line'].iloc[0]}: {rejects['reason'].iloc[0]}", file=sys.stderr)
         table = readings_to_table(readings, registry.site_map[args.site], freq=args.freq)
     else:
-        table = frame
+        table = _read_frame(args.input)
     model = CoolingModel.train(table, site=args.site)
     path = model.save(args.models)
     print(f"dcpue cooling train: site {args.site}, {model.n_rows} rows, model {model.version} → {path}")
