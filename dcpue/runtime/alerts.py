@@ -132,17 +132,17 @@ class AlertHistory:
         process that has the events but not the engine (``dcpue serve``, ``dcpue notify``)."""
         if self._db is None:
             return []
-        newest: dict[str, dict[str, Any]] = {}
+        # newest event per fingerprint (latest episode, then highest sequence), chosen by SQLite
+        query = (
+            "SELECT record FROM (SELECT record, status, json_extract(record, '$.starts_at_ms') AS starts,"
+            " ROW_NUMBER() OVER (PARTITION BY json_extract(record, '$.fingerprint') ORDER BY"
+            " json_extract(record, '$.starts_at_ms') DESC, json_extract(record, '$.sequence') DESC) AS newest"
+            " FROM alert_events" + (" WHERE site = ?" if site else "") + ")"
+            " WHERE newest = 1 AND status = 'firing' ORDER BY starts"
+        )
         with self._lock:
-            rows = self._db.execute("SELECT record FROM alert_events ORDER BY ts_ms").fetchall()
-        for (text,) in rows:
-            record = json.loads(text)
-            if site and record.get("site") != site:
-                continue
-            held = newest.get(record["fingerprint"])
-            if held is None or (record["starts_at_ms"], record["sequence"]) > (held["starts_at_ms"], held["sequence"]):
-                newest[record["fingerprint"]] = record
-        return sorted((r for r in newest.values() if r["status"] == "firing"), key=lambda r: r["starts_at_ms"])
+            rows = self._db.execute(query, (site,) if site else ()).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def save_silences(self, blob: bytes) -> None:
         """Keep the silences (a :meth:`SilenceSet.snapshot`) so they survive a restart."""

@@ -83,3 +83,19 @@ def test_health_records_reach_the_device_rule_and_malformed_ones_are_dead_letter
     letters = store.dead_letters(10)
     assert letters["reason"].str.startswith("health record: ").sum() == 1
     store.close()
+
+
+def test_history_firing_is_the_newest_event_per_fingerprint_when_it_fires(tmp_path: Path):
+    from dcpue.runtime.alerts import AlertHistory
+    from tests.alerting.helpers import make_event, resolved
+
+    history = AlertHistory(tmp_path / "alerts.sqlite").setup()
+    first = make_event(alertname="PueAboveTarget", site="ga-01", starts_at_ms=START_MS)
+    second = make_event(alertname="RackInletAboveRecommended", site="tr-02", starts_at_ms=START_MS + MIN)
+    history.write([first, second, resolved(first, START_MS + 30 * MIN)])
+    assert [r["fingerprint"] for r in history.firing()] == [second.fingerprint]
+    again = make_event(alertname="PueAboveTarget", site="ga-01", starts_at_ms=START_MS + 60 * MIN)
+    history.write([again])  # a new episode of the resolved alert opens it again
+    assert [r["fingerprint"] for r in history.firing()] == [second.fingerprint, first.fingerprint]
+    assert [r["site"] for r in history.firing(site="ga-01")] == ["ga-01"]
+    history.close()
