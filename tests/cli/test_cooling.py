@@ -15,8 +15,6 @@ import pytest
 from dcpue.ingest.simulator import FleetSimulator, generate_fleet
 from dcpue.registry import Registry, dump_registry
 
-pytest.importorskip("sklearn")
-
 SITE = "xy-03"  # enterprise: supply-air and chilled-water setpoints
 START_MS = 1_751_328_000_000  # 2025-07-01T00:00Z
 HOUR = 3_600_000

@@ -8,8 +8,6 @@ import pytest
 from dcpue.ingest.writeback import SetpointRegister, SetpointWriter, WritebackTarget
 from tests.peers.modbus import run_modbus_server
 
-pytest.importorskip("pymodbus")
-
 T0 = 1_751_328_000_000
 MIN = 60_000
 SA, CHW = 100, 101  # holding registers: supply air and chilled water, int16 in 0.1 °C

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from dcpue.ingest.base import publish_polls
 from dcpue.ingest.simulator import FleetSimulator, generate_fleet
@@ -16,8 +15,6 @@ from dcpue.runtime.cooling import CoolingAdvisor, recommendation_writer
 from dcpue.runtime.store import FileStore
 from dcpue.runtime.worker import AnalyticsWorker
 from dcpue.settings import CoolingSettings, load_settings
-
-pytest.importorskip("sklearn")
 
 SITE = "xy-03"
 START_MS = 1_751_328_000_000  # 2025-07-01T00:00Z
