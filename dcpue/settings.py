@@ -216,7 +216,7 @@ class CoolingSettings(_Section):
     max_relative_error: float = Field(0.1, gt=0)  # refuse when a target's held-out error is above this
     inlet_margin_k: float = Field(1.0, ge=0)  # stay this far below the 27 °C recommended inlet limit
     water_class: WaterClass | None = None  # facility-water class of liquid loops (default: alerts.water_class)
-    # per site: write recommendations back to its BMS over Modbus (off unless a target says enabled: true)
+    # per site: write recommendations back to its BMS over Modbus or BACnet (off unless a target says enabled: true)
     writeback: dict[str, WritebackTarget] = {}
 
 

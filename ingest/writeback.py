@@ -1,18 +1,27 @@
-"""Writing cooling setpoints back to a BMS over Modbus TCP: opt in, bounded, rate-limited, rolled back.
+"""Writing cooling setpoints back to a BMS over Modbus TCP or BACnet/IP: opt in, bounded, rate-limited, rolled back.
 
-dcpue's cooling recommendations are advisory. A site that wants them applied configures a
-:class:`WritebackTarget` (``cooling.writeback`` per site, ``enabled: true``); :class:`SetpointWriter`
-then writes a recommendation's setpoints to the BMS's holding registers, but only
+dcpue's cooling recommendations are advisory. A site that wants them applied configures a write-back
+target (``cooling.writeback`` per site, ``enabled: true``): a :class:`ModbusTarget` (holding registers;
+``protocol: modbus``, the default) or a :class:`BacnetTarget` (``protocol: bacnet``: an object property
+per setpoint, written at a BACnet command priority). :class:`SetpointWriter` then writes a
+recommendation's setpoints to the BMS, whichever the protocol, but only
 
 * when the recommendation is trusted (``ok``) and asks for a change;
 * within the target's own hard ``bounds`` and ``max_step`` from what the BMS holds now (read back
   before every write), whatever the recommender said;
 * no sooner than ``min_interval_s`` after the last write and at most ``max_writes_per_day`` a day;
 
-and it reads every written register back. For ``watch_s`` after a write it watches the measured
-outcome (:meth:`SetpointWriter.watch`): a rack inlet above the limit, or facility water above its
-class, puts the previous setpoints back at once and suspends writing for ``suspend_s``. Every
+and it reads every written setpoint back; a write that fails or reads back wrong is undone at once
+(what the BMS held before is put back) and refused. For ``watch_s`` after a write it watches the
+measured outcome (:meth:`SetpointWriter.watch`): a rack inlet above the limit, or facility water above
+its class, puts the previous setpoints back at once and suspends writing for ``suspend_s``. Every
 decision is returned as a :class:`WriteResult` with its reason, for the log and the record.
+
+Only the transport differs between protocols (:class:`_ModbusLink`, :class:`_BacnetLink`): reading the
+held setpoints, noting what undoing a write needs, writing with read-back, and undoing. On BACnet dcpue
+writes at its own priority slot (default 10, below Manual Operator 8) and an undo restores that slot
+as it found it: relinquished (NULL) if it was empty, so the BMS's own control takes over again, or the
+value it held.
 """
 
 from __future__ import annotations
@@ -20,20 +29,31 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from dcpue.errors import CollectorError
+from dcpue.ingest.bacnet import (
+    BacnetClient,
+    BacnetDeviceError,
+    parse_device_address,
+    parse_local_address,
+    parse_object_id,
+    priority_slot,
+    require_bacpypes3,
+)
 from dcpue.ingest.modbus import decode_registers, encode_registers, register_count
 
 log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
+DEFAULT_BACNET_PRIORITY = 10  # below Manual Operator (8): an operator's command always wins over dcpue
+READ_BACK_TOLERANCE_K = 0.01  # BACnet values are read to 0.001 K; °F conversion adds a little more
 
 
 class SetpointRegister(BaseModel):
-    """Where a setpoint lives in the BMS: a holding register block and its encoding."""
+    """Where a setpoint lives in a Modbus BMS: a holding register block and its encoding."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -43,17 +63,13 @@ class SetpointRegister(BaseModel):
     scale: float = 0.1  # register × scale = °C (0.1 °C steps are common in BMS maps)
 
 
-class WritebackTarget(BaseModel):
-    """One site's BMS for setpoint write-back (off unless ``enabled``)."""
+class _TargetLimits(BaseModel):
+    """The safety rules every write-back target carries, whatever its protocol."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool = False
-    host: str
-    port: int = Field(502, ge=1, le=65535)
-    unit_id: int = Field(1, ge=0, le=255)
     timeout_s: float = Field(3.0, gt=0)
-    registers: dict[str, SetpointRegister] = Field(min_length=1)
     bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)  # hard limits, independent of the model
     max_step: dict[str, float] = Field(default_factory=dict)  # K per write (default 1)
     min_interval_s: float = Field(900.0, ge=0)
@@ -63,6 +79,103 @@ class WritebackTarget(BaseModel):
     inlet_limit_c: float = 27.0  # a measured rack inlet above this within watch_s rolls back
     fw_limit_c: float | None = None  # facility water above this within watch_s rolls back
 
+    @property
+    def setpoints(self) -> frozenset[str]:
+        """The setpoint names this target can write."""
+        raise NotImplementedError
+
+
+class ModbusTarget(_TargetLimits):
+    """One site's BMS reached over Modbus TCP (``protocol: modbus``, the default; off unless ``enabled``)."""
+
+    protocol: Literal["modbus"] = "modbus"
+    host: str
+    port: int = Field(502, ge=1, le=65535)
+    unit_id: int = Field(1, ge=0, le=255)
+    registers: dict[str, SetpointRegister] = Field(min_length=1)
+
+    @property
+    def setpoints(self) -> frozenset[str]:
+        """The setpoint names this target can write."""
+        return frozenset(self.registers)
+
+
+class BacnetPoint(BaseModel):
+    """Where a setpoint lives in a BACnet BMS: an object's property, written at a command priority."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    object: str  # "analog-value,1": type,instance (analog-value, analog-output, large-analog-value)
+    property: str = "present-value"
+    # 8 (Manual Operator) … 16; 1–7 are life safety and critical equipment control, never dcpue's
+    priority: int = Field(DEFAULT_BACNET_PRIORITY, ge=8, le=16)
+    device: str | None = None  # this point's device when it is not the target's (IPv4[:port])
+
+    @field_validator("object")
+    @classmethod
+    def _object_id(cls, value: str) -> str:
+        kind, instance = parse_object_id(value)
+        return f"{kind},{instance}"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, port = parse_device_address(value)
+        return f"{host}:{port}"
+
+    @field_validator("property")
+    @classmethod
+    def _property(cls, value: str) -> str:
+        if not value or not all(part.isalnum() for part in value.split("-")):
+            raise ValueError(f"{value!r} is not a BACnet property name like 'present-value'")
+        return value
+
+
+class BacnetTarget(_TargetLimits):
+    """One site's BMS reached over BACnet/IP (``protocol: bacnet``; off unless ``enabled``).
+
+    ``timeout_s`` [s] bounds one request attempt and ``retries`` more attempts follow a timeout (UDP);
+    ``local_address`` is the UDP address the client binds (default: every interface, an ephemeral port).
+    """
+
+    protocol: Literal["bacnet"]
+    device: str  # IPv4[:port] of the BACnet/IP device (port 47808 when left out)
+    points: dict[str, BacnetPoint] = Field(min_length=1)
+    retries: int = Field(2, ge=0, le=5)
+    local_address: str = "0.0.0.0:0"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        host, port = parse_device_address(value)
+        return f"{host}:{port}"
+
+    @field_validator("local_address")
+    @classmethod
+    def _local_address(cls, value: str) -> str:
+        return parse_local_address(value)
+
+    @property
+    def setpoints(self) -> frozenset[str]:
+        """The setpoint names this target can write."""
+        return frozenset(self.points)
+
+
+def _protocol_of(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("protocol", "modbus"))  # configs from before BACnet name no protocol
+    return str(getattr(value, "protocol", "modbus"))
+
+
+WritebackTarget = Annotated[
+    Annotated[ModbusTarget, Tag("modbus")] | Annotated[BacnetTarget, Tag("bacnet")],
+    Discriminator(_protocol_of, custom_error_type="invalid_protocol",
+                  custom_error_message="protocol must be 'modbus' or 'bacnet'"),
+]
+"""A site's write-back target, chosen by its ``protocol`` (``modbus`` when left out)."""
+
 
 @dataclass
 class WriteResult:
@@ -70,21 +183,38 @@ class WriteResult:
 
     site: str
     ts_ms: int
-    action: str  # written, refused, rolled_back, none
+    action: str  # written, refused, rolled_back, rollback_failed, none
     reason: str
     values: dict[str, float] = field(default_factory=dict)
 
 
-class SetpointWriter:
-    """Applies recommendations to one site's BMS within its :class:`WritebackTarget`'s limits."""
+class _Link(Protocol):
+    """A protocol's part of write-back: everything else is the same for all protocols."""
 
-    def __init__(self, site: str, target: WritebackTarget) -> None:
+    noun: str
+
+    def read(self) -> dict[str, float]: ...  # every configured setpoint the BMS holds now [°C]
+
+    def snapshot(self, names: list[str], held: dict[str, float]) -> Any: ...  # what undoing a write needs
+
+    def write(self, values: dict[str, float]) -> None: ...  # write, then read back; CollectorError if wrong
+
+    def restore(self, snapshot: Any) -> dict[str, float]: ...  # undo; the setpoints in effect after [°C]
+
+    def close(self) -> None: ...
+
+
+class SetpointWriter:
+    """Applies recommendations to one site's BMS within its write-back target's limits."""
+
+    def __init__(self, site: str, target: ModbusTarget | BacnetTarget) -> None:
         self.site = site
         self.target = target
-        self._client: Any = None
+        self._link: _Link = _BacnetLink(site, target) if isinstance(target, BacnetTarget) else _ModbusLink(site, target)
         self._lock = threading.Lock()
         self._writes: list[int] = []  # event times of writes [ms]
-        self._previous: dict[str, float] | None = None  # what a rollback puts back
+        self._previous: dict[str, float] | None = None  # the setpoints a rollback puts back [°C]
+        self._undo: Any = None  # what the link needs to put them back
         self._watch_until = -1
         self._suspended_until = -1
         self.log: list[WriteResult] = []
@@ -100,29 +230,36 @@ class SetpointWriter:
             return self._note(now, "none", f"nothing to write ({record.get('action', 'no')} recommendation)")
         if now < self._suspended_until:
             return self._note(now, "refused", "write-back suspended after a rollback")
-        unknown = sorted(set(wanted) - set(self.target.registers))
+        unknown = sorted(set(wanted) - self.target.setpoints)
         if unknown:
-            return self._note(now, "refused", f"no register configured for {', '.join(unknown)}")
+            return self._note(now, "refused", f"no {self._link.noun} configured for {', '.join(unknown)}")
         last = self._writes[-1] if self._writes else None
         if last is not None and now - last < self.target.min_interval_s * 1000:
             return self._note(now, "refused", f"rate limit: last write {(now - last) / 1000:.0f} s ago, "
                                               f"minimum {self.target.min_interval_s:g} s")
         if sum(t > now - DAY_MS for t in self._writes) >= self.target.max_writes_per_day:
             return self._note(now, "refused", f"rate limit: {self.target.max_writes_per_day} writes in 24 h")
-        try:
-            held = self.read()
-            for name, value in wanted.items():
-                lo, hi = self.target.bounds.get(name, (float("-inf"), float("inf")))
-                step = self.target.max_step.get(name, 1.0)
-                if not lo <= value <= hi:
-                    return self._note(now, "refused", f"{name} {value:g} °C outside the site's bounds {lo:g}..{hi:g}")
-                if abs(value - held[name]) > step + 1e-9:
-                    return self._note(now, "refused", f"{name} {held[name]:g} → {value:g} °C is more than the "
-                                                      f"{step:g} K allowed per write")
-            self._write(wanted)
-        except CollectorError as exc:
-            return self._note(now, "refused", str(exc))
+        with self._lock:
+            try:
+                held = self._link.read()
+                for name, value in wanted.items():
+                    lo, hi = self.target.bounds.get(name, (float("-inf"), float("inf")))
+                    step = self.target.max_step.get(name, 1.0)
+                    if not lo <= value <= hi:
+                        return self._note(now, "refused",
+                                          f"{name} {value:g} °C outside the site's bounds {lo:g}..{hi:g}")
+                    if abs(value - held[name]) > step + 1e-9:
+                        return self._note(now, "refused", f"{name} {held[name]:g} → {value:g} °C is more than "
+                                                          f"the {step:g} K allowed per write")
+                undo = self._link.snapshot(list(wanted), held)
+            except CollectorError as exc:
+                return self._note(now, "refused", str(exc))
+            try:
+                self._link.write(wanted)
+            except CollectorError as exc:
+                return self._note(now, "refused", self._undo_failed_write(exc, undo))
         self._previous = {name: held[name] for name in wanted}
+        self._undo = undo
         self._writes.append(now)
         self._watch_until = now + int(self.target.watch_s * 1000)
         return self._note(now, "written", "written and read back", dict(wanted))
@@ -138,46 +275,89 @@ class SetpointWriter:
             breach = f"facility water {fw_supply_c:.1f} °C above {self.target.fw_limit_c:g} °C"
         if breach is None:
             return None
-        previous, self._previous = self._previous, None
+        previous, undo = self._previous, self._undo
+        self._previous = self._undo = None
         self._suspended_until = ts_ms + int(self.target.suspend_s * 1000)
         try:
-            self._write(previous)
+            with self._lock:
+                restored = self._link.restore(undo)
         except CollectorError as exc:
             log.error("site %s: rollback after %s FAILED: %s", self.site, breach, exc)
             return self._note(ts_ms, "rollback_failed", f"{breach}; writing back {previous} failed: {exc}", previous)
-        log.warning("site %s: %s after a setpoint write: previous setpoints %s restored, write-back suspended",
-                    self.site, breach, previous)
-        return self._note(ts_ms, "rolled_back", f"{breach}: previous setpoints restored", previous)
+        log.warning("site %s: %s after a setpoint write: previous setpoints %s restored (now %s), "
+                    "write-back suspended", self.site, breach, previous, restored)
+        return self._note(ts_ms, "rolled_back", f"{breach}: previous setpoints restored", restored)
 
-    # -- Modbus ------------------------------------------------------------------------------------
+    def _undo_failed_write(self, exc: CollectorError, undo: Any) -> str:
+        # a write can fail halfway or land but read back wrong (on BACnet: a higher priority holds the
+        # point, so dcpue's command would wait in the priority array); put back what was there
+        try:
+            self._link.restore(undo)
+        except CollectorError as again:
+            log.error("site %s: undoing a failed setpoint write FAILED: %s", self.site, again)
+            return f"{exc}; undoing the write failed too: {again}"
+        return f"{exc}; the write was undone"
+
+    # -- transport ---------------------------------------------------------------------------------
     def read(self) -> dict[str, float]:
         """The setpoints the BMS holds now [°C]."""
         with self._lock:
-            client = self._connect()
-            out = {}
-            for name, reg in self.target.registers.items():
-                reply = client.read_holding_registers(reg.address, count=register_count(reg.data_type),
-                                                      device_id=self.target.unit_id)
-                if reply.isError():
-                    self._drop()
-                    raise CollectorError(f"{self._where()}: reading {name} at {reg.address} failed: {reply}")
-                out[name] = float(decode_registers(reply.registers, reg.data_type, reg.byte_order, reg.scale))
-            return out
+            return self._link.read()
 
-    def _write(self, values: dict[str, float]) -> None:
+    def close(self) -> None:
+        """Close the connection to the BMS (the next write opens a new one)."""
         with self._lock:
-            client = self._connect()
-            for name, value in values.items():
-                reg = self.target.registers[name]
-                words = encode_registers(value, reg.data_type, reg.byte_order, reg.scale)
-                reply = client.write_registers(reg.address, words, device_id=self.target.unit_id)
-                if reply.isError():
-                    self._drop()
-                    raise CollectorError(f"{self._where()}: writing {name} = {value:g} failed: {reply}")
+            self._link.close()
+
+    def _note(self, ts_ms: int, action: str, reason: str, values: dict[str, float] | None = None) -> WriteResult:
+        result = WriteResult(self.site, ts_ms, action, reason, values or {})
+        self.log.append(result)
+        if action in ("written", "refused"):
+            log.info("site %s setpoint write-back %s: %s", self.site, action, reason)
+        return result
+
+
+class _ModbusLink:
+    """Setpoints in holding registers (pymodbus, synchronous client); an undo writes the old values back."""
+
+    noun = "register"
+
+    def __init__(self, site: str, target: ModbusTarget) -> None:
+        self.site, self.target = site, target
+        self._client: Any = None
+
+    def read(self) -> dict[str, float]:
+        client = self._connect()
+        out = {}
+        for name, reg in self.target.registers.items():
+            reply = client.read_holding_registers(reg.address, count=register_count(reg.data_type),
+                                                  device_id=self.target.unit_id)
+            if reply.isError():
+                self._drop()
+                raise CollectorError(f"{self._where()}: reading {name} at {reg.address} failed: {reply}")
+            out[name] = float(decode_registers(reply.registers, reg.data_type, reg.byte_order, reg.scale))
+        return out
+
+    def snapshot(self, names: list[str], held: dict[str, float]) -> dict[str, float]:
+        return {name: held[name] for name in names}
+
+    def write(self, values: dict[str, float]) -> None:
+        client = self._connect()
+        for name, value in values.items():
+            reg = self.target.registers[name]
+            words = encode_registers(value, reg.data_type, reg.byte_order, reg.scale)
+            reply = client.write_registers(reg.address, words, device_id=self.target.unit_id)
+            if reply.isError():
+                self._drop()
+                raise CollectorError(f"{self._where()}: writing {name} = {value:g} failed: {reply}")
         back = self.read()
         wrong = {n: back[n] for n, v in values.items() if abs(back[n] - v) > self.target.registers[n].scale / 2 + 1e-9}
         if wrong:
             raise CollectorError(f"{self._where()}: read back {wrong} after writing {values}")
+
+    def restore(self, snapshot: dict[str, float]) -> dict[str, float]:
+        self.write(snapshot)
+        return dict(snapshot)
 
     def _connect(self) -> Any:
         if self._client is None:
@@ -195,15 +375,155 @@ class SetpointWriter:
             self._client = None
 
     def close(self) -> None:
-        with self._lock:
-            self._drop()
+        self._drop()
 
     def _where(self) -> str:
         return f"BMS of site {self.site} at {self.target.host}:{self.target.port} (unit {self.target.unit_id})"
 
-    def _note(self, ts_ms: int, action: str, reason: str, values: dict[str, float] | None = None) -> WriteResult:
-        result = WriteResult(self.site, ts_ms, action, reason, values or {})
-        self.log.append(result)
-        if action in ("written", "refused"):
-            log.info("site %s setpoint write-back %s: %s", self.site, action, reason)
-        return result
+
+# BACnet engineering units dcpue converts, as (to °C, from °C)
+_TEMPERATURE_UNITS: dict[str, tuple[Any, Any]] = {
+    "degrees-celsius": (lambda v: v, lambda c: c),
+    "degrees-fahrenheit": (lambda v: (v - 32.0) * 5.0 / 9.0, lambda c: c * 9.0 / 5.0 + 32.0),
+    "degrees-kelvin": (lambda v: v - 273.15, lambda c: c + 273.15),
+}
+
+
+@dataclass(frozen=True)
+class _BacnetUndo:
+    """What one point held before a write: its priority slot (``None``: empty) or, if the property is
+    not commandable, its value."""
+
+    commandable: bool
+    slot_c: float | None
+    held_c: float
+
+
+class _BacnetLink:
+    """Setpoints as BACnet object properties (bacpypes3 client); an undo restores dcpue's priority slot.
+
+    Every value crosses this class in °C; the object's ``units`` (read once per connection) say how the
+    device holds it (°C, °F or K; anything else is refused).
+    """
+
+    noun = "BACnet point"
+    _NOT_COMMANDABLE: ClassVar[frozenset[str]] = frozenset(
+        {"unknown-property", "property-is-not-an-array", "invalid-array-index"})
+
+    def __init__(self, site: str, target: BacnetTarget) -> None:
+        require_bacpypes3()  # fail at start-up with the install hint, not at the first write
+        self.site, self.target = site, target
+        self._client: BacnetClient | None = None
+        self._units: dict[str, tuple[Any, Any]] = {}
+
+    def _open(self) -> BacnetClient:
+        if self._client is None:
+            client = BacnetClient(self.target.local_address, self.target.timeout_s, self.target.retries)
+            client.open()
+            self._client = client
+        return self._client
+
+    def _device(self, name: str) -> str:
+        return self.target.points[name].device or self.target.device
+
+    def _convert(self, name: str) -> tuple[Any, Any]:
+        if name not in self._units:
+            point = self.target.points[name]
+            units = str(self._open().read(self._device(name), point.object, "units"))
+            if units not in _TEMPERATURE_UNITS:
+                raise CollectorError(f"{self._where(name)}: units {units!r}, not a temperature; dcpue writes "
+                                     f"setpoints in {', '.join(_TEMPERATURE_UNITS)}")
+            self._units[name] = _TEMPERATURE_UNITS[units]
+        return self._units[name]
+
+    def _read_c(self, name: str) -> float:
+        point = self.target.points[name]
+        value = self._open().read(self._device(name), point.object, point.property)
+        try:
+            # REAL is float32 (22.3 arrives as 22.2999992): a millikelvin is far below any setpoint's resolution
+            return round(float(self._convert(name)[0](float(value))), 3)
+        except (TypeError, ValueError):
+            raise CollectorError(f"{self._where(name)}: {point.property} is {value!r}, not a number") from None
+
+    def _write_c(self, name: str, value_c: float | None) -> None:
+        point = self.target.points[name]
+        raw = None if value_c is None else float(self._convert(name)[1](value_c))
+        self._open().write(self._device(name), point.object, point.property, raw, point.priority)
+
+    def _slot_c(self, name: str) -> float | None:
+        point = self.target.points[name]
+        raw = priority_slot(self._open().read(self._device(name), point.object, "priority-array", point.priority))
+        return None if raw is None else float(self._convert(name)[0](raw))
+
+    def read(self) -> dict[str, float]:
+        try:
+            return {name: self._read_c(name) for name in self.target.points}
+        except CollectorError:
+            self.close()  # a fresh client (and units) next time
+            raise
+
+    def snapshot(self, names: list[str], held: dict[str, float]) -> dict[str, _BacnetUndo]:
+        out = {}
+        for name in names:
+            if self.target.points[name].property != "present-value":
+                out[name] = _BacnetUndo(False, None, held[name])
+                continue
+            try:
+                out[name] = _BacnetUndo(True, self._slot_c(name), held[name])
+            except BacnetDeviceError as exc:
+                if exc.code not in self._NOT_COMMANDABLE:
+                    raise
+                out[name] = _BacnetUndo(False, None, held[name])  # a plain writable value: no priority array
+        return out
+
+    def write(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self._write_c(name, value)
+        for name, value in values.items():
+            back = self._read_c(name)
+            if abs(back - value) > READ_BACK_TOLERANCE_K:
+                raise CollectorError(f"{self._where(name)}: reads {back:g} °C after writing {value:g} °C at "
+                                     f"priority {self.target.points[name].priority}{self._held_by(name)}")
+
+    def _held_by(self, name: str) -> str:
+        point = self.target.points[name]
+        try:
+            current = self._open().read(self._device(name), point.object, "current-command-priority")
+            level = priority_slot(current)
+        except (CollectorError, TypeError):
+            return ""  # an older device without current-command-priority
+        return "" if level is None else f": priority {int(level)} holds the point"
+
+    def restore(self, snapshot: dict[str, _BacnetUndo]) -> dict[str, float]:
+        for name, undo in snapshot.items():
+            self._write_c(name, undo.slot_c if undo.commandable else undo.held_c)
+        for name, undo in snapshot.items():
+            if undo.commandable:
+                slot = self._slot_c(name)
+                if not _same(slot, undo.slot_c):
+                    raise CollectorError(f"{self._where(name)}: priority {self.target.points[name].priority} holds "
+                                         f"{_shown(slot)} after restoring {_shown(undo.slot_c)}")
+            elif abs(self._read_c(name) - undo.held_c) > READ_BACK_TOLERANCE_K:
+                raise CollectorError(f"{self._where(name)}: does not read {undo.held_c:g} °C after restoring it")
+        now = self.read()
+        return {name: now[name] for name in snapshot}
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        self._units.clear()
+        if client is not None:
+            client.close()
+
+    def _where(self, name: str) -> str:
+        point = self.target.points[name]
+        return f"BMS of site {self.site}: {name} at {self._device(name)} {point.object} {point.property}"
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(a - b) <= READ_BACK_TOLERANCE_K
+
+
+def _shown(value_c: float | None) -> str:
+    return "NULL" if value_c is None else f"{value_c:g} °C"

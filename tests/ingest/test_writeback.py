@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dcpue.ingest.writeback import SetpointRegister, SetpointWriter, WritebackTarget
+from dcpue.ingest.writeback import ModbusTarget, SetpointRegister, SetpointWriter
 from tests.peers.modbus import run_modbus_server
 
 T0 = 1_751_328_000_000
@@ -24,8 +24,8 @@ def holding(peer, address: int) -> int:
         client.close()
 
 
-def target(peer, **overrides: object) -> WritebackTarget:
-    return WritebackTarget.model_validate({
+def target(peer, **overrides: object) -> ModbusTarget:
+    return ModbusTarget.model_validate({
         "enabled": True, "host": peer.host, "port": peer.port, "unit_id": 1,
         "registers": {"supply_air": SetpointRegister(address=SA), "chw_supply": SetpointRegister(address=CHW)},
         "bounds": {"supply_air": (18.0, 26.0), "chw_supply": (7.0, 20.0)}, "min_interval_s": 900,
@@ -88,7 +88,7 @@ def test_nothing_is_written_unless_enabled_trusted_and_a_change(peer):
 
 
 def test_an_unreachable_bms_is_a_refusal_not_a_crash():
-    writer = SetpointWriter("xy-03", WritebackTarget(enabled=True, host="127.0.0.1", port=1, timeout_s=0.5,
-                                                     registers={"supply_air": SetpointRegister(address=SA)}))
+    writer = SetpointWriter("xy-03", ModbusTarget(enabled=True, host="127.0.0.1", port=1, timeout_s=0.5,
+                                                  registers={"supply_air": SetpointRegister(address=SA)}))
     result = writer.apply(change(T0, supply_air=23.0))
     assert result.action == "refused" and "cannot connect" in result.reason
