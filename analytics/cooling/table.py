@@ -57,6 +57,7 @@ _ID_PREFIXES = {
     "sp.fw-supply": "fw_supply",
 }
 _MAX_COLUMNS = ("rack_inlet_c",)  # the hottest sensor and sample; every other sensor column is a mean
+SETPOINT_STEADY_K = 0.05  # a setpoint that moved more than this within an interval makes it a transient
 STANDARD_PRESSURE_PA = 101_325.0
 
 
@@ -136,9 +137,11 @@ def readings_to_table(readings: pd.DataFrame, site: Site, freq: str = "15min", *
     Power and energy points go through the PUE engine: counters are differenced (rollovers,
     resets and spikes handled), power integrated, redundant meters resolved by precedence, the
     IT category chosen as for PUE. An interval is kept only when facility and IT power are
-    covered for at least ``coverage_threshold`` of it and the outdoor conditions are present;
-    other targets are NaN where missing. Sensor samples belong to the interval (start, end]
-    they end, like the energy of the sample interval ending there. Wet-bulb is computed with
+    covered for at least ``coverage_threshold`` of it, the outdoor conditions are present and no
+    setpoint moved by more than ``SETPOINT_STEADY_K`` within it (a transient: its hottest inlet
+    belongs to one setpoint, its mean setpoint to neither); other targets are NaN where missing.
+    Sensor samples belong to the interval (start, end] they end, like the energy of the sample
+    interval ending there. Wet-bulb is computed with
     psychrolib at the standard-atmosphere pressure of ``elevation_m`` [m] (sea level when
     ``None``).
     """
@@ -193,6 +196,11 @@ def readings_to_table(readings: pd.DataFrame, site: Site, freq: str = "15min", *
         for part in (means, maxes):
             for name in part.columns:
                 table[name] = part[name].reindex(starts).to_numpy()
+        is_sp = frame["column"].str.startswith("sp_").to_numpy()
+        if is_sp.any():
+            spread = frame[is_sp].groupby(["start_ms", "column"])["value"].agg(np.ptp).unstack("column")
+            moved = (spread > SETPOINT_STEADY_K).any(axis=1).reindex(starts, fill_value=False).to_numpy()
+            table.loc[moved, "it_kw"] = np.nan  # dropped below with the rows lacking conditions
 
     for name in columns:
         if name not in table.columns and name != "ts":
