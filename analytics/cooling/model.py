@@ -103,6 +103,9 @@ def _metrics(y: np.ndarray, pred: np.ndarray, lo: np.ndarray, hi: np.ndarray, sc
         "r2": float(1.0 - np.sum(err**2) / sst) if sst > 0 else float("nan"),
         "lo_coverage": float(np.mean(y >= lo)),
         "hi_coverage": float(np.mean(y <= hi)),
+        # how far the held-out values reached above the calibrated upper bound at their 99th
+        # percentile (0 when the bound covers 99 %): what a data-sized safety margin must add
+        "hi_miss_q99": max(0.0, float(np.quantile(y - hi, 0.99))) if len(y) else float("nan"),
     }
 
 
@@ -122,9 +125,11 @@ class CoolingModel:
 
     Attributes: ``site``; ``setpoints`` (names), ``features`` (conditions then ``sp_*``
     columns), ``targets``; ``metrics`` {target: {n, mae, bias, mape, relative_error, r2,
-    lo_coverage, hi_coverage}} on the held-out time blocks (``mae`` in the target's unit;
+    lo_coverage, hi_coverage, hi_miss_q99}} on the held-out time blocks (``mae`` in the target's unit;
     ``relative_error`` = MAE ÷ mean of the target, for ``facility_kw`` ÷ mean of facility − IT,
-    the part the setpoints can change; coverages after calibration); ``training_window``
+    the part the setpoints can change; coverages after calibration; ``hi_miss_q99`` how far above
+    the calibrated upper bound the held-out values reached at their 99th percentile, ≥ 0);
+    ``training_window``
     (first, last row start [ms]); ``n_rows``; ``sklearn_version``; ``version`` (a hash of all
     metadata, deterministic for the same table, parameters and scikit-learn);
     ``metadata`` (everything saved in the JSON file).

@@ -188,7 +188,8 @@ def recommend(model: CoolingModel, conditions: Mapping[str, float], current: Map
     current value) in bounds ∩ current ± ``max_step`` ∩ the range seen in training, all
     combinations (one prediction pass for all of them), screened by the same
     nearest-neighbour test as :meth:`CoolingModel.domain_check`. Feasible: predicted hottest
-    rack inlet upper bound ≤ ``inlet_max_c − inlet_margin_k``, its mean ≥ ``inlet_min_c``,
+    rack inlet upper bound ≤ ``inlet_max_c`` − the margin (:meth:`Envelope.inlet_margin_for` with
+    the model's held-out ``hi_miss_q99``), its mean ≥ ``inlet_min_c``,
     facility-water supply upper bound ≤ the W-class limit (when the envelope has one).
 
     Refuses when a target's held-out relative error exceeds ``max_relative_error`` (or a
@@ -202,7 +203,9 @@ def recommend(model: CoolingModel, conditions: Mapping[str, float], current: Map
     site = site or model.site
     cond = _conditions(conditions)
     cur = _names(model, current)
-    limits = {"inlet_max_c": envelope.inlet_max_c, "inlet_limit_c": envelope.inlet_limit_c,
+    margin = envelope.inlet_margin_for(model.metrics.get("rack_inlet_c", {}).get("hi_miss_q99"))
+    inlet_limit = envelope.inlet_max_c - margin
+    limits = {"inlet_max_c": envelope.inlet_max_c, "inlet_limit_c": inlet_limit, "inlet_margin_k": margin,
               "inlet_min_c": envelope.inlet_min_c, "fw_limit_c": envelope.fw_limit_c}
 
     def refuse(reason: str, **predictions: float | None) -> Recommendation:
@@ -242,7 +245,7 @@ def recommend(model: CoolingModel, conditions: Mapping[str, float], current: Map
 
     # violations [K] of each constraint (positive = violated)
     violation = {
-        "inlet_hi": pred["rack_inlet_c_hi"] - envelope.inlet_limit_c,
+        "inlet_hi": pred["rack_inlet_c_hi"] - inlet_limit,
         "inlet_lo": envelope.inlet_min_c - pred["rack_inlet_c"],
         "fw": np.full(len(X), -np.inf),
     }
@@ -280,7 +283,7 @@ def recommend(model: CoolingModel, conditions: Mapping[str, float], current: Map
             return refuse("every candidate within one step lies outside the combinations of conditions and "
                           "setpoints seen in training", **current_part, **at(0))
         closest = int(np.argmin(np.where(usable, worst, np.inf)))
-        text = _infeasible_reason(envelope, pred, usable, violation)
+        text = _infeasible_reason(envelope, inlet_limit, pred, usable, violation)
         text += (f"; the closest within one step is {_describe(setpoints_at(closest))} "
                  f"(predicted hottest inlet upper bound {_fmt(pred['rack_inlet_c_hi'][closest])} °C)")
         return refuse(text, toward_safety=setpoints_at(closest), **current_part, **at(0))
@@ -303,7 +306,7 @@ def recommend(model: CoolingModel, conditions: Mapping[str, float], current: Map
     fac_rec = float(pred["facility_kw"][best])
     preds = at(best)
     inlet = (f"hottest rack inlet {_fmt(pred['rack_inlet_c'][best])} °C, upper bound "
-             f"{_fmt(pred['rack_inlet_c_hi'][best])} °C ≤ {_fmt(envelope.inlet_limit_c)} °C")
+             f"{_fmt(pred['rack_inlet_c_hi'][best])} °C ≤ {_fmt(inlet_limit)} °C")
     if fw_limit is not None and "fw_supply_c_hi" in pred:
         inlet += f"; facility water upper bound {_fmt(pred['fw_supply_c_hi'][best])} °C ≤ {_fmt(fw_limit)} °C"
     if action == KEEP:
@@ -312,7 +315,7 @@ def recommend(model: CoolingModel, conditions: Mapping[str, float], current: Map
     else:
         moves = ", ".join(f"{'raise' if chosen[n] > cur[n] else 'lower'} {n} {_fmt(cur[n])} → {_fmt(chosen[n])} °C"
                           for n in model.setpoints if abs(chosen[n] - cur[n]) > _EPS)
-        why_now = "" if current_ok else f" ({_current_problem(model, envelope, cur, pred, violation)})"
+        why_now = "" if current_ok else f" ({_current_problem(model, envelope, inlet_limit, cur, pred, violation)})"
         text = (f"change: {moves}{why_now}; predicted facility power {fac_rec:,.1f} kW, "
                 f"{'saving' if saving >= 0 else 'costing'} {abs(saving):,.1f} kW "
                 f"({100 * abs(saving) / fac_cur:.2f} %); {inlet}")
@@ -330,12 +333,12 @@ def _describe(setpoints: Mapping[str, float]) -> str:
     return ", ".join(f"{n} {_fmt(v)} °C" for n, v in setpoints.items())
 
 
-def _current_problem(model: CoolingModel, envelope: Envelope, cur: dict[str, float], pred: dict[str, np.ndarray],
-                     violation: dict[str, np.ndarray]) -> str:
+def _current_problem(model: CoolingModel, envelope: Envelope, inlet_limit: float, cur: dict[str, float],
+                     pred: dict[str, np.ndarray], violation: dict[str, np.ndarray]) -> str:
     """Why the current setpoints are not an acceptable answer themselves."""
     if violation["inlet_hi"][0] > _EPS:
         return (f"at the current setpoints the hottest rack inlet's upper bound is predicted at "
-                f"{_fmt(pred['rack_inlet_c_hi'][0])} °C, above {_fmt(envelope.inlet_limit_c)} °C")
+                f"{_fmt(pred['rack_inlet_c_hi'][0])} °C, above {_fmt(inlet_limit)} °C")
     if violation["inlet_lo"][0] > _EPS:
         return (f"at the current setpoints the hottest rack inlet is predicted at {_fmt(pred['rack_inlet_c'][0])} °C, "
                 f"below {_fmt(envelope.inlet_min_c)} °C")
@@ -348,15 +351,15 @@ def _current_problem(model: CoolingModel, envelope: Envelope, cur: dict[str, flo
     return "the current setpoints are unlike the training data at these conditions"
 
 
-def _infeasible_reason(envelope: Envelope, pred: dict[str, np.ndarray], usable: np.ndarray,
+def _infeasible_reason(envelope: Envelope, inlet_limit: float, pred: dict[str, np.ndarray], usable: np.ndarray,
                        violation: dict[str, np.ndarray]) -> str:
     """Which constraint rules out every usable candidate, with the best value any of them reaches."""
     ok = {name: usable & (v <= _EPS) for name, v in violation.items()}
     if not ok["inlet_hi"].any():
         best = float(np.min(pred["rack_inlet_c_hi"][usable]))
         return (f"no candidate setpoints within one step keep the hottest rack inlet's predicted upper bound at or "
-                f"below {_fmt(envelope.inlet_limit_c)} °C (inlet_max {_fmt(envelope.inlet_max_c)} °C − margin "
-                f"{envelope.inlet_margin_k:g} K); the lowest reachable is {_fmt(best)} °C")
+                f"below {_fmt(inlet_limit)} °C (inlet_max {_fmt(envelope.inlet_max_c)} °C − margin "
+                f"{envelope.inlet_max_c - inlet_limit:.2g} K); the lowest reachable is {_fmt(best)} °C")
     if not ok["inlet_lo"].any():
         best = float(np.max(pred["rack_inlet_c"][usable]))
         return (f"no candidate setpoints within one step keep the hottest rack inlet at or above "

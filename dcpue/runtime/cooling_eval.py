@@ -564,7 +564,7 @@ def evaluate_season(config: EvalConfig, season: str, recommender_factory: Callab
             "model": {
                 "version": model.version,
                 "rows": model.n_rows,
-                "metrics": {t: {k: m[k] for k in ("mae", "relative_error", "r2", "hi_coverage")}
+                "metrics": {t: {k: m[k] for k in ("mae", "relative_error", "r2", "hi_coverage", "hi_miss_q99")}
                             for t, m in model.metrics.items()},
                 "training_setpoint_range": {n: list(model.setpoint_range(n)) for n in p.names},
             },
