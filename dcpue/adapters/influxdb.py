@@ -103,7 +103,7 @@ class InfluxSink:
             self._send(alerts_to_lines(events))
 
     def write_recommendations(self, records: list[dict[str, Any]]) -> None:
-        """Cooling recommendations (measurement ``cooling_recommendation``; see docs/influxdb.md)."""
+        """Cooling recommendations (measurement ``recommendation``; see docs/influxdb.md)."""
         if records:
             self._send(recommendations_to_lines(records))
 

@@ -272,9 +272,11 @@ def recommendations_to_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     ``records`` are :meth:`dcpue.analytics.cooling.Recommendation.as_dict` dicts, optionally with a
     ``confidence`` [0–1]. Tags ``site``, ``loop`` (``air``, ``chilled_water``, ``facility_water``) and
     ``setpoint``; fields ``current`` and ``recommended`` [°C] (the latter left out when refused),
-    ``expected_saving_kw`` (the record's predicted saving), ``confidence``, ``predicted_pue``,
-    ``rack_inlet_c_hi`` (unknown values left out), ``ok``, and the text fields ``action``, ``reason``
-    and ``model_version``. Timestamp: the data time the recommendation is for, so recomputing it overwrites.
+    ``expected_saving_kw`` and ``expected_saving_pct`` (the record's predicted saving),
+    ``predicted_facility_kw``, ``predicted_pue``, ``confidence``, the predicted hottest rack inlet
+    ``rack_inlet_c`` and its upper bound ``rack_inlet_c_hi``, the facility water ``fw_supply_c`` and
+    ``fw_supply_c_hi`` [°C] (unknown values left out), ``ok``, and the text fields ``action``,
+    ``reason`` and ``model_version``. Timestamp: the data time the recommendation is for, so recomputing it overwrites.
     """
     rows = [(r, name) for r in records for name in sorted({*(r.get("current") or {}), *(r.get("recommended") or {})})]
     if not rows:
@@ -287,8 +289,11 @@ def recommendations_to_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     fields = _FieldSet(index)
     fields.add_float("current", [_number((r.get("current") or {}).get(n)) for r, n in rows])
     fields.add_float("recommended", [_number((r.get("recommended") or {}).get(n)) for r, n in rows])
-    for field_name, key in (("expected_saving_kw", "saving_kw"), ("confidence", "confidence"),
-                            ("predicted_pue", "predicted_pue"), ("rack_inlet_c_hi", "rack_inlet_c_hi")):
+    for field_name, key in (("expected_saving_kw", "saving_kw"), ("expected_saving_pct", "saving_pct"),
+                            ("predicted_facility_kw", "facility_kw_recommended"), ("confidence", "confidence"),
+                            ("predicted_pue", "predicted_pue"), ("rack_inlet_c", "rack_inlet_c"),
+                            ("rack_inlet_c_hi", "rack_inlet_c_hi"), ("fw_supply_c", "fw_supply_c"),
+                            ("fw_supply_c_hi", "fw_supply_c_hi")):
         fields.add_float(field_name, [_number(r.get(key)) for r, _ in rows])
     fields.add("ok=" + pd.Series(["true" if r.get("ok") else "false" for r, _ in rows], index=index))
     for key in ("action", "reason", "model_version"):

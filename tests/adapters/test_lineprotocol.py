@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dcpue.adapters.lineprotocol import INVENTORY_FIELDS, inventory_to_lines, readings_to_lines
+from dcpue.adapters.lineprotocol import (
+    INVENTORY_FIELDS,
+    inventory_to_lines,
+    readings_to_lines,
+    recommendations_to_lines,
+)
 from dcpue.model import Quality, readings_frame
 from tests.factories import GUI_AN, T0, point, registry, simple_site, site
 
@@ -133,3 +138,29 @@ def test_inventory_site_without_any_attribute_is_not_written():
     sites = pd.DataFrame({"city": ["Guiyang", "Zunyi"], "racks_installed": [10, np.nan]},
                          index=pd.Index(["s1", "s2"], name="site"))
     assert inventory_to_lines(sites, 5) == ["site_inventory,site=s1,city=Guiyang racks_installed=10i 5"]
+
+
+def test_recommendation_lines_carry_the_record_predictions_and_leave_unknowns_out():
+    change = {"site": "gy-04", "ts_ms": T0, "ok": True, "action": "change", "model_version": "m1",
+              "reason": "change: raise chw_supply 17.0 → 18.0 °C", "current": {"supply_air": 24.0, "chw_supply": 17.0},
+              "recommended": {"supply_air": 24.0, "chw_supply": 18.0}, "saving_kw": 3.5, "saving_pct": 0.35,
+              "facility_kw_recommended": 996.5, "predicted_pue": 1.151, "rack_inlet_c": 25.9,
+              "rack_inlet_c_hi": 26.3, "fw_supply_c": 33.1, "fw_supply_c_hi": 33.6}
+    refused = {"site": "gy-04", "ts_ms": T0 + 900_000, "ok": False, "action": "none", "model_version": "m1",
+               "reason": "no recommendation: conditions outside the training data", "current": {"supply_air": 24.0},
+               "recommended": None, "saving_kw": None}
+    lines = recommendations_to_lines([change, refused])
+    assert len(lines) == 3  # one point per record and setpoint
+    chw = next(line for line in lines if "setpoint=chw_supply" in line)
+    assert chw.startswith("recommendation,site=gy-04,loop=chilled_water,setpoint=chw_supply ")
+    fields = dict(part.split("=", 1) for part in chw.split(" ")[1].split(",") if "=" in part and '"' not in part)
+    assert {k: float(fields[k]) for k in ("current", "recommended", "expected_saving_kw", "expected_saving_pct",
+                                          "predicted_facility_kw", "predicted_pue", "rack_inlet_c",
+                                          "rack_inlet_c_hi", "fw_supply_c", "fw_supply_c_hi")} == {
+        "current": 17.0, "recommended": 18.0, "expected_saving_kw": 3.5, "expected_saving_pct": 0.35,
+        "predicted_facility_kw": 996.5, "predicted_pue": 1.151, "rack_inlet_c": 25.9, "rack_inlet_c_hi": 26.3,
+        "fw_supply_c": 33.1, "fw_supply_c_hi": 33.6}
+    assert chw.endswith(f" {T0}") and "ok=true" in chw and 'action="change"' in chw
+    (none,) = [line for line in lines if str(T0 + 900_000) in line]
+    assert "recommended=" not in none and "expected_saving" not in none and "fw_supply_c" not in none
+    assert "ok=false" in none and 'reason="no recommendation: conditions outside the training data"' in none
