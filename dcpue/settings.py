@@ -214,7 +214,9 @@ class CoolingSettings(_Section):
     history_days: float = Field(90.0, gt=0)  # keep this much table per site
     retrain_every_h: float = Field(24.0, gt=0)  # retrain a site's model this often [event h]
     max_relative_error: float = Field(0.1, gt=0)  # refuse when a target's held-out error is above this
-    inlet_margin_k: float = Field(1.0, ge=0)  # stay this far below the 27 °C recommended inlet limit
+    # stay this far below the 27 °C recommended inlet limit; unset: sized from each model's held-out
+    # error (its 99th-percentile miss above the calibrated bound, at least 0.25 K)
+    inlet_margin_k: float | None = Field(None, ge=0)
     water_class: WaterClass | None = None  # facility-water class of liquid loops (default: alerts.water_class)
     # per site: write recommendations back to its BMS over Modbus or BACnet (off unless a target says enabled: true)
     writeback: dict[str, WritebackTarget] = {}
