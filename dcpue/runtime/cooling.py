@@ -9,13 +9,17 @@ recommendation for the site's current conditions and setpoints. Advisory only: n
 building-management system. Training refusals (a setpoint that never changed, too little data) are
 logged once per attempt and the site keeps going without a model.
 
-A restarted worker loads each site's newest model and saved table from ``model_dir``; table rows made
-since the last save are rebuilt from what the bus replays or, at worst, missing from the next training.
+Every conversion appends its new rows to the site's table file in ``model_dir`` (one write, fsynced);
+the file is rewritten whole, trimmed to ``history_days``, when a training finishes and on close. A
+restarted or crashed worker loads each site's newest model and that table, so no table row it made is
+lost; a torn last line (a crash inside the append) is dropped on load.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -116,6 +120,7 @@ class CoolingAdvisor:
         part = buffered[buffered["ts"] <= upto]
         table = readings_to_table(part, self.registry.site_map[site], freq=self.settings.freq)
         table = table[table["ts"] > done] if not table.empty else table
+        self._append_table(site, table)
         old = self.tables.get(site)
         table = pd.concat([old, table], ignore_index=True) if old is not None and not old.empty else table
         horizon = upto - int(self.settings.history_days * DAY_MS)
@@ -147,7 +152,6 @@ class CoolingAdvisor:
 
         model = CoolingModel.train(table, site=site)
         model.save(self.model_dir)
-        self._save_table(site, table)
         return model
 
     def _collect_training(self, site: str) -> None:
@@ -167,6 +171,7 @@ class CoolingAdvisor:
             return
         self.models[site] = model
         self.trainings += 1
+        self._save_table(site, self.tables[site])  # compact the appended file to the current table
         log.info("cooling model of site %s trained: version %s on %d rows", site, model.version, model.n_rows)
 
     # -- advice ------------------------------------------------------------------------------------
@@ -207,15 +212,38 @@ class CoolingAdvisor:
             table.to_csv(tmp, index=False)
             tmp.replace(self._table_path(site))
 
+    def _append_table(self, site: str, rows: pd.DataFrame) -> None:
+        """Append new table rows to the site's file in one fsynced write (rewritten whole if its columns differ)."""
+        if rows.empty:
+            return
+        path = self._table_path(site)
+        with self._lock:
+            self.model_dir.mkdir(parents=True, exist_ok=True)
+            header = ",".join(rows.columns)
+            if not path.exists() or path.stat().st_size == 0:
+                text = rows.to_csv(index=False)
+            else:
+                with path.open("r", encoding="utf-8") as fh:
+                    if fh.readline().rstrip("\n") != header:  # a registry change added a column
+                        old = self.tables.get(site)
+                        full = pd.concat([old, rows], ignore_index=True) if old is not None else rows
+                        text = full.to_csv(index=False)
+                        path.write_text("", encoding="utf-8")
+                    else:
+                        text = rows.to_csv(index=False, header=False)
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+
     def _load(self) -> None:
         from dcpue.analytics.cooling import CoolingModel
 
         if not self.model_dir.is_dir():
             return
         for site in self.setpoints:
-            path = self._table_path(site)
-            if path.exists():
-                table = pd.read_csv(path)
+            table = _read_table(self._table_path(site))
+            if table is not None:
                 self.tables[site] = table
                 if not table.empty:
                     self._converted_to[site] = int(table["ts"].iloc[-1])
@@ -229,6 +257,24 @@ class CoolingAdvisor:
                 self.models[site] = model
                 self._trained_at[site] = model.training_window[1]
                 self._advised_to[site] = max(model.training_window[1], self._converted_to.get(site, 0))
+
+
+def _read_table(path: Path) -> pd.DataFrame | None:
+    """A saved or appended table file: a torn last line (no newline: the append was cut) is dropped,
+    from the file too; rows are in time order with the newest of a repeated interval kept."""
+    if not path.exists():
+        return None
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        log.warning("cooling table %s ends in a torn line (an interrupted append): dropped", path)
+        text = text[: text.rfind("\n") + 1]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)  # so the next append starts on a line of its own
+    if not text.strip():
+        return None
+    table = pd.read_csv(io.StringIO(text))
+    return table.drop_duplicates("ts", keep="last").sort_values("ts", kind="stable").reset_index(drop=True)
 
 
 def _value(row: dict[str, Any], key: str) -> float | None:
