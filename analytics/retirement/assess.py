@@ -113,7 +113,7 @@ def assess(
 
     sites = pd.DataFrame({
         "site": frame["site"], "name": frame["name"], "city": frame["city"], "latitude": frame["latitude"],
-        "longitude": frame["longitude"], "cluster": frame["cluster"], "score": np.round(score, 1),
+        "longitude": frame["longitude"], "cluster": frame["cluster"].astype(object), "score": np.round(score, 1),
         "score_max": np.round(score_max, 1), "verdict": verdict, "verdict_certain": certain,
         "verdict_alternatives": alternatives, "criteria_met": met.sum(axis=1), "criteria_unknown": unknown.sum(axis=1),
         "annual_pue": frame["annual_pue"], "grade": grade(pue.to_numpy()), "occupancy_pct": occ,
@@ -182,18 +182,18 @@ def _low_occupancy(frame: pd.DataFrame, occ: pd.Series, source: pd.Series,
 
     o, t = _f(occ), _num(thr)
     ri, rs, it = _f(frame["racks_installed"], 0), _f(frame["racks_in_service"], 0), _f(frame["it_kw_mean"])
-    detail = pd.Series(np.select(
+    detail = np.asarray(np.select(
         [source == "racks", source == "power"],
         [" (" + rs + " of " + ri + " racks in service; no monthly history)",
          " by power (IT " + it + " kW ÷ (" + ri + " racks × " + _num(c.standard_rack_kw)
-         + " kW); racks in service unknown; no monthly history)"], ""), index=frame.index)
+         + " kW); racks in service unknown; no monthly history)"], ""), dtype=object)
     text = np.select(
         [has_hist & (status == MET), has_hist & (status == NOT_MET), has_hist,
          np.full(len(frame), c.occupancy_history_required), status == MET, status == NOT_MET],
         ["上架率 " + o + " % < " + t + f" % for {n} months (highest " + _f(hmax) + " %)",
          "上架率 reached " + _f(hmax) + " % ≥ " + t + f" % within the last {n} months (latest " + o + " %)",
          "上架率 below " + t + " % in all " + _f(months, 0) + f" month(s) on record; {n} needed",
-         pd.Series(f"上架率 unknown: no monthly history for the last {n} months (history required)", index=frame.index),
+         f"上架率 unknown: no monthly history for the last {n} months (history required)",
          "上架率 " + o + " % < " + t + " %" + detail,
          "上架率 " + o + " % ≥ " + t + " %" + detail],
         "上架率 unknown: no monthly history, racks in service or mean IT load")
@@ -206,7 +206,7 @@ def _small(frame: pd.DataFrame, c: RetirementCriteria) -> tuple[pd.Series, pd.Se
     size_class = pd.Series(np.select([racks >= b for _, b in SIZE_CLASSES[:-1]] + [racks.notna()],
                                      [n for n, _ in SIZE_CLASSES], ""), index=frame.index)
     status = np.where(racks < c.small_below_racks, MET, np.where(racks >= c.small_below_racks, NOT_MET, np.nan))
-    label = size_class.map(lambda s: SIZE_LABELS.get(s, ""))
+    label = size_class.map(lambda s: SIZE_LABELS.get(s, "")).to_numpy(dtype=object)
     basis = np.where(by_design.notna(), "; design IT " + _f(frame["design_it_kw"]) + " kW ÷ "
                      + _num(c.standard_rack_kw) + " kW", "; " + _f(frame["racks_installed"], 0)
                      + " installed racks, design IT unknown")
@@ -243,7 +243,7 @@ def _inefficient(frame: pd.DataFrame, c: RetirementCriteria) -> tuple[pd.Series,
     pue = raw.where(~fault & ~short)
     thr = c.inefficient_above_pue
     status = np.where(pue > thr, MET, np.where(pue <= thr, NOT_MET, np.nan))
-    g = pd.Series(grade(pue.to_numpy()), index=frame.index)
+    g = grade(pue.to_numpy()).astype(object)
     grade_text = np.where(g == "beyond_limit", "GB 40879-2021: beyond the limit value", "GB 40879-2021 grade " + g)
     gap = pue - c.target_pue
     target_text = np.where(gap > 1e-12, "; " + _f(gap, 2, trim=False) + " above the " + _num(c.target_pue) + " target",
@@ -278,8 +278,8 @@ def _scattered(frame: pd.DataFrame, clusters: Sequence[Cluster],
     member = frame["cluster"].notna().to_numpy()
     status = np.where(member, NOT_MET, _and(far, iso))
 
-    d, t, e = _f(pd.Series(hub_km)), _num(c.scattered_hub_km), _num(c.isolation_km)
-    near = pd.Series(nearest, dtype=object).fillna("")
+    d, t, e = _f(hub_km), _num(c.scattered_hub_km), _num(c.isolation_km)
+    near = np.array(["" if v is None else str(v) for v in nearest], dtype=object)
     others = c.isolation_min_sites - 1
     alone = f"no group of {others}+ other sites within {e} km (DBSCAN)"
     grouped = f"grouped with other sites within {e} km (DBSCAN)"
@@ -287,14 +287,14 @@ def _scattered(frame: pd.DataFrame, clusters: Sequence[Cluster],
     text = np.select(
         [member, status == MET, far == NOT_MET, iso == NOT_MET, np.isnan(far) & ~np.isnan(iso),
          np.isnan(iso) & ~np.isnan(far)],
-        ["member of hub cluster " + frame["cluster"].fillna("").astype(str),
+        ["member of hub cluster " + frame["cluster"].fillna("").astype(str).to_numpy(dtype=object),
          hub_part + " > " + t + " km; " + alone,
          hub_part + " ≤ " + t + " km",
          hub_part + " > " + t + " km, but " + grouped if len(clusters) else "no hub cluster given, but " + grouped,
          "no hub cluster given" + np.where(iso == MET, "; " + alone, ""),
          hub_part + " > " + t + " km; isolation unknown (location unknown)"],
         "location unknown")
-    geo = {"nearest_cluster": nearest, "hub_distance_km": hub_km, "isolated": iso}
+    geo = {"nearest_cluster": pd.Series(nearest, dtype=object), "hub_distance_km": hub_km, "isolated": iso}
     return geo, status, pd.Series(text, index=frame.index)
 
 
@@ -320,9 +320,7 @@ def _poor_benefit(frame: pd.DataFrame, pue: pd.Series, c: RetirementCriteria) ->
         ["margin " + m + " CNY per rack-year < " + t + " (" + parts + ")",
          "margin at most " + m + " CNY per rack-year < " + t + " (" + parts + missing + ")",
          "margin " + m + " CNY per rack-year ≥ " + t + " (" + parts + ")",
-         pd.Series("no economics given", index=frame.index),
-         pd.Series("revenue per rack unknown", index=frame.index),
-         pd.Series("no racks in service: margin per rack undefined", index=frame.index)],
+         "no economics given", "revenue per rack unknown", "no racks in service: margin per rack undefined"],
         "margin unknown: at most " + m + " CNY per rack-year (" + parts + missing + ")")
     return status, pd.Series(text, index=frame.index)
 
@@ -409,8 +407,8 @@ def _num(v: float, decimals: int = 2, *, trim: bool = True, sep: bool = True) ->
     return text.rstrip("0").rstrip(".") if trim and "." in text else text
 
 
-def _f(s: pd.Series | np.ndarray, decimals: int = 1, *, trim: bool = True, sep: bool = True) -> pd.Series:
-    """Numbers as evidence text (see :func:`_num`); NaN as '?'."""
+def _f(s: pd.Series | np.ndarray, decimals: int = 1, *, trim: bool = True, sep: bool = True) -> np.ndarray:
+    """Numbers as evidence text (see :func:`_num`); NaN as '?'. An object array, so ``+`` joins strings."""
     values = np.asarray(s, dtype=float)
-    return pd.Series([_num(v, decimals, trim=trim, sep=sep) if np.isfinite(v) else "?" for v in values],
-                     dtype=object)
+    return np.array([_num(v, decimals, trim=trim, sep=sep) if np.isfinite(v) else "?" for v in values],
+                    dtype=object).reshape(values.shape)

@@ -63,8 +63,10 @@ def cluster_table(
         "_load_unknown": frame["it_kw_mean"].isna().groupby(by).sum(),
     })
     base = pd.DataFrame({
-        "cluster": [c.id for c in clusters], "name": [c.name for c in clusters],
-        "latitude": [float(c.latitude) for c in clusters], "longitude": [float(c.longitude) for c in clusters],
+        "cluster": pd.Series([c.id for c in clusters], dtype=object),
+        "name": pd.Series([c.name for c in clusters], dtype=object),
+        "latitude": pd.Series([c.latitude for c in clusters], dtype=float),
+        "longitude": pd.Series([c.longitude for c in clusters], dtype=float),
     })
     out = base.merge(agg, left_on="cluster", right_index=True, how="left")
     out["members"] = out["members"].fillna(0).astype(int)
@@ -163,10 +165,11 @@ def consolidation_plan(
     notes = np.where((notes == "") | (extra == ""), notes + extra, notes + "; " + extra)
     plan = pd.DataFrame({
         "site": rows["site"].to_numpy(), "name": rows["name"].to_numpy(), "verdict": verdict.loc[movers].to_numpy(),
-        "destination": np.where(placed, clusters["cluster"].to_numpy(dtype=object)[j] if len(clusters) else None,
-                                None),
-        "destination_name": np.where(placed, clusters["name"].to_numpy(dtype=object)[j] if len(clusters) else None,
-                                     None),
+        # object columns keep None (pandas would otherwise infer a string column with NaN)
+        "destination": pd.Series(np.where(placed, clusters["cluster"].to_numpy(dtype=object)[j]
+                                          if len(clusters) else None, None), dtype=object),
+        "destination_name": pd.Series(np.where(placed, clusters["name"].to_numpy(dtype=object)[j]
+                                               if len(clusters) else None, None), dtype=object),
         "distance_km": np.where(placed, dist[np.arange(len(rows)), j] if dist.shape[1] else np.nan, np.nan),
         "moved_it_kw": moved, "it_kwh_year": it_kwh, "site_pue": site_pue, "destination_pue": dest_pue,
         "saved_kwh_year": saved_kwh, "saved_tco2_year": saved_t, "saved_cost_cny_year": saved_cny,
