@@ -254,7 +254,7 @@ def _inefficient(frame: pd.DataFrame, c: RetirementCriteria) -> tuple[pd.Series,
         ["annual PUE " + p + " > " + t + " (" + grade_text + target_text + ")",
          "annual PUE " + p + " ≤ " + t + " (" + grade_text + target_text + ")",
          "annual PUE unknown: " + _f(raw, 2, trim=False) + " < 1 is a meter fault",
-         "annual PUE unknown: from " + _f(frame["months_observed"], 0) + f" month(s) < {c.min_pue_months}"],
+         "annual PUE unknown: from " + _f(frame["months_observed"], 2) + " month(s) < " + _num(c.min_pue_months)],
         "annual PUE unknown")
     return pue, status, pd.Series(text, index=frame.index)
 

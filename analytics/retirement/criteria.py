@@ -69,7 +69,9 @@ class RetirementCriteria(_Frozen):
     old_at_least_years: float = Field(default=10.0, gt=0)  # [years]
     inefficient_above_pue: float = Field(default=1.50, ge=1.0)  # [–]
     target_pue: float = Field(default=1.2, ge=1.0)  # [–] Guizhou / national hub target, for the evidence
-    min_pue_months: int = Field(default=12, ge=1, le=12)  # [months] an annual PUE from fewer is unknown
+    # [months] an annual PUE observed over fewer months (``months_observed``) is unknown; 10.8 = the
+    # engine's coverage threshold 0.9 × 12, so a rolling year with a few gaps still counts
+    min_pue_months: float = Field(default=10.8, gt=0, le=12)
     scattered_hub_km: float = Field(default=50.0, ge=0)  # [km]
     isolation_km: float = Field(default=50.0, gt=0)  # [km] DBSCAN eps
     isolation_min_sites: int = Field(default=3, ge=2)  # DBSCAN min_samples (the site itself included)

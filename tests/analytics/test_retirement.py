@@ -137,6 +137,8 @@ def test_a_hub_member_is_never_retired_consolidated_or_moved():
     ("old", {"commissioned": 2005, "refreshed": 2016}, {}, "not_met"),  # counted from the refresh
     ("inefficient", {}, {"annual_pue": 1.50}, "not_met"),  # exactly the GB 40879 limit: grade 3
     ("inefficient", {}, {"annual_pue": 1.5001}, "met"),
+    ("inefficient", {}, {"annual_pue": 1.8, "months_observed": 10.8}, "met"),  # 0.9 of a year is enough
+    ("inefficient", {}, {"annual_pue": 1.8, "months_observed": 365 * 24 / 730.5}, "met"),  # a rolling 365 days
     ("poor_benefit", {}, {"revenue_per_rack_cny_year": 5000.0, "electricity_price_cny_per_kwh": 0.0}, "not_met"),
     ("poor_benefit", {}, {"revenue_per_rack_cny_year": 4999.0, "electricity_price_cny_per_kwh": 0.0}, "met"),
 ])
@@ -250,7 +252,8 @@ def test_unknown_criteria_never_trigger_a_verdict_but_are_reported_as_possible()
 
 @pytest.mark.parametrize(("fig", "text"), [
     ({"annual_pue": 0.95}, "annual PUE unknown: 0.95 < 1 is a meter fault"),
-    ({"annual_pue": 1.9, "months_observed": 8}, "annual PUE unknown: from 8 month(s) < 12"),
+    ({"annual_pue": 1.9, "months_observed": 8}, "annual PUE unknown: from 8 month(s) < 10.8"),
+    ({"annual_pue": 1.9, "months_observed": 10.79}, "annual PUE unknown: from 10.79 month(s) < 10.8"),
 ])
 def test_an_implausible_or_partial_annual_pue_is_unknown(fig, text):
     row = run(("s", {}, fig)).sites.iloc[0]
