@@ -40,9 +40,10 @@ _NUMERIC = (
 )
 SITE_COLUMNS: tuple[str, ...] = (
     "site", "name", "city", "latitude", "longitude", "cluster", "score", "score_max", "verdict", "verdict_certain",
-    "verdict_alternatives", "criteria_met", "criteria_unknown", "annual_pue", "grade", "occupancy_pct",
+    "verdict_alternatives", "verdict_reason", "criteria_met", "criteria_unknown", "annual_pue", "grade",
+    "occupancy_pct",
     "occupancy_source", "it_kw_mean", "racks_installed", "racks_in_service", "standard_racks", "size_class",
-    "age_years", "nearest_cluster", "hub_distance_km", "isolated",
+    "age_years", "cooling", "nearest_cluster", "hub_distance_km", "isolated",
     *(col for c in CRITERIA for col in (c, f"{c}_evidence")),
 )
 
@@ -115,7 +116,9 @@ def assess(
         "site": frame["site"], "name": frame["name"], "city": frame["city"], "latitude": frame["latitude"],
         "longitude": frame["longitude"], "cluster": frame["cluster"].astype(object), "score": np.round(score, 1),
         "score_max": np.round(score_max, 1), "verdict": verdict, "verdict_certain": certain,
-        "verdict_alternatives": alternatives, "criteria_met": met.sum(axis=1), "criteria_unknown": unknown.sum(axis=1),
+        "verdict_alternatives": alternatives,
+        "verdict_reason": _reasons(verdict, status_matrix, frame, racks, pue, criteria),
+        "criteria_met": met.sum(axis=1), "criteria_unknown": unknown.sum(axis=1), "cooling": frame["cooling"],
         "annual_pue": frame["annual_pue"], "grade": grade(pue.to_numpy()), "occupancy_pct": occ,
         "occupancy_source": occ_source, "it_kw_mean": frame["it_kw_mean"],
         "racks_installed": frame["racks_installed"], "racks_in_service": frame["racks_in_service"],
@@ -358,6 +361,41 @@ def _verdicts(status: np.ndarray, hub: np.ndarray) -> tuple[np.ndarray, np.ndarr
     alternatives = np.array([", ".join(v for k, v in enumerate(VERDICTS) if mask >> k & 1) for mask in others],
                             dtype=object)
     return verdict, others == 0, alternatives
+
+
+_PLAIN = {"low_occupancy": "low 上架率", "small": "small", "old": "old", "inefficient": "inefficient",
+          "scattered": "scattered", "poor_benefit": "poor benefit"}
+
+
+def _reasons(verdict: np.ndarray, status: np.ndarray, frame: pd.DataFrame, racks: pd.Series, pue: pd.Series,
+             c: RetirementCriteria) -> np.ndarray:
+    """Why each site got its verdict, in plain words (one line per site)."""
+    met = {name: status[:, i] == MET for i, name in enumerate(CRITERIA)}
+    n_unknown = np.isnan(status).sum(axis=1)
+    out = []
+    for i, v in enumerate(verdict):
+        names = [_PLAIN[k] for k in CRITERIA if met[k][i]]
+        cluster, cooling = frame["cluster"].iat[i], frame["cooling"].iat[i]
+        if v == "retire":
+            why = [_PLAIN[k] for k in ("inefficient", "low_occupancy", "poor_benefit") if met[k][i]]
+            text = "old and small, and " + " and ".join(why) + ", outside every hub cluster"
+        elif v == "upgrade":
+            where = (f"in hub cluster {cluster}, so it stays" if cluster is not None
+                     else f"{_num(racks.iat[i], 0)} standard racks, large enough to retrofit")
+            text = f"inefficient (annual PUE {pue.iat[i]:.2f} > {c.inefficient_above_pue:.2f}), {where}"
+            if cooling == "air":
+                text += "; air-cooled: a liquid or hybrid cooling retrofit candidate"
+        elif v == "consolidate":
+            why = [_PLAIN[k] for k in ("small", "scattered", "low_occupancy", "poor_benefit") if met[k][i]]
+            text = " and ".join(why) + ", outside every hub cluster"
+        elif names:
+            text = f"met ({', '.join(names)}) but no rule applies"
+        else:
+            text = "no retirement criterion met"
+        if n_unknown[i]:
+            text += f"; {n_unknown[i]} criteri{'on' if n_unknown[i] == 1 else 'a'} unknown"
+        out.append(text)
+    return np.array(out, dtype=object)
 
 
 def _and(*xs: np.ndarray) -> np.ndarray:

@@ -110,6 +110,8 @@ def test_criteria_together_give_retire_and_every_criterion_met_scores_100():
     assert sites.loc["all", "verdict"] == "retire"
     assert sites.loc["all", "criteria_met"] == 6 and sites.loc["all", "score"] == 100.0
     assert (sites["verdict_certain"]).all()
+    assert sites.loc["osi", "verdict_reason"] == "old and small, and inefficient, outside every hub cluster"
+    assert sites.loc["young_small_bad", "verdict_reason"] == "small, outside every hub cluster"
 
 
 def test_a_hub_member_is_never_retired_consolidated_or_moved():
@@ -121,7 +123,11 @@ def test_a_hub_member_is_never_retired_consolidated_or_moved():
     assert sites.loc["member", "verdict"] == "upgrade"  # inefficient in the hub: retrofit, not retire
     assert sites.loc["member", "scattered"] == "not_met"
     assert sites.loc["member", "scattered_evidence"] == "member of hub cluster gui-an"
+    assert sites.loc["member", "verdict_reason"] == (
+        "inefficient (annual PUE 1.90 > 1.50), in hub cluster gui-an, so it stays; "
+        "air-cooled: a liquid or hybrid cooling retrofit candidate")
     assert sites.loc["member_ok", "verdict"] == "keep"
+    assert sites.loc["member_ok", "verdict_reason"] == "met (small, old) but no rule applies"
     assert result.plan.empty
 
 
