@@ -273,7 +273,8 @@ def _scattered(frame: pd.DataFrame, clusters: Sequence[Cluster],
         idx[known] = np.nanargmin(dist[known], axis=1)
         hub_km = np.where(known, dist[np.arange(n), idx], np.nan)
         ids = np.array([k.id for k in clusters], dtype=object)
-        nearest = np.where(known, ids[idx], None)
+        nearest = ids[idx]
+        nearest[~known] = None
     else:
         hub_km, nearest = np.full(n, np.nan), np.full(n, None, dtype=object)
     iso = isolated(lat, lon, c.isolation_km, c.isolation_min_sites)
@@ -347,10 +348,11 @@ def _verdicts(status: np.ndarray, hub: np.ndarray) -> tuple[np.ndarray, np.ndarr
     verdict = np.select([r == MET for r in rules], list(RULE_ORDER), "keep").astype(object)
     unknown = np.isnan(status)
     possible = np.zeros(len(status), dtype=np.int64)
-    rows_with_unknown = unknown.any(axis=1)
-    combos = range(2 ** len(CRITERIA)) if rows_with_unknown.any() else range(1)
-    for combo in combos:
-        bits = np.array([(combo >> i) & 1 for i in range(len(CRITERIA))], dtype=float)
+    # every completion of the unknowns: only the criteria unknown somewhere need enumerating
+    open_cols = np.flatnonzero(unknown.any(axis=0))
+    for combo in range(2 ** len(open_cols)):
+        bits = np.zeros(len(CRITERIA))
+        bits[open_cols] = [(combo >> k) & 1 for k in range(len(open_cols))]
         filled = np.where(unknown, bits[None, :], status)
         rules_c = _rules({c: filled[:, i] for i, c in enumerate(CRITERIA)}, hub)
         code = np.select([r == MET for r in rules_c], [VERDICTS.index(v) for v in RULE_ORDER], VERDICTS.index("keep"))

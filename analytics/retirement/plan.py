@@ -11,6 +11,7 @@ receives more than its spare capacity, and a site that fits nowhere gets no dest
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -30,7 +31,7 @@ PLAN_COLUMNS: tuple[str, ...] = (
 )
 _TOL_KW = 1e-9  # floating-point slack when comparing a load with the spare capacity
 
-ClusterOverrides = Mapping[str, Mapping[str, float]] | pd.DataFrame
+ClusterOverrides: TypeAlias = Mapping[str, Mapping[str, float]] | pd.DataFrame
 
 
 def cluster_table(
@@ -51,17 +52,12 @@ def cluster_table(
     pue = frame["annual_pue"].where(frame["annual_pue"] >= 1.0)
     weighted = (pue * frame["it_kw_mean"]).where(pue.notna() & frame["it_kw_mean"].notna())
     it_known = frame["it_kw_mean"].where(weighted.notna())
-    by = frame["cluster"]
-    agg = pd.DataFrame({
-        "members": by.groupby(by).size(),
-        "capacity_kw": cap_site.groupby(by).sum(min_count=1),
-        "load_kw_before": load_site.groupby(by).sum(min_count=1),
-        "_w": weighted.groupby(by).sum(min_count=1),
-        "_it": it_known.groupby(by).sum(min_count=1),
-        "_rs": frame["racks_in_service"].groupby(by).sum(min_count=1),
-        "_ri": frame["racks_installed"].groupby(by).sum(min_count=1),
-        "_load_unknown": frame["it_kw_mean"].isna().groupby(by).sum(),
-    })
+    parts = pd.DataFrame({
+        "cluster": frame["cluster"], "members": 1, "capacity_kw": cap_site, "load_kw_before": load_site,
+        "_w": weighted, "_it": it_known, "_rs": frame["racks_in_service"], "_ri": frame["racks_installed"],
+        "_load_unknown": frame["it_kw_mean"].isna().astype(int),
+    }).dropna(subset=["cluster"])
+    agg = parts.groupby("cluster").sum(min_count=1)  # one pass over the members of every cluster
     base = pd.DataFrame({
         "cluster": pd.Series([c.id for c in clusters], dtype=object),
         "name": pd.Series([c.name for c in clusters], dtype=object),

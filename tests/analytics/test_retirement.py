@@ -406,7 +406,7 @@ def _plan_fleet(data):
     return registry(*sites, clusters=clusters), pd.DataFrame(figs), overrides
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_the_plan_never_exceeds_a_clusters_spare_capacity(data):
     reg, figures, overrides = _plan_fleet(data)
