@@ -272,8 +272,9 @@ def test_poor_benefit_is_met_on_partial_costs_only_when_the_known_costs_already_
                  economics=Economics(cost_per_rack_cny_year=5000.0))  # no electricity price
     sites = result.sites.set_index("site")
     assert sites.loc["over", "poor_benefit"] == "met"
-    assert sites.loc["over", "poor_benefit_evidence"].startswith("margin at most −1,000") or \
-        sites.loc["over", "poor_benefit_evidence"].startswith("margin at most -1,000")
+    assert sites.loc["over", "poor_benefit_evidence"] == (
+        "margin at most -1,000 CNY per rack-year < 0 (revenue 4,000 − cost 5,000; "
+        "energy cost unknown (price, mean IT load or PUE))")
     assert sites.loc["maybe", "poor_benefit"] == "unknown"
     assert run(("s", {}, {}), economics=None).sites.iloc[0]["poor_benefit"] == "unknown"
 
