@@ -109,6 +109,14 @@ def _metrics(y: np.ndarray, pred: np.ndarray, lo: np.ndarray, hi: np.ndarray, sc
     }
 
 
+def _inlet_spread(frame: pd.DataFrame) -> float | None:
+    """Median hottest-minus-mean rack inlet [K] of the table, ``None`` without ``rack_inlet_mean_c``."""
+    if "rack_inlet_mean_c" not in frame.columns or "rack_inlet_c" not in frame.columns:
+        return None
+    spread = (frame["rack_inlet_c"] - frame["rack_inlet_mean_c"]).dropna()
+    return float(spread.median()) if len(spread) else None
+
+
 def _jsonable(value: Any) -> Any:
     """Plain JSON types (tuples → lists, numpy scalars → Python), so a hash survives a save/load."""
     return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
@@ -184,6 +192,13 @@ class CoolingModel:
     @property
     def n_rows(self) -> int:
         return int(self._meta["n_rows"])
+
+    @property
+    def inlet_spread_k(self) -> float | None:
+        """Median of the hottest rack inlet minus the mean of the rack-inlet sensors over the training
+        table [K] (``rack_inlet_mean_c``), or ``None`` when the table had no such column."""
+        value = self._meta.get("inlet_spread_k")
+        return None if value is None else float(value)
 
     @property
     def sklearn_version(self) -> str:
@@ -332,6 +347,7 @@ class CoolingModel:
             "targets": list(targets),
             "window": {"first_ms": int(ts[0]), "last_ms": int(ts[-1])},
             "n_rows": int(len(frame)),
+            "inlet_spread_k": _inlet_spread(frame),
             "data_sha256": data_hash,
             "validation": {"block": block, "holdout_fraction": holdout_fraction, "random_state": int(random_state),
                            "n_blocks": int(len(unique_blocks)), "held_out_blocks": int(n_hold),

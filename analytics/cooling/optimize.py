@@ -33,18 +33,28 @@ _EPS = 1e-9
 class ItFan:
     """How IT power rises with the server inlet (server fans speed up, leakage grows) [-].
 
-    IT power at inlet T is ``1 + k_per_k2 · air_share · max(0, T − t0_c)²`` times its power at a
-    cool inlet. The model cannot learn this from history alone — measured IT power already holds
-    it and nothing measures the load without it — so it is a stated prior: by default +1 % at
-    27 °C and +7 % at 32 °C for an all-air server, in line with the ASHRAE TC 9.9 server power
-    versus inlet curves (and equal to the dcpue simulator's curve). ``air_share`` is the share
-    of server heat its fans carry (1 for air-cooled servers, about 0.15 for cold-plate ones). The
-    hottest predicted rack inlet is used for T, which overstates the fans (a cautious bias).
+    IT power at mean server inlet T is ``1 + k_per_k2 · air_share · max(0, T − t0_c)²`` times its
+    power at a cool inlet. The model cannot learn this from history alone — measured IT power
+    already holds it and nothing measures the load without it — so it is a stated prior: by default
+    +1 % at 27 °C and +7 % at 32 °C for an all-air server, in line with the ASHRAE TC 9.9 server
+    power versus inlet curves (and equal to the dcpue simulator's curve). ``air_share`` is the
+    share of server heat its fans carry (1 for air-cooled servers, about 0.15 for cold-plate ones).
+    T is the predicted hottest rack inlet less ``offset_k``, the hottest sensor's usual lead over
+    the mean server inlet; ``None`` takes the model's ``inlet_spread_k`` (learned from the rack-inlet
+    sensors; 0 for a model without it). Taking the hottest inlet for T overstates the fans and
+    biases the advice toward colder, costlier setpoints (safety is the inlet constraint's job).
     """
 
     t0_c: float = 24.0
     k_per_k2: float = 0.0011
     air_share: float = 1.0
+    offset_k: float | None = None
+
+    def offset_for(self, model: CoolingModel) -> float:
+        """The hottest-to-mean inlet offset [K] to use with ``model``."""
+        if self.offset_k is not None:
+            return self.offset_k
+        return model.inlet_spread_k or 0.0
 
     def factor(self, inlet_c: np.ndarray | float) -> np.ndarray:
         excess = np.maximum(np.asarray(inlet_c, dtype=np.float64) - self.t0_c, 0.0)
@@ -238,7 +248,7 @@ def recommend(model: CoolingModel, conditions: Mapping[str, float], current: Map
     pred = model._predict(X, wanted)
     it_rows = np.full(len(X), cond["it_kw"])
     if it_fan is not None:  # IT power follows the inlet: candidates draw more (or less) than now
-        g = it_fan.factor(pred["rack_inlet_c"])
+        g = it_fan.factor(pred["rack_inlet_c"] - it_fan.offset_for(model))
         it_rows = cond["it_kw"] * g / g[0]
         X[:, 0] = it_rows
         pred = model._predict(X, wanted)
@@ -451,5 +461,5 @@ def _it_at(model: CoolingModel, conditions: pd.DataFrame, reference: Mapping[str
     new = ref.copy()
     new[:, len(CONDITIONS):] = setpoints[list(model.setpoints)].to_numpy(np.float64)
     inlet = model._predict(np.vstack([ref, new]), {"rack_inlet_c": ()})["rack_inlet_c"]
-    g = it_fan.factor(inlet)
+    g = it_fan.factor(inlet - it_fan.offset_for(model))
     return it * g[n:] / g[:n]

@@ -8,8 +8,10 @@ Columns (all optional ones only where the site has the point):
 * setpoints [°C]: ``sp_supply_air``, ``sp_chw_supply``, ``sp_fw_supply``;
 * targets: ``cooling_kw`` [kW] (all cooling subsystems), ``facility_kw`` [kW] (total facility
   power as ISO/IEC 30134-2 counts it: grid import + on-site renewable, so PUE = facility ÷ IT),
-  ``rack_inlet_c`` [°C] (the hottest rack-inlet reading of the interval), ``fw_supply_c`` [°C]
-  (facility-water supply, liquid loops).
+  ``rack_inlet_c`` [°C] (the hottest rack-inlet sensor: its mean over the interval), ``fw_supply_c`` [°C]
+  (facility-water supply, liquid loops);
+* auxiliary: ``rack_inlet_mean_c`` [°C] (the mean of every rack-inlet sensor and sample: the mean
+  server inlet that server fans follow; not a model target).
 
 :func:`readings_to_table` builds it from dcpue readings, reusing the PUE engine's energy
 handling (:mod:`dcpue.analytics.energy`, :mod:`dcpue.analytics.pue`) for power and counters.
@@ -34,7 +36,8 @@ SETPOINTS = ("supply_air", "chw_supply", "fw_supply")
 CONDITIONS = ("it_kw", "dry_bulb_c", "wet_bulb_c", "rh_pct")
 SETPOINT_COLUMNS = tuple(f"sp_{name}" for name in SETPOINTS)
 TARGETS = ("cooling_kw", "facility_kw", "rack_inlet_c", "fw_supply_c")
-TABLE_COLUMNS = ("ts", *CONDITIONS, *SETPOINT_COLUMNS, *TARGETS)
+AUXILIARY = ("rack_inlet_mean_c",)
+TABLE_COLUMNS = ("ts", *CONDITIONS, *SETPOINT_COLUMNS, *TARGETS, *AUXILIARY)
 
 # sensor location → table column; the registry's ``location`` tag wins, else the point id prefix below
 _LOCATIONS = {
@@ -56,7 +59,7 @@ _ID_PREFIXES = {
     "sp.chw-supply": "chw_supply",
     "sp.fw-supply": "fw_supply",
 }
-_MAX_COLUMNS = ("rack_inlet_c",)  # the hottest sensor and sample; every other sensor column is a mean
+_MAX_COLUMNS = ("rack_inlet_c",)  # the hottest sensor (its interval mean); every other sensor column is a mean
 SETPOINT_STEADY_K = 0.05  # a setpoint that moved more than this within an interval makes it a transient
 STANDARD_PRESSURE_PA = 101_325.0
 
@@ -149,7 +152,7 @@ def readings_to_table(readings: pd.DataFrame, site: Site, freq: str = "15min", *
     if step_ms <= 0:
         raise ValueError(f"freq must be a positive duration, got {freq!r}")
     setpoints = site_setpoints(site)
-    columns = ["ts", *CONDITIONS, *(f"sp_{n}" for n in setpoints), *TARGETS]
+    columns = ["ts", *CONDITIONS, *(f"sp_{n}" for n in setpoints), *TARGETS, *AUXILIARY]
     if not any(sensor_column(p) == "fw_supply_c" for p in site.points):
         columns.remove("fw_supply_c")
     rows = readings[readings["site"] == site.id]
@@ -181,7 +184,7 @@ def readings_to_table(readings: pd.DataFrame, site: Site, freq: str = "15min", *
     table["facility_kw"] = np.where(ok, metrics["facility_kw"].to_numpy() + renewable, np.nan)
     table["cooling_kw"] = cooling.where(cooling_cov >= coverage_threshold).to_numpy()
 
-    # sensors and setpoints: mean per interval (rack inlet: the hottest sensor and sample)
+    # sensors and setpoints: mean per interval (rack inlet: the hottest sensor's mean)
     column_of = {p.id: sensor_column(p) for p in site.points}
     factor_of = {p.id: p.factor for p in site.points}
     sensors = rows[rows["point"].map(column_of).notna()]
@@ -189,10 +192,17 @@ def readings_to_table(readings: pd.DataFrame, site: Site, freq: str = "15min", *
         col = sensors["point"].map(column_of)
         value = sensors["value"].to_numpy(np.float64) * sensors["point"].map(factor_of).to_numpy(np.float64)
         window = first + (sensors["ts"].to_numpy(np.int64) - 1 - first) // step_ms * step_ms
-        frame = pd.DataFrame({"start_ms": window, "column": col.to_numpy(), "value": value})
+        frame = pd.DataFrame({"start_ms": window, "column": col.to_numpy(), "value": value,
+                              "point": sensors["point"].to_numpy()})
         is_max = frame["column"].isin(_MAX_COLUMNS)
         means = frame[~is_max].groupby(["start_ms", "column"])["value"].mean().unstack("column")
-        maxes = frame[is_max].groupby(["start_ms", "column"])["value"].max().unstack("column")
+        # the hottest sensor's mean over the interval: the max over samples would add the sensor
+        # noise's extreme (≈ 1.7 σ for 15 samples) to the constraint, not a warmer rack
+        per_sensor = frame[is_max].groupby(["start_ms", "column", "point"])["value"].mean()
+        maxes = per_sensor.groupby(level=["start_ms", "column"]).max().unstack("column")
+        if "rack_inlet_c" in maxes.columns:
+            inlets = frame[frame["column"] == "rack_inlet_c"]
+            table["rack_inlet_mean_c"] = inlets.groupby("start_ms")["value"].mean().reindex(starts).to_numpy()
         for part in (means, maxes):
             for name in part.columns:
                 table[name] = part[name].reindex(starts).to_numpy()

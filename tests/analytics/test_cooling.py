@@ -144,6 +144,12 @@ def test_table_agrees_with_the_simulator_truth(kind):
     assert (got["rack_inlet_c"] >= hottest - 0.5).all()
     assert (got["rack_inlet_c"] <= hottest + spread + 0.5).all()
     assert ("fw_supply_c" in got.columns) == (kind in ("liquid", "hybrid"))
+    # the mean of the rack-inlet sensors: the room's inlet plus their mean hot-spot offset (what server fans see)
+    offsets = sim.rack_inlet_offsets(site.id)
+    room = truth.groupby("window")["rack_inlet_c"].mean().loc[got.index]
+    np.testing.assert_allclose(got["rack_inlet_mean_c"], room + np.mean(list(offsets.values())), atol=0.15)
+    # the hottest sensor's interval mean, not its noisiest sample: within noise of room + the largest offset
+    np.testing.assert_allclose(got["rack_inlet_c"], room + max(offsets.values()), atol=0.25)
 
 
 def test_table_ignores_bad_readings_and_other_sites():
@@ -212,6 +218,35 @@ def test_held_out_error_is_reported_and_bounded(kind):
     assert m.features == (*CONDITIONS, *(f"sp_{n}" for n in DEFAULT_SETPOINTS[kind]))
     first, last = m.training_window
     assert first == START_MS and last >= START_MS + (DAYS - 1) * 86_400_000
+
+
+def test_the_model_learns_the_hottest_sensors_lead_and_the_fan_prior_uses_it():
+    """Server fans follow the mean server inlet, not the hottest sensor: the model keeps the hottest
+    sensor's usual lead over the mean of the rack-inlet sensors, and ItFan takes it off."""
+    _, sim, _ = fleet()
+    site = site_of("enterprise")
+    m = model("enterprise")
+    offsets = sim.rack_inlet_offsets(site.id)
+    lead = max(offsets.values()) - np.mean(list(offsets.values()))
+    assert m.inlet_spread_k == pytest.approx(lead, abs=0.05) and lead > 0.1
+    assert ItFan().offset_for(m) == m.inlet_spread_k and ItFan(offset_k=0.0).offset_for(m) == 0.0
+    cond, cur = conditions_at("enterprise", 100), {"supply_air": 23.0, "chw_supply": 17.0}
+    env = Envelope(inlet_max_c=32.0, bounds={"supply_air": (24.0, 24.0), "chw_supply": (18.0, 18.0)})  # 24 / 18 °C only
+    def inlet(supply_air: float, chw_supply: float) -> float:  # at the measured IT power
+        row = pd.DataFrame([{**cond, "sp_supply_air": supply_air, "sp_chw_supply": chw_supply}])
+        return float(m.predict(row)["rack_inlet_c"].iloc[0])
+
+    now, then = inlet(23.0, 17.0), inlet(24.0, 18.0)
+    for offset in (None, 0.0):
+        rec = recommend(m, cond, cur, env, it_fan=ItFan(offset_k=offset))
+        assert rec.ok and rec.recommended == {"supply_air": 24.0, "chw_supply": 18.0}, rec.reason
+        o = ItFan(offset_k=offset).offset_for(m)
+        expected = ItFan().factor(then - o) / ItFan().factor(now - o)
+        assert rec.it_kw_recommended / cond["it_kw"] == pytest.approx(expected, rel=1e-9)
+        assert then - o > 24.0  # the fans run faster at the advised point either way
+        if offset is None:
+            learned = rec.it_kw_recommended
+    assert learned < rec.it_kw_recommended  # taking the hottest sensor for the servers overstates their fans
 
 
 def test_held_out_metrics_expose_a_model_without_skill():
