@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dcpue.alerting.config import DeliverySettings, Receiver, Route, check_routing
 from dcpue.analytics.alerts.silences import MaintenanceWindow
+from dcpue.analytics.retirement import Economics, RetirementCriteria
 from dcpue.errors import ConfigError
 from dcpue.ingest.devices import AnyDevice
 from dcpue.ingest.writeback import WritebackTarget
@@ -222,6 +223,26 @@ class CoolingSettings(_Section):
     writeback: dict[str, WritebackTarget] = {}
 
 
+class RetirementClusterOverride(_Section):
+    """What a hub cluster can take, where its member sites in the registry do not say (e.g. planned capacity)."""
+
+    capacity_kw: float | None = Field(None, ge=0)  # [kW] IT capacity
+    load_kw: float | None = Field(None, ge=0)  # [kW] mean IT load now
+    pue: float | None = Field(None, ge=1.0)  # [–] annual PUE
+
+
+class RetirementSettings(_Section):
+    """``dcpue retire`` and ``GET /api/v1/retirement`` (docs/retirement.md: each default and its source)."""
+
+    criteria: RetirementCriteria = RetirementCriteria()  # thresholds and score weights
+    economics: Economics = Economics()  # electricity price, revenue and cost per rack (all optional)
+    months: int = Field(12, ge=1, le=120)  # rolling period of the figures read from the store [months]
+    # monthly 上架率 history from the stored windows: by rack count (power where a window has none), by power
+    # (IT kW ÷ racks installed × 2.5 kW), or none (the registry's current rack counts decide)
+    occupancy_history: Literal["racks", "power", "none"] = "racks"
+    clusters: dict[str, RetirementClusterOverride] = Field(default_factory=dict)  # per hub-cluster id
+
+
 class Settings(BaseSettings):
     """Everything a dcpue process is configured with."""
 
@@ -238,6 +259,7 @@ class Settings(BaseSettings):
     collect: CollectSettings = CollectSettings()
     alerts: AlertSettings = AlertSettings()
     cooling: CoolingSettings = CoolingSettings()
+    retirement: RetirementSettings = RetirementSettings()
     simulator: SimulatorSettings = SimulatorSettings()
 
 
