@@ -7,6 +7,7 @@ Subcommands:
 * ``dcpue registry check FILE`` / ``dcpue registry generate`` — validate or create a site registry.
 * ``dcpue topics create`` / ``collect`` / ``analyze`` / ``aggregate`` / ``serve`` — the distributed path
   (Kafka and InfluxDB), one stage per process; see docs/distributed.md.
+* ``dcpue retire`` — retirement assessment of every site from the result store (docs/retirement.md).
 """
 
 from __future__ import annotations
@@ -650,6 +651,146 @@ def cmd_cooling_evaluate(args: argparse.Namespace) -> int:
     return cooling_eval.main(argv)
 
 
+# -- retire -------------------------------------------------------------------------------
+RETIRE_EPILOG = """exit status: 0 assessed (also when the store holds no figures: every figure is then unknown);
+1 the store is missing or unreadable, or an output file cannot be written; 2 configuration error (settings,
+registry, --as-of, --price: the message names the file, the field and the problem)."""
+
+
+def _as_of_ms(text: str | None, tz: str) -> int | None:
+    """``--as-of``: a date or time; without an offset it is taken in ``tz`` (a date is its midnight)."""
+    if not text:
+        return None
+    try:
+        stamp = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        stamp = None
+    if stamp is None or stamp is pd.NaT:
+        raise ConfigError(f"--as-of {text!r}: not a date or time (e.g. 2025-01-01 or 2025-01-01T08:00+08:00)")
+    stamp = stamp.tz_localize(tz) if stamp.tzinfo is None else stamp
+    return int(stamp.value // 1_000_000)
+
+
+def _width(text: str) -> int:
+    """Terminal columns of ``text``: CJK characters take two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _aligned(frame: pd.DataFrame, right: set[str]) -> str:
+    """``frame`` as a plain-text table: ``right`` columns right-aligned, the others left-aligned."""
+    cells = [[str(c) for c in frame.columns]] + [[str(v) for v in row] for row in frame.itertuples(index=False)]
+    widths = [max(_width(row[k]) for row in cells) for k in range(len(frame.columns))]
+    lines = []
+    for row in cells:
+        parts = []
+        for k, (col, value) in enumerate(zip(frame.columns, row, strict=True)):
+            pad = " " * (widths[k] - _width(value))
+            parts.append(pad + value if col in right else value + pad)
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _n(value: Any, digits: int = 0) -> str:
+    """A number with thousands separators; '-' when unknown."""
+    return "-" if value is None or not math.isfinite(float(value)) else f"{float(value):,.{digits}f}"
+
+
+def _retire_table(result: Any) -> str:
+    """The assessment as plain-text tables: sites, plan, totals."""
+    a = result.assessment
+    sites = a.sites
+    period = result.to_dict()["period"]
+    score = [f"{s:.0f}" + (f"–{m:.0f}" if m > s else "") for s, m in zip(sites["score"], sites["score_max"],
+                                                                        strict=True)]
+    table = pd.DataFrame({
+        "site": sites["site"], "verdict": sites["verdict"] + sites["verdict_certain"].map({True: "", False: "?"}),
+        "score": score, "met/unknown": [f"{m}/{u}" for m, u in zip(sites["criteria_met"], sites["criteria_unknown"],
+                                                                     strict=True)],
+        "PUE": sites["annual_pue"].map(lambda v: _n(v, 2)), "上架率 %": sites["occupancy_pct"].map(_n),
+        "IT kW": sites["it_kw_mean"].map(_n), "why": sites["verdict_reason"],
+    })
+    lines = [f"Retirement assessment of {len(sites)} sites, figures of {period['start'][:10]} … {period['as_of'][:10]} "
+             f"({period['timezone']}); '?': unknown criteria could change the verdict",
+             _aligned(table, {"score", "met/unknown", "PUE", "上架率 %", "IT kW"})]
+    plan = a.plan
+    if len(plan):
+        moves = pd.DataFrame({
+            "site": plan["site"], "verdict": plan["verdict"], "to": plan["destination"].fillna("-"),
+            "km": plan["distance_km"].map(_n), "IT kW": plan["moved_it_kw"].map(_n),
+            "PUE": [f"{_n(p, 2)} → {_n(d, 2)}" for p, d in zip(plan["site_pue"], plan["destination_pue"], strict=True)],
+            "saved kWh/yr": plan["saved_kwh_year"].map(_n), "tCO2/yr": plan["saved_tco2_year"].map(lambda v: _n(v, 1)),
+            "CNY/yr": plan["saved_cost_cny_year"].map(_n), "note": plan["note"],
+        })
+        lines += ["", "Consolidation plan (saved = IT energy × (site PUE − destination PUE)):",
+                  _aligned(moves, {"km", "IT kW", "saved kWh/yr", "tCO2/yr", "CNY/yr"})]
+    t = a.totals
+    verdicts = ", ".join(f"{_n(t[v])} {v}" for v in ("retire", "consolidate", "upgrade", "keep"))
+    lines += ["", f"Totals: {_n(t['sites'])} sites: {verdicts}; {_n(t['moved_it_kw'])} kW IT load to move, "
+              f"{_n(t['unplaced'])} without a destination; saves {_n(t['saved_kwh_year'])} kWh, "
+              f"{_n(t['saved_tco2_year'], 1)} tCO2 and {_n(t['saved_cost_cny_year'])} CNY a year"]
+    return "\n".join(lines)
+
+
+def cmd_retire(args: argparse.Namespace) -> int:
+    """Retirement assessment of every registry site from the result store: table, JSON or CSV; HTML and XLSX."""
+    from dcpue.runtime.retirement import assess_store
+    from dcpue.runtime.store import FileStore
+
+    settings = load_settings(args.config, log_level=args.log_level, registry=args.registry,
+                             store={"path": args.store})
+    _configure_logging(settings.log_level)
+    if args.price is not None and not (math.isfinite(args.price) and args.price >= 0):
+        raise ConfigError(f"--price {args.price}: the electricity price must be a number ≥ 0 [CNY/kWh]")
+    tz = settings.engine.timezone
+    as_of_ms = _as_of_ms(args.as_of, tz)
+    if settings.registry is None:
+        print(f"dcpue retire: no registry given (--registry or `registry:`): assessing the simulated demo fleet "
+              f"({settings.simulator.sites} sites, seed {settings.simulator.seed})", file=sys.stderr)
+    registry = _demo_registry(settings)
+    path = Path(settings.store.path)
+    if not path.is_file():
+        raise DcpueError(f"{path}: no result store there (run `dcpue demo` or the pipeline first, "
+                         "or give --store PATH)")
+    store = FileStore(path).setup()
+    try:
+        result = assess_store(store, registry, settings.retirement, as_of_ms=as_of_ms, tz=tz,
+                              price_cny_per_kwh=args.price)
+    finally:
+        store.close()
+    if not (result.figures.figures["months_observed"] > 0).any():
+        print(f"dcpue retire: {path} holds no ok site window of {result.to_dict()['period']['start'][:10]} … "
+              f"{result.to_dict()['period']['as_of'][:10]}: every figure from the store is unknown", file=sys.stderr)
+    if args.format == "json":
+        text = json.dumps(result.to_dict(), ensure_ascii=False, indent=1, allow_nan=False)
+    elif args.format == "csv":
+        text = result.assessment.sites.to_csv(index=False)
+    else:
+        text = _retire_table(result)
+    written = []
+    try:
+        if args.output:
+            Path(args.output).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+            written.append(args.output)
+        else:
+            print(text.rstrip("\n"))
+        if args.html or args.xlsx:
+            from dcpue.runtime.retirement_report import write_html, write_xlsx
+
+            if args.html:
+                written.append(str(write_html(result, args.html)))
+            if args.xlsx:
+                written.append(str(write_xlsx(result, args.xlsx)))
+    except OSError as exc:
+        raise DcpueError(f"writing {exc.filename or 'output'} failed: {exc.strerror or exc}") from exc
+    if written:
+        t = result.assessment.totals
+        print(f"dcpue retire: {_n(t['sites'])} sites ({_n(t['retire'])} retire, {_n(t['consolidate'])} consolidate, "
+              f"{_n(t['upgrade'])} upgrade, {_n(t['keep'])} keep) → {', '.join(written)}", file=sys.stderr)
+    return 0
+
+
 # -- registry -----------------------------------------------------------------------------
 def cmd_registry_check(args: argparse.Namespace) -> int:
     registry = load_registry(args.file)
@@ -799,6 +940,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--markdown", help="write the table as Markdown here")
     ev.add_argument("--inlet-margin", type=float, help="the recommender's inlet margin below 27 °C [K] (default: sized from each model)")
     ev.set_defaults(func=cmd_cooling_evaluate)
+
+    retire = sub.add_parser(
+        "retire", parents=[common], help="retirement assessment of every site: verdicts, evidence, consolidation plan",
+        description="Assess every registry site against the retirement criteria (docs/retirement.md) from the "
+                    "figures in the result store, and plan moves into the hub clusters. Thresholds and economics "
+                    "come from the `retirement:` settings.", epilog=RETIRE_EPILOG)
+    retire.add_argument("--registry", help="site registry YAML (default: `registry:` of the settings, else the "
+                        "simulated demo fleet)")
+    retire.add_argument("--store", help="result store file (default: store.path, dcpue-data/dcpue.sqlite)")
+    retire.add_argument("--as-of", help="end of the assessed period: a date or time, in engine.timezone unless it "
+                        "has an offset (default: the end of the newest closed day in the store)")
+    retire.add_argument("--price", type=float, metavar="CNY/kWh",
+                        help="electricity price (overrides retirement.economics.electricity_price_cny_per_kwh)")
+    retire.add_argument("--format", default="table", choices=["table", "json", "csv"])
+    retire.add_argument("--output", "-o", help="write the table/JSON/CSV here instead of stdout")
+    retire.add_argument("--html", metavar="FILE", help="also write the self-contained HTML report here")
+    retire.add_argument("--xlsx", metavar="FILE", help="also write the XLSX workbook here")
+    retire.set_defaults(func=cmd_retire)
 
     reg = sub.add_parser("registry", help="site registry tools")
     reg_sub = reg.add_subparsers(dest="registry_command", required=True, metavar="ACTION")

@@ -34,6 +34,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import pandas as pd
 
+from dcpue.errors import ConfigError
 from dcpue.ports import ResultStore
 from dcpue.registry import Registry
 from dcpue.results import Scope, Status
@@ -206,7 +207,7 @@ def assess_store(store: ResultStore, registry: Registry, settings: Any = None, *
     economics, the rolling period in months, the occupancy-history basis and cluster overrides.
     ``as_of_ms`` [UTC ms] ends the period (default: :func:`newest_data_ms`, else now); ages are counted
     to its year in ``tz``. ``price_cny_per_kwh`` [CNY/kWh] overrides the settings' electricity price.
-    Raises ``ValueError`` from the core for inconsistent inputs.
+    Raises :class:`~dcpue.errors.ConfigError` for a cluster override of a cluster the registry lacks.
     """
     from dcpue.analytics.retirement import assess, site_inputs
     from dcpue.settings import RetirementSettings
@@ -220,6 +221,11 @@ def assess_store(store: ResultStore, registry: Registry, settings: Any = None, *
     as_of_year = pd.Timestamp(as_of_ms, unit="ms", tz="UTC").tz_convert(tz).year
     inputs = site_inputs(registry, figures.figures, as_of_year=as_of_year,
                          occupancy_history=figures.occupancy_history, criteria=criteria)
+    known = {c.id for c in registry.clusters}
+    for cid in settings.clusters:
+        if cid not in known:
+            raise ConfigError(f"field 'retirement.clusters.{cid}': unknown hub cluster "
+                              f"(the registry has: {', '.join(sorted(known)) or 'none'})")
     economics = settings.economics
     if price_cny_per_kwh is not None:
         economics = economics.model_copy(update={"electricity_price_cny_per_kwh": float(price_cny_per_kwh)})

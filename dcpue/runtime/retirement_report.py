@@ -54,6 +54,11 @@ def _unwrap(result: Any) -> tuple[Any, dict[str, Any] | None]:
     return inner, result.to_dict().get("period")
 
 
+def _missing(value: Any) -> bool:
+    """None, NaN or empty: the core leaves an absent cluster or destination as either."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
+
+
 def _e(value: Any) -> str:
     """Escaped text for HTML content and attribute values; None/NaN → empty."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -151,7 +156,7 @@ def map_svg(assessment: Any) -> str:
                                                    strict=True)}
         sitepos = {s: (la, lo) for s, la, lo in zip(sites["site"], sites["latitude"], sites["longitude"], strict=True)}
         for i, move in enumerate(plan.itertuples(index=False)):
-            if move.destination is None or move.destination not in coords or move.site not in sitepos:
+            if _missing(move.destination) or move.destination not in coords or move.site not in sitepos:
                 continue
             (la0, lo0), (la1, lo1) = sitepos[move.site], coords[move.destination]
             ax.plot([lo0, lo1], [la0, la1], color="#757575", lw=0.9, ls=(0, (4, 3)), zorder=1, gid=f"map-move-{i}")
@@ -303,7 +308,8 @@ def _sites_table(sites: pd.DataFrame) -> str:
         verdict = _verdict_chip(r["verdict"])
         if not bool(r["verdict_certain"]):
             verdict += f'<div class="ev">could also be: {_e(r["verdict_alternatives"])}</div>'
-        cells = [_e(r["site"]), _e(r["name"]), _e(r["city"]), _e(r["cluster"] or "—"), verdict, score,
+        cells = [_e(r["site"]), _e(r["name"]), _e(r["city"]), "—" if _missing(r["cluster"]) else _e(r["cluster"]),
+                 verdict, score,
                  f"{int(r['criteria_met'])} / {int(r['criteria_unknown'])}", _num(r["annual_pue"], 2),
                  _num(r["occupancy_pct"], 0) + (f' <span class="ev">({_e(r["occupancy_source"])})</span>'
                                                 if r["occupancy_source"] else ""),
@@ -324,7 +330,7 @@ def _plan_table(plan: pd.DataFrame, totals: dict[str, Any]) -> str:
     head = ["Site", "Name", "Verdict", "Destination", "Distance [km]", "IT load moved [kW]", "IT energy [kWh/yr]",
             "Site PUE", "Destination PUE", "Saved [kWh/yr]", "Saved [tCO₂/yr]", "Saved [CNY/yr]", "Note"]
     rows = [[_e(r["site"]), _e(r["name"]), _verdict_chip(r["verdict"]),
-             _e(f"{r['destination_name']} ({r['destination']})") if r["destination"] is not None else "— not placed",
+             "— not placed" if _missing(r["destination"]) else _e(f"{r['destination_name']} ({r['destination']})"),
              _num(r["distance_km"], 0), _num(r["moved_it_kw"], 0), _num(r["it_kwh_year"], 0), _num(r["site_pue"], 2),
              _num(r["destination_pue"], 2), _num(r["saved_kwh_year"], 0), _num(r["saved_tco2_year"], 1),
              _num(r["saved_cost_cny_year"], 0), _e(r["note"])] for _, r in plan.iterrows()]
