@@ -218,7 +218,8 @@ class CoolingSettings(_Section):
     # stay this far below the 27 °C recommended inlet limit; unset: sized from each model's held-out
     # error (its 99th-percentile miss above the calibrated bound, at least 0.25 K)
     inlet_margin_k: float | None = Field(None, ge=0)
-    water_class: WaterClass | None = None  # facility-water class of liquid loops (default: alerts.water_class)
+    # facility-water class of liquid loops; a site's alerts.sites.<id>.water_class wins, alerts.water_class if unset
+    water_class: WaterClass | None = None
     # per site: write recommendations back to its BMS over Modbus or BACnet (off unless a target says enabled: true)
     writeback: dict[str, WritebackTarget] = {}
 

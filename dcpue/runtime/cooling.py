@@ -21,6 +21,7 @@ import io
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from dcpue.registry import Registry
-from dcpue.settings import CoolingSettings
+from dcpue.settings import CoolingSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ class CoolingAdvisor:
     """Per-site cooling tables, models and recommendations for the sites a worker sees."""
 
     def __init__(self, registry: Registry, settings: CoolingSettings, water_class: str | None = None,
-                 train_in_background: bool = True) -> None:
+                 train_in_background: bool = True, site_water_classes: Mapping[str, str] | None = None) -> None:
+        """``water_class``: the fleet's facility-water class (``alerts.water_class``), used where neither
+        ``site_water_classes`` (``alerts.sites.<id>.water_class``) nor ``cooling.water_class`` names one."""
         from dcpue.analytics.cooling import Envelope, site_setpoints
 
         self.registry = registry
@@ -48,6 +51,9 @@ class CoolingAdvisor:
         self.model_dir = Path(settings.model_dir)
         self.freq_ms = int(pd.Timedelta(settings.freq).total_seconds() * 1000)
         self.envelope = Envelope(inlet_margin_k=settings.inlet_margin_k, w_class=settings.water_class or water_class)
+        own = dict(site_water_classes or {})
+        self.envelopes = {s.id: (Envelope(inlet_margin_k=settings.inlet_margin_k, w_class=own[s.id]) if s.id in own
+                                 else self.envelope) for s in registry.sites}
         self.setpoints = {s.id: site_setpoints(s) for s in registry.sites}
         self._buffer: dict[str, list[pd.DataFrame]] = {}
         self._converted_to: dict[str, int] = {}  # table complete up to this interval end [ms]
@@ -188,7 +194,8 @@ class CoolingAdvisor:
             if any(v is None or pd.isna(v) for v in current.values()):
                 continue
             conditions = {k: row[k] for k in ("it_kw", "dry_bulb_c", "wet_bulb_c", "rh_pct")}
-            rec = recommend(model, conditions, current, self.envelope, site=site, ts_ms=int(row["ts"]),
+            rec = recommend(model, conditions, current, self.envelopes.get(site, self.envelope), site=site,
+                            ts_ms=int(row["ts"]),
                             max_relative_error=self.settings.max_relative_error).as_dict()
             rec["confidence"] = _confidence(model)
             writer = self.writers.get(site)
@@ -275,6 +282,11 @@ def _read_table(path: Path) -> pd.DataFrame | None:
         return None
     table = pd.read_csv(io.StringIO(text))
     return table.drop_duplicates("ts", keep="last").sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+def site_water_classes(settings: Settings) -> dict[str, str]:
+    """Each site's own facility-water class from ``alerts.sites.<id>.water_class`` (where one is set)."""
+    return {site: str(s.water_class) for site, s in settings.alerts.sites.items() if s.water_class}
 
 
 def _value(row: dict[str, Any], key: str) -> float | None:

@@ -88,9 +88,10 @@ def analytics_stage(settings: Settings, registry: Registry, stores: list[Any],
         inputs = KafkaTailConsumer(kafka, {topics.health: "latest", topics.silences: "earliest"}).setup()
     cooling = advice = None
     if settings.cooling.enabled:
-        from dcpue.runtime.cooling import CoolingAdvisor, recommendation_writer
+        from dcpue.runtime.cooling import CoolingAdvisor, recommendation_writer, site_water_classes
 
-        cooling = CoolingAdvisor(registry, settings.cooling, water_class=settings.alerts.water_class)
+        cooling = CoolingAdvisor(registry, settings.cooling, water_class=settings.alerts.water_class,
+                                         site_water_classes=site_water_classes(settings))
         advice = recommendation_writer([*shared, *stores], producer, topics.recommendations)
     worker = AnalyticsWorker(registry, settings, consumer, sink, dead_letter_producer=producer, clock=clock,
                              emit_groups=emit_groups, state=state, alerts=alerts, alert_output=alert_output,

@@ -89,9 +89,10 @@ class EmbeddedPipeline:
                                                    self.bus.producer(send_timeout_s=None))
         self.cooling = None
         if settings.cooling.enabled:
-            from dcpue.runtime.cooling import CoolingAdvisor, recommendation_writer
+            from dcpue.runtime.cooling import CoolingAdvisor, recommendation_writer, site_water_classes
 
-            self.cooling = CoolingAdvisor(registry, settings.cooling, water_class=settings.alerts.water_class)
+            self.cooling = CoolingAdvisor(registry, settings.cooling, water_class=settings.alerts.water_class,
+                                         site_water_classes=site_water_classes(settings))
         self.worker = AnalyticsWorker(
             registry, settings, self.bus.consumer([settings.bus.topics.readings], ANALYTICS_GROUP), store,
             clock=clock.now_ms,  # simulated time is "now" for the clock-skew check

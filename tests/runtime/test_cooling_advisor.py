@@ -102,3 +102,22 @@ def test_table_rows_survive_a_crash_and_a_torn_append(tmp_path: Path):
     assert len(again.tables[SITE]) > len(made)
     final = CoolingAdvisor(REGISTRY, cooling, train_in_background=False)
     pd.testing.assert_frame_equal(final.tables[SITE], again.tables[SITE], check_dtype=False)
+
+
+def test_each_liquid_site_is_advised_within_its_own_water_class(tmp_path: Path):
+    """alerts.sites.<id>.water_class (the site's IT design) wins over cooling.water_class and the fleet's class."""
+    from dcpue.runtime.cooling import site_water_classes
+
+    fleet = generate_fleet(4, seed=7)
+    settings = load_settings(None, alerts={"water_class": "W40", "sites": {"ga-01": {"water_class": "W32"}}},
+                             cooling={"enabled": True, "model_dir": str(tmp_path / "m")})
+    assert site_water_classes(settings) == {"ga-01": "W32"}
+    advisor = CoolingAdvisor(fleet, settings.cooling, water_class=settings.alerts.water_class,
+                             site_water_classes=site_water_classes(settings))
+    limits = {site: env.fw_limit_c for site, env in advisor.envelopes.items()}
+    assert limits == {"ga-01": 32.0, "tr-02": 40.0, "xy-03": 40.0, "gy-04": 40.0}
+    forced = load_settings(None, alerts={"sites": {"ga-01": {"water_class": "W32"}}},
+                           cooling={"enabled": True, "model_dir": str(tmp_path / "m"), "water_class": "W27"})
+    advisor = CoolingAdvisor(fleet, forced.cooling, water_class=forced.alerts.water_class,
+                             site_water_classes=site_water_classes(forced))
+    assert advisor.envelopes["ga-01"].fw_limit_c == 32.0 and advisor.envelopes["gy-04"].fw_limit_c == 27.0
