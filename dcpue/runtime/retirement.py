@@ -9,14 +9,16 @@ figures and settings into an :class:`~dcpue.analytics.retirement.Assessment`; ``
 How the figures are formed (docs/retirement.md, "Outputs"):
 
 * Only ``ok`` site windows count (incomplete, meter-fault and no-data windows carry no figure).
-* Per site, the daily (``1d``) or the hourly (``1h``) windows are used, whichever observes more hours
-  of the period; each window weighs by its length.
+* Per site, its daily (``1d``) windows are used, or its hourly (``1h``) windows when it has no daily
+  window in the period (a store whose daily windows were pruned); each window weighs by its length.
+  Only those hourly windows are read: a year of hourly windows of a provincial fleet is millions of rows.
 * **Annualized PUE** is energy-weighted: Σ total kWh ÷ Σ IT kWh, each window's energies taken at its
   mean powers over its whole length (``pue`` × ``it_kw`` × hours and ``it_kw`` × hours; for a fully
   covered window these are its ``total_kwh`` and ``it_kwh``). Never a mean of window PUEs.
 * **WUE** likewise: Σ water L ÷ Σ IT kWh over the windows whose WUE is valid (sites with a water meter).
-* ``it_kw_mean`` [kW] = Σ IT kWh ÷ Σ hours; ``it_kw_peak`` [kW] = the highest hourly mean IT power of
-  the period (the highest daily mean where no hourly windows are stored).
+* ``it_kw_mean`` [kW] = Σ IT kWh ÷ Σ hours; ``it_kw_peak`` [kW] = the highest mean IT power of one of
+  those windows: the peak day (the peak hour for a site read from hourly windows, or for every site with
+  ``peak_window="1h"``, which reads all hourly windows of the period).
 * ``months_observed`` = hours of ``ok`` windows ÷ 730.5 h (a twelfth of 365.25 days).
 * **Monthly 上架率** per calendar month (``engine.timezone``), time-weighted over the month's ``ok``
   windows: by rack count (``racks``, default) = racks in service ÷ racks installed as each window
@@ -82,8 +84,9 @@ def newest_data_ms(store: ResultStore) -> int | None:
     return None
 
 
-def _ok_windows(store: ResultStore, window: str, start_ms: int, as_of_ms: int) -> pd.DataFrame:
-    frame = store.query_windows(Scope.SITE.value, window, start_ms=start_ms, end_ms=as_of_ms)
+def _ok_windows(store: ResultStore, window: str, start_ms: int, as_of_ms: int,
+                ids: list[str] | None = None) -> pd.DataFrame:
+    frame = store.query_windows(Scope.SITE.value, window, ids=ids, start_ms=start_ms, end_ms=as_of_ms)
     keep = ((frame["status"] == Status.OK.value) & (frame["end_ms"] <= as_of_ms)
             & (frame["it_kw"] > 0) & np.isfinite(frame["pue"]))
     out = frame.loc[keep, _COLUMNS].copy()
@@ -94,7 +97,8 @@ def _ok_windows(store: ResultStore, window: str, start_ms: int, as_of_ms: int) -
 
 def figures_from_store(store: ResultStore, as_of_ms: int, months: int = 12, *, registry: Registry | None = None,
                        tz: str = "Asia/Shanghai", occupancy: OccupancyBasis = "racks",
-                       standard_rack_kw: float = STANDARD_RACK_KW, min_month_share: float = 0.5) -> StoreFigures:
+                       standard_rack_kw: float = STANDARD_RACK_KW, min_month_share: float = 0.5,
+                       peak_window: Literal["1d", "1h"] = "1d") -> StoreFigures:
     """Rolling figures of every site over the ``months`` calendar months (in ``tz``) before ``as_of_ms`` [UTC ms].
 
     ``store`` holds the site windows (``1d`` and/or ``1h``). ``registry`` (optional) adds a row of
@@ -102,6 +106,7 @@ def figures_from_store(store: ResultStore, as_of_ms: int, months: int = 12, *, r
     the registry does. ``occupancy`` picks the basis of the monthly 上架率 history (``racks``, ``power``
     with ``standard_rack_kw`` [kW] per rack, or ``none`` for no history); a month enters it when its
     ``ok`` windows cover at least ``min_month_share`` of the part of the month inside the period.
+    ``peak_window="1h"`` takes ``it_kw_peak`` from the hourly windows of every site (slower).
     Figures are NaN when unknown (no ``ok`` window). See the module docstring for the formulas.
     """
     if occupancy not in ("racks", "power", "none"):
@@ -109,13 +114,18 @@ def figures_from_store(store: ResultStore, as_of_ms: int, months: int = 12, *, r
     as_of_ms = int(as_of_ms)
     start_ms = period_start_ms(as_of_ms, months, tz)
     daily = _ok_windows(store, "1d", start_ms, as_of_ms)
-    hourly = _ok_windows(store, "1h", start_ms, as_of_ms)
-    hours_d = daily.groupby("id")["hours"].sum()
-    hours_h = hourly.groupby("id")["hours"].sum()
-    chosen = {s: ("1d" if hours_d.get(s, 0.0) >= hours_h.get(s, 0.0) else "1h")
-              for s in sorted(set(hours_d.index) | set(hours_h.index))}
-    use = pd.concat([daily[daily["id"].map(chosen) == "1d"], hourly[hourly["id"].map(chosen) == "1h"]],
-                    ignore_index=True)
+    with_daily = set(daily["id"])
+    if peak_window == "1h":
+        hourly = _ok_windows(store, "1h", start_ms, as_of_ms)
+    elif registry is not None:  # only the sites without daily windows
+        without = [s.id for s in registry.sites if s.id not in with_daily]
+        hourly = _ok_windows(store, "1h", start_ms, as_of_ms, ids=without) if without else daily.iloc[0:0]
+    else:  # no registry to say which sites exist: read them all
+        hourly = _ok_windows(store, "1h", start_ms, as_of_ms)
+    hourly_only = hourly[~hourly["id"].isin(with_daily)]
+    chosen = {s: "1d" for s in with_daily} | {s: "1h" for s in set(hourly_only["id"])}
+    chosen = dict(sorted(chosen.items()))
+    use = pd.concat([daily, hourly_only], ignore_index=True)
     peaks = hourly.groupby("id")["it_kw"].max().combine_first(daily.groupby("id")["it_kw"].max())
     rows: list[dict[str, Any]] = []
     for site_id, g in use.groupby("id", sort=True):

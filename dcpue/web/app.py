@@ -12,6 +12,7 @@ says why. Energies are [kWh], powers [kW], water [L]; ratios are dimensionless.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from dcpue.errors import DcpueError
 from dcpue.ports import ResultStore
 from dcpue.registry import Registry
 from dcpue.results import ALL_WINDOWS, WINDOW_DTYPES, Scope, Status
-from dcpue.settings import EngineSettings
+from dcpue.settings import EngineSettings, RetirementSettings
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -239,6 +240,7 @@ def create_app(
     status: Callable[[], dict[str, Any]] | None = None,
     not_ready: Callable[[], str | None] | None = None,
     alerts: Any = None,
+    retirement: RetirementSettings | None = None,
 ) -> FastAPI:
     """Build the API and page over an open ``store``.
 
@@ -251,6 +253,9 @@ def create_app(
 
     ``alerts`` (a :class:`dcpue.runtime.alerts.AlertsApi`, optional) adds the alert, delivery-log and
     silence endpoints; without it they answer 404.
+
+    ``retirement`` (the ``retirement:`` settings; default: their defaults) configures
+    ``GET /api/v1/retirement``.
     """
     target = float(engine_settings.target_pue)
     sites_meta = registry.sites_table
@@ -393,6 +398,40 @@ def create_app(
         reader = getattr(store, "recommendations", None)
         rows = reader(site=site, limit=limit) if reader is not None else []
         return {"count": len(rows), "recommendations": rows}
+
+    retirement_settings = retirement or RetirementSettings()
+    retirement_cache: dict[tuple[int, float | None, int | None], dict[str, Any]] = {}
+    retirement_lock = threading.Lock()
+
+    @app.get(f"{API_PREFIX}/retirement", tags=["retirement"],
+             summary="Retirement assessment of every site: verdicts, evidence, consolidation plan (docs/retirement.md)",
+             responses={422: {"description": "bad as_of or price"},
+                        500: {"description": "the retirement settings do not fit the registry"},
+                        503: {"description": "the result store does not answer"}})
+    def retirement_view(
+        as_of: str | None = Query(None, description="end of the assessed period (epoch ms or ISO-8601, naive = UTC); "
+                                                    "default: the end of the newest closed day in the store"),
+        price: float | None = Query(None, ge=0, description="electricity price [CNY/kWh], overrides the settings"),
+    ) -> JSONResponse:
+        from dcpue.errors import ConfigError
+        from dcpue.runtime.retirement import assess_store, newest_data_ms
+
+        newest = newest_data_ms(store)
+        as_of_ms = _parse_time(as_of, "as_of")
+        key = (as_of_ms if as_of_ms is not None else newest or 0, price, newest)
+        with retirement_lock:  # one computation at a time; a repeated question is answered from the cache
+            body = retirement_cache.get(key)
+            if body is None:
+                try:
+                    result = assess_store(store, registry, retirement_settings, as_of_ms=key[0] or None,
+                                          tz=engine_settings.timezone, price_cny_per_kwh=price)
+                except (ConfigError, ValueError) as exc:
+                    raise HTTPException(500, f"retirement settings: {exc}") from None
+                body = _clean(result.to_dict())
+                if len(retirement_cache) >= 8:
+                    retirement_cache.pop(next(iter(retirement_cache)))
+                retirement_cache[key] = body
+        return JSONResponse(body)
 
     def _alerts() -> Any:
         if alerts is None:
