@@ -653,7 +653,7 @@ def cmd_cooling_evaluate(args: argparse.Namespace) -> int:
 
 # -- retire -------------------------------------------------------------------------------
 RETIRE_EPILOG = """exit status: 0 assessed (also when the store holds no figures: every figure is then unknown);
-1 the store is missing or unreadable, or an output file cannot be written; 2 configuration error (settings,
+1 the store is missing or unreadable, or an output file or the InfluxDB write fails; 2 configuration error (settings,
 registry, --as-of, --price: the message names the file, the field and the problem)."""
 
 
@@ -739,7 +739,7 @@ def cmd_retire(args: argparse.Namespace) -> int:
     from dcpue.runtime.store import FileStore
 
     settings = load_settings(args.config, log_level=args.log_level, registry=args.registry,
-                             store={"path": args.store})
+                             store={"path": args.store, "influxdb": {"url": args.influx or None}})
     _configure_logging(settings.log_level)
     if args.price is not None and not (math.isfinite(args.price) and args.price >= 0):
         raise ConfigError(f"--price {args.price}: the electricity price must be a number ≥ 0 [CNY/kWh]")
@@ -784,6 +784,16 @@ def cmd_retire(args: argparse.Namespace) -> int:
                 written.append(str(write_xlsx(result, args.xlsx)))
     except OSError as exc:
         raise DcpueError(f"writing {exc.filename or 'output'} failed: {exc.strerror or exc}") from exc
+    if args.influx is not None:
+        from dcpue.adapters.influxdb import InfluxSink
+
+        influx = settings.store.influxdb
+        sink = InfluxSink(influx).setup()
+        try:
+            sink.write_retirement(result, result.as_of_ms)
+        finally:
+            sink.close()
+        written.append(f"InfluxDB {influx.url} bucket {influx.bucket} (measurement retirement)")
     if written:
         t = result.assessment.totals
         print(f"dcpue retire: {_n(t['sites'])} sites ({_n(t['retire'])} retire, {_n(t['consolidate'])} consolidate, "
@@ -957,6 +967,9 @@ def build_parser() -> argparse.ArgumentParser:
     retire.add_argument("--output", "-o", help="write the table/JSON/CSV here instead of stdout")
     retire.add_argument("--html", metavar="FILE", help="also write the self-contained HTML report here")
     retire.add_argument("--xlsx", metavar="FILE", help="also write the XLSX workbook here")
+    retire.add_argument("--influx", nargs="?", const="", metavar="URL",
+                        help="also write the assessment to InfluxDB (measurement retirement, at its as-of time) at "
+                             "URL, or at store.influxdb.url without one; token, org and bucket from store.influxdb")
     retire.set_defaults(func=cmd_retire)
 
     reg = sub.add_parser("registry", help="site registry tools")

@@ -1,5 +1,5 @@
 """InfluxDB sink (influxdb-client, v2 write API) for window results, raw readings, the site
-inventory and dead letters; the schema is in docs/influxdb.md.
+inventory, dead letters, alerts, recommendations and retirement assessments; the schema is in docs/influxdb.md.
 
 Writes are synchronous on purpose: the worker commits its Kafka offsets only after a write
 returned, so a write must be durable when :meth:`InfluxSink.write_windows` returns. Each call is
@@ -20,6 +20,7 @@ from dcpue.adapters.lineprotocol import (
     inventory_to_lines,
     readings_to_lines,
     recommendations_to_lines,
+    retirement_to_lines,
     windows_to_lines,
 )
 from dcpue.errors import SinkError, missing_extra
@@ -106,6 +107,11 @@ class InfluxSink:
         """Cooling recommendations (measurement ``recommendation``; see docs/influxdb.md)."""
         if records:
             self._send(recommendations_to_lines(records))
+
+    def write_retirement(self, assessment: Any, ts_ms: int) -> None:
+        """A retirement assessment (measurement ``retirement``; see docs/influxdb.md), one point per site at
+        ``ts_ms`` [ms]: pass the assessment's as-of time, so writing the same assessment again overwrites it."""
+        self._send(retirement_to_lines(assessment, ts_ms))
 
     def write_dead_letters(self, letters: pd.DataFrame) -> None:
         if not letters.empty:

@@ -304,3 +304,87 @@ def recommendations_to_lines(records: Sequence[dict[str, Any]]) -> list[str]:
 
 def _number(value: Any) -> float:
     return float("nan") if value is None else float(value)
+
+
+RETIREMENT_MEASUREMENT = "retirement"
+RETIREMENT_TAGS = ("site", "verdict", "cluster")
+# Assessment.sites column -> (field key, line-protocol type); types fixed here, as for the inventory
+RETIREMENT_SITE_FIELDS: dict[str, tuple[str, str]] = {
+    "name": ("site_name", "string"),  # `name` is an InfluxQL keyword
+    "score": ("score", "float"),  # [0–100] from the met criteria
+    "score_max": ("score_max", "float"),  # [0–100] if every unknown criterion were met
+    "criteria_met": ("criteria_met", "int"),
+    "criteria_unknown": ("criteria_unknown", "int"),
+    "verdict_certain": ("verdict_certain", "bool"),
+    "verdict_alternatives": ("verdict_alternatives", "string"),
+    "verdict_reason": ("verdict_reason", "string"),
+    "annual_pue": ("annual_pue", "float"),  # [–]
+    "grade": ("grade", "string"),  # GB 40879-2021
+    "occupancy_pct": ("occupancy_pct", "float"),  # [%] 上架率
+    "occupancy_source": ("occupancy_source", "string"),  # history, racks or power
+    "it_kw_mean": ("it_kw_mean", "float"),  # [kW]
+    "racks_installed": ("racks_installed", "int"),
+    "racks_in_service": ("racks_in_service", "int"),
+    "standard_racks": ("standard_racks", "float"),  # [2.5 kW standard racks]
+    "size_class": ("size_class", "string"),
+    "age_years": ("age_years", "float"),  # [years]
+    "nearest_cluster": ("nearest_cluster", "string"),
+    "hub_distance_km": ("hub_distance_km", "float"),  # [km]
+}
+# Assessment.plan column -> field key (floats unless named in the string set); only movers have them
+RETIREMENT_PLAN_FIELDS: dict[str, tuple[str, str]] = {
+    "destination": ("destination", "string"),
+    "distance_km": ("destination_distance_km", "float"),  # [km]
+    "moved_it_kw": ("moved_it_kw", "float"),  # [kW]
+    "destination_pue": ("destination_pue", "float"),  # [–]
+    "saved_kwh_year": ("saved_kwh_year", "float"),  # [kWh/year]
+    "saved_tco2_year": ("saved_tco2_year", "float"),  # [tCO2/year]
+    "saved_cost_cny_year": ("saved_cost_cny_year", "float"),  # [CNY/year]
+    "note": ("plan_note", "string"),
+}
+
+
+def retirement_to_lines(assessment: Any, ts_ms: int) -> list[str]:
+    """A retirement assessment as line protocol (measurement ``retirement``): one point per site at ``ts_ms``.
+
+    ``assessment`` is a :class:`dcpue.analytics.retirement.Assessment` (or anything with its ``sites``
+    and ``plan`` tables, e.g. :class:`dcpue.runtime.retirement.StoreAssessment`). Tags ``site``,
+    ``verdict`` (retire, consolidate, upgrade, keep) and ``cluster`` (the site's hub cluster, left out
+    when it has none). Fields: those of :data:`RETIREMENT_SITE_FIELDS`, each criterion's status
+    (``low_occupancy`` … ``poor_benefit``: ``met``, ``not_met``, ``unknown``) and its evidence
+    (``<criterion>_evidence``) as strings, and for sites in the consolidation plan those of
+    :data:`RETIREMENT_PLAN_FIELDS`; unknown values are left out. Pass the assessment's as-of time as
+    ``ts_ms`` [ms]: writing the same assessment again overwrites its points.
+    """
+    from dcpue.analytics.retirement import CRITERIA
+
+    assessment = getattr(assessment, "assessment", assessment)
+    sites: pd.DataFrame = assessment.sites
+    if sites.empty:
+        return []
+    index = pd.RangeIndex(len(sites))
+    plan = assessment.plan
+    planned = (plan.drop_duplicates("site").set_index("site").reindex(sites["site"]) if len(plan)
+               else pd.DataFrame(index=sites["site"], columns=list(RETIREMENT_PLAN_FIELDS)))
+    tags = _tag_set(RETIREMENT_MEASUREMENT, [(key, _text(sites[key].to_numpy(), index)) for key in RETIREMENT_TAGS],
+                    index)
+    fields = _FieldSet(index)
+    columns = [(sites, col, spec) for col, spec in RETIREMENT_SITE_FIELDS.items()]
+    columns += [(sites, c, (c, "string")) for c in CRITERIA] + [(sites, f"{c}_evidence", (f"{c}_evidence", "string"))
+                                                                for c in CRITERIA]
+    columns += [(planned, col, spec) for col, spec in RETIREMENT_PLAN_FIELDS.items()]
+    for table, col, (key, kind) in columns:
+        if col not in table:
+            continue
+        values = table[col].to_numpy()
+        if kind == "float":
+            fields.add_float(key, pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64))
+        elif kind == "int":
+            fields.add_int(key, values)
+        elif kind == "bool":
+            known = pd.Series(values, index=index).notna().to_numpy()
+            text = pd.Series(np.where(pd.Series(values).fillna(False).astype(bool), "true", "false"), index=index)
+            fields.add(key + "=" + text, known)
+        else:
+            fields.add_string(key, values)
+    return (tags + " " + fields.fields + " " + str(int(ts_ms))).tolist()

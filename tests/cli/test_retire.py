@@ -124,6 +124,8 @@ def test_bad_options_and_a_missing_store(setup, capsys, tmp_path):
     assert main(argv) == 1
     assert "nothing.sqlite: no result store there" in capsys.readouterr().err
     assert not (tmp_path / "nothing.sqlite").exists()  # never created by looking
+    assert main(retire(setup, "--influx", "http://127.0.0.1:9")) == 1  # nothing listens there
+    assert "InfluxDB write of 4 points (request 1 of 1) to http://127.0.0.1:9 failed" in capsys.readouterr().err
 
 
 def test_the_installed_command_and_the_environment(setup):
