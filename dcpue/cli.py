@@ -759,6 +759,11 @@ def cmd_retire(args: argparse.Namespace) -> int:
                               price_cny_per_kwh=args.price)
     finally:
         store.close()
+    strangers = sorted(set(result.figures.window) - {s.id for s in registry.sites})
+    if strangers:
+        print(f"dcpue retire: {path} holds figures of {len(strangers)} site(s) the registry does not have "
+              f"({', '.join(strangers[:5])}{' …' if len(strangers) > 5 else ''}): is it the registry the store "
+              "was written with?", file=sys.stderr)
     if not (result.figures.figures["months_observed"] > 0).any():
         print(f"dcpue retire: {path} holds no ok site window of {result.to_dict()['period']['start'][:10]} … "
               f"{result.to_dict()['period']['as_of'][:10]}: every figure from the store is unknown", file=sys.stderr)

@@ -136,3 +136,16 @@ def test_the_installed_command_and_the_environment(setup):
     assert done.returncode == 0, done.stderr
     sites = {s["site"]: s for s in json.loads(done.stdout)["sites"]}
     assert sites["tr-02"]["small"] == "not_met" and sites["tr-02"]["verdict"] != "retire"
+
+
+def test_a_store_of_another_registry_is_pointed_out(setup, capsys, tmp_path):
+    raw = yaml.safe_load(setup["registry"].read_text(encoding="utf-8"))
+    raw["sites"] = [s for s in raw["sites"] if s["id"] != "xy-03"]
+    registry = tmp_path / "three.yaml"
+    registry.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    argv = retire(setup, "--format", "csv")
+    argv[argv.index("--registry") + 1] = str(registry)
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "holds figures of 1 site(s) the registry does not have (xy-03)" in captured.err
+    assert "xy-03" not in captured.out and len(captured.out.splitlines()) == 1 + 3
