@@ -421,7 +421,10 @@ def render_html(result: Any, *, title: str = "Data-center retirement assessment"
               f"with a ring at {_num(assessment.criteria.scattered_hub_km)} km; dashed lines are the planned moves. "
               "Hover for the site.</figcaption></figure>",
               f"<figure>{bubble_chart}<figcaption>Annual PUE against rack occupancy (上架率); bubble area is "
-              f"proportional to the mean IT load; hollow bubbles have an unknown IT load.{caption_left}"
+              "proportional to the mean IT load; hollow bubbles have an unknown IT load. The PUE is the "
+              "energy-weighted figure of the months observed: below "
+              f"{_num(assessment.criteria.min_pue_months, 1)} months it is drawn but not judged (see Inefficient)."
+              f"{caption_left}"
               "</figcaption></figure></div>",
               "<h2>Sites</h2>", _sites_table(sites),
               "<h2>Consolidation plan</h2>",
