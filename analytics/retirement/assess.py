@@ -382,7 +382,7 @@ def _reasons(verdict: np.ndarray, status: np.ndarray, frame: pd.DataFrame, racks
             why = [_PLAIN[k] for k in ("inefficient", "low_occupancy", "poor_benefit") if met[k][i]]
             text = "old and small, and " + " and ".join(why) + ", outside every hub cluster"
         elif v == "upgrade":
-            where = (f"in hub cluster {cluster}, so it stays" if cluster is not None
+            where = (f"in hub cluster {cluster}, so it stays" if cluster is not None and pd.notna(cluster)
                      else f"{_num(racks.iat[i], 0)} standard racks, large enough to retrofit")
             text = f"inefficient (annual PUE {pue.iat[i]:.2f} > {c.inefficient_above_pue:.2f}), {where}"
             if cooling == "air":

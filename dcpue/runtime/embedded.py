@@ -233,7 +233,8 @@ def serve_http(settings: Settings, store: FileStore, registry: Registry, status:
     """Start the HTTP API and live page on a thread; returns (server, thread, bound port or None)."""
     from dcpue.web.app import create_app
 
-    app = create_app(store, registry, settings.engine, status=status, not_ready=not_ready, alerts=alerts)
+    app = create_app(store, registry, settings.engine, status=status, not_ready=not_ready, alerts=alerts,
+                     retirement=settings.retirement)
     config = uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
                             log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)

@@ -131,6 +131,19 @@ def test_a_hub_member_is_never_retired_consolidated_or_moved():
     assert result.plan.empty
 
 
+def test_a_large_inefficient_site_outside_the_hubs_is_upgraded_for_its_size():
+    """Outside every hub the reason names its size, never a missing cluster ("in hub cluster nan")."""
+    big = {"design_it_kw": 10_000.0, "racks_installed": 4000, "racks_in_service": 3000, "commissioned": 2019}
+    member = {"cluster": "gui-an", "design_it_kw": 500.0, "racks_installed": 200, "racks_in_service": 160,
+              "commissioned": 2020, "latitude": 26.41, "longitude": 106.41}  # a cluster column with a value
+    sites = run(("big", big, {"annual_pue": 1.62, "it_kw_mean": 6000.0}),
+                ("member", member, {"annual_pue": 1.3, "it_kw_mean": 300.0})).sites.set_index("site")
+    assert sites.loc["big", "verdict"] == "upgrade"
+    assert sites.loc["big", "verdict_reason"] == (
+        "inefficient (annual PUE 1.62 > 1.50), 4,000 standard racks, large enough to retrofit; "
+        "air-cooled: a liquid or hybrid cooling retrofit candidate")
+
+
 # --- thresholds: the documented side of each boundary -----------------------------------------------
 
 @pytest.mark.parametrize(("criterion", "reg", "fig", "expected"), [
