@@ -176,3 +176,26 @@ def test_an_assessment_without_period_or_plan_renders(result):
     doc = html5lib.HTMLParser(strict=True, namespaceHTMLElements=False).parse(render_html(bare))
     assert "nothing moves" in text([e for e in doc.iter() if e.get("id") == "plan-table"][0])
     assert {m.get("data-verdict") for m in by_class(doc, "site-marker")} == {"keep"}
+
+
+def test_the_report_opens_in_chromium_with_both_charts_drawn(page, result, tmp_path):
+    """The officials' file in a real browser (headless Debian Chromium, file:// and offline): the DOM it
+    builds keeps both charts with one marker and one bubble per site and the escaped names as text;
+    a screenshot lands in tests/artifacts/ for a human look."""
+    from pathlib import Path
+
+    from tests.helpers.browser import dump_dom, screenshot
+
+    source, _ = page
+    path = tmp_path / "report.html"
+    path.write_text(source, encoding="utf-8")
+    dom = dump_dom(path.as_uri(), budget_ms=1000)
+    doc = html5lib.parse(dom, namespaceHTMLElements=False)
+    n_sites = len(result.assessment.sites)
+    for chart_id, cls in (("retirement-map", "site-marker"), ("retirement-bubbles", "site-bubble")):
+        (chart,) = [e for e in doc.iter() if e.get("id") == chart_id]
+        assert len(by_class(chart, cls)) == n_sites, chart_id
+    assert "<script>" not in dom and HOSTILE in text(doc)  # shown as text, never run as markup
+    shot = screenshot(path.as_uri(), Path(__file__).resolve().parents[1] / "artifacts" / "retirement-report.png",
+                      window_size=(1400, 2000), budget_ms=1000)
+    assert shot.stat().st_size > 20_000  # a drawn page, not a blank one
