@@ -41,7 +41,7 @@ _NUMERIC = (
 SITE_COLUMNS: tuple[str, ...] = (
     "site", "name", "city", "latitude", "longitude", "cluster", "score", "score_max", "verdict", "verdict_certain",
     "verdict_alternatives", "verdict_reason", "criteria_met", "criteria_unknown", "annual_pue", "grade",
-    "occupancy_pct",
+    "occupancy_pct", "occupancy_trend_pp_per_year",
     "occupancy_source", "it_kw_mean", "racks_installed", "racks_in_service", "standard_racks", "size_class",
     "age_years", "cooling", "nearest_cluster", "hub_distance_km", "isolated",
     *(col for c in CRITERIA for col in (c, f"{c}_evidence")),
@@ -120,6 +120,7 @@ def assess(
         "verdict_reason": _reasons(verdict, status_matrix, frame, racks, pue, criteria),
         "criteria_met": met.sum(axis=1), "criteria_unknown": unknown.sum(axis=1), "cooling": frame["cooling"],
         "annual_pue": frame["annual_pue"], "grade": grade(pue.to_numpy()), "occupancy_pct": occ,
+        "occupancy_trend_pp_per_year": frame["occupancy_hist_trend_pp_per_year"],
         "occupancy_source": occ_source, "it_kw_mean": frame["it_kw_mean"],
         "racks_installed": frame["racks_installed"], "racks_in_service": frame["racks_in_service"],
         "standard_racks": racks, "size_class": size_class, "age_years": age, **geo,

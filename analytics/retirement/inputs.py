@@ -13,7 +13,8 @@ REGISTRY_COLUMNS: tuple[str, ...] = (
     "site", "name", "city", "latitude", "longitude", "cluster", "commissioned", "refreshed", "racks_installed",
     "racks_in_service", "design_it_kw", "cooling", "grid_emission_factor",
 )
-HISTORY_COLUMNS: tuple[str, ...] = ("occupancy_hist_last_pct", "occupancy_hist_max_pct", "occupancy_hist_months")
+HISTORY_COLUMNS: tuple[str, ...] = ("occupancy_hist_last_pct", "occupancy_hist_max_pct", "occupancy_hist_months",
+                                    "occupancy_hist_trend_pp_per_year")
 INPUT_COLUMNS: tuple[str, ...] = (
     *REGISTRY_COLUMNS, "as_of_year", *FIGURE_COLUMNS, *HISTORY_COLUMNS, *ECONOMICS_COLUMNS,
 )
@@ -75,7 +76,9 @@ def site_inputs(
 
 def occupancy_trend(history: pd.DataFrame | None, months: int) -> pd.DataFrame:
     """Per site, over the last ``months`` calendar months ending at its newest month: newest 上架率 [%],
-    the maximum [%] and the number of months with a value. Index ``site``, columns :data:`HISTORY_COLUMNS`."""
+    the maximum [%], the number of months with a value and the trend: the least-squares slope of
+    上架率 over those months in percentage points per year (NaN with fewer than 3 months).
+    Index ``site``, columns :data:`HISTORY_COLUMNS`."""
     empty = pd.DataFrame(columns=list(HISTORY_COLUMNS), index=pd.Index([], name="site"), dtype=float)
     if history is None or history.empty:
         return empty
@@ -99,10 +102,17 @@ def occupancy_trend(history: pd.DataFrame | None, months: int) -> pd.DataFrame:
     newest = frame.groupby("site")["m"].transform("max")
     recent = frame[frame["m"] > newest - months].sort_values(["site", "m"])
     grouped = recent.groupby("site")["pct"]
+    # slope = cov(m, pct) / var(m), per month, from per-site sums (vectorised)
+    m = recent["m"].astype(float)
+    sums = pd.DataFrame({"site": recent["site"], "n": 1.0, "x": m, "y": recent["pct"], "xx": m * m,
+                         "xy": m * recent["pct"]}).groupby("site").sum()
+    var = sums["xx"] - sums["x"] ** 2 / sums["n"]
+    slope = (sums["xy"] - sums["x"] * sums["y"] / sums["n"]) / var.where(var > 0)
     return pd.DataFrame({
         "occupancy_hist_last_pct": grouped.last(),
         "occupancy_hist_max_pct": grouped.max(),
         "occupancy_hist_months": grouped.size().astype(float),
+        "occupancy_hist_trend_pp_per_year": (12.0 * slope).where(sums["n"] >= 3),
     })
 
 

@@ -312,7 +312,9 @@ def _sites_table(sites: pd.DataFrame) -> str:
                  verdict, score,
                  f"{int(r['criteria_met'])} / {int(r['criteria_unknown'])}", _num(r["annual_pue"], 2),
                  _num(r["occupancy_pct"], 0) + (f' <span class="ev">({_e(r["occupancy_source"])})</span>'
-                                                if r["occupancy_source"] else ""),
+                                                if r["occupancy_source"] else "")
+                 + ("" if _missing(r.get("occupancy_trend_pp_per_year")) else
+                    f'<div class="ev trend">{float(r["occupancy_trend_pp_per_year"]):+.1f} pp/yr</div>'),
                  _num(r["it_kw_mean"], 0)]
         for c in CRITERIA:
             status = str(r[c])

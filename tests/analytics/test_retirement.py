@@ -198,6 +198,19 @@ def months(values: list[float], start: str = "2024-01", site: str = "s") -> pd.D
     return pd.DataFrame({"site": site, "month": period, "occupancy_pct": values})
 
 
+def test_the_occupancy_trend_is_the_least_squares_slope_per_year():
+    falling = months([60.0 - 2.0 * k for k in range(12)], site="f")  # −2 pp a month
+    noisy = months([50.0, 56.0, 49.0, 58.0], site="n", start="2024-09")
+    short = months([40.0, 45.0], site="s2", start="2024-11")
+    history = pd.concat([falling, noisy, short], ignore_index=True)
+    specs = [(sid, {"design_it_kw": 3000.0}, {"annual_pue": 1.3}) for sid in ("f", "n", "s2")]
+    sites = run(*specs, history=history).sites.set_index("site")
+    assert sites.loc["f", "occupancy_trend_pp_per_year"] == pytest.approx(-24.0)
+    x, y = np.arange(4.0), np.array([50.0, 56.0, 49.0, 58.0])
+    assert sites.loc["n", "occupancy_trend_pp_per_year"] == pytest.approx(12 * np.polyfit(x, y, 1)[0])
+    assert np.isnan(sites.loc["s2", "occupancy_trend_pp_per_year"])  # two months are not a trend
+
+
 @pytest.mark.parametrize(("values", "expected"), [
     ([31.0] * 12, "met"),
     ([31.0] * 11 + [50.0], "not_met"),  # one month at the bar breaks "sustained"

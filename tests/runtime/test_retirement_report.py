@@ -8,6 +8,7 @@ import re
 
 import html5lib
 import openpyxl
+import pandas as pd
 import pytest
 
 from dcpue.analytics.retirement import CRITERIA, PLAN_COLUMNS, SITE_COLUMNS
@@ -119,6 +120,9 @@ def test_every_site_row_shows_verdict_score_and_each_criterions_evidence(page, r
             assert site[f"{c}_evidence"] in text(row)
         statuses = [s.get("class").split()[1] for s in by_class(row, "st")]
         assert statuses == [f"st-{site[c]}" for c in CRITERIA]
+        trend = site["occupancy_trend_pp_per_year"]
+        assert [text(e) for e in by_class(row, "trend")] == ([] if pd.isna(trend) else [f"{trend:+.1f} pp/yr"])
+    assert sites["occupancy_trend_pp_per_year"].notna().any()  # a year of monthly history gives trends
 
 
 def test_user_text_is_escaped(page):
