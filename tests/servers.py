@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import http.server
 import importlib.resources
 import os
 import shutil
@@ -22,8 +23,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -335,6 +338,61 @@ bind-address = "127.0.0.1:{rpc_port}"
 [logging]
   level = "warn"
 """
+
+
+class _V2WriteHandler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 — http.server's naming
+        relay = self.server
+        assert isinstance(relay, InfluxV2Relay)
+        url = urllib.parse.urlsplit(self.path)
+        params = dict(urllib.parse.parse_qsl(url.query))
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        relay.requests.append((url.path, params))
+        relay.bodies.append(body.decode())
+        db, _, rp = params["bucket"].partition("/")
+        target = {"db": db, "precision": params["precision"], **({"rp": rp} if rp else {})}
+        headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "content-encoding")}
+        upstream = urllib.request.Request(f"{relay.upstream}/write?{urllib.parse.urlencode(target)}", data=body,
+                                          headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(upstream, timeout=10) as response:
+                status, payload = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, payload = exc.code, exc.read()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 — keep pytest output clean
+        pass
+
+
+class InfluxV2Relay(http.server.ThreadingHTTPServer):
+    """InfluxDB 2's write API in front of an InfluxDB 1.x server, as 1.8+ has it built in (1.6 has not):
+    ``POST /api/v2/write?bucket=db/rp&precision=ms`` → ``/write?db=db&rp=rp&precision=ms``, the body (the
+    sink's line protocol) passed on unchanged and the answer passed back. Use as a context manager on a
+    free 127.0.0.1 port (``url``); ``requests`` records (path, query parameters), ``bodies`` the bodies."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _V2WriteHandler)
+        self.upstream = upstream
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.bodies: list[str] = []
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_port}"
+
+    def __enter__(self) -> InfluxV2Relay:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+        self._thread.join(timeout=5)
 
 
 def influxd_binary() -> str | None:

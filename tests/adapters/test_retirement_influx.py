@@ -5,11 +5,9 @@ on 127.0.0.1 that hands the request body, unchanged, to 1.6's ``/write``."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import re
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,7 +25,7 @@ from dcpue.registry import parse_registry
 from dcpue.runtime.retirement import assess_store
 from dcpue.settings import RetirementSettings
 from tests.helpers.retirement import AS_OF_MS, TZ, filled_store, fleet, simulated_windows, write_registry
-from tests.servers import influxdb1, unique_name  # noqa: F401
+from tests.servers import InfluxV2Relay, influxdb1, unique_name  # noqa: F401
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "influxdb.md"
 NAME = 'Tongren "Legacy" Room, 铜仁 \\ 02'
@@ -74,42 +72,10 @@ def test_one_point_per_site_with_tags_site_verdict_cluster(assessment):
 # --- InfluxDB 1.6 ------------------------------------------------------------------------------------------
 
 
-class _V2ToV1(http.server.BaseHTTPRequestHandler):
-    """``POST /api/v2/write?bucket=db/rp&precision=ms`` → ``/write?db=db&rp=rp&precision=ms`` of InfluxDB 1.x."""
-
-    def do_POST(self) -> None:  # noqa: N802 — http.server's naming
-        params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.bodies.append(body.decode())  # type: ignore[attr-defined]
-        db, _, rp = params["bucket"].partition("/")
-        target = urllib.parse.urlencode({"db": db, "rp": rp, "precision": params["precision"]})
-        upstream = urllib.request.Request(f"{self.server.upstream}/write?{target}", data=body,  # type: ignore[attr-defined]
-                                          method="POST")
-        try:
-            with urllib.request.urlopen(upstream, timeout=10) as response:
-                status, payload = response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            status, payload = exc.code, exc.read()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 — keep pytest output clean
-        pass
-
-
 @pytest.fixture
-def relay(influxdb1) -> Iterator[http.server.ThreadingHTTPServer]:  # noqa: F811
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _V2ToV1)
-    server.upstream = influxdb1.url  # type: ignore[attr-defined]
-    server.bodies = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+def relay(influxdb1) -> Iterator[InfluxV2Relay]:  # noqa: F811
+    with InfluxV2Relay(influxdb1.url) as server:
+        yield server
 
 
 def query(url: str, db: str, q: str) -> list[dict]:
@@ -139,7 +105,7 @@ def test_grafana_table_queries_read_what_dcpue_retire_wrote(influxdb1, relay, tm
     yesterday.write_text(yaml.safe_dump({"store": influx}), encoding="utf-8")  # default thresholds
     today.write_text(yaml.safe_dump({"store": influx, "retirement": {
         "criteria": {"min_pue_months": 2, "inefficient_above_pue": 1.13}}}), encoding="utf-8")
-    url = f"http://127.0.0.1:{relay.server_port}"
+    url = relay.url
     common = ["retire", "--registry", str(registry), "--store", str(tmp_path / "store.sqlite"), "--price", "0.5",
               "--format", "json", "--influx", url]
     assert main([*common, "--config", str(yesterday), "--as-of", "2025-01-31"]) == 0

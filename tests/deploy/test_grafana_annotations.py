@@ -15,10 +15,8 @@ No Grafana runs here. What is checked instead:
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -42,7 +40,7 @@ from dcpue.dashboards.cooling import (
     cooling_dashboard,
 )
 from dcpue.settings import InfluxSettings
-from tests.servers import influxdb1, unique_name  # noqa: F401
+from tests.servers import InfluxV2Relay, influxdb1, unique_name  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
@@ -146,66 +144,19 @@ RECORDS = [
 ]
 
 
-class _V2ToV1Relay(http.server.BaseHTTPRequestHandler):
-    """``POST /api/v2/write?bucket=db/rp&precision=ms`` → InfluxDB 1.x ``/write?db=db&rp=rp&precision=ms``.
-
-    What InfluxDB 1.8+ does itself; the request body (the sink's line protocol) is passed on unchanged."""
-
-    def do_POST(self) -> None:  # noqa: N802 — http.server's naming
-        relay = self.server
-        assert isinstance(relay, _Relay)
-        url = urllib.parse.urlsplit(self.path)
-        params = dict(urllib.parse.parse_qsl(url.query))
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        relay.requests.append((url.path, params))
-        db, _, rp = params["bucket"].partition("/")
-        target = {"db": db, "precision": params["precision"], **({"rp": rp} if rp else {})}
-        headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "content-encoding")}
-        upstream = urllib.request.Request(f"{relay.upstream}/write?{urllib.parse.urlencode(target)}", data=body,
-                                          headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(upstream, timeout=10) as response:
-                status, payload = response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            status, payload = exc.code, exc.read()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 — keep pytest output clean
-        pass
-
-
-class _Relay(http.server.ThreadingHTTPServer):
-    """The relay on a free 127.0.0.1 port; ``requests`` records (path, query parameters) of each write."""
-
-    def __init__(self, upstream: str) -> None:
-        super().__init__(("127.0.0.1", 0), _V2ToV1Relay)
-        self.upstream = upstream
-        self.requests: list[tuple[str, dict[str, str]]] = []
-
-
 @pytest.fixture(scope="module")
 def database(influxdb1) -> Iterator[str]:  # noqa: F811
     """A fresh InfluxDB 1.x database holding :data:`RECORDS`, written by ``InfluxSink.write_recommendations``."""
     db = unique_name("grafana")
     _post(influxdb1.url, f"CREATE DATABASE {db}")
-    relay = _Relay(influxdb1.url)
-    thread = threading.Thread(target=relay.serve_forever, daemon=True)
-    thread.start()
-    try:
-        settings = InfluxSettings(url=f"http://127.0.0.1:{relay.server_port}", token="reader:reader", org="-",
+    with InfluxV2Relay(influxdb1.url) as relay:
+        settings = InfluxSettings(url=relay.url, token="reader:reader", org="-",
                                   bucket=f"{db}/autogen")  # the 1.x form of the bucket
         sink = InfluxSink(settings).setup()
         try:
             sink.write_recommendations(RECORDS)
         finally:
             sink.close()
-    finally:
-        relay.shutdown()
-        relay.server_close()
-        thread.join(timeout=5)
     assert relay.requests == [("/api/v2/write", {"org": "-", "bucket": f"{db}/autogen", "precision": "ms"})]
     yield db
 
