@@ -19,7 +19,7 @@ test: setup-test
 
 lint: setup-test
 	$(PY) -m pip install -q ruff
-	$(VENV)/bin/ruff check dcpue ingest analytics tests
+	$(VENV)/bin/ruff check dcpue ingest analytics dashboards tests
 
 clean:
 	rm -rf $(VENV) dcpue-data tests/artifacts *.egg-info build

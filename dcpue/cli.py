@@ -942,7 +942,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--hourly", help="hourly table (ts, dry_bulb_c, wet_bulb_c, rh_pct, it_kw): print a schedule")
     rec.add_argument("--output", help="write the schedule CSV here")
     rec.add_argument("--water-class", help="ASHRAE liquid class of the facility-water loop (W17…W45)")
-    rec.add_argument("--margin", type=float, help="inlet margin below 27 °C [K] (default: sized from the model's held-out error)")
+    rec.add_argument("--margin", type=float,
+                     help="inlet margin below 27 °C [K] (default: sized from the model's held-out error)")
     rec.set_defaults(func=cmd_cooling_recommend)
     ev = cooling_sub.add_parser("evaluate", parents=[common],
                                 help="closed-loop evaluation on the simulator (docs/cooling-evaluation.md)")
@@ -953,7 +954,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workers", type=int, default=1, help="processes (one season each)")
     ev.add_argument("--json", help="write the report as JSON here")
     ev.add_argument("--markdown", help="write the table as Markdown here")
-    ev.add_argument("--inlet-margin", type=float, help="the recommender's inlet margin below 27 °C [K] (default: sized from each model)")
+    ev.add_argument("--inlet-margin", type=float,
+                    help="the recommender's inlet margin below 27 °C [K] (default: sized from each model)")
     ev.set_defaults(func=cmd_cooling_evaluate)
 
     retire = sub.add_parser(

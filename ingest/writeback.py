@@ -356,7 +356,12 @@ class _ModbusLink:
             raise CollectorError(f"{self._where()}: read back {wrong} after writing {values}")
 
     def restore(self, snapshot: dict[str, float]) -> dict[str, float]:
-        self.write(snapshot)
+        # only registers that moved: one the BMS refused to write still holds its value and may refuse again
+        now = self.read()
+        moved = {n: v for n, v in snapshot.items()
+                 if abs(now[n] - v) > self.target.registers[n].scale / 2 + 1e-9}
+        if moved:
+            self.write(moved)
         return dict(snapshot)
 
     def _connect(self) -> Any:

@@ -92,3 +92,19 @@ def test_an_unreachable_bms_is_a_refusal_not_a_crash():
                                                   registers={"supply_air": SetpointRegister(address=SA)}))
     result = writer.apply(change(T0, supply_air=23.0))
     assert result.action == "refused" and "cannot connect" in result.reason
+
+
+def test_a_write_the_bms_refuses_halfway_is_undone_before_it_is_refused():
+    """Supply air is written, then the chilled-water register refuses the write (read-only on this BMS):
+    the supply air already written is put back, so the plant is never left half-changed."""
+    with run_modbus_server({1: {"holding": {SA: 220, CHW: 140}}}, readonly={1: {CHW}}) as bms:
+        writer = SetpointWriter("xy-03", target(bms))
+        try:
+            assert writer.read() == {"supply_air": 22.0, "chw_supply": 14.0}  # reads still work
+            refused = writer.apply(change(T0, supply_air=23.0, chw_supply=15.0))
+            assert refused.action == "refused", refused.reason
+            assert "undone" in refused.reason
+            assert (holding(bms, SA), holding(bms, CHW)) == (220, 140)  # as before the attempt
+            assert writer.watch(T0 + 5 * MIN, rack_inlet_c=30.0) is None  # nothing in effect to roll back
+        finally:
+            writer.close()

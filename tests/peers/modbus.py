@@ -72,7 +72,8 @@ class ModbusPeer:
         return f"{self.host}:{self.port}"
 
 
-def _sim_device(unit_id: int, image: RegisterImage, fill_gaps: bool) -> Any:  # a pymodbus SimDevice
+def _sim_device(unit_id: int, image: RegisterImage, fill_gaps: bool,
+                readonly: frozenset[int] = frozenset()) -> Any:  # a pymodbus SimDevice
     from pymodbus.simulator import DataType, SimData, SimDevice
 
     def registers(kind: str) -> list[SimData]:
@@ -82,17 +83,20 @@ def _sim_device(unit_id: int, image: RegisterImage, fill_gaps: bool) -> Any:  # 
         for address, value in values.items():
             if not 0 <= value <= 0xFFFF:
                 raise ValueError(f"unit {unit_id} {kind} register {address}: {value} is not a 16-bit value")
-        runs: list[tuple[int, list[int]]] = []
         if fill_gaps:  # one block from the lowest to the highest address, zeros in between
             low, high = min(values), max(values)
-            runs.append((low, [values.get(a, 0) for a in range(low, high + 1)]))
-        else:  # holes stay invalid: reading them gives ILLEGAL DATA ADDRESS
-            for address in sorted(values):
-                if runs and runs[-1][0] + len(runs[-1][1]) == address:
-                    runs[-1][1].append(values[address])
-                else:
-                    runs.append((address, [values[address]]))
-        return [SimData(start, values=vals, datatype=DataType.REGISTERS) for start, vals in runs]
+            values = {a: values.get(a, 0) for a in range(low, high + 1)}
+        # holes stay invalid (reading them gives ILLEGAL DATA ADDRESS); read-only holding registers
+        # (answering a write with an exception) get blocks of their own
+        locked = readonly if kind == "holding" else frozenset()
+        runs: list[tuple[int, list[int], bool]] = []
+        for address in sorted(values):
+            ro = address in locked
+            if runs and runs[-1][0] + len(runs[-1][1]) == address and runs[-1][2] == ro:
+                runs[-1][1].append(values[address])
+            else:
+                runs.append((address, [values[address]], ro))
+        return [SimData(start, values=vals, datatype=DataType.REGISTERS, readonly=ro) for start, vals, ro in runs]
 
     bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
     # pymodbus' non-shared layout: (coils, discrete inputs, holding registers, input registers)
@@ -144,14 +148,16 @@ class _ServerThread(threading.Thread):
 
 @contextlib.contextmanager
 def run_modbus_server(devices: Mapping[int, RegisterImage], fill_gaps: bool = True,
-                      attempts: int = 3) -> Iterator[ModbusPeer]:
+                      attempts: int = 3, readonly: Mapping[int, set[int]] | None = None) -> Iterator[ModbusPeer]:
     """A pymodbus TCP server on a free 127.0.0.1 port serving ``{unit_id: register image}``.
 
     With ``fill_gaps`` each register type of a unit is one block from its lowest to its highest
     address (zeros between), as on a real meter whose map has no holes there; without, only the given
     addresses exist. A unit id not in ``devices`` gets exception 4 (SERVER DEVICE FAILURE).
+    ``readonly`` ({unit id: holding-register addresses}) makes those registers refuse writes.
     """
-    sim = [_sim_device(unit, image, fill_gaps) for unit, image in devices.items()]
+    locked = readonly or {}
+    sim = [_sim_device(unit, image, fill_gaps, frozenset(locked.get(unit, ()))) for unit, image in devices.items()]
     last: BaseException | None = None
     for _ in range(attempts):  # a port taken between free_port() and bind is retried on another
         port = free_port()
