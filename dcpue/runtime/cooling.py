@@ -231,13 +231,18 @@ class CoolingAdvisor:
                 text = rows.to_csv(index=False)
             else:
                 with path.open("r", encoding="utf-8") as fh:
-                    if fh.readline().rstrip("\n") != header:  # a registry change added a column
-                        old = self.tables.get(site)
-                        full = pd.concat([old, rows], ignore_index=True) if old is not None else rows
-                        text = full.to_csv(index=False)
-                        path.write_text("", encoding="utf-8")
-                    else:
-                        text = rows.to_csv(index=False, header=False)
+                    same = fh.readline().rstrip("\n") == header
+                if not same:  # other columns (an older dcpue, a registry change): rewrite it whole, atomically
+                    old = self.tables.get(site)
+                    full = pd.concat([old, rows], ignore_index=True) if old is not None else rows
+                    tmp = path.with_suffix(".tmp")
+                    with tmp.open("w", encoding="utf-8") as fh:
+                        fh.write(full.to_csv(index=False))
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                    tmp.replace(path)
+                    return
+                text = rows.to_csv(index=False, header=False)
             with path.open("a", encoding="utf-8") as fh:
                 fh.write(text)
                 fh.flush()

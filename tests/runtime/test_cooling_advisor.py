@@ -102,6 +102,15 @@ def test_table_rows_survive_a_crash_and_a_torn_append(tmp_path: Path):
     assert len(again.tables[SITE]) > len(made)
     final = CoolingAdvisor(REGISTRY, cooling, train_in_background=False)
     pd.testing.assert_frame_equal(final.tables[SITE], again.tables[SITE], check_dtype=False)
+    # a file written by an older dcpue, without a column this one writes: rewritten whole, nothing lost
+    final.tables[SITE].drop(columns=["rack_inlet_mean_c"]).to_csv(path, index=False)
+    old = CoolingAdvisor(REGISTRY, cooling, train_in_background=False)
+    old.observe(pd.concat([f for _, f in sim.poll(START_MS + 15 * HOUR)], ignore_index=True))
+    assert path.read_text(encoding="utf-8").splitlines()[0] == ",".join(old.tables[SITE].columns)
+    reread = CoolingAdvisor(REGISTRY, cooling, train_in_background=False).tables[SITE]
+    assert len(reread) == len(old.tables[SITE]) > len(final.tables[SITE])
+    pd.testing.assert_frame_equal(reread.drop(columns=["rack_inlet_mean_c"]),
+                                  old.tables[SITE].drop(columns=["rack_inlet_mean_c"]), check_dtype=False)
 
 
 def test_each_liquid_site_is_advised_within_its_own_water_class(tmp_path: Path):
