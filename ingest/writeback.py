@@ -217,6 +217,7 @@ class SetpointWriter:
         self._undo: Any = None  # what the link needs to put them back
         self._watch_until = -1
         self._suspended_until = -1
+        self._pending_undo: Any = None  # an undo or rollback that failed: retried before anything else
         self.log: list[WriteResult] = []
 
     # -- decisions ---------------------------------------------------------------------------------
@@ -226,6 +227,16 @@ class SetpointWriter:
         wanted = record.get("recommended") or {}
         if not self.target.enabled:
             return self._note(now, "refused", "write-back is not enabled for this site")
+        if self._pending_undo is not None:  # the BMS may still hold a half or breached write: undo it first
+            with self._lock:
+                try:
+                    self._link.restore(self._pending_undo)
+                except CollectorError as exc:
+                    return self._note(now, "refused", f"an earlier write still has to be undone and that failed "
+                                                      f"again: {exc}")
+                self._pending_undo = None
+            log.warning("site %s: an earlier write that could not be undone is undone now", self.site)
+            return self._note(now, "rolled_back", "an earlier write that could not be undone is undone now")
         if not record.get("ok") or record.get("action") != "change" or not wanted:
             return self._note(now, "none", f"nothing to write ({record.get('action', 'no')} recommendation)")
         if now < self._suspended_until:
@@ -283,6 +294,7 @@ class SetpointWriter:
                 restored = self._link.restore(undo)
         except CollectorError as exc:
             log.error("site %s: rollback after %s FAILED: %s", self.site, breach, exc)
+            self._pending_undo = undo  # retried with the next recommendation
             return self._note(ts_ms, "rollback_failed", f"{breach}; writing back {previous} failed: {exc}", previous)
         log.warning("site %s: %s after a setpoint write: previous setpoints %s restored (now %s), "
                     "write-back suspended", self.site, breach, previous, restored)
@@ -295,7 +307,8 @@ class SetpointWriter:
             self._link.restore(undo)
         except CollectorError as again:
             log.error("site %s: undoing a failed setpoint write FAILED: %s", self.site, again)
-            return f"{exc}; undoing the write failed too: {again}"
+            self._pending_undo = undo  # retried with the next recommendation
+            return f"{exc}; undoing the write failed too (retried with the next recommendation): {again}"
         return f"{exc}; the write was undone"
 
     # -- transport ---------------------------------------------------------------------------------
@@ -326,16 +339,28 @@ class _ModbusLink:
         self.site, self.target = site, target
         self._client: Any = None
 
+    def _guard(self, what: str, call: Any) -> Any:
+        """``call()``; a timeout, a dropped link or a bad value becomes a CollectorError naming ``what``
+        (pymodbus raises rather than answering an error reply then), so the writer refuses and undoes."""
+        from pymodbus.exceptions import ModbusException
+
+        try:
+            return call()
+        except (ModbusException, OSError, ValueError) as exc:
+            self._drop()
+            raise CollectorError(f"{self._where()}: {what} failed: {exc}") from exc
+
     def read(self) -> dict[str, float]:
         client = self._connect()
         out = {}
         for name, reg in self.target.registers.items():
-            reply = client.read_holding_registers(reg.address, count=register_count(reg.data_type),
-                                                  device_id=self.target.unit_id)
+            reply = self._guard(f"reading {name} at {reg.address}", lambda reg=reg: client.read_holding_registers(
+                reg.address, count=register_count(reg.data_type), device_id=self.target.unit_id))
             if reply.isError():
                 self._drop()
                 raise CollectorError(f"{self._where()}: reading {name} at {reg.address} failed: {reply}")
-            out[name] = float(decode_registers(reply.registers, reg.data_type, reg.byte_order, reg.scale))
+            out[name] = float(self._guard(f"decoding {name}", lambda reply=reply, reg=reg: decode_registers(
+                reply.registers, reg.data_type, reg.byte_order, reg.scale)))
         return out
 
     def snapshot(self, names: list[str], held: dict[str, float]) -> dict[str, float]:
@@ -345,8 +370,10 @@ class _ModbusLink:
         client = self._connect()
         for name, value in values.items():
             reg = self.target.registers[name]
-            words = encode_registers(value, reg.data_type, reg.byte_order, reg.scale)
-            reply = client.write_registers(reg.address, words, device_id=self.target.unit_id)
+            words = self._guard(f"encoding {name} = {value:g}", lambda reg=reg, value=value: encode_registers(
+                value, reg.data_type, reg.byte_order, reg.scale))
+            reply = self._guard(f"writing {name} = {value:g}", lambda reg=reg, words=words: client.write_registers(
+                reg.address, words, device_id=self.target.unit_id))
             if reply.isError():
                 self._drop()
                 raise CollectorError(f"{self._where()}: writing {name} = {value:g} failed: {reply}")
@@ -369,7 +396,7 @@ class _ModbusLink:
             from pymodbus.client import ModbusTcpClient
 
             client = ModbusTcpClient(self.target.host, port=self.target.port, timeout=self.target.timeout_s, retries=0)
-            if not client.connect():
+            if not self._guard("connecting", client.connect):
                 raise CollectorError(f"{self._where()}: cannot connect")
             self._client = client
         return self._client

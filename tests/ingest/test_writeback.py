@@ -3,10 +3,12 @@ read-back, and rollback on a constraint breach."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from dcpue.ingest.writeback import ModbusTarget, SetpointRegister, SetpointWriter
-from tests.peers.modbus import run_modbus_server
+from tests.peers.modbus import flaky_bms, run_modbus_server, silent_tcp_server
 
 T0 = 1_751_328_000_000
 MIN = 60_000
@@ -106,5 +108,41 @@ def test_a_write_the_bms_refuses_halfway_is_undone_before_it_is_refused():
             assert "undone" in refused.reason
             assert (holding(bms, SA), holding(bms, CHW)) == (220, 140)  # as before the attempt
             assert writer.watch(T0 + 5 * MIN, rack_inlet_c=30.0) is None  # nothing in effect to roll back
+        finally:
+            writer.close()
+
+
+def test_a_link_lost_mid_write_is_a_refusal_and_the_half_write_is_undone_once_the_bms_answers():
+    """The link dies on the chilled-water write after supply air landed, and the BMS stays unreachable
+    for the undo: a refusal (never an exception in the worker), and the half-changed plant is put back
+    as soon as the BMS answers again, before anything else is written."""
+    with flaky_bms({SA: 220, CHW: 140}, drop_on_write=2) as bms:
+        writer = SetpointWriter("xy-03", target(bms, timeout_s=0.5))
+        try:
+            refused = writer.apply(change(T0, supply_air=23.0, chw_supply=15.0))
+            assert refused.action == "refused" and "writing chw_supply = 15 failed" in refused.reason
+            assert "undoing the write failed too" in refused.reason
+            assert bms.registers == {SA: 230, CHW: 140}  # half changed: supply air only
+            still = writer.apply(change(T0 + 20 * MIN, supply_air=22.5))
+            assert still.action == "refused" and "still has to be undone" in still.reason
+            bms.serving.set()  # the BMS answers again
+            undone = writer.apply(change(T0 + 40 * MIN, supply_air=22.5))
+            assert undone.action == "rolled_back" and bms.registers == {SA: 220, CHW: 140}
+            assert writer.apply(change(T0 + 60 * MIN, supply_air=23.0)).action == "written"  # then business as usual
+            assert bms.registers == {SA: 230, CHW: 140}
+        finally:
+            writer.close()
+
+
+def test_a_bms_that_never_answers_is_a_refusal_in_bounded_time():
+    with silent_tcp_server() as (host, port):
+        writer = SetpointWriter("xy-03", ModbusTarget.model_validate({
+            "enabled": True, "host": host, "port": port, "timeout_s": 0.5,
+            "registers": {"supply_air": SetpointRegister(address=SA)}}))
+        try:
+            started = time.monotonic()
+            result = writer.apply(change(T0, supply_air=23.0))
+            assert result.action == "refused" and "reading supply_air at 100 failed" in result.reason
+            assert time.monotonic() - started < 5
         finally:
             writer.close()

@@ -241,3 +241,60 @@ def short_reply_server() -> Iterator[tuple[str, int]]:
 
     with _tcp_listener(reply) as address:
         yield address
+
+
+@dataclass
+class FlakyBms:
+    """A Modbus TCP BMS (holding registers, FC 3 and 16) whose link can fail: ``drop_on_write`` = n closes
+    the connection instead of answering the n-th write (nothing written) and stops serving until
+    ``serving`` is set again; meanwhile a new connection is closed at once."""
+
+    host: str
+    port: int
+    registers: dict[int, int]
+    drop_on_write: int | None = None
+    serving: threading.Event = field(default_factory=threading.Event)
+    writes: int = 0
+
+
+def _flaky_session(conn: socket.socket, bms: FlakyBms) -> None:
+    import struct
+
+    with conn:
+        while True:
+            head = conn.recv(7)
+            if len(head) < 7:
+                return
+            tid, _, length, unit = struct.unpack(">HHHB", head)
+            pdu = conn.recv(length - 1)
+            code, address, count = pdu[0], *struct.unpack(">HH", pdu[1:5])
+            if code == 3:
+                data = b"".join(struct.pack(">H", bms.registers[address + k]) for k in range(count))
+                reply = bytes([3, len(data)]) + data
+            elif code == 16:
+                bms.writes += 1
+                if bms.writes == bms.drop_on_write:
+                    bms.serving.clear()
+                    return  # the link dies: no answer, nothing written
+                for k, value in enumerate(struct.unpack(f">{count}H", pdu[6:6 + 2 * count])):
+                    bms.registers[address + k] = value
+                reply = struct.pack(">BHH", 16, address, count)
+            else:
+                reply = bytes([code | 0x80, 1])
+            conn.sendall(struct.pack(">HHHB", tid, 0, len(reply) + 1, unit) + reply)
+
+
+@contextlib.contextmanager
+def flaky_bms(registers: Mapping[int, int], drop_on_write: int | None = None) -> Iterator[FlakyBms]:
+    """A :class:`FlakyBms` on a free 127.0.0.1 port, one connection at a time."""
+    def handle(conn: socket.socket) -> None:
+        if not bms.serving.is_set():
+            conn.close()
+            return
+        _flaky_session(conn, bms)
+
+    bms = FlakyBms(HOST, 0, dict(registers), drop_on_write)
+    bms.serving.set()
+    with _tcp_listener(handle) as (host, port):
+        bms.host, bms.port = host, port
+        yield bms
