@@ -130,9 +130,11 @@ def assess(
         sites[f"{c}_evidence"] = evidence[c].to_numpy()
     sites = sites[list(SITE_COLUMNS)].reset_index(drop=True)
 
-    table = cluster_table(frame, clusters, cluster_overrides, standard_rack_kw=criteria.standard_rack_kw,
+    # the plan uses the PUE the criteria accepted: one from too few months (or below 1) is unknown there too
+    planning = frame.assign(annual_pue=pue)
+    table = cluster_table(planning, clusters, cluster_overrides, standard_rack_kw=criteria.standard_rack_kw,
                           occupancy_target_pct=criteria.hub_occupancy_target_pct)
-    plan, table = consolidation_plan(frame, pd.Series(verdict, index=frame.index), table,
+    plan, table = consolidation_plan(planning, pd.Series(verdict, index=frame.index), table,
                                      frame["electricity_price_cny_per_kwh"])
     return Assessment(sites=sites, plan=plan, clusters=table, totals=_totals(sites, plan), criteria=criteria)
 
@@ -150,6 +152,8 @@ def _normalise(inputs: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"inputs: sites given more than once: {', '.join(dup)}")
     for col in _NUMERIC:
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float) if col in frame.columns else np.nan
+    for col in ("it_kw_mean", "it_kw_peak"):  # a negative IT load is a meter fault, never a figure
+        frame[col] = frame[col].where(~(frame[col] < 0))
     for col in ("name", "city", "cooling"):
         if col not in frame.columns:
             frame[col] = None

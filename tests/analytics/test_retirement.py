@@ -379,6 +379,26 @@ def test_savings_equal_a_hand_computation_for_two_sites():
     assert list(result.plan.columns) == list(PLAN_COLUMNS)
 
 
+def test_the_plan_books_no_saving_on_a_pue_the_criteria_called_unknown_nor_room_from_a_negative_load():
+    """A PUE from 2 months is unknown to the inefficiency criterion, so the plan cannot book a saving on it;
+    a negative mean IT load (a meter fault) is unknown, so it cannot free room in a cluster for others."""
+    small = {"design_it_kw": 500.0, "racks_installed": 200, "racks_in_service": 160, **FAR}
+    reg = registry(simple_site("short", **{**HEALTHY, **small}), simple_site("neg", **{**HEALTHY, **small}),
+                   simple_site("a", **{**HEALTHY, **small}), simple_site("b", **{**HEALTHY, **small}),
+                   clusters=[GUI_AN])
+    figures = pd.DataFrame({"site": ["short", "neg", "a", "b"], "annual_pue": [2.5, 1.9, 1.8, 1.8],
+                            "months_observed": [2.0, 12.0, 12.0, 12.0], "it_kw_mean": [50.0, -400.0, 60.0, 60.0]})
+    result = assess(site_inputs(reg, figures, as_of_year=YEAR), reg.clusters,
+                    cluster_overrides={"gui-an": {"capacity_kw": 1000.0, "load_kw": 900.0, "pue": 1.15}})
+    sites, plan = result.sites.set_index("site"), result.plan.set_index("site")
+    assert sites.loc["short", "inefficient"] == "unknown"
+    assert np.isnan(plan.loc["short", "saved_kwh_year"])  # not 50 × 8,760 × (2.5 − 1.15)
+    assert np.isnan(sites.loc["neg", "it_kw_mean"]) and pd.isna(plan.loc["neg", "destination"])
+    cl = result.clusters.iloc[0]
+    assert cl["spare_kw_before"] == 100.0 and cl["moved_in_kw"] <= 100.0  # 50 + 60 + 60 kW cannot all go in
+    assert result.totals["saved_kwh_year"] == pytest.approx(plan["saved_kwh_year"].sum())
+
+
 def test_cluster_figures_derive_from_member_sites():
     members = [("m1", {"cluster": "gui-an", "design_it_kw": 20000.0}, {"it_kw_mean": 10000.0, "annual_pue": 1.10}),
                ("m2", {"cluster": "gui-an", "design_it_kw": 10000.0}, {"it_kw_mean": 5000.0, "annual_pue": 1.40})]
