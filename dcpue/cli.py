@@ -663,12 +663,14 @@ def _as_of_ms(text: str | None, tz: str) -> int | None:
         return None
     try:
         stamp = pd.Timestamp(text)
-    except (ValueError, TypeError):
-        stamp = None
-    if stamp is None or stamp is pd.NaT:
-        raise ConfigError(f"--as-of {text!r}: not a date or time (e.g. 2025-01-01 or 2025-01-01T08:00+08:00)")
-    stamp = stamp.tz_localize(tz) if stamp.tzinfo is None else stamp
-    return int(stamp.value // 1_000_000)
+        stamp = stamp.tz_localize(tz) if stamp is not pd.NaT and stamp.tzinfo is None else stamp
+        ms = None if stamp is pd.NaT else int(stamp.value // 1_000_000)
+    except (ValueError, TypeError, OverflowError):  # OutOfBoundsDatetime is a ValueError
+        ms = None
+    if ms is None:
+        raise ConfigError(f"--as-of {text!r}: not a date or time between 1677 and 2262 "
+                          f"(e.g. 2025-01-01 or 2025-01-01T08:00+08:00)")
+    return ms
 
 
 def _width(text: str) -> int:

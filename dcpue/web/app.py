@@ -202,24 +202,29 @@ def _newest_by_id(store: ResultStore, scope: str, window: str) -> dict[str, dict
     return {r["id"]: r for r in _records(store.latest_windows(scope, window))}
 
 
+_YEAR_2200_MS = 7_258_118_400_000
+
+
 def _parse_time(value: str | None, name: str) -> int | None:
     """``start``/``end`` query values: epoch milliseconds or an ISO-8601 time (naive = UTC)."""
     if value is None or value == "":
         return None
     text = value.strip()
+    bad = HTTPException(422, f"{name}={value!r} is not a time; give epoch milliseconds or ISO-8601 "
+                             f"(e.g. 2025-06-01T00:00Z) from 1970 to 2199")
     if text.lstrip("-").isdigit():
-        return int(text)
-    try:
-        ts = pd.Timestamp(text)
-    except (ValueError, TypeError):
-        ts = None
-    if ts is None or ts is pd.NaT:
-        raise HTTPException(
-            422, f"{name}={value!r} is not a time; give epoch milliseconds or ISO-8601 (e.g. 2025-06-01T00:00Z)"
-        )
-    if ts.tzinfo is None:
-        ts = ts.tz_localize("UTC")
-    return int(ts.value // 1_000_000)
+        ms = int(text)
+    else:
+        try:
+            ts = pd.Timestamp(text)
+            if ts is pd.NaT:
+                raise bad
+            ms = int((ts.tz_localize("UTC") if ts.tzinfo is None else ts).value // 1_000_000)
+        except (ValueError, TypeError, OverflowError):  # OutOfBoundsDatetime is a ValueError
+            raise bad from None
+    if not 0 <= ms < _YEAR_2200_MS:  # beyond it period arithmetic overflows pandas' nanosecond timestamps
+        raise bad
+    return ms
 
 
 def _ratio(num: float | None, den: float | None) -> float | None:
@@ -425,7 +430,7 @@ def create_app(
                 try:
                     result = assess_store(store, registry, retirement_settings, as_of_ms=key[0] or None,
                                           tz=engine_settings.timezone, price_cny_per_kwh=price)
-                except (ConfigError, ValueError) as exc:
+                except ConfigError as exc:
                     raise HTTPException(500, f"retirement settings: {exc}") from None
                 body = _clean(result.to_dict())
                 if len(retirement_cache) >= 8:

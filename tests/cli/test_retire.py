@@ -117,6 +117,8 @@ def test_bad_settings_exit_2_naming_the_file_and_the_field(setup, capsys, tmp_pa
 def test_bad_options_and_a_missing_store(setup, capsys, tmp_path):
     assert main(retire(setup, "--as-of", "soon")) == 2
     assert "--as-of 'soon': not a date" in capsys.readouterr().err
+    assert main(retire(setup, "--as-of", "9999-12-31")) == 2  # a date pandas cannot hold: no traceback
+    assert "--as-of '9999-12-31': not a date or time between 1677 and 2262" in capsys.readouterr().err
     assert main(retire(setup, "--price", "-1")) == 2
     assert "--price -1.0" in capsys.readouterr().err
     argv = retire(setup)

@@ -74,6 +74,9 @@ def test_price_and_as_of_parameters(store):
     assert body["totals"]["saved_cost_cny_year"] == pytest.approx(body["totals"]["saved_kwh_year"] * 0.55)
     assert client.get(URL, params={"as_of": "someday"}).status_code == 422
     assert "as_of='someday' is not a time" in client.get(URL, params={"as_of": "someday"}).json()["detail"]
+    for out_of_range in ("9999-12-31", "100000000000000000", "7258118400000"):  # past what pandas or 2199 hold
+        answer = client.get(URL, params={"as_of": out_of_range})
+        assert answer.status_code == 422 and "from 1970 to 2199" in answer.json()["detail"], out_of_range
     assert client.get(URL, params={"price": -1}).status_code == 422
 
 
