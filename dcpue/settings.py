@@ -243,6 +243,15 @@ class RetirementSettings(_Section):
     occupancy_history: Literal["racks", "power", "none"] = "racks"
     clusters: dict[str, RetirementClusterOverride] = Field(default_factory=dict)  # per hub-cluster id
 
+    @field_validator("months")
+    @classmethod
+    def _long_enough(cls, months: int, info: Any) -> int:
+        criteria = info.data.get("criteria")
+        if criteria is not None and months < criteria.occupancy_months:
+            raise ValueError(f"{months} months of figures are fewer than criteria.occupancy_months "
+                             f"({criteria.occupancy_months}): low 上架率 could never be sustained long enough")
+        return months
+
 
 class Settings(BaseSettings):
     """Everything a dcpue process is configured with."""

@@ -102,6 +102,7 @@ def test_an_empty_store_gives_unknowns_not_a_failure(setup, capsys, tmp_path):
     ({"economics": {"electricity_price_cny_per_kwh": "cheap"}},
      "retirement.economics.electricity_price_cny_per_kwh", "valid number"),
     ({"occupancy_history": "guess"}, "retirement.occupancy_history", "'racks', 'power' or 'none'"),
+    ({"months": 6}, "retirement.months", "fewer than criteria.occupancy_months (12)"),
     ({"clusters": {"nowhere": {"capacity_kw": 1000}}}, "retirement.clusters.nowhere", "unknown hub cluster"),
 ])
 def test_bad_settings_exit_2_naming_the_file_and_the_field(setup, capsys, tmp_path, retirement, field, problem):
