@@ -27,6 +27,7 @@ value it held.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, Protocol
@@ -254,6 +255,9 @@ class SetpointWriter:
             try:
                 held = self._link.read()
                 for name, value in wanted.items():
+                    if not math.isfinite(held[name]) or not math.isfinite(value):
+                        return self._note(now, "refused", f"{name}: the BMS holds {held[name]:g} and the advice is "
+                                                          f"{value:g} °C; both must be numbers to check the step")
                     lo, hi = self.target.bounds.get(name, (float("-inf"), float("inf")))
                     step = self.target.max_step.get(name, 1.0)
                     if not lo <= value <= hi:

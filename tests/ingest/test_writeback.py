@@ -146,3 +146,18 @@ def test_a_bms_that_never_answers_is_a_refusal_in_bounded_time():
             assert time.monotonic() - started < 5
         finally:
             writer.close()
+
+
+def test_a_setpoint_the_bms_reads_as_nan_is_never_written():
+    """A float32 register holding NaN (a BMS point out of service): no step can be checked, so no write,
+    even without bounds for it."""
+    with run_modbus_server({1: {"holding": {SA: 0x7FC0, SA + 1: 0x0000}}}) as bms:
+        writer = SetpointWriter("xy-03", ModbusTarget.model_validate({
+            "enabled": True, "host": bms.host, "port": bms.port,
+            "registers": {"supply_air": SetpointRegister(address=SA, data_type="float32", scale=1.0)}}))
+        try:
+            result = writer.apply(change(T0, supply_air=23.0))
+            assert result.action == "refused" and "the BMS holds nan" in result.reason
+            assert (holding(bms, SA), holding(bms, SA + 1)) == (0x7FC0, 0x0000)
+        finally:
+            writer.close()
