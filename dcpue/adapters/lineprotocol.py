@@ -108,6 +108,22 @@ class _FieldSet:
         valid = series.notna().to_numpy()
         self.add(key + "=" + _quote(series.fillna("")), valid)
 
+    def add_bool(self, key: str, values: object) -> None:
+        series = pd.Series(np.asarray(values, dtype=object), index=self.fields.index, dtype=object)
+        text = pd.Series(np.where(series.fillna(False).astype(bool), "true", "false"), index=self.fields.index)
+        self.add(key + "=" + text, series.notna().to_numpy())
+
+    def add_kind(self, key: str, kind: str, values: object) -> None:
+        """A field of ``kind`` ``float`` (non-numbers left out), ``int``, ``bool`` or ``string``."""
+        if kind == "float":
+            self.add_float(key, pd.to_numeric(pd.Series(np.asarray(values)), errors="coerce").to_numpy(np.float64))
+        elif kind == "int":
+            self.add_int(key, values)
+        elif kind == "bool":
+            self.add_bool(key, values)
+        else:
+            self.add_string(key, values)
+
 
 def windows_to_lines(windows: pd.DataFrame, sites: pd.DataFrame | None = None) -> list[str]:
     """Line-protocol lines (ms precision) for window results; ``sites`` adds city/cluster tags to site rows."""
@@ -195,15 +211,8 @@ def inventory_to_lines(sites: pd.DataFrame, ts_ms: int) -> list[str]:
     tags += [(key, _text(sites[col].to_numpy(), index)) for col, key in INVENTORY_TAGS.items() if col in sites]
     fields = _FieldSet(index)
     for col, (key, kind) in INVENTORY_FIELDS.items():
-        if col not in sites:
-            continue
-        values = sites[col].to_numpy()
-        if kind == "float":
-            fields.add_float(key, pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64))
-        elif kind == "int":
-            fields.add_int(key, values)
-        else:
-            fields.add_string(key, values)
+        if col in sites:
+            fields.add_kind(key, kind, sites[col].to_numpy())
     lines = _tag_set(INVENTORY_MEASUREMENT, tags, index) + " " + fields.fields + " " + str(int(ts_ms))
     # a site none of whose attributes is known has no field, and a point without fields is invalid
     return lines[(fields.fields != "").to_numpy()].tolist()
@@ -374,17 +383,6 @@ def retirement_to_lines(assessment: Any, ts_ms: int) -> list[str]:
                                                                 for c in CRITERIA]
     columns += [(planned, col, spec) for col, spec in RETIREMENT_PLAN_FIELDS.items()]
     for table, col, (key, kind) in columns:
-        if col not in table:
-            continue
-        values = table[col].to_numpy()
-        if kind == "float":
-            fields.add_float(key, pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64))
-        elif kind == "int":
-            fields.add_int(key, values)
-        elif kind == "bool":
-            known = pd.Series(values, index=index).notna().to_numpy()
-            text = pd.Series(np.where(pd.Series(values).fillna(False).astype(bool), "true", "false"), index=index)
-            fields.add(key + "=" + text, known)
-        else:
-            fields.add_string(key, values)
+        if col in table:
+            fields.add_kind(key, kind, table[col].to_numpy())
     return (tags + " " + fields.fields + " " + str(int(ts_ms))).tolist()
