@@ -101,6 +101,12 @@ class ModbusTarget(_TargetLimits):
         return frozenset(self.registers)
 
 
+def _device_address(value: str) -> str:
+    """A BACnet/IP device address in its normal form ``host:port`` (47808 when left out)."""
+    host, port = parse_device_address(value)
+    return f"{host}:{port}"
+
+
 class BacnetPoint(BaseModel):
     """Where a setpoint lives in a BACnet BMS: an object's property, written at a command priority."""
 
@@ -121,10 +127,7 @@ class BacnetPoint(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        host, port = parse_device_address(value)
-        return f"{host}:{port}"
+        return None if value is None else _device_address(value)
 
     @field_validator("property")
     @classmethod
@@ -150,8 +153,7 @@ class BacnetTarget(_TargetLimits):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        host, port = parse_device_address(value)
-        return f"{host}:{port}"
+        return _device_address(value)
 
     @field_validator("local_address")
     @classmethod
