@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.peers import serve_on_free_port
+
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 10.0
@@ -161,21 +163,9 @@ class _DeviceThread(threading.Thread):
 @contextlib.contextmanager
 def run_bacnet_device(image: Mapping[str, PeerObject], attempts: int = 3) -> Iterator[BacnetPeer]:
     """A BACnet/IP device on a free 127.0.0.1 UDP port serving ``{"analog-value,N": PeerObject}``."""
-    last: BaseException | None = None
-    for _ in range(attempts):  # a port taken between free_udp_port() and bind is retried on another
+    def make() -> tuple[BacnetPeer, _DeviceThread]:
         peer = BacnetPeer(free_udp_port(), image)
-        thread = _DeviceThread(peer)
-        thread.start()
-        if not thread.ready.wait(START_TIMEOUT_S + 2):
-            thread.stop()
-            raise RuntimeError(f"BACnet peer did not start within {START_TIMEOUT_S} s")
-        if thread.error is not None:
-            thread.join(STOP_TIMEOUT_S)
-            last = thread.error
-            continue
-        try:
-            yield peer
-        finally:
-            thread.stop()
-        return
-    raise RuntimeError(f"BACnet peer could not listen on 127.0.0.1: {last!r}")
+        return peer, _DeviceThread(peer)
+
+    with serve_on_free_port(make, "BACnet peer", START_TIMEOUT_S + 2, STOP_TIMEOUT_S, attempts) as peer:
+        yield peer

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.peers import serve_on_free_port
 from tests.servers import free_port
 
 HOST = "127.0.0.1"
@@ -158,25 +159,12 @@ def run_modbus_server(devices: Mapping[int, RegisterImage], fill_gaps: bool = Tr
     """
     locked = readonly or {}
     sim = [_sim_device(unit, image, fill_gaps, frozenset(locked.get(unit, ()))) for unit, image in devices.items()]
-    last: BaseException | None = None
-    for _ in range(attempts):  # a port taken between free_port() and bind is retried on another
-        port = free_port()
-        peer = ModbusPeer(HOST, port)
-        thread = _ServerThread(sim, port, peer)
-        thread.start()
-        if not thread.ready.wait(START_TIMEOUT_S):
-            thread.stop()
-            raise RuntimeError(f"Modbus peer did not start within {START_TIMEOUT_S} s")
-        if thread.error is not None:
-            thread.join(STOP_TIMEOUT_S)
-            last = thread.error
-            continue
-        try:
-            yield peer
-        finally:
-            thread.stop()
-        return
-    raise RuntimeError(f"Modbus peer could not listen on 127.0.0.1: {last}")
+    def make() -> tuple[ModbusPeer, _ServerThread]:
+        peer = ModbusPeer(HOST, free_port())
+        return peer, _ServerThread(sim, peer.port, peer)
+
+    with serve_on_free_port(make, "Modbus peer", START_TIMEOUT_S, STOP_TIMEOUT_S, attempts) as peer:
+        yield peer
 
 
 @contextlib.contextmanager
