@@ -8,6 +8,7 @@ naming the file, the site/point and the problem.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import date
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,30 @@ from dcpue.yamlio import read_yaml
 # reporting rules used 0.5703 (MEE 2023 notice on power-sector reporting). Override per site.
 DEFAULT_GRID_EMISSION_FACTOR = 0.5366
 
+# GB 32100-2015 unified social credit code (统一社会信用代码): 18 characters of this alphabet (no I, O, S,
+# V, Z), the last a check character over the first 17 with these weights (3^i mod 31).
+CREDIT_CODE_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
+_CREDIT_CODE_WEIGHTS = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28)
+
+
+def credit_code_check_char(first17: str) -> str:
+    """The GB 32100-2015 check character of the first 17 characters of a unified social credit code."""
+    total = sum(CREDIT_CODE_ALPHABET.index(c) * w for c, w in zip(first17, _CREDIT_CODE_WEIGHTS, strict=True))
+    return CREDIT_CODE_ALPHABET[(31 - total % 31) % 31]
+
+
+def credit_code_problem(code: str) -> str | None:
+    """Why ``code`` is not a valid unified social credit code, or None when it is."""
+    if len(code) != 18:
+        return f"must have 18 characters, has {len(code)}"
+    bad = sorted({c for c in code if c not in CREDIT_CODE_ALPHABET})
+    if bad:
+        return f"has characters outside the GB 32100 alphabet: {''.join(bad)!r} (upper case, no I, O, S, V, Z)"
+    expected = credit_code_check_char(code[:17])
+    if code[17] != expected:
+        return f"check character is {code[17]!r}, GB 32100-2015 gives {expected!r}: a typing error?"
+    return None
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
@@ -60,6 +85,11 @@ class Point(_Frozen):
     rollover: float | None = Field(default=None, gt=0)  # counter maximum before it wraps, in ``unit``
     collector: str | None = None  # which collector feeds it (simulator, modbus, snmp, …)
     tags: dict[str, str] = Field(default_factory=dict)  # e.g. {"location": "rack_inlet"}
+    # the meter behind the point, for regulators' meter registries (all optional)
+    meter_serial: str | None = Field(default=None, max_length=64)
+    accuracy_class: str | None = Field(default=None, max_length=16)  # e.g. "0.5S" (GB/T 17215)
+    calibrated: date | None = None  # last calibration (检定) date
+    calibration_due: date | None = None  # next calibration due
 
     @model_validator(mode="after")
     def _check(self) -> Point:
@@ -122,9 +152,19 @@ class Site(_Frozen):
     design_it_kw: float = Field(gt=0)
     cooling: CoolingArchitecture
     grid_emission_factor: float = Field(default=DEFAULT_GRID_EMISSION_FACTOR, ge=0)  # [kgCO2/kWh]
-    operator_credit_code: str | None = None
-    platform_site_code: str | None = None
+    operator_credit_code: str | None = None  # the operator's unified social credit code (GB 32100-2015)
+    platform_site_code: str | None = Field(default=None, min_length=1, max_length=64,
+                                           pattern=r"^[A-Za-z0-9_.-]+$")  # assigned by the provincial platform
     points: tuple[Point, ...]
+
+    @field_validator("operator_credit_code")
+    @classmethod
+    def _credit_code(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = credit_code_problem(value)
+            if problem:
+                raise ValueError(f"operator_credit_code {value!r} {problem}")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Site:

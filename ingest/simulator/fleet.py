@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import numpy as np
 
-from dcpue.registry import Cluster, Point, Registry, Site
+from dcpue.registry import CREDIT_CODE_ALPHABET, Cluster, Point, Registry, Site, credit_code_check_char
 
 GUI_AN_CLUSTER = Cluster(id="gui-an", name="Gui'an hub cluster (贵安集群)", latitude=26.40, longitude=106.40)
 
@@ -136,6 +137,15 @@ def site_points(kind: str, rng: np.random.Generator, design_kw: float, flags: di
     return pts
 
 
+def demo_credit_code(seed: int, site_id: str) -> str:
+    """A made-up but well-formed unified social credit code for a simulated operator: "91" (a company),
+    Guizhou's division code 520000, nine characters from the site, and the GB 32100 check character."""
+    h = zlib.crc32(f"{seed}:{site_id}".encode())
+    org = "".join(CREDIT_CODE_ALPHABET[(h >> (3 * k)) % 31] for k in range(9))
+    first17 = f"91520000{org}"
+    return first17 + credit_code_check_char(first17)
+
+
 def generate_fleet(n_sites: int, seed: int) -> Registry:
     """A deterministic fleet of ``n_sites`` Guizhou data centers.
 
@@ -178,6 +188,8 @@ def generate_fleet(n_sites: int, seed: int) -> Registry:
                 racks_in_service=in_service,
                 design_it_kw=design_kw,
                 cooling=_COOLING[kind],
+                operator_credit_code=demo_credit_code(seed, site_id),
+                platform_site_code=f"GZ520000-{i + 1:04d}",
                 points=tuple(site_points(kind, rng, design_kw, flags)),
             )
         )
