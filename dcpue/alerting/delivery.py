@@ -240,8 +240,11 @@ class Dispatcher:
 
     ``drain_once(now)`` does the same work synchronously (for tests and tools): per receiver, every attempt
     that is due at ``now`` and allowed by the rate limit. ``clock`` gives unix time [s]; ``rng`` the jitter.
-    Rows of receivers not in ``receivers`` stay pending (logged once).
+    Rows of receivers not in ``receivers`` stay pending (logged once). Subclasses deliver other queues
+    (``label`` names them in logs and threads; :meth:`_attempt` makes one request).
     """
+
+    label = "alert"
 
     def __init__(self, outbox: Outbox, receivers: Sequence[Receiver], *, backoff_base_s: float = BACKOFF_BASE_S,
                  poll_interval_s: float = 1.0, clock: Callable[[], float] = time.time,
@@ -264,7 +267,7 @@ class Dispatcher:
         self._stop.clear()
         for name, lane in self._lanes.items():
             if lane.thread is None or not lane.thread.is_alive():
-                lane.thread = threading.Thread(target=self._run, args=(lane,), name=f"alert-delivery-{name}",
+                lane.thread = threading.Thread(target=self._run, args=(lane,), name=f"{self.label}-delivery-{name}",
                                                daemon=True)
                 lane.thread.start()
         return self
@@ -278,7 +281,7 @@ class Dispatcher:
             if lane.thread is not None:
                 lane.thread.join(timeout_s)
                 if lane.thread.is_alive():
-                    log.warning("alert delivery thread did not stop receiver=%s", lane.receiver.name)
+                    log.warning("%s delivery thread did not stop receiver=%s", self.label, lane.receiver.name)
                 lane.thread = None
         for lane in self._lanes.values():
             with lane.lock:
@@ -328,14 +331,14 @@ class Dispatcher:
         for name in self.outbox.pending_receivers():
             if name not in self._lanes and name not in self._warned:
                 self._warned.add(name)
-                log.warning("alert outbox has pending rows for a receiver not configured receiver=%s", name)
+                log.warning("%s outbox has pending rows for a receiver not configured receiver=%s", self.label, name)
 
     def _run(self, lane: _Lane) -> None:
         while not self._stop.is_set():
             try:
                 wait = self._step(lane, self._clock())
             except Exception:  # the loop survives a bad row or a full disk; the row stays pending
-                log.exception("alert delivery step failed receiver=%s", lane.receiver.name)
+                log.exception("%s delivery step failed receiver=%s", self.label, lane.receiver.name)
                 wait = self.poll_interval_s
             if wait == 0:
                 continue
@@ -367,7 +370,7 @@ class Dispatcher:
             if outcome.verdict == "delivered":
                 self.outbox.mark_delivered(row.id, done_ms, outcome.status_code)
                 lane.counters.sent += 1
-                log.info("alert delivered receiver=%s key=%s status=%s attempts=%d", receiver.name,
+                log.info("%s delivered receiver=%s key=%s status=%s attempts=%d", self.label, receiver.name,
                          row.idempotency_key, outcome.status_code, attempts)
             elif outcome.verdict == "retry" and (receiver.max_attempts is None
                                                  or budget_used < receiver.max_attempts):
@@ -377,8 +380,8 @@ class Dispatcher:
                 self.outbox.mark_retry(row.id, done_ms, now_ms + math.ceil(delay * 1000), outcome.error or "",
                                        outcome.status_code)
                 lane.counters.retried += 1
-                log.warning("alert delivery will be retried receiver=%s key=%s attempt=%d in_s=%.1f error=%s",
-                            receiver.name, row.idempotency_key, attempts, delay, outcome.error)
+                log.warning("%s delivery will be retried receiver=%s key=%s attempt=%d in_s=%.1f error=%s",
+                            self.label, receiver.name, row.idempotency_key, attempts, delay, outcome.error)
             else:
                 reason = outcome.error or "failed"
                 if outcome.verdict == "retry":
@@ -390,7 +393,7 @@ class Dispatcher:
                  attempted: bool = True) -> None:
         self.outbox.mark_failed(row.id, now_ms, reason, status_code, attempted=attempted)
         lane.counters.failed += 1
-        log.error("alert delivery failed receiver=%s key=%s status=%s error=%s", lane.receiver.name,
+        log.error("%s delivery failed receiver=%s key=%s status=%s error=%s", self.label, lane.receiver.name,
                   row.idempotency_key, status_code, reason)
 
     def _attempt(self, lane: _Lane, row: Delivery, now: float) -> Outcome:

@@ -79,9 +79,12 @@ _SCHEMA = (
         fingerprints TEXT NOT NULL DEFAULT '[]',
         requeued_ms INTEGER,
         requeued_attempts INTEGER NOT NULL DEFAULT 0,
+        order_ms INTEGER NOT NULL DEFAULT 0,
         UNIQUE (receiver, idempotency_key)
     )""",
     "CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (receiver, status, id)",
+    # small key-value state kept with the queue (the feed's report cursors), written in the same transactions
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, id)",
     # every event (by its idempotency key) already in some body for a receiver: a replay that groups
     # events differently must not notify an event twice under a new group key
@@ -94,7 +97,10 @@ _SCHEMA = (
 )
 
 # Columns added after the first release: ALTER TABLE on open, so outbox files written before keep working.
-_ADDED_COLUMNS = (("requeued_ms", "INTEGER"), ("requeued_attempts", "INTEGER NOT NULL DEFAULT 0"))
+_ADDED_COLUMNS = (("requeued_ms", "INTEGER"), ("requeued_attempts", "INTEGER NOT NULL DEFAULT 0"),
+                  ("order_ms", "INTEGER NOT NULL DEFAULT 0"))
+# after _ADDED_COLUMNS exist: the queue is served in (order_ms, id) order
+_INDEXES = ("CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries (receiver, status, order_ms, id)",)
 
 _COLUMNS = ("id", "receiver", "idempotency_key", "kind", "body", "status", "attempts", "next_attempt_ms",
             "last_error", "last_status_code", "created_ms", "updated_ms", "delivered_ms", "alert_status", "site",
@@ -168,9 +174,10 @@ class Outbox:
     ``fsync=True`` (SQLite ``synchronous=FULL``) survives power loss; False (``NORMAL``) a process crash.
     """
 
-    def __init__(self, path: str | Path, fsync: bool = True) -> None:
+    def __init__(self, path: str | Path, fsync: bool = True, label: str = "alert") -> None:
         self.path = Path(path)
         self.fsync = fsync
+        self.label = label  # what the queue holds, for messages ("alert", "feed")
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
 
@@ -187,12 +194,14 @@ class Outbox:
                 for statement in _SCHEMA:
                     db.execute(statement)
                 _add_missing_columns(db)
+                for statement in _INDEXES:
+                    db.execute(statement)
                 pending = db.execute("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'").fetchone()[0]
             except (sqlite3.Error, OSError) as exc:
-                raise OutboxError(f"{self.path}: cannot open the alert outbox: {exc}") from exc
+                raise OutboxError(f"{self.path}: cannot open the {self.label} outbox: {exc}") from exc
             self._db = db
         if pending:
-            log.info("alert outbox reopened path=%s pending=%d", self.path, pending)
+            log.info("%s outbox reopened path=%s pending=%d", self.label, self.path, pending)
         return self
 
     def close(self) -> None:
@@ -212,7 +221,7 @@ class Outbox:
     def _conn(self, what: str) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._db is None:
-                raise OutboxError(f"{self.path}: alert outbox is not open (call open())")
+                raise OutboxError(f"{self.path}: {self.label} outbox is not open (call open())")
             try:
                 yield self._db
             except sqlite3.Error as exc:
@@ -245,6 +254,41 @@ class Outbox:
                 db.execute("ROLLBACK")
                 raise
             return cursor.rowcount == 1
+
+    def enqueue_many(self, rows: Sequence[tuple[str, str, bytes, int]], *, now_ms: int, kind: str,
+                     meta: dict[str, str] | None = None) -> int:
+        """Add pending deliveries ``(receiver, key, body, order_ms)`` due now, and set ``meta`` keys, in one
+        transaction; rows whose (receiver, key) exists are left as they are. Returns how many were new.
+        Each receiver's queue is served by ``order_ms``, then insertion order."""
+        with self._conn("enqueue") as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                before = db.total_changes
+                db.executemany(
+                    "INSERT INTO deliveries (receiver, idempotency_key, kind, body, next_attempt_ms, created_ms,"
+                    " updated_ms, order_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (receiver, idempotency_key) DO NOTHING",
+                    [(r, k, kind, b, now_ms, now_ms, now_ms, int(o)) for r, k, b, o in rows])
+                added = db.total_changes - before
+                db.executemany("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                               list((meta or {}).items()))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return added
+
+    def get_meta(self, key: str) -> str | None:
+        """A value stored with :meth:`enqueue_many` (or :meth:`put_meta`), or None."""
+        with self._conn("get_meta") as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def put_meta(self, key: str, value: str) -> None:
+        """Set one meta value (committed at once)."""
+        with self._conn("put_meta") as db:
+            db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                       (key, value))
 
     def enqueued_events(self, receiver: str, event_keys: Sequence[str]) -> set[str]:
         """Which of ``event_keys`` are already in a delivery to ``receiver``."""
@@ -332,9 +376,9 @@ class Outbox:
     # --- reading ------------------------------------------------------------------------------------
 
     def head(self, receiver: str) -> Delivery | None:
-        """The oldest pending row of ``receiver`` (FIFO: later rows wait for it), or None."""
+        """The first pending row of ``receiver`` (by ``order_ms``, then FIFO: later rows wait for it), or None."""
         with self._conn("head") as db:
-            row = db.execute(f"{_SELECT} WHERE receiver = ? AND status = 'pending' ORDER BY id LIMIT 1",
+            row = db.execute(f"{_SELECT} WHERE receiver = ? AND status = 'pending' ORDER BY order_ms, id LIMIT 1",
                              (receiver,)).fetchone()
         return None if row is None else _row(row)
 
