@@ -18,6 +18,7 @@ from dcpue.alerting.config import DeliverySettings, Receiver, Route, check_routi
 from dcpue.analytics.alerts.silences import MaintenanceWindow
 from dcpue.analytics.retirement import Economics, RetirementCriteria
 from dcpue.errors import ConfigError
+from dcpue.feed.config import FeedSettings
 from dcpue.ingest.devices import AnyDevice
 from dcpue.ingest.writeback import WritebackTarget
 from dcpue.yamlio import read_yaml
@@ -270,6 +271,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     cooling: CoolingSettings = CoolingSettings()
     retirement: RetirementSettings = RetirementSettings()
+    feed: FeedSettings = FeedSettings()  # the provincial online monitoring platform (docs/feed.md)
     simulator: SimulatorSettings = SimulatorSettings()
 
 
