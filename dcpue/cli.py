@@ -496,8 +496,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return {"mode": "distributed-view", **stage.worker.status(), **advice_stage.worker.status(),
                 **(alert_stage.worker.status() if alert_stage is not None else {})}
 
+    feed = None
+    if settings.feed.enabled:  # reports from this view of the metrics topic (enable it in one serve instance)
+        from dcpue.feed.sender import FeedService
+
+        feed = FeedService(settings.feed, store, registry, tz=settings.engine.timezone,
+                           target_pue=settings.engine.target_pue,
+                           target_pue_by_site={sid: s.target_pue for sid, s in settings.alerts.sites.items()
+                                               if s.target_pue}).start()
     server, _thread, port = serve_http(settings, store, registry, status, stop, errors,
-                                       not_ready=stage.worker.not_ready, alerts=alerts)
+                                       not_ready=stage.worker.not_ready, alerts=alerts,
+                                       feed=feed.status if feed else None)
     from dcpue.runtime.embedded import spawn_guarded
 
     side_stages = [s for s in (alert_stage, advice_stage) if s is not None]
@@ -510,6 +519,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     side_thread = spawn_guarded(follow_side_topics, "side-views", errors, stop)
     if errors:
         stop.set()
+        if feed is not None:
+            feed.stop()
         side_thread.join(5)
         for side in side_stages:
             side.close()
@@ -522,6 +533,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def stop_http() -> None:
         server.should_exit = True
         wait_until(stop, 0.5)  # let the last response finish before the store closes
+        if feed is not None:
+            feed.stop()
         stop.set()
         side_thread.join(5)
         for side in side_stages:

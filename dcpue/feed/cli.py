@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import signal
 import sys
@@ -190,6 +192,65 @@ def cmd_receive(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_eu(args: argparse.Namespace) -> int:
+    """The EU Delegated Regulation 2024/1364 annual report of each site, from the stored windows (docs/feed/)."""
+    from dcpue.analytics.feed.eu import eu_annual_report, eu_report_to_csv
+    from dcpue.cli import _configure_logging, _demo_registry
+    from dcpue.runtime.store import FileStore
+    from dcpue.yamlio import read_yaml
+
+    settings = _settings(args)
+    _configure_logging(settings.log_level)
+    registry = _demo_registry(settings)
+    known = {s.id: s for s in registry.sites}
+    wanted = args.site or list(known)
+    unknown = [s for s in wanted if s not in known]
+    if unknown:
+        raise ConfigError(f"--site: not in the registry: {', '.join(unknown)}")
+    info: dict[str, Any] = {}
+    if args.operator_info:
+        loaded = read_yaml(Path(args.operator_info), "operator info file") or {}
+        if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
+            raise ConfigError(f"{args.operator_info}: needs a mapping of site id → {{indicator key: value}}")
+        info = loaded
+    path = Path(settings.store.path)
+    if not path.is_file():
+        raise DcpueError(f"{path}: no result store there (run the pipeline first, or give --store)")
+    tz = settings.engine.timezone
+    start = int(pd.Timestamp(year=args.year, month=1, day=1, tz=tz).value // 1_000_000)
+    end = int(pd.Timestamp(year=args.year + 1, month=1, day=1, tz=tz).value // 1_000_000)
+    store = FileStore(path).setup()
+    reports = []
+    try:
+        for sid in wanted:
+            windows = pd.concat([store.query_windows("site", w, [sid], start, end) for w in ("1mo", "1d")],
+                                ignore_index=True)
+            try:
+                reports.append(eu_annual_report(known[sid], windows, args.year, tz=tz,
+                                                operator_info=info.get(sid)))
+            except ValueError as exc:
+                raise ConfigError(f"{args.operator_info or 'operator info'}: site {sid}: {exc}") from None
+    finally:
+        store.close()
+    if args.format == "csv":  # one table for all sites: each site's rows under a leading site_id column
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        for i, (sid, r) in enumerate(zip(wanted, reports, strict=True)):
+            rows = list(csv.reader(io.StringIO(eu_report_to_csv(r))))
+            if i == 0:
+                writer.writerow(["site_id", *rows[0]])
+            writer.writerows([sid, *row] for row in rows[1:])
+        text = out.getvalue()
+    else:
+        text = json.dumps(reports, ensure_ascii=False, indent=1, allow_nan=False) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"dcpue feed export-eu: {len(reports)} site report(s) for {args.year} → {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     """Write the JSON Schema of every report type (as published in docs/feed/v1/)."""
     from dcpue.analytics.feed.schema import json_schemas
@@ -242,6 +303,16 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     recv.add_argument("--tls-key", help="… and this private key (PEM)")
     recv.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
     recv.set_defaults(func=cmd_receive)
+
+    eu = fsub.add_parser("export-eu", parents=[source],
+                         help="EU Delegated Regulation 2024/1364 annual report (JSON or CSV) per site")
+    eu.add_argument("--year", type=int, required=True, help="reporting calendar year (engine.timezone)")
+    eu.add_argument("--site", action="append", help="only this site id (repeatable; default: every site)")
+    eu.add_argument("--operator-info", metavar="YAML",
+                    help="what dcpue cannot measure, per site id: {site: {floor_area_m2: …, …}} (docs/feed/)")
+    eu.add_argument("--format", choices=["json", "csv"], default="json")
+    eu.add_argument("--output", "-o")
+    eu.set_defaults(func=cmd_export_eu)
 
     schemas = fsub.add_parser("schemas", help="write the JSON Schemas of the report types")
     schemas.add_argument("--output", "-o", default="docs/feed/v1")

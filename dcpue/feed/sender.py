@@ -90,14 +90,15 @@ class RunResult:
 class FeedSender:
     """Builds due reports from ``store`` and queues them in ``outbox`` for every destination.
 
-    Open the outbox before use. ``clock`` gives unix time [s]. Sites without a platform site code or
-    credit code cannot be reported and are listed in :attr:`skipped`.
+    Open the outbox before use. ``clock`` [unix s] is when reports are made (their ``generated_at`` and
+    timeliness); ``wall_clock`` [unix s] stamps the queue (delivery ages, alerts). Sites without a platform
+    site code or credit code cannot be reported and are listed in :attr:`skipped`.
     """
 
     def __init__(self, settings: FeedSettings, store: ResultStore, registry: Registry, outbox: Outbox, *,
                  tz: str = "Asia/Shanghai", target_pue: float = 1.2,
                  target_pue_by_site: Mapping[str, float] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, wall_clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.store = store
         self.outbox = outbox
@@ -106,6 +107,7 @@ class FeedSender:
         self.target_pue_by_site = dict(target_pue_by_site or {})
         self.format: FeedFormat = get_format(settings.format)
         self._clock = clock
+        self._wall_clock = wall_clock
         self.rules = QualityRules(settings.quality.min_coverage, settings.quality.consistency_tolerance,
                                   dict(settings.quality.on_time_s))
         wanted = set(settings.sites) or {s.id for s in registry.sites}
@@ -128,6 +130,9 @@ class FeedSender:
         self._lock = threading.Lock()
 
     # --- building ---------------------------------------------------------------------------------------
+
+    def _wall_ms(self) -> int:
+        return int(self._wall_clock() * 1000)
 
     def _initial_cursor(self, report_type: str, newest_start_ms: int) -> int:
         if self._start_ms is not None:
@@ -185,7 +190,7 @@ class FeedSender:
         due = frame.sort_values(["end_ms", "id"], kind="stable")
         if due.empty:
             if new_cursors:
-                self.outbox.enqueue_many([], now_ms=now_ms, kind=KIND, meta=new_cursors)
+                self.outbox.enqueue_many([], now_ms=self._wall_ms(), kind=KIND, meta=new_cursors)
             return 0, 0, 0
         parts = None
         if report_type in PARTS_OF:
@@ -202,7 +207,7 @@ class FeedSender:
             for report, order_ms in zip(reports, order, strict=True):
                 body = self.format.render(report)
                 rows += [(d.name, report["report_id"], body, int(order_ms)) for d in self.settings.destinations]
-        added = self.outbox.enqueue_many(rows, now_ms=now_ms, kind=KIND, meta=new_cursors)
+        added = self.outbox.enqueue_many(rows, now_ms=self._wall_ms(), kind=KIND, meta=new_cursors)
         if added:
             log.info("feed reports queued type=%s reports=%d rows=%d", report_type, len(reports), added)
         return len(reports), added, files
@@ -261,7 +266,7 @@ class FeedSender:
     def status(self, now_ms: int | None = None) -> dict[str, Any]:
         """Queues per destination (pending, oldest pending age, overdue, next report, last error), cursors
         per report type and the sites that cannot be reported."""
-        now_ms = int(self._clock() * 1000) if now_ms is None else int(now_ms)
+        now_ms = self._wall_ms() if now_ms is None else int(now_ms)
         pending = self.outbox.pending_summary()
         destinations = []
         for d in self.settings.destinations:
@@ -366,16 +371,19 @@ class FeedService:
     ``start()`` opens the outbox, prunes delivered rows older than ``keep_days``, starts the dispatcher
     threads and a thread that runs the sender every ``interval_s`` and checks for overdue reports
     (``alerts``, if given, delivers ``FeedUndelivered``). ``stop()`` stops both; pending reports stay on disk.
+    ``clock`` [unix s] times deliveries, signatures and alerts; ``report_clock`` (default: ``clock``) is
+    when reports are made (their timeliness check), e.g. the simulated clock of ``dcpue demo``.
     """
 
     def __init__(self, settings: FeedSettings, store: ResultStore, registry: Registry, *, tz: str = "Asia/Shanghai",
                  target_pue: float = 1.2, target_pue_by_site: Mapping[str, float] | None = None,
                  alerts: AlertDelivery | None = None, clock: Callable[[], float] = time.time,
-                 backoff_base_s: float | None = None) -> None:
+                 report_clock: Callable[[], float] | None = None, backoff_base_s: float | None = None) -> None:
         self.settings = settings
         self.outbox = Outbox(settings.outbox_path, label="feed")
         self.sender = FeedSender(settings, store, registry, self.outbox, tz=tz, target_pue=target_pue,
-                                 target_pue_by_site=target_pue_by_site, clock=clock)
+                                 target_pue_by_site=target_pue_by_site, clock=report_clock or clock,
+                                 wall_clock=clock)
         extra = {} if backoff_base_s is None else {"backoff_base_s": backoff_base_s}
         self.dispatcher = FeedDispatcher(self.outbox, settings.destinations,
                                          content_type=self.sender.format.content_type, clock=clock, **extra)

@@ -102,6 +102,15 @@ class EmbeddedPipeline:
             recommendation_output=recommendation_writer([store], self.bus.producer(send_timeout_s=None),
                                                         settings.bus.topics.recommendations) if self.cooling else None,
         )
+        self.feed = None
+        if settings.feed.enabled:
+            from dcpue.feed.sender import FeedService
+
+            self.feed = FeedService(
+                settings.feed, store, registry, tz=settings.engine.timezone, target_pue=settings.engine.target_pue,
+                target_pue_by_site={sid: s.target_pue for sid, s in settings.alerts.sites.items() if s.target_pue},
+                alerts=self.alerts.delivery if self.alerts else None,
+                report_clock=lambda: clock.now_ms() / 1000.0)  # reports are made "now" in simulated time
         self.serve_http = serve_http
         self.stop_event = threading.Event()
         self.collector_done = threading.Event()
@@ -144,9 +153,12 @@ class EmbeddedPipeline:
         self._spawn(self._analyze, "analytics")
         if self.alerts is not None and self.alerts.delivery is not None:
             self.alerts.delivery.start()
+        if self.feed is not None:
+            self.feed.start()
         if self.serve_http:
             self._server, thread, self.http_port = serve_http(self.settings, self.store, self.registry, self.status,
-                                                              self.stop_event, self.errors, alerts=self.alerts)
+                                                              self.stop_event, self.errors, alerts=self.alerts,
+                                                              feed=self.feed.status if self.feed else None)
             self._threads.append(thread)
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
@@ -177,6 +189,9 @@ class EmbeddedPipeline:
             return False
         if self.cooling is not None:
             self.cooling.close()
+        if self.feed is not None:
+            self.feed.tick()  # the windows the drain just finalised; pending reports wait on disk for the next start
+            self.feed.stop()
         self.bus.close()
         self.store.close()
         if self.alerts is not None:
@@ -229,12 +244,13 @@ def spawn_guarded(target: Callable[[], None], name: str, errors: list[BaseExcept
 def serve_http(settings: Settings, store: FileStore, registry: Registry, status: Callable[[], dict[str, object]],
                stop_event: threading.Event, errors: list[BaseException],
                not_ready: Callable[[], str | None] | None = None, alerts: Any = None,
+               feed: Callable[[], dict[str, Any]] | None = None,
                ) -> tuple[uvicorn.Server, threading.Thread, int | None]:
     """Start the HTTP API and live page on a thread; returns (server, thread, bound port or None)."""
     from dcpue.web.app import create_app
 
     app = create_app(store, registry, settings.engine, status=status, not_ready=not_ready, alerts=alerts,
-                     retirement=settings.retirement)
+                     retirement=settings.retirement, feed=feed)
     config = uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
                             log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)

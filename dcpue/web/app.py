@@ -246,6 +246,7 @@ def create_app(
     not_ready: Callable[[], str | None] | None = None,
     alerts: Any = None,
     retirement: RetirementSettings | None = None,
+    feed: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     """Build the API and page over an open ``store``.
 
@@ -261,6 +262,9 @@ def create_app(
 
     ``retirement`` (the ``retirement:`` settings; default: their defaults) configures
     ``GET /api/v1/retirement``.
+
+    ``feed`` (optional) returns the provincial feed's status for ``GET /api/v1/feed``; without it
+    that answers 404.
     """
     target = float(engine_settings.target_pue)
     sites_meta = registry.sites_table
@@ -437,6 +441,15 @@ def create_app(
                     retirement_cache.pop(next(iter(retirement_cache)))
                 retirement_cache[key] = body
         return JSONResponse(body)
+
+    @app.get(f"{API_PREFIX}/feed", tags=["feed"],
+             summary="The provincial feed: queues per destination, reported-until times, refusals (docs/feed.md)",
+             responses={404: {"description": "the feed is not enabled in this process"},
+                        503: {"description": "the feed outbox does not answer"}})
+    def feed_status() -> dict[str, Any]:
+        if feed is None:
+            raise HTTPException(404, "the provincial feed is not enabled in this process (feed.enabled)")
+        return _clean(feed())
 
     def _alerts() -> Any:
         if alerts is None:

@@ -47,17 +47,30 @@ def fleet() -> Registry:
 
 
 @cache
+def readings_of_two_days() -> pd.DataFrame:
+    """One-minute simulator readings of :func:`fleet` from 2024-07-14 to 2024-07-16 (Asia/Shanghai)."""
+    sim = FleetSimulator(fleet(), seed=7, start_ms=START_MS, sample_interval_s=60, faults=False)
+    sim.setup()
+    frames = [f for batch in sim.iter_poll(END_MS - 60_000, step_s=6 * 3600) for _, f in batch]
+    return pd.concat(frames, ignore_index=True)
+
+
+@cache
 def engine_windows() -> pd.DataFrame:
     """Site windows ``15m``, ``1h``, ``1d`` of :func:`fleet` over two July days, from one-minute readings."""
     registry = fleet()
-    sim = FleetSimulator(registry, seed=7, start_ms=START_MS, sample_interval_s=60, faults=False)
-    sim.setup()
-    frames = [f for batch in sim.iter_poll(END_MS - 60_000, step_s=6 * 3600) for _, f in batch]
-    readings = pd.concat(frames, ignore_index=True)
+    readings = readings_of_two_days()
     settings = EngineSettings(timezone=TZ)
     out = pd.concat([batch_windows(readings, registry, w, settings) for w in ("15m", "1h", "1d")], ignore_index=True)
     out = out[(out["scope"] == Scope.SITE.value) & (out["end_ms"] <= END_MS)]
     return out.reset_index(drop=True)
+
+
+@cache
+def monthly_windows() -> pd.DataFrame:
+    """The ``1mo`` site windows of the same readings: July 2024, two days of it covered (``incomplete``)."""
+    out = batch_windows(readings_of_two_days(), fleet(), "1mo", EngineSettings(timezone=TZ))
+    return out[out["scope"] == Scope.SITE.value].reset_index(drop=True)
 
 
 def filled_store(path: Path, windows: pd.DataFrame | None = None) -> FileStore:
