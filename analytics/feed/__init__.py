@@ -6,6 +6,7 @@ from dcpue.analytics.feed.reports import (
     REPORT_WINDOWS,
     QualityRules,
     build_reports,
+    content_digest,
     csv_columns,
     flatten,
     report_id,
@@ -13,4 +14,4 @@ from dcpue.analytics.feed.reports import (
 from dcpue.analytics.feed.schema import REPORT_TYPES, SCHEMA_VERSION, json_schemas
 
 __all__ = ["DEFAULT_ON_TIME_S", "PARTS_OF", "REPORT_TYPES", "REPORT_WINDOWS", "SCHEMA_VERSION", "QualityRules",
-           "build_reports", "csv_columns", "flatten", "json_schemas", "report_id"]
+           "build_reports", "content_digest", "csv_columns", "flatten", "json_schemas", "report_id"]

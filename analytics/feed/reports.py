@@ -9,6 +9,8 @@ monthly indicators, and the data-quality rules applied before sending (:class:`Q
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,6 +185,18 @@ def build_reports(report_type: str, windows: pd.DataFrame, sites: Mapping[str, S
             body["meters"] = meters(site)
         reports.append(model.model_validate(body).model_dump(mode="json", exclude_none=False))
     return reports
+
+
+CONTENT_KEYS = ("report_id", "report_type", "site", "period", "status", "final", "figures", "meters")
+
+
+def content_digest(report: Mapping[str, Any]) -> str:
+    """SHA-256 of what a report says about its period (id, site, period, status, figures, meters), leaving
+    out when and how late it was made: a report regenerated later from the same windows has the same digest,
+    a restated figure does not."""
+    content = {k: report.get(k) for k in CONTENT_KEYS}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def flatten(report: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,8 @@
 * **400** a body that is not JSON; **422** a report that fails its JSON Schema (docs/feed/v1/) or whose
   ``report_id`` is not the one its site, type and period give;
 * **201** ``{"status": "accepted"}`` for a new report (stored);
-* **200** ``{"status": "duplicate"}`` for a report id already stored with the same content (a resend);
+* **200** ``{"status": "duplicate"}`` for a report id already stored with the same content (a resend, or
+  the same period's report made again: ``generated_at`` and the timeliness check do not count as content);
 * **409** ``{"status": "conflict"}`` for a stored id with different content (never silently replaced).
 
 ``GET /api/v1/reports`` lists what was accepted (same API key), ``GET /healthz`` answers without one.
@@ -32,7 +33,7 @@ import pandas as pd
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
-from dcpue.analytics.feed.reports import report_id
+from dcpue.analytics.feed.reports import content_digest, report_id
 from dcpue.analytics.feed.schema import REPORT_TYPES, json_schemas
 from dcpue.feed import signing
 from dcpue.yamlio import read_yaml
@@ -121,8 +122,11 @@ class ReceiverStore:
             return cur.rowcount == 0
 
     def put(self, report: dict[str, Any], body: bytes, now_ms: int) -> str:
-        """Store a report: ``accepted``, ``duplicate`` (same id, same content) or ``conflict``."""
-        digest = hashlib.sha256(signing.canonical_json(report)).hexdigest()
+        """Store a report: ``accepted``, ``duplicate`` (same id, same content) or ``conflict``.
+
+        Content is what the report says about its period (:func:`content_digest`): a report regenerated
+        later, with another ``generated_at`` and timeliness check, is a duplicate; a changed figure is not."""
+        digest = content_digest(report)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:

@@ -150,6 +150,13 @@ def test_the_receiver_refuses_tampered_stale_replayed_malformed_and_foreign_repo
         assert replay.status_code == 401 and "already used" in replay.json()["detail"]
         again = _post(peer, body, signed(body))  # a resend: new nonce, same content
         assert again.status_code == 200 and again.json()["status"] == "duplicate"
+        # the same period's report made again a day later (a lost outbox, a second sender): other generated_at
+        # and timeliness, same figures: a duplicate, not a conflict
+        remade = build_reports("hourly", w[(w["window"] == "1h") & (w["id"] == first.id)].iloc[[0]], sites, tz=TZ,
+                               generated_ms=END_MS + 86_400_000)[0]
+        assert remade["generated_at"] != report["generated_at"]
+        remade_body = canonical_json(remade)
+        assert _post(peer, remade_body, signed(remade_body)).json()["status"] == "duplicate"
         pue = json.dumps(report["figures"]["pue"]).encode()
         assert pue in body
         tampered = _post(peer, body.replace(pue, b"1.1", 1), signed(body))  # signed, then the PUE changed
@@ -179,7 +186,7 @@ def test_the_receiver_refuses_tampered_stale_replayed_malformed_and_foreign_repo
         assert unsigned.status_code == 401 and "unsigned" in unsigned.json()["detail"]
         got = peer.received()
         assert [r["report"] for r in got["reports"]] == [report]  # only the first, unchanged
-        assert got["answers"]["accepted"] == 1 and got["answers"]["duplicate"] == 1 and got["answers"]["conflict"] == 1
+        assert got["answers"]["accepted"] == 1 and got["answers"]["duplicate"] == 2 and got["answers"]["conflict"] == 1
         assert httpx.get(f"{peer.url}/api/v1/reports", timeout=5).status_code == 401
 
 
