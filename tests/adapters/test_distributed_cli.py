@@ -11,7 +11,9 @@ import urllib.parse
 import urllib.request
 
 import pytest
+import yaml
 
+from tests.helpers.feed import API_KEY, SECRET, ReceiverProcess
 from tests.servers import distributed_env, tansu_broker, unique_name, victoria_metrics, victoria_metrics_flush  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -102,9 +104,18 @@ def test_collect_and_analyze_processes_fill_influxdb(tansu_broker, victoria_metr
         series = json.loads(response.read())["data"]
     assert len({s["site"] for s in series}) == 4  # every simulated site has hourly PUE in the database
 
-    # `dcpue serve` builds its view from the metrics topic the worker published to and serves the API
+    # `dcpue serve` builds its view from the metrics topic the worker published to and serves the API; with
+    # feed.enabled it also sends the view's final windows to the provincial platform (the reference receiver)
+    platform = ReceiverProcess(tmp_path).start()
+    feed_config = tmp_path / "feed.yaml"
+    feed_config.write_text(yaml.safe_dump({"feed": {
+        "enabled": True, "start": "2025-07-01", "interval_s": 0.5, "reports": ["realtime", "hourly"],
+        "outbox_path": str(tmp_path / "feed-outbox.sqlite"),
+        "destinations": [{"name": "province", "url": f"{platform.url}/api/v1/reports", "api_key": API_KEY,
+                          "secret": SECRET, "max_per_minute": 100_000}]}}), encoding="utf-8")
     serve = subprocess.Popen([sys.executable, "-m", "dcpue.cli", "serve", "--kafka", kafka, "--registry", sites,
-                              "--port", "0", "--store", str(tmp_path / "view.sqlite"), "--duration", "30"],
+                              "--port", "0", "--store", str(tmp_path / "view.sqlite"), "--duration", "30",
+                              "--config", str(feed_config)],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         first = serve.stdout.readline()
@@ -125,9 +136,20 @@ def test_collect_and_analyze_processes_fill_influxdb(tansu_broker, victoria_metr
             time.sleep(0.5)
         assert len(rows) == 4 and all(r["status_1h"] != "no_data" for r in rows), rows
         assert any(r["pue_1h"] is not None for r in rows)
+        received: list = []
+        for _ in range(40):  # four simulated hours: every site's final hours and quarter hours reach the platform
+            received = platform.received(report_type="hourly")["reports"]
+            if len({r["report"]["site"]["site_id"] for r in received}) == 4:
+                break
+            time.sleep(0.5)
+        assert len({r["report"]["site"]["site_id"] for r in received}) == 4, received
+        with urllib.request.urlopen(f"{url}api/v1/feed", timeout=5) as response:
+            feed = json.loads(response.read())
+        assert feed["destinations"][0]["delivered"] >= len(received) and feed["destinations"][0]["failed"] == 0
     finally:
         serve.terminate()
         serve.wait(30)
+        platform.stop()
 
 
 def test_demo_runs_the_whole_distributed_path(tansu_broker, victoria_metrics, tmp_path):  # noqa: F811
