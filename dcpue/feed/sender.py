@@ -150,8 +150,9 @@ class FeedSender:
             for report_type in _ORDER:
                 if report_types is not None and report_type not in report_types:
                     continue
-                if report_type not in self.settings.reports and not (
-                        self.settings.file_drop and report_type in ("realtime", "hourly", "daily")):
+                # the file drop is driven by final days (it builds a day's finer reports itself)
+                drop_day = self.settings.file_drop is not None and report_type == "daily"
+                if report_type not in self.settings.reports and not drop_day:
                     continue
                 n, added, written = self._run_type(report_type, now_ms)
                 built[report_type] = n

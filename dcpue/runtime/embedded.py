@@ -104,13 +104,17 @@ class EmbeddedPipeline:
         )
         self.feed = None
         if settings.feed.enabled:
+            from dcpue.errors import ConfigError
             from dcpue.feed.sender import FeedService
 
-            self.feed = FeedService(
-                settings.feed, store, registry, tz=settings.engine.timezone, target_pue=settings.engine.target_pue,
-                target_pue_by_site={sid: s.target_pue for sid, s in settings.alerts.sites.items() if s.target_pue},
-                alerts=self.alerts.delivery if self.alerts else None,
-                report_clock=lambda: clock.now_ms() / 1000.0)  # reports are made "now" in simulated time
+            try:
+                self.feed = FeedService(
+                    settings.feed, store, registry, tz=settings.engine.timezone, target_pue=settings.engine.target_pue,
+                    target_pue_by_site={sid: s.target_pue for sid, s in settings.alerts.sites.items() if s.target_pue},
+                    alerts=self.alerts.delivery if self.alerts else None,
+                    report_clock=lambda: clock.now_ms() / 1000.0)  # reports are made "now" in simulated time
+            except ValueError as exc:  # feed.sites naming sites the registry does not have
+                raise ConfigError(f"feed: {exc}") from None
         self.serve_http = serve_http
         self.stop_event = threading.Event()
         self.collector_done = threading.Event()
@@ -190,7 +194,10 @@ class EmbeddedPipeline:
         if self.cooling is not None:
             self.cooling.close()
         if self.feed is not None:
-            self.feed.tick()  # the windows the drain just finalised; pending reports wait on disk for the next start
+            try:
+                self.feed.tick()  # the windows the drain just finalised; pending reports wait on disk
+            except Exception:  # the reports are made again from the store at the next start
+                log.exception("feed: last run before stopping failed")
             self.feed.stop()
         self.bus.close()
         self.store.close()
