@@ -3,20 +3,25 @@
 Docker and Kubernetes are not run here; these tests pin what can go wrong without them: YAML that does
 not parse, DCPUE_* names or values the Settings model rejects, missing resources or a root container,
 secrets written into a file, an image without the Kafka, InfluxDB and device clients, a collector spool
-or an alert outbox that would not survive a restart, receiver credentials in a ConfigMap, and ports opened
-to more than their one client.
+or an alert outbox that would not survive a restart, receiver credentials in a ConfigMap, ports opened
+to more than their one client, and a provincial feed that could run twice, lose its outbox or read its
+platform credentials from anywhere but a Secret.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 from pydantic import BaseModel
 
+from dcpue.feed.config import MIN_KEEP_DAYS, FeedSettings
+from dcpue.feed.sender import FeedService
 from dcpue.settings import CollectSettings, Settings, SpoolSettings, TopicSettings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +32,9 @@ DATASOURCE = DEPLOY / "grafana" / "provisioning" / "datasources" / "influxdb.yam
 DOCKERFILE = DEPLOY / "Dockerfile"
 SETTINGS_EXAMPLE = DEPLOY / "config" / "dcpue.example.yaml"
 ALERTING_EXAMPLE = DEPLOY / "config" / "alerting.example.yaml"
-DCPUE_SERVICES = ("topics", "collector", "analytics", "aggregator", "notify", "api")
+FEED_EXAMPLE = DEPLOY / "config" / "feed.example.yaml"
+FEED_DIR = "/etc/dcpue-feed"  # where the feed's settings, key and certificate files are mounted (k8s and compose)
+DCPUE_SERVICES = ("topics", "collector", "analytics", "aggregator", "notify", "api", "feed")
 SECRET_KEY = re.compile(r"TOKEN|PASSWORD|SECRET|SASL_PASSWORD", re.IGNORECASE)
 INTERPOLATION = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 
@@ -87,6 +94,38 @@ def _validate_env(env: dict[str, str], args: dict[str, Any], monkeypatch: pytest
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return load_settings(None, **args)
+
+
+def _feed_example_files() -> list[str]:
+    """Every file the feed example names (key, secret and TLS files), as written there."""
+    data = yaml.safe_load(FEED_EXAMPLE.read_text(encoding="utf-8"))
+    files = []
+    for dest in data["feed"]["destinations"]:
+        files += [dest[k] for k in ("api_key_file", "secret_file") if k in dest]
+        files += [v for k, v in dest.get("tls", {}).items() if k.endswith("_file")]
+    return files
+
+
+def _feed_example_copy(tmp_path: Path) -> Path:
+    """The feed example with FEED_DIR moved under ``tmp_path`` and every file it names created there (with a
+    placeholder), as the mounted Secret would provide them: FeedDestination checks they exist at load."""
+    directory = tmp_path / "dcpue-feed"
+    directory.mkdir(exist_ok=True)
+    for name in _feed_example_files():
+        assert name.startswith(FEED_DIR + "/"), name
+        (directory / name.removeprefix(FEED_DIR + "/")).write_text("REPLACE_WITH_FILE_CONTENT\n", encoding="utf-8")
+    copy = directory / "feed.yaml"
+    copy.write_text(FEED_EXAMPLE.read_text(encoding="utf-8").replace(FEED_DIR + "/", f"{directory}/"),
+                    encoding="utf-8")
+    return copy
+
+
+def _with_feed_example(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """``env`` with DCPUE_CONFIG pointing at a loadable copy of the feed example when it names the feed's
+    mounted feed.yaml (the file the operator puts into the Secret `dcpue-feed` or FEED_CONFIG_DIR)."""
+    if env.get("DCPUE_CONFIG") == f"{FEED_DIR}/feed.yaml":
+        return {**env, "DCPUE_CONFIG": str(_feed_example_copy(tmp_path))}
+    return env
 
 
 # -- every file parses ----------------------------------------------------------------------
@@ -281,6 +320,59 @@ def test_compose_notify_keeps_its_outbox_and_history_on_a_named_volume(monkeypat
     assert notify["stop_signal"] == "SIGINT"
 
 
+def test_compose_feed_is_one_optional_service_with_its_outbox_on_a_named_volume(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    compose = _compose()
+    services = compose["services"]
+    feed = services["feed"]
+    # optional: `docker compose up` without the profile starts no feed (it needs the operator's destinations)
+    assert feed["profiles"] == ["feed"]
+    assert all("profiles" not in services[n] for n in DCPUE_SERVICES if n != "feed")
+    # the only service with the feed enabled, and never scaled: one outbox, one sender
+    assert [n for n, svc in services.items()
+            if str((svc.get("environment") or {}).get("DCPUE_FEED__ENABLED", "")).lower() == "true"] == ["feed"]
+    assert feed.get("deploy", {}).get("replicas", 1) == 1
+    command = feed["command"]
+    assert command[0] == "serve"
+    assert _flag(command, "--host") == "0.0.0.0"
+    # view and settings file from the environment, which `docker compose exec feed dcpue feed status` shares
+    assert "--store" not in command and "--config" not in command
+    env = {k: _resolve(str(v)) for k, v in feed["environment"].items()}
+    settings = _validate_env(_with_feed_example(env, tmp_path), {"bus": {"kind": "kafka"}}, monkeypatch)
+    assert settings.feed.enabled and settings.feed.destinations
+    # the view and the outbox on a named volume, kept across restarts (not the read-only root, not a tmpfs)
+    assert feed["read_only"] is True
+    mounts = {}
+    for entry in feed["volumes"]:
+        source, target, *_ = _resolve(entry).split(":")
+        mounts[target] = source
+    for path in (Path(settings.feed.outbox_path), Path(settings.store.path)):
+        assert path.is_absolute(), path
+        (volume,) = [source for target, source in mounts.items() if path.is_relative_to(target)]
+        assert volume in compose["volumes"], f"{path} is not on a named volume: lost with the container"
+        target = next(t for t, s in mounts.items() if s == volume)
+        assert re.search(rf"chown \d+:\d+ {re.escape(target)}\b", DOCKERFILE.read_text(encoding="utf-8"))
+    # settings and key files: read-only, from a directory the operator chooses, outside the repository
+    config = Path(env["DCPUE_CONFIG"])
+    assert config == Path(FEED_DIR) / "feed.yaml"
+    (entry,) = [e for e in feed["volumes"] if e.endswith(f":{FEED_DIR}:ro")]
+    # the operator's directory; the default is absolute, so never a (committable) path in the repository
+    assert re.fullmatch(r"\$\{FEED_CONFIG_DIR:-/[^}]+\}", entry.removesuffix(f":{FEED_DIR}:ro")), entry
+    assert f"./sites/guizhou-demo.yaml:{settings.registry}:ro" in feed["volumes"]  # the stack's registry
+    # HTTP: all container interfaces, published on loopback only, health-checked, on a port of its own
+    port = int(_flag(command, "--port"))
+    published = [_published(e) for e in feed["ports"]]
+    assert [target for _, target in published] == [str(port)]
+    host_ports = [str(e).rsplit(":", 2)[1] for svc in services.values() for e in svc.get("ports", [])]
+    assert len(host_ports) == len(set(host_ports))  # it runs next to `api`: a host port of its own
+    assert f"http://127.0.0.1:{port}/healthz" in " ".join(feed["healthcheck"]["test"])
+    # Kafka only, no token
+    assert "influxdb" not in feed["depends_on"]
+    assert feed["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    assert not [n for n in feed["environment"] if SECRET_KEY.search(n)]
+    assert feed["stop_signal"] == "SIGINT"
+
+
 def _compose_collector_port() -> int:
     (entry,) = _compose()["services"]["collector"]["ports"]
     return int(_published(entry)[1])
@@ -294,10 +386,12 @@ def test_compose_dcpue_env_names_are_settings(service: str) -> None:
 
 
 @pytest.mark.parametrize("service", DCPUE_SERVICES)
-def test_compose_dcpue_env_values_validate(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compose_dcpue_env_values_validate(service: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     env = {k: _resolve(str(v)) for k, v in _compose()["services"][service]["environment"].items()}
-    settings = _validate_env(env, {"bus": {"kind": "kafka"}}, monkeypatch)
+    settings = _validate_env(_with_feed_example(env, tmp_path), {"bus": {"kind": "kafka"}}, monkeypatch)
     assert settings.bus.kafka.bootstrap_servers == "kafka:9092"
+    # one sender: a second would have its own outbox and double every destination's traffic
+    assert settings.feed.enabled == (service == "feed"), service
     if service in ("analytics", "aggregator"):
         assert settings.store.influxdb.token.get_secret_value() == "set-by-operator"
         assert (settings.store.influxdb.org, settings.store.influxdb.bucket) == ("dcpue", "dcpue")
@@ -330,7 +424,8 @@ def test_grafana_datasource() -> None:
 
 # -- Kubernetes -------------------------------------------------------------------------------
 WORKLOADS = [("Deployment", "dcpue-analytics"), ("Deployment", "dcpue-aggregator"), ("StatefulSet", "dcpue-collector"),
-             ("StatefulSet", "dcpue-notify"), ("Deployment", "dcpue-api"), ("Job", "dcpue-topics-create")]
+             ("StatefulSet", "dcpue-notify"), ("Deployment", "dcpue-api"), ("Job", "dcpue-topics-create"),
+             ("StatefulSet", "dcpue-feed")]
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "ReplicaSet", "Pod")
 
 
@@ -371,11 +466,15 @@ def _container_env(kind: str, name: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("kind", "name"), WORKLOADS)
-def test_k8s_env_names_are_settings_and_validate(kind: str, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_k8s_env_names_are_settings_and_validate(kind: str, name: str, monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
     env = _container_env(kind, name)
     unknown = sorted(n for n in env if n not in SETTING_NAMES)
     assert not unknown, f"{name}: not settings in dcpue/settings.py: {unknown}"
-    _validate_env(env, {"bus": {"kind": "kafka"}}, monkeypatch)
+    settings = _validate_env(_with_feed_example(env, tmp_path), {"bus": {"kind": "kafka"}}, monkeypatch)
+    # exactly one process runs the feed: a second would have its own outbox and double every destination's
+    # traffic (the settings ConfigMap, read by every pod, must not enable it)
+    assert settings.feed.enabled == (name == "dcpue-feed"), name
 
 
 def test_k8s_every_workload_is_checked() -> None:
@@ -521,13 +620,27 @@ def _kafka_bootstrap() -> tuple[str, int]:
     return labels[1], int(port)
 
 
-def test_k8s_networkpolicy_egress_is_limited_for_notify_only_and_reaches_what_it_needs() -> None:
-    egress = [d for d in _k8s_docs() if d["kind"] == "NetworkPolicy" and "Egress" in d["spec"]["policyTypes"]]
+EGRESS_LIMITED = ("dcpue-notify", "dcpue-feed")  # the pods that talk to the internet (receivers, the platform)
+
+
+def _egress_policies() -> list[dict[str, Any]]:
+    return [d for d in _k8s_docs() if d["kind"] == "NetworkPolicy" and "Egress" in d["spec"]["policyTypes"]]
+
+
+def test_k8s_networkpolicy_egress_is_limited_for_notify_and_feed_only() -> None:
     # any Egress policy must name everything its pods need; the other pods' egress stays open
-    for policy in egress:
+    selected: list[str] = []
+    for policy in _egress_policies():
         targets = {name for kind, name in WORKLOADS if _matches(policy["spec"]["podSelector"], _pod_labels(kind, name))}
-        assert targets == {"dcpue-notify"}, policy["metadata"]["name"]
-    (policy,) = egress
+        assert len(targets) == 1 and targets <= set(EGRESS_LIMITED), (policy["metadata"]["name"], targets)
+        selected += targets
+    assert sorted(selected) == sorted(EGRESS_LIMITED)  # one policy each: its rules are all the pod may use
+
+
+@pytest.mark.parametrize("name", EGRESS_LIMITED)
+def test_k8s_networkpolicy_egress_reaches_what_it_needs(name: str) -> None:
+    kind = next(k for k, n in WORKLOADS if n == name)
+    (policy,) = [p for p in _egress_policies() if _matches(p["spec"]["podSelector"], _pod_labels(kind, name))]
     rules = policy["spec"]["egress"]
     assert all(rule.get("to") and rule.get("ports") for rule in rules)  # no rule opens every address or port
 
@@ -546,9 +659,10 @@ def test_k8s_networkpolicy_egress_is_limited_for_notify_only_and_reaches_what_it
     # the Kafka bootstrap Service and brokers of the settings ConfigMap
     kafka_namespace, kafka_port = _kafka_bootstrap()
     assert allowed("TCP", kafka_port, namespace(kafka_namespace)), "Kafka"
-    # HTTPS to public addresses (chat robots, webhooks), not to private ranges or the metadata endpoint
+    # HTTPS to public addresses (chat robots, webhooks, the platform), not to private ranges or the
+    # metadata endpoint
     blocks = [peer["ipBlock"] for rule in rules for peer in rule["to"] if "ipBlock" in peer]
-    assert allowed("TCP", 443, lambda peer: peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0"), "receivers"
+    assert allowed("TCP", 443, lambda peer: peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0"), "HTTPS"
     for block in blocks:
         if block["cidr"] == "0.0.0.0/0":
             assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(block["except"])
@@ -556,6 +670,10 @@ def test_k8s_networkpolicy_egress_is_limited_for_notify_only_and_reaches_what_it
     for rule in rules:
         if any(peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0" for peer in rule["to"]):
             assert [(p.get("protocol", "TCP"), p["port"]) for p in rule["ports"]] == [("TCP", 443)]
+    if name == "dcpue-feed":  # the example's destinations are reachable (HTTPS, default port)
+        for dest in yaml.safe_load(FEED_EXAMPLE.read_text(encoding="utf-8"))["feed"]["destinations"]:
+            url = urlsplit(dest["url"])
+            assert url.scheme == "https" and (url.port or 443) == 443, dest["name"]
 
 
 # -- Kubernetes: the collector ---------------------------------------------------------------------
@@ -869,6 +987,166 @@ def test_k8s_notify_group_and_settings_validate(monkeypatch: pytest.MonkeyPatch)
     assert f"`{settings.bus.kafka.group_id}-notify`" in template
 
 
+# -- Kubernetes: the provincial feed ------------------------------------------------------------------
+FEED = ("StatefulSet", "dcpue-feed")
+
+
+def _feed_container() -> dict[str, Any]:
+    (container,) = _pod(*FEED)["containers"]
+    return container
+
+
+def _feed_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+    """The feed pod's settings over the shipped example as its feed.yaml, as `dcpue serve` loads them."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("DCPUE_")]:
+        monkeypatch.delenv(name)
+    for name, value in _with_feed_example(_container_env(*FEED), tmp_path).items():
+        monkeypatch.setenv(name, value)
+    return load_settings(None, bus={"kind": "kafka"})
+
+
+def _feed_secret_volume() -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(the DCPUE_CONFIG path, its volume mount, the pod volume it comes from)."""
+    container = _feed_container()
+    config = Path(_container_env(*FEED)["DCPUE_CONFIG"])
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts[str(config.parent)]
+    volumes = {v["name"]: v for v in _pod(*FEED)["volumes"]}
+    return config, mount, volumes[mount["name"]]
+
+
+def test_k8s_feed_is_one_pod_running_serve_with_the_feed() -> None:
+    statefulset = _k8s(*FEED)
+    # one outbox, one sender: a second replica would send every report again at twice the rate limits
+    assert statefulset["spec"]["replicas"] == 1
+    # a StatefulSet update deletes the old pod before creating the new one: never two senders
+    assert statefulset["spec"].get("updateStrategy", {}).get("type", "RollingUpdate") == "RollingUpdate"
+    assert statefulset["spec"].get("podManagementPolicy", "OrderedReady") == "OrderedReady"
+    assert _matches(statefulset["spec"]["selector"], _pod_labels(*FEED))
+    args = _feed_container()["args"]
+    assert args[0] == "serve"
+    assert _flag(args, "--host") in ("0.0.0.0", "::")  # the kubelet's probes come in on the pod IP
+    # view, settings file and registry from the environment, which `kubectl exec … dcpue feed status` shares
+    assert not {"--store", "--config", "--registry"} & set(args)
+    env = _container_env(*FEED)
+    assert env["DCPUE_FEED__ENABLED"] == "true"  # whatever feed.yaml says
+    # Kafka only: no InfluxDB token
+    assert "DCPUE_STORE__INFLUXDB__TOKEN" not in {v["name"] for v in _feed_container().get("env", [])}
+    # SIGKILL only after the sender's run and a request in flight could finish (FeedService.stop waits for
+    # each up to its timeout)
+    stop_timeout = inspect.signature(FeedService.stop).parameters["timeout_s"].default
+    assert _pod(*FEED)["terminationGracePeriodSeconds"] > 2 * stop_timeout
+
+
+def test_k8s_feed_is_the_only_workload_that_enables_the_feed() -> None:
+    # the settings ConfigMap goes to every dcpue pod: a feed setting there would reach the api pods too
+    assert not [k for k in _k8s("ConfigMap", "dcpue-settings")["data"] if k.startswith("DCPUE_FEED__")]
+    for kind, name in WORKLOADS:
+        names = {v["name"] for c in _pod(kind, name)["containers"] for v in c.get("env", [])}
+        assert ("DCPUE_FEED__ENABLED" in names) == ((kind, name) == FEED), name
+        # nor does any run `dcpue feed send`
+        assert all(c.get("args", [""])[0] != "feed" for c in _pod(kind, name)["containers"]), name
+
+
+def test_k8s_feed_outbox_and_view_are_on_its_volume_claim(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    statefulset = _k8s(*FEED)
+    container = _feed_container()
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    settings = _feed_settings(monkeypatch, tmp_path)
+    outbox, view = Path(settings.feed.outbox_path), Path(settings.store.path)
+    assert outbox != view
+    claims = {c["metadata"]["name"]: c for c in statefulset["spec"]["volumeClaimTemplates"]}
+    pod_volumes = {v["name"] for v in _pod(*FEED)["volumes"]}
+    for path in (outbox, view):
+        assert path.is_absolute(), f"{path}: a relative path is under the read-only root filesystem"
+        (mount,) = [m for m in container["volumeMounts"] if path.is_relative_to(m["mountPath"])]
+        assert mount["name"] in claims, f"{path} is not on a volumeClaimTemplate: lost with the pod"
+        assert mount["name"] not in pod_volumes  # a pod volume of that name would shadow the claim
+        assert not mount.get("readOnly")
+    # both come from the environment, so a feed.yaml cannot move them off the volume
+    names = {v["name"] for v in container["env"]}
+    assert {"DCPUE_FEED__OUTBOX_PATH", "DCPUE_STORE__PATH"} <= names
+    claim = next(iter(claims.values()))["spec"]
+    assert claim["accessModes"] == ["ReadWriteOnce"]
+    # room for months of reports (keep_days ≥ 183) besides a view as large as an api pod's
+    api_view = next(v for v in _pod("Deployment", "dcpue-api")["volumes"] if v["name"] == "view")
+    assert _bytes(claim["resources"]["requests"]["storage"]) >= _bytes(api_view["emptyDir"]["sizeLimit"]) + 2**30
+    # the volume is writable by the dcpue user (uid 10001, fsGroup)
+    pod = _pod(*FEED)
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+
+def test_k8s_feed_reads_its_destinations_and_keys_from_a_secret_never_a_configmap(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config, mount, source = _feed_secret_volume()
+    assert config == Path(FEED_DIR) / "feed.yaml"
+    assert mount["readOnly"] is True
+    assert "subPath" not in mount  # a subPath mount never sees a rotated key
+    # platform keys, HMAC secrets and the client key: a Secret, created by the operator
+    assert "configMap" not in source
+    assert source["secret"]["secretName"] == "dcpue-feed"
+    assert not source["secret"].get("optional", False)  # no destinations, no pod (rather than a silent feed)
+    shipped = [d for d in _k8s_docs() if d["kind"] in ("Secret", "ConfigMap") and d["metadata"]["name"] == "dcpue-feed"]
+    assert not shipped  # no Secret with values (or placeholders to apply by mistake) is shipped
+    mode = source["secret"].get("defaultMode", 0o644)
+    assert mode & 0o007 == 0, oct(mode)  # not world-readable
+    # every file the example names is in the Secret's mount, and the documented command creates each one
+    files = _feed_example_files()
+    assert all(Path(f).parent == config.parent for f in files)
+    header = (K8S / "feed-statefulset.yaml").read_text(encoding="utf-8")
+    created = set(re.findall(r"--from-file=([\w.-]+)=", header))
+    assert created == {config.name} | {Path(f).name for f in files}
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    assert created <= set(re.findall(r"--from-file=([\w.-]+)=", readme))
+    # no ConfigMap anywhere holds destinations or feed settings
+    for doc in _k8s_docs():
+        if doc["kind"] == "ConfigMap":
+            for key, text in doc["data"].items():
+                assert not re.search(r"(?m)^\s*(feed|destinations)\s*:", text), f"{doc['metadata']['name']}/{key}"
+    # the registry the reports are made for: the registry ConfigMap, as the api pods read it
+    settings = _feed_settings(monkeypatch, tmp_path)
+    mounts = {m["mountPath"]: m for m in _feed_container()["volumeMounts"]}
+    registry_mount = mounts[str(Path(settings.registry).parent)]
+    volumes = {v["name"]: v for v in _pod(*FEED)["volumes"]}
+    assert volumes[registry_mount["name"]]["configMap"]["name"] == "dcpue-registry"
+    assert Path(settings.registry).name in _k8s("ConfigMap", "dcpue-registry")["data"]
+
+
+def test_k8s_feed_probes_port_and_headless_service() -> None:
+    container = _feed_container()
+    named = _named_ports(*FEED)
+    port = int(_flag(container["args"], "--port"))
+    assert named == {"http": port}
+    assert all(p.get("protocol", "TCP") == "TCP" for p in container["ports"])
+    for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = container[probe]["httpGet"]
+        assert get["path"] == path, probe
+        assert named.get(get["port"], get["port"]) == port, probe
+    statefulset = _k8s(*FEED)
+    service = _k8s("Service", statefulset["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    selector = {"matchLabels": service["spec"]["selector"]}
+    for kind, name in WORKLOADS:
+        assert _matches(selector, _pod_labels(kind, name)) == (name == "dcpue-feed"), name
+    (service_port,) = service["spec"]["ports"]
+    assert service_port.get("protocol", "TCP") == "TCP"
+    assert named.get(service_port["targetPort"], service_port["targetPort"]) == port
+    # no Service other than its own headless one selects the feed pod (the api Service must not send it users)
+    for doc in _k8s_docs():
+        if doc["kind"] == "Service" and doc["metadata"]["name"] != service["metadata"]["name"]:
+            assert not _matches({"matchLabels": doc["spec"]["selector"]}, _pod_labels(*FEED)), doc["metadata"]["name"]
+
+
+def test_k8s_feed_admits_no_ingress() -> None:
+    # its port serves the api's unauthenticated API: nothing in the cluster needs it (the kubelet's probes,
+    # port-forward and exec do not pass through NetworkPolicies)
+    policies = [d for d in _k8s_docs() if d["kind"] == "NetworkPolicy" and "Ingress" in d["spec"]["policyTypes"]]
+    selecting = [p for p in policies if _matches(p["spec"]["podSelector"], _pod_labels(*FEED))]
+    assert selecting and all(not p["spec"].get("ingress") for p in selecting)
+
+
 # -- settings files in deploy/config ------------------------------------------------------------------
 def test_alerting_example_loads_as_notify_settings_with_placeholders_only(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
@@ -892,6 +1170,41 @@ def test_alerting_example_loads_as_notify_settings_with_placeholders_only(monkey
     assert set(data["alerts"]) <= {"receivers", "routes", "delivery"}
     # the deployments put the outbox on their volume through the environment, which beats the file
     assert "outbox_path" not in data["alerts"].get("delivery", {})
+
+
+def test_feed_example_loads_as_feed_settings_with_placeholders_only(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for name in [n for n in os.environ if n.startswith("DCPUE_")]:
+        monkeypatch.delenv(name)
+    settings = load_settings(_feed_example_copy(tmp_path))
+    feed = settings.feed
+    assert isinstance(feed, FeedSettings) and feed.enabled
+    data = yaml.safe_load(FEED_EXAMPLE.read_text(encoding="utf-8"))
+    assert set(data) == {"feed"}  # the Secret's file holds the feed's settings only
+    assert FeedSettings.model_validate(yaml.safe_load(_feed_example_copy(tmp_path).read_text(encoding="utf-8"))["feed"])
+    # two destinations; one with HMAC-SM3 and mutual TLS
+    assert len(feed.destinations) == 2
+    assert {d.algorithm for d in feed.destinations} == {"hmac-sm3", "hmac-sha256"}
+    sm3 = next(d for d in feed.destinations if d.algorithm == "hmac-sm3")
+    assert sm3.tls.cert_file and sm3.tls.key_file and sm3.tls.ca_file and sm3.tls.verify
+    for dest, raw in zip(feed.destinations, data["feed"]["destinations"], strict=True):
+        # credentials only as files in the Secret's mount, never inline
+        assert dest.api_key is None and dest.secret is None, dest.name
+        assert "api_key" not in raw and "secret" not in raw, dest.name
+        assert raw["api_key_file"].startswith(FEED_DIR + "/") and raw["secret_file"].startswith(FEED_DIR + "/")
+        assert dest.api_key_value() == dest.secret_value() == "REPLACE_WITH_FILE_CONTENT"
+        for name, value in dest.headers.items():
+            assert "REPLACE_WITH_" in value, f"{dest.name}: header {name}"
+        url = urlsplit(dest.url)
+        assert url.scheme == "https" and url.hostname and url.hostname.endswith("example.com"), dest.url
+        assert not url.query and not url.username and not url.password, dest.url
+    # the deployments put the outbox on their volume and enable the feed through the environment
+    assert "outbox_path" not in data["feed"]
+    assert data["feed"].get("keep_days", MIN_KEEP_DAYS) >= MIN_KEEP_DAYS
+    # the file drop is shown, not enabled
+    assert "file_drop" not in data["feed"] and "# file_drop:" in FEED_EXAMPLE.read_text(encoding="utf-8")
 
 
 def test_settings_example_lists_every_topic_with_its_default() -> None:
