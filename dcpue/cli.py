@@ -496,14 +496,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return {"mode": "distributed-view", **stage.worker.status(), **advice_stage.worker.status(),
                 **(alert_stage.worker.status() if alert_stage is not None else {})}
 
-    feed = None
+    feed = feed_alerts = None
     if settings.feed.enabled:  # reports from this view of the metrics topic (enable it in one serve instance)
         from dcpue.feed.sender import FeedService
 
-        feed = FeedService(settings.feed, store, registry, tz=settings.engine.timezone,
-                           target_pue=settings.engine.target_pue,
-                           target_pue_by_site={sid: s.target_pue for sid, s in settings.alerts.sites.items()
-                                               if s.target_pue}).start()
+        if settings.alerts.enabled:  # FeedUndelivered goes on the alerts topic: `dcpue notify` delivers it
+            from dcpue.adapters.kafka import KafkaProducerAdapter
+            from dcpue.runtime.alerts import AlertOutput
+
+            feed_alerts = KafkaProducerAdapter(settings.bus.kafka).setup()
+        try:
+            feed = FeedService(settings.feed, store, registry, tz=settings.engine.timezone,
+                               target_pue=settings.engine.target_pue,
+                               target_pue_by_site={sid: s.target_pue for sid, s in settings.alerts.sites.items()
+                                                   if s.target_pue},
+                               alerts=AlertOutput(producer=feed_alerts, topic=settings.bus.topics.alerts)
+                               if feed_alerts is not None else None).start()
+        except ValueError as exc:
+            raise ConfigError(f"feed: {exc}") from None
     server, _thread, port = serve_http(settings, store, registry, status, stop, errors,
                                        not_ready=stage.worker.not_ready, alerts=alerts,
                                        feed=feed.status if feed else None)
@@ -521,6 +531,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stop.set()
         if feed is not None:
             feed.stop()
+        if feed_alerts is not None:
+            feed_alerts.close()
         side_thread.join(5)
         for side in side_stages:
             side.close()
@@ -535,6 +547,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         wait_until(stop, 0.5)  # let the last response finish before the store closes
         if feed is not None:
             feed.stop()
+        if feed_alerts is not None:
+            feed_alerts.close()
         stop.set()
         side_thread.join(5)
         for side in side_stages:

@@ -39,10 +39,10 @@ import pandas as pd
 
 from dcpue import __version__
 from dcpue.alerting.config import ReceiverKind
-from dcpue.alerting.delivery import AlertDelivery, Dispatcher, Outcome, classify
+from dcpue.alerting.delivery import Dispatcher, Outcome, classify
 from dcpue.alerting.outbox import Delivery, Outbox
 from dcpue.analytics.alerts.lifecycle import AlertLifecycle
-from dcpue.analytics.alerts.model import Condition, Family, Severity
+from dcpue.analytics.alerts.model import AlertEvent, Condition, Family, Severity
 from dcpue.analytics.feed.reports import PARTS_OF, REPORT_WINDOWS, QualityRules, build_reports, csv_columns, flatten
 from dcpue.feed import signing
 from dcpue.feed.config import FeedDestination, FeedSettings, TlsSettings
@@ -370,15 +370,16 @@ class FeedService:
     """Sender + dispatcher for a long-running process (``dcpue feed send``, ``demo``, ``serve``).
 
     ``start()`` opens the outbox, prunes delivered rows older than ``keep_days``, starts the dispatcher
-    threads and a thread that runs the sender every ``interval_s`` and checks for overdue reports
-    (``alerts``, if given, delivers ``FeedUndelivered``). ``stop()`` stops both; pending reports stay on disk.
+    threads and a thread that runs the sender every ``interval_s`` and checks for overdue reports;
+    ``alerts`` (optional) takes the ``FeedUndelivered`` events: an ``AlertOutput`` (history, alerts topic,
+    webhooks) or ``AlertDelivery.notify``. ``stop()`` stops both; pending reports stay on disk.
     ``clock`` [unix s] times deliveries, signatures and alerts; ``report_clock`` (default: ``clock``) is
     when reports are made (their timeliness check), e.g. the simulated clock of ``dcpue demo``.
     """
 
     def __init__(self, settings: FeedSettings, store: ResultStore, registry: Registry, *, tz: str = "Asia/Shanghai",
                  target_pue: float = 1.2, target_pue_by_site: Mapping[str, float] | None = None,
-                 alerts: AlertDelivery | None = None, clock: Callable[[], float] = time.time,
+                 alerts: Callable[[list[AlertEvent]], Any] | None = None, clock: Callable[[], float] = time.time,
                  report_clock: Callable[[], float] | None = None, backoff_base_s: float | None = None) -> None:
         self.settings = settings
         self.outbox = Outbox(settings.outbox_path, label="feed")
@@ -423,7 +424,7 @@ class FeedService:
             log.error("feed alert %s destination=%s status=%s", event.labels["alertname"],
                       event.labels.get("destination"), event.status)
         if events and self.alerts is not None:
-            self.alerts.notify(events)
+            self.alerts(events)
         return result
 
     def _loop(self) -> None:

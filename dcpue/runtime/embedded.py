@@ -111,7 +111,7 @@ class EmbeddedPipeline:
                 self.feed = FeedService(
                     settings.feed, store, registry, tz=settings.engine.timezone, target_pue=settings.engine.target_pue,
                     target_pue_by_site={sid: s.target_pue for sid, s in settings.alerts.sites.items() if s.target_pue},
-                    alerts=self.alerts.delivery if self.alerts else None,
+                    alerts=alert_output,  # FeedUndelivered: history, alerts topic and webhooks like any alert
                     report_clock=lambda: clock.now_ms() / 1000.0)  # reports are made "now" in simulated time
             except ValueError as exc:  # feed.sites naming sites the registry does not have
                 raise ConfigError(f"feed: {exc}") from None

@@ -199,7 +199,7 @@ def test_a_day_long_receiver_outage_is_backfilled_in_order_without_duplicates_an
         alerts = AlertDelivery([Receiver(name="oncall", url=hook.url + "/alerts")], [Route(receivers=("oncall",))],
                                DeliverySettings(outbox_path=str(tmp_path / "alerts.sqlite"), poll_interval_s=0.05,
                                                 group_by=())).start()
-        service = FeedService(cfg, store, fleet(), tz=TZ, alerts=alerts, backoff_base_s=0.05).start()
+        service = FeedService(cfg, store, fleet(), tz=TZ, alerts=alerts.notify, backoff_base_s=0.05).start()
         try:
             # the engine finalises windows hour by hour; the first simulated day goes by with the platform down
             hours = sorted(set(windows["end_ms"]))
