@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from dcpue.model import readings_frame
-from dcpue.registry import Registry, parse_registry
+from dcpue.registry import Registry, dump_registry, parse_registry
+from dcpue.runtime.store import FileStore
 
 # 2025-01-06 00:00 Asia/Shanghai (a Monday), so hour/day windows start on round timestamps
 T0 = int(pd.Timestamp("2025-01-06T00:00:00+08:00").value // 1_000_000)
@@ -59,3 +61,16 @@ def counter_series(sid: str, pid: str, kw: float, minutes: int, start_kwh: float
     """An energy counter read every minute while ``kw`` flows."""
     ts = start_ms + np.arange(0, minutes + 1, dtype=np.int64) * MIN
     return readings_frame(sid, pid, ts, start_kwh + kw * np.arange(0, minutes + 1) / 60.0)
+
+
+def filled_file_store(path: Path, windows: pd.DataFrame) -> FileStore:
+    """An open file store at ``path`` holding ``windows``."""
+    store = FileStore(path).setup()
+    store.write_windows(windows)
+    return store
+
+
+def write_registry_file(path: Path, registry: Registry) -> Path:
+    """``registry`` as YAML at ``path``."""
+    path.write_text(dump_registry(registry), encoding="utf-8")
+    return path

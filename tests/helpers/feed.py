@@ -25,10 +25,11 @@ from dcpue.analytics.batch import batch_windows
 from dcpue.feed.config import TlsSettings
 from dcpue.feed.sender import tls_context
 from dcpue.ingest.simulator import FleetSimulator, generate_fleet
-from dcpue.registry import Registry, dump_registry
+from dcpue.registry import Registry
 from dcpue.results import Scope
 from dcpue.runtime.store import FileStore
 from dcpue.settings import EngineSettings
+from tests.factories import filled_file_store, write_registry_file
 from tests.servers import free_port, stop_process
 
 TZ = "Asia/Shanghai"
@@ -74,14 +75,12 @@ def monthly_windows() -> pd.DataFrame:
 
 
 def filled_store(path: Path, windows: pd.DataFrame | None = None) -> FileStore:
-    store = FileStore(path).setup()
-    store.write_windows(engine_windows() if windows is None else windows)
-    return store
+    """An open file store at ``path`` holding ``windows`` (default: :func:`engine_windows`)."""
+    return filled_file_store(path, engine_windows() if windows is None else windows)
 
 
 def write_registry(path: Path) -> Path:
-    path.write_text(dump_registry(fleet()), encoding="utf-8")
-    return path
+    return write_registry_file(path, fleet())
 
 
 def write_keys(path: Path, *keys: dict[str, Any]) -> Path:

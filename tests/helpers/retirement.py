@@ -14,9 +14,10 @@ import pandas as pd
 
 from dcpue.analytics.batch import batch_windows
 from dcpue.ingest.simulator import FleetSimulator, generate_fleet
-from dcpue.registry import Registry, dump_registry
+from dcpue.registry import Registry
 from dcpue.runtime.store import FileStore
 from dcpue.settings import EngineSettings
+from tests.factories import filled_file_store, write_registry_file
 
 TZ = "Asia/Shanghai"
 START = pd.Timestamp("2024-11-01", tz=TZ)
@@ -46,11 +47,8 @@ def simulated_windows() -> pd.DataFrame:
 
 def filled_store(path: Path, windows: pd.DataFrame | None = None) -> FileStore:
     """An open file store at ``path`` holding ``windows`` (default: :func:`simulated_windows`)."""
-    store = FileStore(path).setup()
-    store.write_windows(simulated_windows() if windows is None else windows)
-    return store
+    return filled_file_store(path, simulated_windows() if windows is None else windows)
 
 
 def write_registry(path: Path) -> Path:
-    path.write_text(dump_registry(fleet()), encoding="utf-8")
-    return path
+    return write_registry_file(path, fleet())
