@@ -1,4 +1,5 @@
-"""Write the provisioned Grafana dashboards from code: ``python -m dcpue.dashboards.build [--check]``.
+"""Write the provisioned Grafana dashboards from code: ``dcpue dashboards build [--check]`` (also
+``python -m dcpue.dashboards.build``).
 
 Run from the repository root; the JSON goes to ``deploy/grafana/provisioning/dashboards/`` (``--dir`` for
 another folder), where Grafana's file provider (``dcpue.yaml`` beside it) loads it. ``--check`` writes
@@ -14,10 +15,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dcpue.dashboards.cli import DEFAULT_DIR
 from dcpue.dashboards.cooling import cooling_dashboard
+from dcpue.dashboards.fleet import fleet_dashboard
+from dcpue.dashboards.quality import quality_dashboard
+from dcpue.dashboards.retirement import retirement_dashboard
+from dcpue.dashboards.site import site_dashboard
 
-DEFAULT_DIR = Path("deploy/grafana/provisioning/dashboards")
-DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {"dcpue-cooling.json": cooling_dashboard}
+# file name -> builder(datasource_uid) of each provisioned dashboard
+DASHBOARDS: dict[str, Callable[..., dict[str, Any]]] = {
+    "dcpue-fleet.json": fleet_dashboard,
+    "dcpue-site.json": site_dashboard,
+    "dcpue-cooling.json": cooling_dashboard,
+    "dcpue-retirement.json": retirement_dashboard,
+    "dcpue-quality.json": quality_dashboard,
+}
 
 
 def render(dashboard: dict[str, Any]) -> str:
@@ -25,13 +37,18 @@ def render(dashboard: dict[str, Any]) -> str:
     return json.dumps(dashboard, indent=2, ensure_ascii=False) + "\n"
 
 
+def dashboards(datasource_uid: str | None = None) -> dict[str, dict[str, Any]]:
+    """File name → dashboard JSON (dict) of every dashboard, reading ``datasource_uid`` (default: provisioned)."""
+    return {name: build() if datasource_uid is None else build(datasource_uid) for name, build in DASHBOARDS.items()}
+
+
 def generated() -> dict[str, str]:
     """File name → file text of every provisioned dashboard."""
-    return {name: render(build()) for name, build in DASHBOARDS.items()}
+    return {name: render(d) for name, d in dashboards().items()}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dcpue.dashboards.build", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="dcpue dashboards build", description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"output folder (default: {DEFAULT_DIR})")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
     args = parser.parse_args(argv)
@@ -48,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text, encoding="utf-8")
             print(f"wrote {path}")
     if stale:
-        print(f"out of date: {', '.join(map(str, stale))}; run python -m dcpue.dashboards.build", file=sys.stderr)
+        print(f"out of date: {', '.join(map(str, stale))}; run dcpue dashboards build", file=sys.stderr)
         return 1
     return 0
 

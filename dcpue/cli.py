@@ -1008,9 +1008,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "URL, or at store.influxdb.url without one; token, org and bucket from store.influxdb")
     retire.set_defaults(func=cmd_retire)
 
+    from dcpue.dashboards.cli import add_parser as add_dashboards_parser
     from dcpue.feed.cli import add_parser as add_feed_parser
 
     add_feed_parser(sub, common)
+    add_dashboards_parser(sub, common)
 
     reg = sub.add_parser("registry", help="site registry tools")
     reg_sub = reg.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
