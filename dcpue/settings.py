@@ -111,8 +111,43 @@ class StoreSettings(_Section):
 
 
 class HttpSettings(_Section):
+    """The HTTP API and live page; who may use them (docs/api.md#authentication)."""
+
     host: str = "127.0.0.1"
     port: int = Field(8600, ge=0, le=65535)
+    # SHA-256 hex digests of the accepted API tokens, never the tokens: printf %s "$TOKEN" | sha256sum
+    tokens: tuple[str, ...] = ()
+    tokens_file: Path | None = None  # one digest per line, re-read when it changes
+    allow_anonymous: bool = False  # serve a non-loopback host without tokens (nothing else needs it)
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _from_environment(cls, value: Any) -> Any:
+        # DCPUE_HTTP__TOKENS='["<digest>", "<digest>"]' arrives as text; in a file one digest may stand alone
+        if isinstance(value, str):
+            import json
+
+            try:
+                return json.loads(value)
+            except ValueError:
+                return [value]
+        return value
+
+    @field_validator("tokens")
+    @classmethod
+    def _digests(cls, tokens: tuple[str, ...]) -> tuple[str, ...]:
+        from dcpue.web.auth import check_digest
+
+        return tuple(check_digest(t, f"http.tokens[{i}]") for i, t in enumerate(tokens))
+
+    @model_validator(mode="after")
+    def _not_exposed_without_tokens(self) -> HttpSettings:
+        from dcpue.web.auth import exposure_problem
+
+        problem = exposure_problem(self.host, bool(self.tokens or self.tokens_file), self.allow_anonymous)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 class SpoolSettings(_Section):

@@ -253,11 +253,24 @@ def serve_http(settings: Settings, store: FileStore, registry: Registry, status:
                not_ready: Callable[[], str | None] | None = None, alerts: Any = None,
                feed: Callable[[], dict[str, Any]] | None = None,
                ) -> tuple[uvicorn.Server, threading.Thread, int | None]:
-    """Start the HTTP API and live page on a thread; returns (server, thread, bound port or None)."""
-    from dcpue.web.app import create_app
+    """Start the HTTP API and live page on a thread; returns (server, thread, bound port or None).
 
+    Raises ConfigError before starting anything when ``settings.http`` exposes a non-loopback host without
+    tokens (a command-line ``--host`` bypasses the settings' own check) or its tokens file is unusable.
+    """
+    from dcpue.errors import ConfigError
+    from dcpue.web.app import create_app
+    from dcpue.web.auth import TokenAuth, exposure_problem, is_loopback
+
+    http = settings.http
+    problem = exposure_problem(http.host, bool(http.tokens or http.tokens_file), http.allow_anonymous)
+    if problem:
+        raise ConfigError(f"invalid settings: {problem}")
+    auth = TokenAuth.from_settings(http)
+    if auth is None and not is_loopback(http.host):
+        log.warning("http.allow_anonymous: the API on %s:%s answers anyone without a token", http.host, http.port)
     app = create_app(store, registry, settings.engine, status=status, not_ready=not_ready, alerts=alerts,
-                     retirement=settings.retirement, feed=feed)
+                     retirement=settings.retirement, feed=feed, auth=auth)
     config = uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
                             log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)

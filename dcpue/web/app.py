@@ -12,6 +12,7 @@ says why. Energies are [kWh], powers [kW], water [L]; ratios are dimensionless.
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,16 +22,21 @@ import numpy as np
 import pandas as pd
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field, create_model
+from jsonschema import Draft202012Validator
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field, ValidationError, create_model
 
-from dcpue.alerting.outbox import DeliveryDisabled, NotRetryable, OutboxError, UnknownDelivery
+from dcpue.alerting.outbox import DeliveryDisabled, DeliveryStatus, NotRetryable, OutboxError, UnknownDelivery
 from dcpue.errors import DcpueError
 from dcpue.ports import ResultStore
 from dcpue.registry import Registry
 from dcpue.results import ALL_WINDOWS, WINDOW_DTYPES, Scope, Status
 from dcpue.settings import EngineSettings, RetirementSettings
+from dcpue.web.auth import OPEN_PATHS, OPEN_PREFIXES, TokenAuth, TokenAuthMiddleware
+from dcpue.web.metrics import build_registry
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -90,6 +96,15 @@ WindowRow = create_model(  # type: ignore[call-overload]
     __doc__="One window result (dcpue.results schema); null where a figure is not valid.",
     **{col: _window_field(col, dtype) for col, dtype in WINDOW_DTYPES.items()},
 )
+
+
+class ErrorDetail(BaseModel):
+    detail: str = Field(description="what went wrong, and what is valid")
+
+
+class Unprocessable(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        description="what is wrong with the parameters: a message, or FastAPI's list of errors (loc, msg, type)")
 
 
 class Health(BaseModel):
@@ -170,6 +185,50 @@ class DeadLettersResponse(BaseModel):
     dead_letters: list[DeadLetter]
 
 
+# the body of POST /api/v1/silences as documented; dcpue.analytics.alerts.silences.Silence validates it
+SILENCE_BODY: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["matchers", "ends_at_ms", "created_by"],
+    "properties": {
+        "matchers": {
+            "type": "array", "minItems": 1,
+            "description": "all must match; at least one must not match the empty string",
+            "items": {"type": "array", "minItems": 3, "maxItems": 3,
+                      "prefixItems": [{"type": "string", "minLength": 1, "description": "label, e.g. site"},
+                                      {"enum": ["=", "!=", "=~", "!~"]},
+                                      {"type": "string", "description": "value; a regular expression for =~ and "
+                                                                        "!~, matching the whole label value"}]},
+        },
+        "ends_at_ms": {"type": "integer", "description": "end, exclusive [UTC epoch ms]; after starts_at_ms"},
+        "starts_at_ms": {"type": "integer", "description": "start [UTC epoch ms]; default: now (event time)"},
+        "created_by": {"type": "string", "minLength": 1},
+        "comment": {"type": "string"},
+        "id": {"type": "string", "minLength": 1, "description": "default: a new random id"},
+    },
+    "example": {"matchers": [["site", "=", "tr-02"]], "ends_at_ms": 1767225600000, "created_by": "noc",
+                "comment": "UPS retrofit"},
+}
+_SILENCE_VALIDATOR = Draft202012Validator(SILENCE_BODY)
+
+
+def _silence_problem(body: dict[str, Any]) -> str | None:
+    """Why ``body`` does not follow :data:`SILENCE_BODY` strictly (pydantic alone takes true or "5" for an
+    integer), or None. Where the Silence model also refuses it, its message, which names the field."""
+    errors = sorted(_SILENCE_VALIDATOR.iter_errors(body), key=lambda e: [str(p) for p in e.absolute_path])
+    if not errors:
+        return None
+    from dcpue.analytics.alerts.silences import Silence
+
+    try:
+        Silence.model_validate({"starts_at_ms": 0, **body})
+    except ValidationError as exc:
+        return "invalid silence: " + "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'silence'}: {e['msg']}" for e in exc.errors())
+    where = ".".join(str(p) for p in errors[0].absolute_path) or "silence"
+    return f"invalid silence: {where}: {errors[0].message}"
+
+
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +262,7 @@ def _newest_by_id(store: ResultStore, scope: str, window: str) -> dict[str, dict
 
 
 _YEAR_2200_MS = 7_258_118_400_000
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def _parse_time(value: str | None, name: str) -> int | None:
@@ -212,7 +272,7 @@ def _parse_time(value: str | None, name: str) -> int | None:
     text = value.strip()
     bad = HTTPException(422, f"{name}={value!r} is not a time; give epoch milliseconds or ISO-8601 "
                              f"(e.g. 2025-06-01T00:00Z) from 1970 to 2199")
-    if text.lstrip("-").isdigit():
+    if _INTEGER.fullmatch(text):  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
         ms = int(text)
     else:
         try:
@@ -247,6 +307,7 @@ def create_app(
     alerts: Any = None,
     retirement: RetirementSettings | None = None,
     feed: Callable[[], dict[str, Any]] | None = None,
+    auth: TokenAuth | None = None,
 ) -> FastAPI:
     """Build the API and page over an open ``store``.
 
@@ -265,6 +326,11 @@ def create_app(
 
     ``feed`` (optional) returns the provincial feed's status for ``GET /api/v1/feed``; without it
     that answers 404.
+
+    ``auth`` (a :class:`~dcpue.web.auth.TokenAuth`, optional) requires an accepted token on every path but
+    ``/healthz``, ``/readyz``, the page and its assets and the OpenAPI document; without it the API is open
+    (the settings allow that only on a loopback host). ``GET /metrics`` serves ``status``, ``feed`` and
+    ``alerts`` in the Prometheus text format (:mod:`dcpue.web.metrics`).
     """
     target = float(engine_settings.target_pue)
     sites_meta = registry.sites_table
@@ -278,6 +344,25 @@ def create_app(
         openapi_url="/api/openapi.json",
         redoc_url=None,
     )
+
+    def readiness() -> str | None:
+        """Why the results cannot be served now, or None."""
+        reason = not_ready() if not_ready is not None else None
+        if reason:
+            return reason
+        try:
+            store.query_windows(Scope.FLEET.value, LIVE_WINDOW, ids=["__readyz__"])
+        except Exception as exc:  # noqa: BLE001 — any failure means "not ready", and says why
+            return str(exc)
+        return None
+
+    @app.exception_handler(405)
+    async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette names only the first route's methods; a path with GET and POST routes allows both
+        path = request.scope["path"]
+        allowed = sorted({m for route in app.router.routes if isinstance(route, APIRoute)
+                          and route.path_regex.match(path) for m in route.methods or ()})
+        return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(allowed)})
 
     @app.exception_handler(DcpueError)
     async def _store_unavailable(request: Request, exc: DcpueError) -> JSONResponse:
@@ -293,16 +378,15 @@ def create_app(
         responses={503: {"model": Health, "description": "the store does not answer"}},
     )
     def readyz() -> Any:
-        reason = not_ready() if not_ready is not None else None
+        reason = readiness()
         if reason:
             return JSONResponse({"status": "unavailable", "detail": reason}, status_code=503)
-        try:
-            store.query_windows(Scope.FLEET.value, LIVE_WINDOW, ids=["__readyz__"])
-        except Exception as exc:  # noqa: BLE001 — any failure means "not ready", and says why
-            return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
         return {"status": "ok"}
 
-    @app.get(f"{API_PREFIX}/sites", response_model=SitesResponse, tags=["fleet"],
+    store_down: dict[int | str, dict[str, Any]] = {
+        503: {"model": ErrorDetail, "description": "the result store does not answer"}}
+
+    @app.get(f"{API_PREFIX}/sites", response_model=SitesResponse, tags=["fleet"], responses=store_down,
              summary="Fleet table: one row per registry site with its newest figures")
     def sites() -> dict[str, Any]:
         newest = {w: _newest_by_id(store, Scope.SITE.value, w) for w in SUMMARY_WINDOWS}
@@ -345,7 +429,7 @@ def create_app(
             rows.append(row)
         return {"target_pue": target, "sites": rows}
 
-    @app.get(f"{API_PREFIX}/fleet", response_model=FleetResponse, tags=["fleet"],
+    @app.get(f"{API_PREFIX}/fleet", response_model=FleetResponse, tags=["fleet"], responses=store_down,
              summary="Newest fleet and cluster windows (1m, 1h, 1d, 12mo)")
     def fleet() -> dict[str, Any]:
         fleet_rows: dict[str, Any] = {}
@@ -360,7 +444,8 @@ def create_app(
     @app.get(
         f"{API_PREFIX}/sites/{{site_id}}/windows", response_model=WindowsResponse, tags=["fleet"],
         summary="Time series of one site's windows, oldest first",
-        responses={404: {"description": "unknown site"}, 422: {"description": "unknown window or bad time"}},
+        responses={**store_down, 404: {"model": ErrorDetail, "description": "unknown site"},
+                   422: {"model": Unprocessable, "description": "unknown window, bad time or limit"}},
     )
     def site_windows(
         site_id: str = PathParam(description="site id from the registry"),
@@ -390,7 +475,17 @@ def create_app(
         info.setdefault("site_count", len(site_ids))
         return info
 
-    @app.get(f"{API_PREFIX}/dead-letters", response_model=DeadLettersResponse, tags=["runtime"],
+    metrics_registry = build_registry(status, feed, alerts, readiness, len(site_ids), auth)
+
+    @app.get("/metrics", tags=["runtime"], response_class=Response,
+             summary="Self-monitoring in the Prometheus text format: readings in, windows out, lag, errors, "
+                     "collector health, alerts, feed queues (docs/api.md#metrics)",
+             responses={200: {"description": "Prometheus text exposition format 0.0.4",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    def metrics() -> Response:
+        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get(f"{API_PREFIX}/dead-letters", response_model=DeadLettersResponse, tags=["runtime"], responses=store_down,
              summary="The newest records that could not be used, newest first")
     def dead_letters(limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
         reader = getattr(store, "dead_letters", None)
@@ -400,8 +495,11 @@ def create_app(
         return {"count": len(rows), "dead_letters": rows}
 
     @app.get(f"{API_PREFIX}/recommendations", tags=["cooling"],
-             summary="The newest cooling-setpoint recommendations (advisory), newest first")
-    def recommendations(site: str | None = None, limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
+             summary="The newest cooling-setpoint recommendations (advisory), newest first",
+             responses={**store_down, 404: {"model": ErrorDetail, "description": "unknown site"}})
+    def recommendations(site: str | None = Query(None, description="only this site (empty: all sites)"),
+                        limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
+        site = site or None
         if site is not None and site not in site_ids:
             raise HTTPException(404, f"unknown site {site!r}: GET {API_PREFIX}/sites lists them")
         reader = getattr(store, "recommendations", None)
@@ -414,9 +512,8 @@ def create_app(
 
     @app.get(f"{API_PREFIX}/retirement", tags=["retirement"],
              summary="Retirement assessment of every site: verdicts, evidence, consolidation plan (docs/retirement.md)",
-             responses={422: {"description": "bad as_of or price"},
-                        500: {"description": "the retirement settings do not fit the registry"},
-                        503: {"description": "the result store does not answer"}})
+             responses={**store_down, 422: {"model": Unprocessable, "description": "bad as_of or price"},
+                        500: {"model": ErrorDetail, "description": "the retirement settings do not fit the registry"}})
     def retirement_view(
         as_of: str | None = Query(None, description="end of the assessed period (epoch ms or ISO-8601, naive = UTC); "
                                                     "default: the end of the newest closed day in the store"),
@@ -444,8 +541,8 @@ def create_app(
 
     @app.get(f"{API_PREFIX}/feed", tags=["feed"],
              summary="The provincial feed: queues per destination, reported-until times, refusals (docs/feed.md)",
-             responses={404: {"description": "the feed is not enabled in this process"},
-                        503: {"description": "the feed outbox does not answer"}})
+             responses={404: {"model": ErrorDetail, "description": "the feed is not enabled in this process"},
+                        503: {"model": ErrorDetail, "description": "the feed outbox does not answer"}})
     def feed_status() -> dict[str, Any]:
         if feed is None:
             raise HTTPException(404, "the provincial feed is not enabled in this process (feed.enabled)")
@@ -456,7 +553,10 @@ def create_app(
             raise HTTPException(404, "alerting is not running in this process")
         return alerts
 
-    @app.get(f"{API_PREFIX}/alerts", tags=["alerts"],
+    alerts_off: dict[int | str, dict[str, Any]] = {
+        404: {"model": ErrorDetail, "description": "alerting is not running in this process"}}
+
+    @app.get(f"{API_PREFIX}/alerts", tags=["alerts"], responses=alerts_off,
              summary="Pending and firing alerts, and the newest alert events (firing/resolved)")
     def alerts_view(limit: int = Query(100, ge=1, le=10_000), site: str | None = None) -> dict[str, Any]:
         api = _alerts()
@@ -465,19 +565,23 @@ def create_app(
             active = [a for a in active if a.get("labels", {}).get("site") == site]
         return _clean({"active": active, "events": api.recent(limit, site)})
 
-    @app.get(f"{API_PREFIX}/alerts/deliveries", tags=["alerts"],
+    @app.get(f"{API_PREFIX}/alerts/deliveries", tags=["alerts"], responses=alerts_off,
              summary="The webhook delivery log, newest first")
-    def alert_deliveries(limit: int = Query(100, ge=1, le=10_000), receiver: str | None = None,
-                         status: str | None = None) -> dict[str, Any]:
-        rows = _alerts().deliveries(limit, receiver, status)
+    def alert_deliveries(limit: int = Query(100, ge=1, le=10_000),
+                         receiver: str | None = Query(None, description="only this receiver (empty: all)"),
+                         status: DeliveryStatus | None = Query(None, description="only rows in this state"),
+                         ) -> dict[str, Any]:
+        rows = _alerts().deliveries(limit, receiver or None, status)
         return {"count": len(rows), "deliveries": rows}
 
     @app.post(f"{API_PREFIX}/alerts/deliveries/{{delivery_id}}/retry", tags=["alerts"],
               summary="Send a failed delivery again: same body and Idempotency-Key, due now",
-              responses={404: {"description": "no delivery with this id, or alert delivery not configured"},
-                         409: {"description": "the delivery is not failed, or its receiver is not configured"},
-                         503: {"description": "the alert outbox does not answer"}})
-    def alert_delivery_retry(delivery_id: int = PathParam(ge=1)) -> dict[str, Any]:
+              responses={404: {"model": ErrorDetail,
+                               "description": "no delivery with this id, or alert delivery not configured"},
+                         409: {"model": ErrorDetail,
+                               "description": "the delivery is not failed, or its receiver is not configured"},
+                         503: {"model": ErrorDetail, "description": "the alert outbox does not answer"}})
+    def alert_delivery_retry(delivery_id: int = PathParam(ge=1, le=2**63 - 1)) -> dict[str, Any]:  # SQLite INTEGER
         api = _alerts()
         try:
             return api.retry_delivery(delivery_id)
@@ -488,20 +592,30 @@ def create_app(
         except OutboxError as exc:
             raise HTTPException(503, f"alert outbox unavailable: {exc}") from None
 
-    @app.get(f"{API_PREFIX}/silences", tags=["alerts"], summary="Silences and maintenance windows")
+    @app.get(f"{API_PREFIX}/silences", tags=["alerts"], summary="Silences and maintenance windows",
+             responses=alerts_off)
     def silences_view() -> dict[str, Any]:
         return {"silences": _alerts().silences()}
 
     @app.post(f"{API_PREFIX}/silences", tags=["alerts"], status_code=201,
-              summary="Add a silence: matchers [[label, op, value]], ends_at_ms, created_by, comment")
+              summary="Add a silence: matchers [[label, op, value]], ends_at_ms, created_by, comment",
+              openapi_extra={"requestBody": {"content": {"application/json": {"schema": SILENCE_BODY}}}},
+              responses={**alerts_off, 400: {"model": ErrorDetail, "description": "not a valid silence: the detail "
+                                             "names the field and the problem (e.g. ends before it starts)"}})
     def silence_add(body: dict[str, Any]) -> dict[str, Any]:
+        api = _alerts()
+        problem = _silence_problem(body)
+        if problem is not None:
+            raise HTTPException(400, problem)
         try:
-            return _alerts().add_silence(body)
+            return api.add_silence(body)
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
 
     @app.delete(f"{API_PREFIX}/silences/{{silence_id}}", tags=["alerts"], status_code=204,
-                summary="Expire a silence now")
+                summary="Expire a silence now",
+                responses={404: {"model": ErrorDetail, "description": "no silence with this id, or alerting not "
+                                 "running in this process"}})
     def silence_expire(silence_id: str) -> None:
         try:
             _alerts().expire_silence(silence_id)
@@ -513,4 +627,40 @@ def create_app(
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if auth is not None:
+        app.add_middleware(TokenAuthMiddleware, auth=auth)
+        _document_security(app)
     return app
+
+
+UNAUTHORIZED = {
+    "description": "no API token, or one that is not accepted (docs/api.md#authentication)",
+    "headers": {"WWW-Authenticate": {"description": 'Bearer realm="dcpue"', "schema": {"type": "string"}}},
+    "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}}},
+}
+
+
+def _document_security(app: FastAPI) -> None:
+    """Declare the token schemes in the OpenAPI document, and a 401 on every operation that needs a token."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "Authorization: Bearer <token>; the settings hold its SHA-256 digest"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key",
+                       "description": "the same token in the X-Api-Key header"},
+        }
+        for path, operations in schema.get("paths", {}).items():
+            if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+                continue
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                operation.setdefault("responses", {})["401"] = UNAUTHORIZED
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -183,7 +183,8 @@ def test_unknown_window_is_422_listing_valid_ones(client):
     assert "'2h'" in detail and all(w in detail for w in ALL_WINDOWS)
 
 
-@pytest.mark.parametrize("query", ["start=yesterday", "limit=0", "limit=abc"])
+@pytest.mark.parametrize("query", ["start=yesterday", "limit=0", "limit=abc",
+                                   "start=%C2%B2"])  # "²": str.isdigit() says yes, int() says no (was a 500)
 def test_bad_parameters_are_422(client, query):
     assert client.get(f"/api/v1/sites/gy-a/windows?window=1h&{query}").status_code == 422
 
@@ -249,3 +250,57 @@ def test_recommendations_newest_first_per_site_and_unknown_site(client, store, r
     assert body["recommendations"][0]["recommended"] == {"supply_air": 23.0}
     assert client.get("/api/v1/recommendations").json()["count"] == 3
     assert client.get("/api/v1/recommendations", params={"site": "nowhere"}).status_code == 404
+
+
+# -- found by schemathesis (tests/web/test_schemathesis.py) ------------------------------------------------
+
+@pytest.fixture
+def alerts_client(store, registry, engine_settings, tmp_path):
+    from dcpue.runtime.embedded import build_alerting
+    from dcpue.settings import load_settings
+
+    settings = load_settings(None, alerts={"receivers": [{"name": "noc", "url": "http://127.0.0.1:9/hook"}],
+                                           "routes": [{"receivers": ["noc"]}],
+                                           "delivery": {"outbox_path": str(tmp_path / "outbox.sqlite")}})
+    alerts, _ = build_alerting(settings, registry, tmp_path / "alerts.sqlite", producer=None)
+    alerts.delivery.outbox.open()
+    yield TestClient(create_app(store, registry, engine_settings, alerts=alerts))
+    alerts.delivery.outbox.close()
+    alerts.close()
+
+
+def test_delivery_log_filters_are_checked(alerts_client):
+    assert alerts_client.get("/api/v1/alerts/deliveries?status=failed").json() == {"count": 0, "deliveries": []}
+    assert alerts_client.get("/api/v1/alerts/deliveries?status=gone").status_code == 422  # was a 500
+    assert alerts_client.get("/api/v1/alerts/deliveries?receiver=&status=pending").status_code == 200
+    too_big = alerts_client.post(f"/api/v1/alerts/deliveries/{2**63}/retry")
+    assert too_big.status_code == 422  # beyond SQLite's INTEGER: was a 500
+    assert alerts_client.post(f"/api/v1/alerts/deliveries/{2**63 - 1}/retry").status_code == 404
+
+
+@pytest.mark.parametrize("field,value", [("starts_at_ms", True), ("ends_at_ms", "1767225600000"),
+                                         ("ends_at_ms", NOW_MS + 0.5), ("comment", 7), ("extra", 1)])
+def test_a_silence_must_follow_its_documented_schema(alerts_client, field, value):
+    body = {"matchers": [["site", "=", "gy-a"]], "starts_at_ms": NOW_MS, "ends_at_ms": NOW_MS + 3_600_000,
+            "created_by": "test", field: value}
+    r = alerts_client.post("/api/v1/silences", json=body)
+    assert r.status_code == 400 and f"invalid silence: {field}" in r.json()["detail"], r.text
+    del body[field]
+    if field in ("starts_at_ms", "comment", "extra"):
+        assert alerts_client.post("/api/v1/silences", json=body).status_code == 201
+
+
+def test_a_silence_error_names_the_field_as_the_silence_model_does(alerts_client):
+    r = alerts_client.post("/api/v1/silences", json={"matchers": [["site", "=~", "("]], "ends_at_ms": NOW_MS})
+    assert r.status_code == 400
+    assert "matchers.0: Value error, matcher site=~'(': invalid regular expression" in r.json()["detail"]
+    assert "created_by: Field required" in r.json()["detail"]
+
+
+def test_method_not_allowed_names_every_method_of_the_path(alerts_client):
+    r = alerts_client.request("PUT", "/api/v1/silences")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+
+
+def test_empty_site_filter_means_all_sites(client):
+    assert client.get("/api/v1/recommendations?site=").status_code == 200

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import re
-import socket
 import struct
-import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from dcpue.web.app import create_app
+from dcpue.web.auth import TokenAuth, hash_token
 
 from .conftest import REGISTRY_DOC
+from .serving import LiveServer
 
 try:  # rootdir on sys.path (tests is a package / pythonpath set) …
     from tests.helpers.browser import dump_dom, screenshot
@@ -27,36 +26,10 @@ pytestmark = pytest.mark.integration
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
-class _Server:
-    """uvicorn in a background thread on a socket bound before start (no port race)."""
-
-    def __init__(self, app) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> _Server:
-        self.thread.start()
-        deadline = threading.Event()
-        for _ in range(200):
-            if self.server.started:
-                return self
-            deadline.wait(0.05)
-        raise RuntimeError("uvicorn did not start within 10 s")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
 @pytest.fixture
 def served(store, registry, engine_settings, status_info) -> Iterator[str]:
     app = create_app(store, registry, engine_settings, status=lambda: status_info)
-    with _Server(app) as server:
+    with LiveServer(app) as server:
         yield server.url
 
 
@@ -122,7 +95,7 @@ def test_site_selection_from_link_and_gaps_not_bridged(served):
 
 def test_error_banner_when_api_fails(store, registry, engine_settings):
     store.close()  # every data endpoint now answers 503
-    with _Server(create_app(store, registry, engine_settings)) as server:
+    with LiveServer(create_app(store, registry, engine_settings)) as server:
         dom = dump_dom(f"{server.url}/", budget_ms=3000)
     banner = _element(dom, "error-banner")
     assert "hidden" not in banner and "API unreachable" in banner
@@ -133,3 +106,37 @@ def test_screenshot(served):
     width, height, distinct = _png_info(path)
     assert (width, height) == (1400, 1000)
     assert path.stat().st_size > 30_000 and distinct > 50, "screenshot looks blank"
+
+
+PAGE_TOKEN = "page-token-7d2e"
+
+
+@pytest.fixture
+def served_with_token(store, registry, engine_settings, status_info) -> Iterator[str]:
+    app = create_app(store, registry, engine_settings, status=lambda: status_info,
+                     auth=TokenAuth([hash_token(PAGE_TOKEN)]))
+    with LiveServer(app) as server:
+        yield server.url
+
+
+def _opening_tag(dom: str, element_id: str) -> str:
+    match = re.search(rf'<\w+[^>]*\bid="{element_id}"[^>]*>', dom)
+    assert match, f"#{element_id} not in the DOM"
+    return match.group(0)
+
+
+def test_page_sends_the_token_from_the_link(served_with_token):
+    dom = dump_dom(f"{served_with_token}/#token={PAGE_TOKEN}&site=gy-b")
+    rows = re.findall(r'<tr[^>]*data-site="([^"]+)"', dom)
+    assert rows == [s["id"] for s in REGISTRY_DOC["sites"]]
+    assert _element(dom, "selected-site").endswith(">gy-b</span>")  # the rest of the link still applies
+    assert " hidden" in _opening_tag(dom, "error-banner") and " hidden" in _opening_tag(dom, "token-form")
+    assert re.search(r'<path class="pue-line"', _element(dom, "pue-chart"))  # the windows came with the token too
+
+
+def test_page_without_a_token_asks_for_one(served_with_token):
+    dom = dump_dom(f"{served_with_token}/", budget_ms=3000)
+    assert " hidden" not in _opening_tag(dom, "token-form")
+    banner = _element(dom, "error-banner")
+    assert " hidden" not in _opening_tag(dom, "error-banner") and "API token needed" in banner and "401" in banner
+    assert not re.findall(r'<tr[^>]*data-site="', dom)

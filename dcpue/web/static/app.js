@@ -81,14 +81,50 @@
     }
   }
 
+  // ---------------------------------------------------------------- API token
+
+  // Where the API wants a token (docs/api.md#authentication), the page takes it from a link
+  // (#token=…, removed from the address bar at once) or from the form it shows on a 401, keeps it in
+  // this tab's sessionStorage (gone when the tab closes) and sends it as Authorization: Bearer.
+  const TOKEN_KEY = "dcpue.token";
+  let memoryToken = null; // where sessionStorage is unavailable
+
+  function getToken() {
+    try { return sessionStorage.getItem(TOKEN_KEY) || memoryToken; } catch (e) { return memoryToken; }
+  }
+
+  function setToken(token) {
+    memoryToken = token;
+    try { sessionStorage.setItem(TOKEN_KEY, token); } catch (e) { /* memory only */ }
+  }
+
+  function takeTokenFromHash() {
+    const params = new URLSearchParams(location.hash.slice(1));
+    if (!params.has("token")) return;
+    const token = params.get("token");
+    params.delete("token");
+    if (token) setToken(token);
+    const rest = params.toString();
+    history.replaceState(null, "", location.pathname + location.search + (rest ? "#" + rest : ""));
+  }
+
+  class Unauthorized extends Error {}
+
+  function showTokenForm(show) {
+    $("token-form").hidden = !show;
+  }
+
   // ---------------------------------------------------------------- data
 
   async function getJSON(path) {
-    const res = await fetch(path, { cache: "no-store" });
+    const token = getToken();
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const res = await fetch(path, { cache: "no-store", headers });
     if (!res.ok) {
       let detail = res.statusText;
       try { detail = (await res.json()).detail || detail; } catch (e) { /* not JSON */ }
-      throw new Error(`${path}: HTTP ${res.status} ${detail}`);
+      const Err = res.status === 401 ? Unauthorized : Error;
+      throw new Err(`${path}: HTTP ${res.status} ${detail}`);
     }
     return res.json();
   }
@@ -118,8 +154,10 @@
         if (series.site === state.selected && series.window === state.window) renderCharts(series.rows);
       }
       state.lastOk = new Date();
+      showTokenForm(false);
       hideError();
     } catch (err) {
+      showTokenForm(err instanceof Unauthorized);
       showError(err);
     } finally {
       state.inFlight = false;
@@ -129,7 +167,10 @@
   function showError(err) {
     const banner = $("error-banner");
     const since = state.lastOk ? ` Showing data from ${state.lastOk.toLocaleTimeString()}.` : "";
-    banner.textContent = `API unreachable — ${err.message || err}.${since} Retrying every 2 s.`;
+    const what = err instanceof Unauthorized
+      ? (getToken() ? "API token not accepted" : "API token needed") + ": enter it below"
+      : "API unreachable";
+    banner.textContent = `${what} — ${err.message || err}.${since} Retrying every 2 s.`;
     banner.hidden = false;
   }
 
@@ -463,6 +504,16 @@
   }
 
   // ---------------------------------------------------------------- wiring
+
+  takeTokenFromHash();
+  $("token-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const token = $("token-input").value.trim();
+    if (!token) return;
+    setToken(token);
+    $("token-input").value = "";
+    refresh();
+  });
 
   // links like #site=gy-a&window=1h open that site and window
   const hashWindow = (location.hash.match(/window=([^&]+)/) || [])[1];
