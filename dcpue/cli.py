@@ -246,7 +246,10 @@ def _kafka_settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config, log_level=args.log_level, registry=getattr(args, "registry", None),
                              bus={"kind": "kafka", "kafka": {"bootstrap_servers": args.kafka}},
                              store={"kind": "influxdb", "influxdb": {"url": influx}} if influx else {},
-                             simulator={"sites": getattr(args, "sites", None), "speed": getattr(args, "speed", None)})
+                             simulator={"sites": getattr(args, "sites", None), "speed": getattr(args, "speed", None)},
+                             # validated with the rest: a public --host without API tokens is refused here,
+                             # before anything connects to Kafka
+                             http={"host": getattr(args, "host", None), "port": getattr(args, "port", None)})
     _configure_logging(settings.log_level)
     return settings
 
@@ -473,8 +476,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dcpue.runtime.store import FileStore
 
     settings = _kafka_settings(args)
-    settings = settings.model_copy(update={"http": settings.http.model_copy(update={
-        k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None})})
     registry = _demo_registry(settings)
     path = Path(args.store or settings.store.path)
     store = FileStore(path).setup()

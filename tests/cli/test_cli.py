@@ -142,3 +142,14 @@ def test_unknown_timezone_is_a_configuration_error(export):
     result = run("pue", str(path), "--sites", str(sites), "--tz", "Asia/Shangai")
     assert result.returncode == 2
     assert "engine.timezone" in result.stderr and "unknown timezone 'Asia/Shangai'" in result.stderr
+
+
+def test_serve_on_a_public_address_without_api_tokens_is_refused_before_connecting(tmp_path):
+    # nothing listens on port 1: the refusal must come from the settings, not from a Kafka timeout
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DCPUE_")}
+    args = [sys.executable, "-m", "dcpue.cli", "serve", "--kafka", "127.0.0.1:1", "--host", "0.0.0.0",
+            "--store", str(tmp_path / "view.sqlite"), "--duration", "1"]
+    refused = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
+    assert refused.returncode == 2, refused.stderr
+    assert "http" in refused.stderr and "http.tokens" in refused.stderr
+    assert not (tmp_path / "view.sqlite").exists()
