@@ -4,13 +4,15 @@ Docker and Kubernetes are not run here; these tests pin what can go wrong withou
 not parse, DCPUE_* names or values the Settings model rejects, missing resources or a root container,
 secrets written into a file, an image without the Kafka, InfluxDB and device clients, a collector spool
 or an alert outbox that would not survive a restart, receiver credentials in a ConfigMap, ports opened
-to more than their one client, and a provincial feed that could run twice, lose its outbox or read its
-platform credentials from anywhere but a Secret.
+to more than their one client, a provincial feed that could run twice, lose its outbox or read its
+platform credentials from anywhere but a Secret, and a `dcpue serve` bound beyond loopback without API
+tokens (which it refuses at start) or with its tokens from anywhere but a Secret.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,11 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from dcpue.errors import ConfigError
 from dcpue.feed.config import MIN_KEEP_DAYS, FeedSettings
 from dcpue.feed.sender import FeedService
 from dcpue.settings import CollectSettings, Settings, SpoolSettings, TopicSettings, load_settings
+from dcpue.web.auth import OPEN_PATHS, hash_token, is_loopback
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -37,6 +41,10 @@ FEED_DIR = "/etc/dcpue-feed"  # where the feed's settings, key and certificate f
 DCPUE_SERVICES = ("topics", "collector", "analytics", "aggregator", "notify", "api", "feed")
 SECRET_KEY = re.compile(r"TOKEN|PASSWORD|SECRET|SASL_PASSWORD", re.IGNORECASE)
 INTERPOLATION = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+OPERATOR_VALUE = "set-by-operator"  # what a required variable stands for in these tests
+# required variables whose value must have a form: the API's accepted tokens, a JSON list of SHA-256 digests
+OPERATOR_VALUES = {"DCPUE_HTTP__TOKENS": json.dumps([hash_token(OPERATOR_VALUE)])}
+API_TOKENS_SECRET = "dcpue-api-tokens"  # the Secret holding the accepted API token digests (k8s)
 
 
 def _env_names(model: type[BaseModel], prefix: str = "DCPUE_") -> set[str]:
@@ -76,13 +84,25 @@ def _compose() -> dict[str, Any]:
 
 
 def _resolve(value: str) -> str:
-    """Compose interpolation as an operator with the required variables set would see it."""
+    """Compose interpolation as an operator with the required variables set would see it (the API's tokens
+    as the digests of a token, in the form the setting takes)."""
     def sub(m: re.Match[str]) -> str:
-        op, arg = m.group(2), m.group(3)
+        name, op, arg = m.groups()
         if op in (":-", "-"):
             return arg
-        return "set-by-operator"
+        return OPERATOR_VALUES.get(name, OPERATOR_VALUE)
     return INTERPOLATION.sub(sub, value)
+
+
+def _cli_options(command: list[str]) -> dict[str, Any]:
+    """The overrides `dcpue <command>` makes of its command line on the distributed path, as the entry point
+    merges them over file and environment: the Kafka bus, and serve's ``--host``/``--port``."""
+    http: dict[str, Any] = {}
+    if "--host" in command:
+        http["host"] = _flag(command, "--host")
+    if "--port" in command:
+        http["port"] = int(_flag(command, "--port"))
+    return {"bus": {"kind": "kafka"}, "http": http}
 
 
 def _validate_env(env: dict[str, str], args: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -198,7 +218,8 @@ def test_compose_api_serves_on_all_container_interfaces() -> None:
     assert "/tmp" in mounts and str(Path(store).parent) in mounts
     assert api["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert "influxdb" not in api["depends_on"]  # serve reads Kafka only
-    assert not [n for n in api["environment"] if SECRET_KEY.search(n)]  # and so needs no token
+    # no InfluxDB token: the only credential is the API's own (digests of the accepted tokens)
+    assert [n for n in api["environment"] if SECRET_KEY.search(n)] == ["DCPUE_HTTP__TOKENS"]
     healthcheck = " ".join(api["healthcheck"]["test"])
     assert f"http://127.0.0.1:{port}/healthz" in healthcheck
     assert "curl" not in healthcheck and "wget" not in healthcheck  # neither is in the image
@@ -338,7 +359,7 @@ def test_compose_feed_is_one_optional_service_with_its_outbox_on_a_named_volume(
     # view and settings file from the environment, which `docker compose exec feed dcpue feed status` shares
     assert "--store" not in command and "--config" not in command
     env = {k: _resolve(str(v)) for k, v in feed["environment"].items()}
-    settings = _validate_env(_with_feed_example(env, tmp_path), {"bus": {"kind": "kafka"}}, monkeypatch)
+    settings = _validate_env(_with_feed_example(env, tmp_path), _cli_options(command), monkeypatch)
     assert settings.feed.enabled and settings.feed.destinations
     # the view and the outbox on a named volume, kept across restarts (not the read-only root, not a tmpfs)
     assert feed["read_only"] is True
@@ -366,10 +387,10 @@ def test_compose_feed_is_one_optional_service_with_its_outbox_on_a_named_volume(
     host_ports = [str(e).rsplit(":", 2)[1] for svc in services.values() for e in svc.get("ports", [])]
     assert len(host_ports) == len(set(host_ports))  # it runs next to `api`: a host port of its own
     assert f"http://127.0.0.1:{port}/healthz" in " ".join(feed["healthcheck"]["test"])
-    # Kafka only, no token
+    # Kafka only, no InfluxDB token: the only credential is the API's own, the same as `api`'s
     assert "influxdb" not in feed["depends_on"]
     assert feed["depends_on"]["topics"]["condition"] == "service_completed_successfully"
-    assert not [n for n in feed["environment"] if SECRET_KEY.search(n)]
+    assert [n for n in feed["environment"] if SECRET_KEY.search(n)] == ["DCPUE_HTTP__TOKENS"]
     assert feed["stop_signal"] == "SIGINT"
 
 
@@ -387,13 +408,15 @@ def test_compose_dcpue_env_names_are_settings(service: str) -> None:
 
 @pytest.mark.parametrize("service", DCPUE_SERVICES)
 def test_compose_dcpue_env_values_validate(service: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    env = {k: _resolve(str(v)) for k, v in _compose()["services"][service]["environment"].items()}
-    settings = _validate_env(_with_feed_example(env, tmp_path), {"bus": {"kind": "kafka"}}, monkeypatch)
+    svc = _compose()["services"][service]
+    env = {k: _resolve(str(v)) for k, v in svc["environment"].items()}
+    # with the command line's options, as the entry point validates them (serve's --host among them)
+    settings = _validate_env(_with_feed_example(env, tmp_path), _cli_options(svc["command"]), monkeypatch)
     assert settings.bus.kafka.bootstrap_servers == "kafka:9092"
     # one sender: a second would have its own outbox and double every destination's traffic
     assert settings.feed.enabled == (service == "feed"), service
     if service in ("analytics", "aggregator"):
-        assert settings.store.influxdb.token.get_secret_value() == "set-by-operator"
+        assert settings.store.influxdb.token.get_secret_value() == OPERATOR_VALUE
         assert (settings.store.influxdb.org, settings.store.influxdb.bucket) == ("dcpue", "dcpue")
 
 
@@ -409,6 +432,50 @@ def test_compose_secrets_are_required_variables() -> None:
         for key, value in (service.get("environment") or {}).items():
             if SECRET_KEY.search(key):
                 assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", str(value)), f"{name}.{key} must be ${{VAR:?…}}"
+
+
+SERVE_SERVICES = ("api", "feed")  # the compose services that run `dcpue serve`
+
+
+def test_compose_serve_services_are_api_and_feed() -> None:
+    services = _compose()["services"]
+    assert tuple(n for n, svc in services.items() if (svc.get("command") or [""])[0] == "serve") == SERVE_SERVICES
+    # one set of tokens for the one API: the feed's port answers the same clients
+    tokens = {services[n]["environment"]["DCPUE_HTTP__TOKENS"] for n in SERVE_SERVICES}
+    assert len(tokens) == 1
+
+
+@pytest.mark.parametrize("service", SERVE_SERVICES)
+def test_compose_serve_beyond_loopback_has_api_tokens(service: str, monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    svc = _compose()["services"][service]
+    command = svc["command"]
+    options = _cli_options(command)
+    env = _with_feed_example({k: _resolve(str(v)) for k, v in svc["environment"].items()}, tmp_path)
+    settings = _validate_env(env, options, monkeypatch)
+    # bound to every container interface (the published port and the health check come in there) ...
+    assert settings.http.host == _flag(command, "--host") and not is_loopback(settings.http.host)
+    assert settings.http.port == int(_flag(command, "--port"))
+    # ... which serve allows only with tokens: the digest of the operator's token, a required variable, so
+    # compose refuses to start without it (rather than serve failing to start)
+    assert re.fullmatch(r"\$\{DCPUE_HTTP__TOKENS:\?[^}]+\}", svc["environment"]["DCPUE_HTTP__TOKENS"])
+    assert settings.http.tokens == (hash_token(OPERATOR_VALUE),)
+    assert not settings.http.allow_anonymous and "DCPUE_HTTP__ALLOW_ANONYMOUS" not in env
+    without = {k: v for k, v in env.items() if k != "DCPUE_HTTP__TOKENS"}
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        _validate_env(without, options, monkeypatch)
+    # the health check asks an open path: it has no token
+    (url,) = re.findall(r"https?://[^'\"\s]+", " ".join(svc["healthcheck"]["test"]))
+    assert urlsplit(url).path in OPEN_PATHS
+
+
+def test_readme_lists_every_required_compose_variable() -> None:
+    required = {m.group(1) for m in INTERPOLATION.finditer(COMPOSE.read_text(encoding="utf-8")) if m.group(2) == ":?"}
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"(?m)^\| `(\w+)` \| yes \|", readme))
+    assert required == documented
+    env_file = re.search(r"cat > \.env <<ENV\n(.*?)\nENV\n", readme, re.DOTALL)
+    assert env_file and required == set(re.findall(r"(?m)^(\w+)=", env_file.group(1)))
 
 
 def test_grafana_datasource() -> None:
@@ -448,6 +515,11 @@ def test_k8s_workload_is_non_root_with_resources(kind: str, name: str) -> None:
             assert {"cpu", "memory"} <= container["resources"][part].keys()
 
 
+def _container_args(kind: str, name: str) -> list[str]:
+    """The first container's command line (after the image's `dcpue` entrypoint)."""
+    return _pod(kind, name)["containers"][0].get("args", [])
+
+
 def _container_env(kind: str, name: str) -> dict[str, str]:
     """The first container's environment as the pod sees it: the settings ConfigMap, then its ``env``."""
     container = _pod(kind, name)["containers"][0]
@@ -471,7 +543,9 @@ def test_k8s_env_names_are_settings_and_validate(kind: str, name: str, monkeypat
     env = _container_env(kind, name)
     unknown = sorted(n for n in env if n not in SETTING_NAMES)
     assert not unknown, f"{name}: not settings in dcpue/settings.py: {unknown}"
-    settings = _validate_env(_with_feed_example(env, tmp_path), {"bus": {"kind": "kafka"}}, monkeypatch)
+    # with the command line's options, as the entry point validates them (serve's --host among them)
+    options = _cli_options(_container_args(kind, name))
+    settings = _validate_env(_with_feed_example(env, tmp_path), options, monkeypatch)
     # exactly one process runs the feed: a second would have its own outbox and double every destination's
     # traffic (the settings ConfigMap, read by every pod, must not enable it)
     assert settings.feed.enabled == (name == "dcpue-feed"), name
@@ -1004,7 +1078,7 @@ def _feed_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
         monkeypatch.delenv(name)
     for name, value in _with_feed_example(_container_env(*FEED), tmp_path).items():
         monkeypatch.setenv(name, value)
-    return load_settings(None, bus={"kind": "kafka"})
+    return load_settings(None, **_cli_options(_feed_container()["args"]))
 
 
 def _feed_secret_volume() -> tuple[Path, dict[str, Any], dict[str, Any]]:
@@ -1140,11 +1214,78 @@ def test_k8s_feed_probes_port_and_headless_service() -> None:
 
 
 def test_k8s_feed_admits_no_ingress() -> None:
-    # its port serves the api's unauthenticated API: nothing in the cluster needs it (the kubelet's probes,
-    # port-forward and exec do not pass through NetworkPolicies)
+    # its port serves the api's API (behind the same tokens): nothing in the cluster needs it (the kubelet's
+    # probes, port-forward and exec do not pass through NetworkPolicies)
     policies = [d for d in _k8s_docs() if d["kind"] == "NetworkPolicy" and "Ingress" in d["spec"]["policyTypes"]]
     selecting = [p for p in policies if _matches(p["spec"]["podSelector"], _pod_labels(*FEED))]
     assert selecting and all(not p["spec"].get("ingress") for p in selecting)
+
+
+# -- Kubernetes: the API's tokens ------------------------------------------------------------------
+SERVE_WORKLOADS = [("Deployment", "dcpue-api"), FEED]  # the workloads that run `dcpue serve`
+
+
+def test_k8s_serve_workloads_are_the_api_and_the_feed() -> None:
+    assert [(k, n) for k, n in WORKLOADS if _container_args(k, n)[:1] == ["serve"]] == SERVE_WORKLOADS
+    assert all(len(_pod(k, n)["containers"]) == 1 for k, n in SERVE_WORKLOADS)
+
+
+@pytest.mark.parametrize(("kind", "name"), SERVE_WORKLOADS)
+def test_k8s_serve_reads_api_tokens_from_the_secret(kind: str, name: str, monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    pod = _pod(kind, name)
+    (container,) = pod["containers"]
+    options = _cli_options(container["args"])
+    env = _with_feed_example(_container_env(kind, name), tmp_path)
+    settings = _validate_env(env, options, monkeypatch)
+    # bound to the pod's IP (the Service and the kubelet come in there) ...
+    assert not is_loopback(settings.http.host)
+    assert settings.http.port in {p["containerPort"] for p in container["ports"]}
+    # ... which serve allows only with tokens: here a file of digests, from the environment
+    assert not settings.http.allow_anonymous and not settings.http.tokens
+    tokens_file = settings.http.tokens_file
+    assert tokens_file is not None and tokens_file.is_absolute()
+    assert "DCPUE_HTTP__TOKENS_FILE" in {v["name"] for v in container["env"]}
+    assert not [k for k in _k8s("ConfigMap", "dcpue-settings")["data"] if k.startswith("DCPUE_HTTP__")]
+    without = {k: v for k, v in env.items() if k != "DCPUE_HTTP__TOKENS_FILE"}
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        _validate_env(without, options, monkeypatch)
+    # the file is the key of the Secret, mounted where the variable points: read-only, no subPath (a subPath
+    # mount never sees an update, and the tokens are re-read when the file changes)
+    (mount,) = [m for m in container["volumeMounts"] if tokens_file.is_relative_to(m["mountPath"])]
+    assert mount["mountPath"] == str(tokens_file.parent)
+    assert mount["readOnly"] is True and "subPath" not in mount
+    source = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+    assert set(source) == {"name", "secret"}  # never a ConfigMap (nor a projection of one)
+    secret = source["secret"]
+    assert secret["secretName"] == API_TOKENS_SECRET
+    assert not secret.get("optional", False)  # no tokens, no pod
+    assert "items" not in secret and tokens_file.name == "tokens"  # the Secret's key is the file's name
+    # readable by the dcpue user and no one else: the files are root's, their group is fsGroup
+    mode = secret.get("defaultMode", 0o644)
+    assert mode & 0o007 == 0, oct(mode)
+    assert mode & 0o040 and pod["securityContext"].get("fsGroup") == pod["securityContext"]["runAsGroup"]
+    # the probes ask open paths: the kubelet has no token
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        if probe in container:
+            assert container[probe]["httpGet"]["path"] in OPEN_PATHS, probe
+
+
+def test_k8s_api_tokens_secret_is_created_by_the_operator_as_documented() -> None:
+    # no Secret with digests (nor a ConfigMap) is shipped to be applied by mistake
+    assert not [d for d in _k8s_docs() if d["metadata"]["name"] == API_TOKENS_SECRET]
+    key = Path(_container_env("Deployment", "dcpue-api")["DCPUE_HTTP__TOKENS_FILE"]).name
+    create = re.compile(rf"create secret generic {API_TOKENS_SECRET} --from-file=([\w.-]+)=")
+    digest = "sha256sum | cut -d' ' -f1 > tokens"  # a digest per line, never the token
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    header = (K8S / "api-deployment.yaml").read_text(encoding="utf-8")
+    for text in (readme, header):
+        assert set(create.findall(text)) == {key}
+        assert digest in text and "Authorization: Bearer" in text
+    # created before the workloads that wait for it
+    created = readme.index(f"create secret generic {API_TOKENS_SECRET}")
+    assert all(created < readme.index(f"-f k8s/{m}") for m in ("api-deployment.yaml", "feed-statefulset.yaml"))
+    assert API_TOKENS_SECRET in (K8S / "feed-statefulset.yaml").read_text(encoding="utf-8")
 
 
 # -- settings files in deploy/config ------------------------------------------------------------------
