@@ -12,6 +12,7 @@ Variables filter by regex (``"site" =~ /^$site$/``): one value, several or All (
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from grafana_foundation_sdk.builders import dashboard as sdk
@@ -108,6 +109,21 @@ def dashboard(uid: str, title: str, description: str, tags: list[str]) -> sdk.Da
     """A read-only dashboard shell: browser time zone, last 7 days, refreshed every minute, shared crosshair."""
     return (sdk.Dashboard(title).uid(uid).description(description).tags(["dcpue", *tags]).readonly()
             .timezone("browser").time("now-7d", "now").refresh("1m").tooltip(model.DashboardCursorSync.CROSSHAIR))
+
+
+def begin(uid: str, title: str, description: str, tags: list[str], datasource_uid: str,
+          variables: list[sdk.QueryVariable] | None = None,
+          ) -> tuple[sdk.Dashboard, model.DataSourceRef, Callable[..., Query]]:
+    """(dashboard shell with its variables, datasource ref, query maker) for a dashboard reading ``datasource_uid``;
+    ``variables`` default to city, cluster and site."""
+
+    def query(text: str, ref: str = "A", **kw: Any) -> Query:
+        return Query(text, ref, datasource_uid=datasource_uid, **kw)
+
+    d = dashboard(uid, title, description, tags)
+    for v in place_variables(datasource_uid) if variables is None else variables:
+        d = d.with_variable(v)
+    return d, datasource(datasource_uid), query
 
 
 def render(builder: sdk.Dashboard) -> dict[str, Any]:
