@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dcpue.alerting.config import DeliverySettings, Receiver, Route, check_routing
 from dcpue.analytics.alerts.silences import MaintenanceWindow
@@ -116,7 +116,7 @@ class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8600, ge=0, le=65535)
     # SHA-256 hex digests of the accepted API tokens, never the tokens: printf %s "$TOKEN" | sha256sum
-    tokens: tuple[str, ...] = ()
+    tokens: Annotated[tuple[str, ...], NoDecode] = ()  # NoDecode: a lone digest in the environment is no JSON
     tokens_file: Path | None = None  # one digest per line, re-read when it changes
     allow_anonymous: bool = False  # serve a non-loopback host without tokens (nothing else needs it)
 
@@ -128,9 +128,10 @@ class HttpSettings(_Section):
             import json
 
             try:
-                return json.loads(value)
+                parsed = json.loads(value)
             except ValueError:
                 return [value]
+            return parsed if isinstance(parsed, list) else [value]  # a digest of decimal digits parses as a number
         return value
 
     @field_validator("tokens")

@@ -49,6 +49,11 @@ def test_settings_take_digests_lower_cased_also_from_the_environment(monkeypatch
     config.write_text(f"http:\n  host: 0.0.0.0\n  tokens:\n    - {ABC_DIGEST}\n")
     monkeypatch.delenv("DCPUE_HTTP__TOKENS")
     assert load_settings(config).http.tokens == (ABC_DIGEST,)
+    # a lone digest in the environment, as a compose file or Secret gives it, also when it is all decimal digits
+    monkeypatch.setenv("DCPUE_HTTP__TOKENS", ABC_DIGEST)
+    assert load_settings(None).http.tokens == (ABC_DIGEST,)
+    monkeypatch.setenv("DCPUE_HTTP__TOKENS", "1" * 64)
+    assert load_settings(None).http.tokens == ("1" * 64,)
 
 
 def test_a_plaintext_token_in_the_settings_is_refused_without_echoing_it():
