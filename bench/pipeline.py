@@ -127,7 +127,7 @@ def run_kafka(registry: Any, batches: list[tuple[str, bytes]], readings: int, wo
         while sum(consumer.position(p) for p in parts) < sum(ends.values()):
             for records in consumer.poll(timeout_ms=500, max_records=10_000).values():
                 for r in records:
-                    decoded += len(decode_batch(r.value).readings)
+                    decoded += len(decode_batch(r.value))  # decoded into columns, as the worker does
         raw_s = time.perf_counter() - t0
         consumer.close()
 
@@ -137,20 +137,31 @@ def run_kafka(registry: Any, batches: list[tuple[str, bytes]], readings: int, wo
                                    "--registry", str(sites_file)], env=env, stdout=log, stderr=subprocess.STDOUT)
         watcher = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=f"{prefix}-analytics",
                                 enable_auto_commit=False)
+        first: tuple[float, int] | None = None  # (time, messages committed) at the worker's first commit
         try:
             while True:
                 committed = sum((watcher.committed(p) or 0) for p in parts)
+                if committed and first is None:
+                    first = (time.perf_counter(), committed)
                 if committed >= sum(ends.values()) or worker.poll() is not None:
                     break
-                time.sleep(0.2)
-            pipeline_s = time.perf_counter() - t0
+                time.sleep(0.1)
+            done = time.perf_counter()
+            pipeline_s = done - t0
         finally:
             watcher.close()
             worker.send_signal(2)
             worker.wait(60)
             log.close()
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # the steady rate: messages committed after the first commit (start-up, group join and the first poll
+    # excluded), in readings by the mean batch size
+    steady = None
+    if first is not None and done > first[0] and sum(ends.values()) > first[1]:
+        steady = round((sum(ends.values()) - first[1]) * readings / len(batches) / (done - first[0]))
     return {"mode": "kafka", "readings": readings, "batches": len(batches), "produce_s": round(produce_s, 2),
+            "steady_readings_per_s": steady,
+            "steady_share_of_raw_rate": None if steady is None else round(steady / (decoded / raw_s), 3),
             "raw_consumer_s": round(raw_s, 2), "raw_consumer_readings_per_s": round(decoded / raw_s),
             "pipeline_s": round(pipeline_s, 2), "readings_per_s": round(readings / pipeline_s),
             "share_of_raw_rate": round((readings / pipeline_s) / (decoded / raw_s), 3),

@@ -70,11 +70,36 @@ class Reject:
 
 @dataclass(slots=True)
 class DecodedBatch:
-    """The valid readings of a batch (a readings DataFrame) and the records rejected from it."""
+    """The valid readings of a batch, column by column, and the records rejected from it.
+
+    ``readings`` builds the readings DataFrame; :func:`readings_of_batches` builds one for many batches at
+    once, which is what a consumer of a whole poll should use (a DataFrame per small batch costs more than
+    decoding it).
+    """
 
     site: str
-    readings: pd.DataFrame
+    points: np.ndarray  # object (str)
+    ts: np.ndarray  # int64 [ms]
+    value: np.ndarray  # float64
+    quality: np.ndarray  # int64
     rejects: list[Reject] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @property
+    def readings(self) -> pd.DataFrame:
+        return readings_frame(self.site, self.points, self.ts, self.value, self.quality)
+
+
+def readings_of_batches(batches: list[DecodedBatch]) -> pd.DataFrame:
+    """One readings DataFrame with the valid readings of every batch, in order."""
+    lengths = [len(b) for b in batches]
+    return readings_frame(np.repeat(np.array([b.site for b in batches], dtype=object), lengths),
+                          np.concatenate([b.points for b in batches]) if batches else np.empty(0, object),
+                          np.concatenate([b.ts for b in batches]) if batches else np.empty(0, np.int64),
+                          np.concatenate([b.value for b in batches]) if batches else np.empty(0, np.float64),
+                          np.concatenate([b.quality for b in batches]) if batches else np.empty(0, np.int64))
 
 
 def encode_batch(site: str, point: Any, ts_ms: Any, value: Any, quality: Any = None) -> bytes:
@@ -140,9 +165,10 @@ def decode_batch(data: bytes) -> DecodedBatch:
             }
             rejects.append(Reject(batch.site, int(i), reason, record))
     keep = ~bad
-    points = np.asarray(batch.point, dtype=object)[keep]
-    frame = readings_frame(batch.site, points, ts[keep], value[keep], quality[keep])
-    return DecodedBatch(batch.site, frame, rejects)
+    points = np.asarray(batch.point, dtype=object)
+    if not keep.all():
+        points, ts, value, quality = points[keep], ts[keep], value[keep], quality[keep]
+    return DecodedBatch(batch.site, points, ts, value, quality, rejects)
 
 
 def _first_reason(*checks: tuple[bool, str]) -> str:
@@ -196,9 +222,8 @@ def _decode_slow(data: bytes) -> DecodedBatch:
         else:
             record = {"point": point, "ts": ts, "value": value, "quality": quality}
             rejects.append(Reject(site, i, reason, {k: _plain(v) for k, v in record.items()}))
-    frame = readings_frame(site, keep_point, np.asarray(keep_ts, np.int64), np.asarray(keep_value, np.float64),
-                           np.asarray(keep_quality, np.int64))
-    return DecodedBatch(site, frame, rejects)
+    return DecodedBatch(site, np.asarray(keep_point, dtype=object).reshape(-1), np.asarray(keep_ts, np.int64),
+                        np.asarray(keep_value, np.float64), np.asarray(keep_quality, np.int64), rejects)
 
 
 def _plain(value: object) -> object:

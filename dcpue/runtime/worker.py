@@ -22,7 +22,7 @@ from dcpue.errors import CommitError, DecodeError, SinkError
 from dcpue.ports import Consumer, Message, Producer, ResultSink, StateStore
 from dcpue.registry import Registry
 from dcpue.settings import Settings
-from dcpue.wire import decode_batch
+from dcpue.wire import DecodedBatch, decode_batch, readings_of_batches
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +465,7 @@ class AnalyticsWorker:
         self._paused = False
 
     def _decode(self, messages: list[Message]) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
-        frames: list[pd.DataFrame] = []
+        batches: list[DecodedBatch] = []
         letters: list[pd.DataFrame] = []
         for message in messages:
             try:
@@ -493,9 +493,10 @@ class AnalyticsWorker:
                     {"topic": message.topic, "key": batch.site, "reason": r.reason, "payload": r.to_dict()}
                     for r in batch.rejects
                 ]))
-            if not batch.readings.empty:
-                frames.append(batch.readings)
-        return frames, letters
+            if len(batch):
+                batches.append(batch)
+        # one DataFrame for the whole poll: building one per small batch cost more than decoding them
+        return ([readings_of_batches(batches)] if batches else []), letters
 
     def _admit(self, site: str, message: Message) -> bool:
         """Take the site over if new to this worker; False for a message its restored state already holds."""

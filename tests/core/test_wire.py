@@ -107,3 +107,19 @@ def test_valid_records_always_survive_a_round_trip(records):
     batch = decode_batch(encode_batch("s", points, ts, values))
     assert not batch.rejects
     assert batch.readings["value"].tolist() == values.tolist()
+
+
+def test_many_batches_become_one_frame_equal_to_their_frames_in_order():
+    import pandas as pd
+
+    from dcpue.wire import readings_of_batches
+
+    batches = [decode_batch(encode_batch("a", ["p1", "p2"], [TS, TS + 1000], [1.5, 2.5], [0, 0])),
+               decode_batch(encode_batch("b", ["p1", "", "p3"], [TS, TS, TS], [3.0, 4.0, 5.0], [0, 0, 0])),  # one bad
+               decode_batch(encode_batch("c", [], [], [], []))]
+    assert [len(b) for b in batches] == [2, 2, 0] and len(batches[1].rejects) == 1
+    combined = readings_of_batches(batches)
+    expected = pd.concat([b.readings for b in batches if len(b)], ignore_index=True)  # as the worker did
+    pd.testing.assert_frame_equal(combined, expected)
+    assert combined["site"].tolist() == ["a", "a", "b", "b"] and combined["point"].tolist() == ["p1", "p2", "p1", "p3"]
+    assert readings_of_batches([]).empty
