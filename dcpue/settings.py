@@ -88,6 +88,9 @@ class BusSettings(_Section):
     max_pending_messages: int = Field(10_000, gt=0)  # embedded bus blocks producers beyond this
     # how often a worker checkpoints its state and commits its offsets (results are written every step)
     commit_interval_s: float = Field(5.0, ge=0)
+    # reading batches a worker takes per step: each step's windowing has a fixed cost per site, so larger
+    # steps carry more readings per second (docs/performance.md); more costs memory and step latency
+    max_poll_records: int = Field(5_000, ge=1, le=1_000_000)
     topics: TopicSettings = TopicSettings()
     kafka: KafkaSettings = KafkaSettings()
 

@@ -194,15 +194,16 @@ class AnalyticsWorker:
             self._on_assigned(None)
 
     # -- the loop ------------------------------------------------------------------------------
-    def step(self, timeout_s: float = 0.5, max_records: int = 500) -> int:
-        """Process one poll's worth of messages; returns how many messages were handled."""
+    def step(self, timeout_s: float = 0.5, max_records: int | None = None) -> int:
+        """Process one poll's worth of messages (at most ``max_records``, default ``bus.max_poll_records``);
+        returns how many messages were handled."""
         if self._unwritten is not None and not self._write():
             self._keep_membership()
             return 0
         if self._paused:
             self._resume()
         health, health_letters = self._poll_alert_inputs()
-        messages = self.consumer.poll(timeout_s, max_records)
+        messages = self.consumer.poll(timeout_s, max_records or self.settings.bus.max_poll_records)
         if not messages and not health and not health_letters:
             if self._uncommitted and time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s:
                 self.checkpoint()
