@@ -84,8 +84,9 @@ def receivers(tmp_path: Path) -> Iterator[tuple[ReceiverProcess, ReceiverProcess
     a = ReceiverProcess(tmp_path / "a").start()
     b = ReceiverProcess(tmp_path / "b", write_keys(tmp_path / "b" / "keys.yaml",
                                                    {"api_key": API_KEY, "secret": SECRET,
-                                                    "algorithms": ["hmac-sm3"]})).start()
+                                                    "algorithms": ["hmac-sm3"]}))
     try:
+        b.start()
         yield a, b
     finally:
         a.stop()

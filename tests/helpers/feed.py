@@ -30,7 +30,7 @@ from dcpue.results import Scope
 from dcpue.runtime.store import FileStore
 from dcpue.settings import EngineSettings
 from tests.factories import filled_file_store, write_registry_file
-from tests.servers import free_port, stop_process
+from tests.servers import _die_with_parent, free_port, stop_process
 
 TZ = "Asia/Shanghai"
 START = pd.Timestamp("2024-07-14", tz=TZ)
@@ -108,20 +108,26 @@ class ReceiverProcess:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 30.0) -> ReceiverProcess:
+        """Start the receiver and wait until it answers; a start that fails leaves no process behind."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dcpue.cli", "feed", "receive", "--port", str(self.port), "--db", str(self.db),
                  "--keys", str(self.keys), *self.extra],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"receiver exited with {self.proc.returncode}:\n{self.log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/healthz", timeout=1, verify=self.verify).status_code == 200:
-                    return self
-            time.sleep(0.05)
-        raise RuntimeError(f"receiver not ready on {self.url}:\n{self.log.read_text()[-2000:]}")
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=_die_with_parent)  # killed with the test process, even by kill -9
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"receiver exited with {self.proc.returncode}:\n{self.log.read_text()[-2000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{self.url}/healthz", timeout=1, verify=self.verify).status_code == 200:
+                        return self
+                time.sleep(0.05)
+            raise RuntimeError(f"receiver not ready on {self.url}:\n{self.log.read_text()[-2000:]}")
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.proc is not None:
