@@ -301,27 +301,32 @@ class StreamEngine:
                            self.tz)
 
     def _annual_flows(self, dirty: list[str]) -> pd.DataFrame:
-        """The rolling annual figure per site: the 365 local days ending with the site's current day."""
-        rows = []
-        for site in dirty:
-            if site not in self._max_ts:
-                continue
-            today = window_starts(np.array([self._max_ts[site]]), "1d", self.tz)
-            start = int(window_starts(today - (ANNUAL_DAYS - 1) * DAY_MS + DAY_MS // 2, "1d", self.tz)[0])
-            days = self._acc["1d"]
-            parts = []
-            if not days.empty and site in days.index.get_level_values("site"):
-                d = days.xs(site, level="site", drop_level=False)
-                parts.append(d[d.index.get_level_values("start_ms") >= start])
-            if not self._open.empty and site in self._open.index.get_level_values("site"):
-                parts.append(self._open.xs(site, level="site", drop_level=False))
-            parts = [p for p in parts if not p.empty]
-            if not parts:
-                continue
-            flows = pd.concat(parts).groupby(level="site").sum(min_count=1)
-            flows.index = pd.MultiIndex.from_arrays([flows.index, [start]], names=["site", "start_ms"])
-            rows.append(flows)
-        return pd.concat(rows) if rows else pd.DataFrame()
+        """The rolling annual figure per site: the 365 local days ending with the site's current day.
+
+        All dirty sites at once: each site's closed days from its own start onwards plus its open windows,
+        summed per site (a loop over sites cost about 10 ms each, per step)."""
+        sites = [s for s in dirty if s in self._max_ts]
+        if not sites:
+            return pd.DataFrame()
+        today = window_starts(np.array([self._max_ts[s] for s in sites], dtype=np.int64), "1d", self.tz)
+        starts = pd.Series(window_starts(today - (ANNUAL_DAYS - 1) * DAY_MS + DAY_MS // 2, "1d", self.tz),
+                           index=sites)
+        parts = []
+        days = self._acc["1d"]
+        if not days.empty:
+            site_level = days.index.get_level_values("site")
+            since = site_level.map(starts).to_numpy(dtype=np.float64)  # NaN for sites not dirty
+            keep = days.index.get_level_values("start_ms").to_numpy(np.int64) >= since
+            parts.append(days[keep])
+        if not self._open.empty:
+            parts.append(self._open[self._open.index.get_level_values("site").isin(sites)])
+        parts = [p for p in parts if not p.empty]
+        if not parts:
+            return pd.DataFrame()
+        flows = pd.concat(parts).groupby(level="site").sum(min_count=1)
+        flows.index = pd.MultiIndex.from_arrays([flows.index, starts.reindex(flows.index).to_numpy(np.int64)],
+                                                names=["site", "start_ms"])
+        return flows
 
     def _prune_buffer(self, dirty: list[str]) -> None:
         """Drop readings no open window needs; keep each series' last sample before the open range."""
