@@ -278,17 +278,11 @@ class Outbox:
                 raise
             return added
 
-    def get_meta(self, key: str) -> str | None:
-        """A value stored with :meth:`enqueue_many` (or :meth:`put_meta`), or None."""
-        with self._conn("get_meta") as db:
-            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def put_meta(self, key: str, value: str) -> None:
-        """Set one meta value (committed at once)."""
-        with self._conn("put_meta") as db:
-            db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                       (key, value))
+    def meta(self, prefix: str) -> dict[str, str]:
+        """Every value stored with :meth:`enqueue_many` whose key starts with ``prefix``, by key (one query)."""
+        with self._conn("meta") as db:
+            rows = db.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
+            return {str(k): str(v) for k, v in rows}
 
     def enqueued_events(self, receiver: str, event_keys: Sequence[str]) -> set[str]:
         """Which of ``event_keys`` are already in a delivery to ``receiver``."""

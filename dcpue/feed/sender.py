@@ -62,6 +62,12 @@ def _cursor_key(report_type: str, site: str) -> str:
     return f"cursor:{report_type}:{site}"
 
 
+def _cursors(outbox: Outbox, report_type: str) -> dict[str, int]:
+    """Site → end [UTC ms] of the last window of ``report_type`` turned into a report."""
+    prefix = _cursor_key(report_type, "")
+    return {key[len(prefix):]: int(value) for key, value in outbox.meta(prefix).items()}
+
+
 def _local_floor_ms(ts_ms: int, tz: str, unit: str) -> int:
     t = pd.Timestamp(int(ts_ms), unit="ms", tz="UTC").tz_convert(tz)
     t = t.normalize() if unit == "day" else t.normalize().replace(day=1)
@@ -166,15 +172,10 @@ class FeedSender:
 
     def _run_type(self, report_type: str, now_ms: int) -> tuple[int, int, int]:
         window = REPORT_WINDOWS[report_type]
-        cursors: dict[str, int] = {}
+        stored = _cursors(self.outbox, report_type)
+        cursors = {sid: stored[sid] for sid in self.sites if sid in stored}
         new_cursors: dict[str, str] = {}
-        missing = []
-        for sid in self.sites:
-            value = self.outbox.get_meta(_cursor_key(report_type, sid))
-            if value is None:
-                missing.append(sid)
-            else:
-                cursors[sid] = int(value)
+        missing = [sid for sid in self.sites if sid not in stored]
         if missing:  # a site's first run: from feed.start, else the start of the day (month) of its newest window
             latest = self.store.latest_windows(Scope.SITE.value, window)
             for sid, start in zip(latest["id"], latest["start_ms"], strict=True):
@@ -254,12 +255,12 @@ class FeedSender:
         """
         types = tuple(report_types or self.settings.reports)
         with self._lock:
+            moved = {}
             for report_type in types:
-                for sid in self.sites:
-                    key = _cursor_key(report_type, sid)
-                    cur = self.outbox.get_meta(key)
-                    if cur is None or int(cur) > since_ms:
-                        self.outbox.put_meta(key, str(int(since_ms)))
+                stored = _cursors(self.outbox, report_type)
+                moved.update({_cursor_key(report_type, sid): str(int(since_ms)) for sid in self.sites
+                              if stored.get(sid, since_ms + 1) > since_ms})
+            self.outbox.enqueue_many([], now_ms=self._wall_ms(), kind=KIND, meta=moved)
         return self.run_once(now_ms, types)
 
     # --- status -----------------------------------------------------------------------------------------
@@ -285,8 +286,8 @@ class FeedSender:
             })
         cursors = {}
         for report_type in self.settings.reports:
-            values = [self.outbox.get_meta(_cursor_key(report_type, sid)) for sid in self.sites]
-            ends = [int(v) for v in values if v is not None]
+            stored = _cursors(self.outbox, report_type)
+            ends = [stored[sid] for sid in self.sites if sid in stored]
             cursors[report_type] = {
                 "sites_started": len(ends),
                 "oldest_reported_until": pd.Timestamp(min(ends), unit="ms", tz="UTC").tz_convert(self.tz).isoformat()
