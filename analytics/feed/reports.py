@@ -131,20 +131,21 @@ def _figures(report_type: str, row: Mapping[str, Any], target_pue: float) -> dic
 
 
 def _parts_totals(report_type: str, windows: pd.DataFrame, parts: pd.DataFrame | None) -> list[float | None]:
-    """Per window row: Σ total kWh of the finer windows inside it (None where there are none)."""
-    if report_type not in PARTS_OF or parts is None or parts.empty:
+    """Per window row: Σ total kWh of the finer windows inside it (None where there are none).
+
+    Each finer window is matched to the window of its site that starts at or before it (windows of one
+    length do not overlap) and kept when it also ends within it."""
+    if report_type not in PARTS_OF or parts is None or parts.empty or windows.empty:
         return [None] * len(windows)
-    out: list[float | None] = []
-    by_site = {sid: g for sid, g in parts.groupby("id", sort=False)}
-    for sid, start, end in windows[["id", "start_ms", "end_ms"]].itertuples(index=False):
-        g = by_site.get(sid)
-        if g is None:
-            out.append(None)
-            continue
-        inside = g[(g["start_ms"] >= start) & (g["end_ms"] <= end)]["total_kwh"].to_numpy(dtype=np.float64)
-        inside = inside[np.isfinite(inside)]
-        out.append(float(inside.sum()) if len(inside) else None)
-    return out
+    finite = parts[np.isfinite(parts["total_kwh"].to_numpy(dtype=np.float64))]
+    whole = windows[["id", "start_ms", "end_ms"]].rename(columns={"start_ms": "w_start", "end_ms": "w_end"})
+    whole = whole.assign(row=np.arange(len(windows)), w_start=whole["w_start"].astype(np.int64))
+    matched = pd.merge_asof(
+        finite[["id", "start_ms", "end_ms", "total_kwh"]].astype({"start_ms": np.int64}).sort_values("start_ms"),
+        whole.sort_values("w_start"), left_on="start_ms", right_on="w_start", by="id", direction="backward")
+    inside = matched[matched["end_ms"] <= matched["w_end"]]
+    sums = inside.groupby("row")["total_kwh"].sum()
+    return [float(sums[i]) if i in sums.index else None for i in range(len(windows))]
 
 
 def build_reports(report_type: str, windows: pd.DataFrame, sites: Mapping[str, Site], *, tz: str,
