@@ -202,7 +202,7 @@ class FeedSender:
                                 target_pue=self.target_pue, parts=parts, rules=self.rules,
                                 include_meters=self.settings.include_meters and report_type != "realtime",
                                 target_pue_by_site=self.target_pue_by_site)
-        files = self._file_drop(reports, now_ms) if report_type == "daily" and self.settings.file_drop else 0
+        files = self._file_drop(due, reports, now_ms) if report_type == "daily" and self.settings.file_drop else 0
         rows = []
         if report_type in self.settings.reports:
             order = due["end_ms"].to_numpy(np.int64)
@@ -214,22 +214,31 @@ class FeedSender:
             log.info("feed reports queued type=%s reports=%d rows=%d", report_type, len(reports), added)
         return len(reports), added, files
 
-    def _file_drop(self, daily: list[dict[str, Any]], now_ms: int) -> int:
-        """Write each final day's file(s): the day's real-time, hourly and daily reports."""
+    def _file_drop(self, days: pd.DataFrame, daily: list[dict[str, Any]], now_ms: int) -> int:
+        """Write each final day's file(s): the day's real-time, hourly and daily reports.
+
+        ``days`` are the daily windows ``daily`` was built from (same order); the finer windows of all of
+        them are read and turned into reports once, then bucketed by day."""
         drop = self.settings.file_drop
         assert drop is not None
-        written = 0
-        for day in daily:
-            sid = day["site"]["site_id"]
-            start = int(pd.Timestamp(day["period"]["start"]).value // 1_000_000)
-            end = int(pd.Timestamp(day["period"]["end"]).value // 1_000_000)
-            reports: list[dict[str, Any]] = []
-            for report_type in ("realtime", "hourly"):
-                rows = self._windows(REPORT_WINDOWS[report_type], start, end, ids=[sid])
-                rows = rows[rows["end_ms"] <= end]
-                reports += build_reports(report_type, rows, self.sites, tz=self.tz, generated_ms=now_ms,
-                                         target_pue=self.target_pue, rules=self.rules,
-                                         target_pue_by_site=self.target_pue_by_site)
+        per_day: list[list[dict[str, Any]]] = [[] for _ in daily]
+        spans = days[["id", "start_ms", "end_ms"]].rename(columns={"start_ms": "d_start", "end_ms": "d_end"})
+        spans = spans.assign(day=np.arange(len(days)), d_start=spans["d_start"].astype(np.int64))
+        for report_type in ("realtime", "hourly"):
+            rows = self._windows(REPORT_WINDOWS[report_type], int(days["start_ms"].min()), int(days["end_ms"].max()),
+                                 ids=sorted(set(days["id"])))
+            if rows.empty:
+                continue
+            rows = rows.assign(row=np.arange(len(rows)), start_ms=rows["start_ms"].astype(np.int64))
+            matched = pd.merge_asof(rows.sort_values("start_ms"), spans.sort_values("d_start"), left_on="start_ms",
+                                    right_on="d_start", by="id", direction="backward")
+            matched = matched[matched["end_ms"] <= matched["d_end"]].sort_values("row")
+            reports = build_reports(report_type, rows.iloc[matched["row"].to_numpy()], self.sites, tz=self.tz,
+                                    generated_ms=now_ms, target_pue=self.target_pue, rules=self.rules,
+                                    target_pue_by_site=self.target_pue_by_site)
+            for day, report in zip(matched["day"].to_numpy(np.int64), reports, strict=True):
+                per_day[day].append(report)
+        for day, reports in zip(daily, per_day, strict=True):
             reports.append(day)
             folder = Path(drop.directory) / day["site"]["site_code"]
             stem = pd.Timestamp(day["period"]["start"]).strftime("%Y-%m-%d")
@@ -243,8 +252,7 @@ class FeedSender:
                 writer.writeheader()
                 writer.writerows(flatten(r) for r in reports)
                 _write_atomic(folder / f"{stem}.csv", buf.getvalue().encode("utf-8"))
-            written += 1
-        return written
+        return len(daily)
 
     def backfill(self, since_ms: int, report_types: Sequence[str] | None = None,
                  now_ms: int | None = None) -> RunResult:
