@@ -94,12 +94,11 @@ class DecodedBatch:
 
 def readings_of_batches(batches: list[DecodedBatch]) -> pd.DataFrame:
     """One readings DataFrame with the valid readings of every batch, in order."""
-    lengths = [len(b) for b in batches]
-    return readings_frame(np.repeat(np.array([b.site for b in batches], dtype=object), lengths),
-                          np.concatenate([b.points for b in batches]) if batches else np.empty(0, object),
-                          np.concatenate([b.ts for b in batches]) if batches else np.empty(0, np.int64),
-                          np.concatenate([b.value for b in batches]) if batches else np.empty(0, np.float64),
-                          np.concatenate([b.quality for b in batches]) if batches else np.empty(0, np.int64))
+    if not batches:
+        return readings_frame([], [], np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.int64))
+    sites = np.repeat(np.array([b.site for b in batches], dtype=object), [len(b) for b in batches])
+    return readings_frame(sites, *(np.concatenate([getattr(b, c) for b in batches])
+                                   for c in ("points", "ts", "value", "quality")))
 
 
 def encode_batch(site: str, point: Any, ts_ms: Any, value: Any, quality: Any = None) -> bytes:
