@@ -506,15 +506,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             from dcpue.runtime.alerts import AlertOutput
 
             feed_alerts = KafkaProducerAdapter(settings.bus.kafka).setup()
-        try:
-            feed = FeedService(settings.feed, store, registry, tz=settings.engine.timezone,
-                               target_pue=settings.engine.target_pue,
-                               target_pue_by_site={sid: s.target_pue for sid, s in settings.alerts.sites.items()
-                                                   if s.target_pue},
-                               alerts=AlertOutput(producer=feed_alerts, topic=settings.bus.topics.alerts)
-                               if feed_alerts is not None else None).start()
-        except ValueError as exc:
-            raise ConfigError(f"feed: {exc}") from None
+        feed = FeedService.from_settings(settings, store, registry, alerts=AlertOutput(
+            producer=feed_alerts, topic=settings.bus.topics.alerts) if feed_alerts is not None else None).start()
     server, _thread, port = serve_http(settings, store, registry, status, stop, errors,
                                        not_ready=stage.worker.not_ready, alerts=alerts,
                                        feed=feed.status if feed else None)

@@ -46,13 +46,11 @@ def _service(args: argparse.Namespace, *, need_destinations: bool = True) -> tup
         raise DcpueError(f"{path}: no result store there (run `dcpue demo` or the pipeline first, or give --store)")
     store = FileStore(path).setup()
     registry = _demo_registry(settings)
-    targets = {sid: s.target_pue for sid, s in settings.alerts.sites.items() if s.target_pue is not None}
     try:
-        service = FeedService(feed, store, registry, tz=settings.engine.timezone,
-                              target_pue=settings.engine.target_pue, target_pue_by_site=targets)
-    except ValueError as exc:
+        service = FeedService.from_settings(settings, store, registry)
+    except ConfigError:
         store.close()
-        raise ConfigError(f"feed: {exc}") from None
+        raise
     return settings, service, store
 
 

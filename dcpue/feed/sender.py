@@ -44,6 +44,7 @@ from dcpue.alerting.outbox import Delivery, Outbox
 from dcpue.analytics.alerts.lifecycle import AlertLifecycle
 from dcpue.analytics.alerts.model import AlertEvent, Condition, Family, Severity
 from dcpue.analytics.feed.reports import PARTS_OF, REPORT_WINDOWS, QualityRules, build_reports, csv_columns, flatten
+from dcpue.errors import ConfigError
 from dcpue.feed import signing
 from dcpue.feed.config import FeedDestination, FeedSettings, TlsSettings
 from dcpue.feed.formats import FeedFormat, get_format
@@ -405,6 +406,18 @@ class FeedService:
         self._thread: threading.Thread | None = None
         self.last_run: RunResult | None = None
         self.last_error: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any, store: ResultStore, registry: Registry, **kwargs: Any) -> FeedService:
+        """The feed of a process's :class:`~dcpue.settings.Settings`: ``feed:``, the engine's time zone and
+        target, per-site targets from ``alerts.sites``; ``kwargs`` as for the constructor. A ``feed.sites``
+        entry the registry lacks raises :class:`~dcpue.errors.ConfigError`."""
+        targets = {sid: s.target_pue for sid, s in settings.alerts.sites.items() if s.target_pue is not None}
+        try:
+            return cls(settings.feed, store, registry, tz=settings.engine.timezone,
+                       target_pue=settings.engine.target_pue, target_pue_by_site=targets, **kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"feed: {exc}") from None
 
     def open(self) -> FeedService:
         self.outbox.open()

@@ -104,17 +104,12 @@ class EmbeddedPipeline:
         )
         self.feed = None
         if settings.feed.enabled:
-            from dcpue.errors import ConfigError
             from dcpue.feed.sender import FeedService
 
-            try:
-                self.feed = FeedService(
-                    settings.feed, store, registry, tz=settings.engine.timezone, target_pue=settings.engine.target_pue,
-                    target_pue_by_site={sid: s.target_pue for sid, s in settings.alerts.sites.items() if s.target_pue},
-                    alerts=alert_output,  # FeedUndelivered: history, alerts topic and webhooks like any alert
-                    report_clock=lambda: clock.now_ms() / 1000.0)  # reports are made "now" in simulated time
-            except ValueError as exc:  # feed.sites naming sites the registry does not have
-                raise ConfigError(f"feed: {exc}") from None
+            self.feed = FeedService.from_settings(
+                settings, store, registry,
+                alerts=alert_output,  # FeedUndelivered: history, alerts topic and webhooks like any alert
+                report_clock=lambda: clock.now_ms() / 1000.0)  # reports are made "now" in simulated time
         self.serve_http = serve_http
         self.stop_event = threading.Event()
         self.collector_done = threading.Event()
