@@ -234,7 +234,7 @@ def create_receiver_app(store: ReceiverStore, keys: Sequence[ReceiverKey], *,
         site_code = report["site"]["site_code"]
         if key.sites and site_code not in key.sites:
             return answer(now_ms, rid, 403, "rejected", f"this key may not report site {site_code}")
-        start_ms = int(_parse_ms(report["period"]["start"]))
+        start_ms = _parse_ms(report["period"]["start"])
         expected = report_id(site_code, rtype, start_ms, report["period"].get("timezone") or tz)
         if rid != expected:
             return answer(now_ms, rid, 422, "rejected", f"report_id {rid!r} should be {expected!r}")
