@@ -62,7 +62,8 @@ def credit_code_problem(code: str) -> str | None:
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+    # allow_inf_nan: .inf/.nan pass gt/ge bounds (design_it_kw: .inf) and would reach every figure silently
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False, allow_inf_nan=False)
 
 
 class Point(_Frozen):
@@ -193,7 +194,7 @@ class Registry(_Frozen):
 
     version: Literal[1] = 1
     clusters: tuple[Cluster, ...] = ()
-    sites: tuple[Site, ...]
+    sites: tuple[Site, ...] = Field(min_length=1)  # none: the site and point tables (and the worker) fail later
 
     @field_validator("sites")
     @classmethod

@@ -18,7 +18,7 @@ from dcpue.alerting.config import DeliverySettings, Receiver, Route, check_routi
 from dcpue.analytics.alerts.silences import MaintenanceWindow
 from dcpue.analytics.retirement import Economics, RetirementCriteria
 from dcpue.errors import ConfigError
-from dcpue.feed.config import FeedSettings
+from dcpue.feed.config import FeedSettings, TlsSettings
 from dcpue.ingest.devices import AnyDevice
 from dcpue.ingest.writeback import WritebackTarget
 from dcpue.yamlio import read_yaml
@@ -26,7 +26,8 @@ from dcpue.zones import TimeZoneName
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan: inf passes gt/ge bounds (engine.max_future_s: .inf crashed the worker at its first step)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class EngineSettings(_Section):
@@ -105,6 +106,8 @@ class InfluxSettings(_Section):
     timeout_s: float = Field(10, gt=0)
     batch_size: int = Field(5_000, gt=0)  # lines per HTTP write request
     write_readings: bool = True  # also write raw readings (measurement `reading`) for Grafana drill-down
+    # https:// URLs: ca_file verifies the server (default: the system trust store), cert_file/key_file for mutual TLS
+    tls: TlsSettings = TlsSettings()
 
 
 class StoreSettings(_Section):
@@ -350,6 +353,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         loaded = read_yaml(path, "config file")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the config file must be a mapping of settings")
+        odd = [key for key in (loaded or {}) if not isinstance(key, str)]
+        if odd:  # pydantic-settings fails on these with a bare TypeError
+            raise ConfigError(f"{path}: setting names must be text, got {odd[0]!r}")
         file_data = loaded or {}
     clean = _drop_none(overrides)
     try:
@@ -375,12 +381,22 @@ def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
 def _env_layer() -> dict[str, Any]:
     """``DCPUE_*`` variables as a nested dict (``__`` nests), so they can be merged over the file."""
     layer: dict[str, Any] = {}
-    for name, value in os.environ.items():
+    origin: dict[tuple[str, ...], str] = {}  # which variable set a value, to name both sides of a clash
+    for name, value in sorted(os.environ.items()):
         if not name.startswith("DCPUE_") or name == "DCPUE_CONFIG":
             continue
         path = name.removeprefix("DCPUE_").lower().split("__")
         node = layer
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
+        for i, part in enumerate(path):
+            here = node.get(part)
+            last = i == len(path) - 1
+            if here is not None and (last or not isinstance(here, dict)):  # a value and a section, or twice
+                prefix = tuple(path[:i + 1])
+                other = next(var for key, var in origin.items() if key[:i + 1] == prefix)
+                raise ConfigError(f"environment: {other} and {name} both set '{'.'.join(prefix)}'")
+            if last:
+                node[part] = value
+                origin[tuple(path)] = name
+            else:
+                node = node.setdefault(part, {})
     return layer

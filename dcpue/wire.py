@@ -181,7 +181,8 @@ def _jsonable(value: float) -> float | str:
 def _check_envelope(schema: object, version: object, site: object) -> None:
     if schema != SCHEMA:
         raise DecodeError(f"not a readings batch: schema is {schema!r}, expected {SCHEMA!r}")
-    if version not in SUPPORTED_VERSIONS:
+    # a list or map is unhashable, and True == 1: only a plain integer can name a version
+    if isinstance(version, bool) or not isinstance(version, int) or version not in SUPPORTED_VERSIONS:
         raise DecodeError(f"unsupported readings batch version {version!r} (supported: {sorted(SUPPORTED_VERSIONS)})")
     if not isinstance(site, str) or not site:
         raise DecodeError("batch has no site")

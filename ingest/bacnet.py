@@ -51,7 +51,7 @@ def parse_object_id(text: str) -> tuple[str, int]:
     """``"analog-value,1"`` → ``("analog-value", 1)``; only object types listed in ``SETPOINT_OBJECT_TYPES``."""
     kind, sep, instance = str(text).replace(":", ",").partition(",")
     kind = kind.strip()
-    if not sep or not instance.strip().isdigit():
+    if not sep or not instance.strip().isdecimal():
         raise ValueError(f"{text!r} is not an object identifier like 'analog-value,1' (type,instance)")
     if kind not in SETPOINT_OBJECT_TYPES:
         raise ValueError(f"object type {kind!r} cannot hold a setpoint; use one of {', '.join(SETPOINT_OBJECT_TYPES)}")
@@ -70,7 +70,7 @@ def parse_device_address(text: str) -> tuple[str, int]:
         raise ValueError(f"{text!r}: a BACnet/IP device is addressed as IPv4 'a.b.c.d' or 'a.b.c.d:port'") from None
     if not sep:
         return host, DEFAULT_PORT
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not port_text.isdecimal() or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
     return host, int(port_text)
 
@@ -82,7 +82,7 @@ def parse_local_address(text: str) -> str:
         ipaddress.IPv4Address(host)
     except ValueError:
         raise ValueError(f"{text!r}: the client binds an IPv4 'a.b.c.d:port' (0.0.0.0:0: any, ephemeral)") from None
-    if sep and (not port_text.isdigit() or int(port_text) > 65535):
+    if sep and (not port_text.isdecimal() or int(port_text) > 65535):
         raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
     return f"{host}:{int(port_text) if sep else 0}"
 

@@ -71,7 +71,7 @@ class DeviceConfig(BaseModel):
     are read but not published (``dcpue probe`` shows them all).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     protocol: str
     name: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN)

@@ -215,7 +215,7 @@ PROFILE_DIR = ("profiles", "modbus")
 class RegisterSource(BaseModel):
     """Where a profile's register map comes from: the public document, and what it was checked against."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     title: str = Field(min_length=1)
     document: str = Field(min_length=1)  # document number / revision / date
@@ -232,7 +232,7 @@ class ModbusField(BaseModel):
     the device can plausibly report: values outside it are flagged BAD (see :class:`ModbusReader`).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     name: str = Field(min_length=1, max_length=128, pattern=FIELD_NAME_PATTERN)
     register_type: RegisterType
@@ -294,7 +294,7 @@ class ModbusProfile(BaseModel):
     registers a read may span to join fields (a device may refuse reads over holes in its map).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     vendor: str = Field(min_length=1)

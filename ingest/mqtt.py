@@ -244,6 +244,8 @@ def parse_payload(subscription: MqttSubscription, payload: bytes) -> tuple[float
         doc = json.loads(text)
     except ValueError as exc:
         raise ValueError(f"payload is not JSON ({exc})") from None
+    except RecursionError:  # a hostile payload ([[[[…); it must not take the other buffered messages down
+        raise ValueError("payload is JSON nested too deeply") from None
     value = _to_number(_extract(doc, parse_path(subscription.value_path or "$"), subscription.value_path or "$"),
                        f"value at {subscription.value_path}")
     if subscription.time_path is None:
@@ -267,7 +269,7 @@ class MqttSubscription(BaseModel):
     Several subscriptions may share a topic filter (e.g. one per JSON key of the same payload).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     topic: str  # topic filter: + matches one level, # (last) all the rest
     field: str = Field(min_length=1, max_length=128)

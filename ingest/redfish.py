@@ -208,10 +208,16 @@ class Parsed:
 
 
 def to_number(raw: object) -> float:
-    """A JSON number as float; NaN for null, strings, booleans and anything else."""
+    """A JSON number as float; NaN for null, strings, booleans, ±Infinity, numbers beyond float range
+    (Python's JSON parser reads ``Infinity`` and ``1e400`` as inf, a 400-digit integer as an int) and
+    anything else."""
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         return math.nan
-    return float(raw)
+    try:
+        number = float(raw)
+    except OverflowError:
+        return math.nan
+    return number if math.isfinite(number) else math.nan
 
 
 def reading_unit(units: object, reading_type: object = None) -> str:

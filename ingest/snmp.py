@@ -168,8 +168,9 @@ def decode_number(raw: RawValue, scale: float = 1.0, valid_min: float | None = N
 
     Integers of every SNMP type come as ``int``; an OCTET STRING holding a decimal number (some
     agents send numbers as text) is parsed. A :class:`Missing` value, an empty string, or a raw value
-    outside ``valid_min .. valid_max`` (the MIB's "not available" markers, e.g. -1) gives NaN with
-    ``Quality.BAD``. Raises ValueError for text that is not a number.
+    outside ``valid_min .. valid_max`` (the MIB's "not available" markers, e.g. -1), or one beyond
+    float range before or after scaling, gives NaN with ``Quality.BAD``. Raises ValueError for text that
+    is not a number.
     """
     if isinstance(raw, Missing):
         return math.nan, Quality.BAD
@@ -182,15 +183,18 @@ def decode_number(raw: RawValue, scale: float = 1.0, valid_min: float | None = N
         except ValueError:
             raise ValueError(f"expected a number, got the text {text[:40]!r}") from None
     else:
-        number = float(raw)
+        try:
+            number = float(raw)
+        except OverflowError:  # an INTEGER beyond float range (BER integers have no length limit)
+            return math.nan, Quality.BAD
     if not math.isfinite(number):
         return math.nan, Quality.BAD
     if (valid_min is not None and number < valid_min) or (valid_max is not None and number > valid_max):
         return math.nan, Quality.BAD
     divisor = 1.0 / scale
-    if abs(scale) < 1.0 and abs(divisor - round(divisor)) < 1e-9:  # 0.1, 0.001: divide, so 944 × 0.001 is 0.944
-        return number / round(divisor), Quality.GOOD
-    return number * scale, Quality.GOOD
+    exact = abs(scale) < 1.0 and abs(divisor - round(divisor)) < 1e-9  # 0.1, 0.001: divide, so 944 × 0.001 is 0.944
+    value = number / round(divisor) if exact else number * scale
+    return (value, Quality.GOOD) if math.isfinite(value) else (math.nan, Quality.BAD)
 
 
 def entity_sensor_value(value: int, scale: int, precision: int) -> float:
@@ -199,10 +203,12 @@ def entity_sensor_value(value: int, scale: int, precision: int) -> float:
     ``scale`` is the EntitySensorDataScale code (``units(9)`` = 10^0, each step a factor 10^3, so
     ``milli(8)`` = 10^-3 and ``kilo(10)`` = 10^3); ``precision`` 1..9 is the number of decimals of
     the fixed-point value (0 or negative: the value is an integer). Raises ValueError for a scale code
-    outside 1..17.
+    outside 1..17 or a precision outside the MIB's -8..9.
     """
     if not 1 <= scale <= 17:
         raise ValueError(f"entPhySensorScale {scale} is not an EntitySensorDataScale code (1..17)")
+    if not -8 <= precision <= 9:
+        raise ValueError(f"entPhySensorPrecision {precision} is outside -8..9")
     decimals = precision if precision > 0 else 0
     return value * 10.0 ** (3 * (scale - 9) - decimals)
 
@@ -211,7 +217,7 @@ def entity_sensor_value(value: int, scale: int, precision: int) -> float:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def _template_fields(template: str) -> list[str]:
@@ -911,7 +917,8 @@ class SnmpReader:
             name = f"{_format_field(sensors.field, index)}_{sensor_type.suffix}"
             scale, precision, status = scales.get(index), precisions.get(index), statuses.get(index, 1)
             usable = (isinstance(raw, int) and isinstance(scale, int) and isinstance(precision, int)
-                      and status == 1 and abs(raw) < ENTITY_SENSOR_LIMIT and 1 <= scale <= 17)
+                      and status == 1 and abs(raw) < ENTITY_SENSOR_LIMIT and 1 <= scale <= 17
+                      and -8 <= precision <= 9)
             if not usable:
                 if isinstance(raw, bytes) and raw.strip():
                     raise self._error(f"unexpected value for {sensors.value.object} "

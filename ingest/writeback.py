@@ -56,7 +56,7 @@ READ_BACK_TOLERANCE_K = 0.01  # BACnet values are read to 0.001 K; °F conversio
 class SetpointRegister(BaseModel):
     """Where a setpoint lives in a Modbus BMS: a holding register block and its encoding."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     address: int = Field(ge=0, le=65535)
     data_type: Literal["int16", "uint16", "int32", "uint32", "float32"] = "int16"
@@ -67,7 +67,7 @@ class SetpointRegister(BaseModel):
 class _TargetLimits(BaseModel):
     """The safety rules every write-back target carries, whatever its protocol."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     enabled: bool = False
     timeout_s: float = Field(3.0, gt=0)
@@ -110,7 +110,7 @@ def _device_address(value: str) -> str:
 class BacnetPoint(BaseModel):
     """Where a setpoint lives in a BACnet BMS: an object's property, written at a command priority."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     object: str  # "analog-value,1": type,instance (analog-value, analog-output, large-analog-value)
     property: str = "present-value"

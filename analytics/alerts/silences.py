@@ -41,7 +41,7 @@ def _new_id() -> str:
 class Matcher(BaseModel):
     """One label test. Also built from a ``(label, op, value)`` tuple, e.g. ``("site", "=~", "gz-.*")``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     label: str = Field(min_length=1)
     op: Op
@@ -89,7 +89,7 @@ class Matcher(BaseModel):
 class Silence(BaseModel):
     """Mutes alerts matching all ``matchers`` for ``starts_at_ms <= t < ends_at_ms`` [ms]."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     id: str = Field(default_factory=_new_id, min_length=1)
     matchers: tuple[Matcher, ...] = Field(min_length=1)
@@ -141,7 +141,7 @@ class MaintenanceWindow(BaseModel):
     ``starts_at_ms`` and until ``ends_at_ms`` if given.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     id: str = Field(default_factory=_new_id, min_length=1)
     sites: tuple[str, ...] = Field(min_length=1)

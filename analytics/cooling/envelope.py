@@ -43,7 +43,7 @@ class Envelope(BaseModel):
     (:meth:`inlet_margin_for`); a number fixes it.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     inlet_min_c: float = 18.0
     inlet_max_c: float = 27.0

@@ -23,7 +23,7 @@ SIZE_CLASSES: tuple[tuple[str, float], ...] = (("hyperscale", 10_000.0), ("large
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ScoreWeights(_Frozen):

@@ -29,7 +29,7 @@ from dcpue.zones import TimeZoneName
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ReceiverKind(StrEnum):
@@ -113,7 +113,7 @@ class Route(_Model):
     ``continue`` (YAML key; ``continue_`` in Python): keep trying the following routes after a match.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     families: tuple[Family, ...] = ()
     severities: tuple[Severity, ...] = ()
