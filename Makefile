@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test demo test lint clean
+.PHONY: setup setup-test demo test lint audit clean
 
 setup:
 	scripts/bootstrap run
@@ -20,6 +20,9 @@ test: setup-test
 lint: setup-test
 	$(PY) -m pip install -q ruff
 	$(VENV)/bin/ruff check dcpue ingest analytics dashboards tests
+
+audit: setup-test
+	scripts/audit
 
 clean:
 	rm -rf $(VENV) dcpue-data tests/artifacts *.egg-info build

@@ -36,11 +36,29 @@ log = logging.getLogger("dcpue")
 EXIT_CONFIG = 2
 
 
+class _RedactQueryStrings(logging.Filter):
+    """Blanks the query string of URLs that httpx logs ("HTTP Request: POST …"): DingTalk and WeCom
+    robots carry their access token (and DingTalk its signature) in the query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_without_query(a) for a in record.args)
+        return True
+
+
+def _without_query(value: object) -> object:
+    text = str(value)
+    if "://" in text and "?" in text:
+        return text.split("?", 1)[0] + "?<redacted>"
+    return value
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level, stream=sys.stderr,
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
+    logging.getLogger("httpx").addFilter(_RedactQueryStrings())
     if level != "DEBUG":
         # pymodbus logs every failed request at ERROR; the poller reports each device's failure once
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)

@@ -27,6 +27,17 @@ from dcpue.errors import SinkError, missing_extra
 from dcpue.settings import InfluxSettings
 
 
+def tls_options(settings: InfluxSettings) -> dict[str, Any]:
+    """influxdb-client options for ``settings.tls`` (used for https:// URLs only)."""
+    tls = settings.tls
+    options: dict[str, Any] = {"verify_ssl": tls.verify}
+    if tls.ca_file is not None:
+        options["ssl_ca_cert"] = str(tls.ca_file)
+    if tls.cert_file is not None and tls.key_file is not None:
+        options.update(cert_file=str(tls.cert_file), cert_key_file=str(tls.key_file))
+    return options
+
+
 class InfluxSink:
     """:class:`~dcpue.ports.ResultSink` writing to InfluxDB; connect with :meth:`setup`.
 
@@ -50,7 +61,8 @@ class InfluxSink:
         except ImportError as exc:
             raise missing_extra("influxdb-client", "influx") from exc
         self._client = InfluxDBClient(url=self.settings.url, token=self.settings.token.get_secret_value(),
-                                      org=self.settings.org, timeout=int(self.settings.timeout_s * 1000))
+                                      org=self.settings.org, timeout=int(self.settings.timeout_s * 1000),
+                                      **tls_options(self.settings))
         self._write = self._client.write_api(write_options=SYNCHRONOUS)
         return self
 

@@ -28,6 +28,50 @@ def _kafka() -> Any:
     return kafka
 
 
+REDACTED = "**********"
+
+
+class _RedactSecrets(logging.Filter):
+    """Blanks known secrets out of kafka-python's records: at DEBUG it logs the admin client's whole
+    configuration (``sasl_plain_password`` included) and every request (SASL PLAIN auth bytes included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def add(self, secret: str) -> None:
+        self.secrets.add(secret)
+        self.secrets.add(repr(secret.encode())[2:-1])  # as it appears inside a bytes repr (auth_bytes=b'…')
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 — a record that cannot be formatted is kafka-python's problem, not ours
+            return True
+        redacted = text
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            if secret:
+                redacted = redacted.replace(secret, REDACTED)
+        if redacted != text:
+            record.msg, record.args = redacted, None
+        return True
+
+
+_redactor = _RedactSecrets()
+
+
+def _redact_in_client_logs(secret: str) -> None:
+    """Attach the redacting filter to every kafka-python logger (logger filters are not inherited)."""
+    _redactor.add(secret)
+    names = [n for n in logging.root.manager.loggerDict if n == "kafka" or n.startswith("kafka.")]
+    for name in names:
+        logger = logging.getLogger(name)
+        if _redactor not in logger.filters:
+            logger.addFilter(_redactor)
+
+
 def connection_config(settings: KafkaSettings) -> dict[str, Any]:
     """Client options shared by producer, consumer and admin (TLS/SASL passed through; no secret logged)."""
     config: dict[str, Any] = {
@@ -36,9 +80,13 @@ def connection_config(settings: KafkaSettings) -> dict[str, Any]:
         "security_protocol": settings.security_protocol,
     }
     if settings.sasl_mechanism:
+        password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
         config["sasl_mechanism"] = settings.sasl_mechanism
         config["sasl_plain_username"] = settings.sasl_username
-        config["sasl_plain_password"] = settings.sasl_password.get_secret_value() if settings.sasl_password else None
+        config["sasl_plain_password"] = password
+        if password:
+            _kafka()  # kafka-python's loggers exist once it is imported
+            _redact_in_client_logs(password)
     for option in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
         value = getattr(settings, option)
         if value is not None:

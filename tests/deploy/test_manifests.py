@@ -197,6 +197,18 @@ def test_compose_has_the_stack() -> None:
     assert services["notify"]["command"][0] == "notify"
 
 
+def test_compose_services_cannot_gain_privileges() -> None:
+    services = _compose()["services"]
+    for name, service in services.items():
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert not service.get("privileged", False) and not service.get("cap_add"), name
+    # dcpue and the images that run as non-root from the start hold no capability at all
+    for name in (*DCPUE_SERVICES, "kafka", "grafana"):
+        assert services[name]["cap_drop"] == ["ALL"], name
+    for name in DCPUE_SERVICES:
+        assert services[name]["read_only"] is True, name
+
+
 def _flag(args: list[str], name: str) -> str:
     """The value after ``name`` in a command line."""
     assert name in args, f"{name} missing from {args}"
