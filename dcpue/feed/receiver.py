@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jsonschema
 import pandas as pd
@@ -222,6 +223,8 @@ def create_receiver_app(store: ReceiverStore, keys: Sequence[ReceiverKey], *,
             report = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return answer(now_ms, None, 400, "rejected", f"body is not JSON: {exc}")
+        except RecursionError:
+            return answer(now_ms, None, 400, "rejected", "body is not JSON a report can be: nested too deeply")
         rid = report.get("report_id") if isinstance(report, dict) else None
         rtype = report.get("report_type") if isinstance(report, dict) else None
         if rtype not in validators:
@@ -234,8 +237,13 @@ def create_receiver_app(store: ReceiverStore, keys: Sequence[ReceiverKey], *,
         site_code = report["site"]["site_code"]
         if key.sites and site_code not in key.sites:
             return answer(now_ms, rid, 403, "rejected", f"this key may not report site {site_code}")
-        start_ms = _parse_ms(report["period"]["start"])
-        expected = report_id(site_code, rtype, start_ms, report["period"].get("timezone") or tz)
+        try:  # the schema checks types, not that a date-time or a time zone is real
+            zone = report["period"].get("timezone") or tz
+            ZoneInfo(zone)
+            start_ms = _parse_ms(report["period"]["start"])
+            expected = report_id(site_code, rtype, start_ms, zone)
+        except (ValueError, TypeError, OverflowError, KeyError, ZoneInfoNotFoundError) as exc:
+            return answer(now_ms, rid, 422, "rejected", f"period: {type(exc).__name__}: {exc}"[:400])
         if rid != expected:
             return answer(now_ms, rid, 422, "rejected", f"report_id {rid!r} should be {expected!r}")
         outcome = store.put(report, body, now_ms)

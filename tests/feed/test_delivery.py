@@ -183,6 +183,16 @@ def test_the_receiver_refuses_tampered_stale_replayed_malformed_and_foreign_repo
         answer = _post(peer, body, signed(body, key="site-two-only", secret="other"))
         assert answer.status_code == 403 and first.platform_site_code in answer.json()["detail"]
         assert _post(peer, b"{not json", signed(b"{not json")).status_code == 400
+        deep = b"[" * 100_000 + b"]" * 100_000  # valid JSON that Python's parser cannot nest
+        answer = _post(peer, deep, signed(deep))
+        assert answer.status_code == 400 and "nested too deeply" in answer.json()["detail"]
+        for field, value in (("start", "the day after tomorrow"), ("start", "2024-13-45T00:00:00+08:00"),
+                             ("timezone", "Mars/Olympus_Mons")):
+            odd = json.loads(body)
+            odd["period"][field] = value
+            odd_body = canonical_json(odd)
+            answer = _post(peer, odd_body, signed(odd_body))
+            assert answer.status_code == 422 and answer.json()["detail"].startswith("period:"), (value, answer.text)
         unsigned = _post(peer, body, {"X-Api-Key": API_KEY})
         assert unsigned.status_code == 401 and "unsigned" in unsigned.json()["detail"]
         got = peer.received()
