@@ -672,8 +672,12 @@ def cmd_cooling_recommend(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(plan.to_csv(index=False))
         return 0
+    measured = _pairs(args.measured, "--measured")
+    unknown = sorted(set(measured) - {"rack_inlet_c", "fw_supply_c"})
+    if unknown:
+        raise DcpueError(f"--measured: unknown outcome {unknown[0]!r} (valid: rack_inlet_c, fw_supply_c)")
     rec = recommend(model, _pairs(args.conditions, "--conditions"), current, envelope, site=model.site,
-                    ts_ms=int(time.time() * 1000))
+                    ts_ms=int(time.time() * 1000), measured=measured or None)
     print(json.dumps(rec.as_dict(), indent=2, ensure_ascii=False))
     return 0 if rec.ok else 3
 
@@ -980,6 +984,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--conditions", nargs="*", metavar="NAME=VALUE",
                      help="it_kw, dry_bulb_c, wet_bulb_c, rh_pct")
     rec.add_argument("--current", nargs="*", metavar="NAME=VALUE", help="current setpoints, e.g. supply_air=22")
+    rec.add_argument("--measured", nargs="*", metavar="NAME=VALUE",
+                     help="outcomes measured now: rack_inlet_c (hottest sensor), fw_supply_c; a plant hotter "
+                          "than the model tightens the advice")
     rec.add_argument("--hourly", help="hourly table (ts, dry_bulb_c, wet_bulb_c, rh_pct, it_kw): print a schedule")
     rec.add_argument("--output", help="write the schedule CSV here")
     rec.add_argument("--water-class", help="ASHRAE liquid class of the facility-water loop (W17…W45)")

@@ -44,6 +44,7 @@ DEFAULT_HGB = {"max_iter": 150, "learning_rate": 0.1, "max_leaf_nodes": 15, "min
                "early_stopping": False}
 QUANTILE_TARGETS = TEMPERATURE_TARGETS  # the constraint side gets quantile regressors; power a conformal band
 NN_PERCENTILE = 99.0
+FEEDBACK_HORIZON = "1h"  # how far ahead a measured outcome anchors a prediction (the recommender's step)
 
 
 class TrainingRefused(DcpueError, ValueError):
@@ -200,6 +201,16 @@ class CoolingModel:
         value = self._meta.get("inlet_spread_k")
         return None if value is None else float(value)
 
+    def feedback(self, target: str) -> dict[str, float] | None:
+        """Calibration of the feedback-corrected prediction of ``target`` (a measured value now plus
+        the predicted change, up to ``metadata["feedback"]["horizon"]`` ahead) on held-out days:
+        ``lo``, ``hi`` band offsets [target unit], ``hi_miss_q99`` and ``n`` pairs; ``None`` when the
+        model has no such calibration (older models, too few held-out pairs)."""
+        value = self._meta.get("feedback", {}).get(target)
+        if not value or not value.get("n") or value.get("hi") is None:
+            return None
+        return {k: float(v) for k, v in value.items()}
+
     @property
     def sklearn_version(self) -> str:
         return str(self._meta["sklearn_version"])
@@ -305,6 +316,8 @@ class CoolingModel:
 
         metrics: dict[str, dict[str, float]] = {}
         offsets: dict[str, dict[str, float]] = {}
+        feedback: dict[str, dict[str, float]] = {}
+        horizon_ms = int(pd.Timedelta(FEEDBACK_HORIZON).total_seconds() * 1000)
         with _threads(n_threads):
             for target in targets:
                 models = fit(target, ~hold)
@@ -321,6 +334,9 @@ class CoolingModel:
                 scale = float(np.mean(np.abs(y - base))) if target == "facility_kw" else float(np.mean(np.abs(y)))
                 metrics[target] = _metrics(y, mean, np.minimum(lo - lo_off, mean), np.maximum(hi + hi_off, mean),
                                            scale)
+                if target in TEMPERATURE_TARGETS:
+                    feedback[target] = _feedback_calibration(ts[rows], blocks[rows], y, mean, horizon_ms,
+                                                             quantiles)
             estimators = {t: fit(t, np.ones(len(frame), dtype=bool)) for t in targets}
 
         # domain of experience: per-feature ranges, and nearest-neighbour distances of held-out days
@@ -358,6 +374,7 @@ class CoolingModel:
             "sklearn_version": sklearn.__version__,
             "metrics": metrics,
             "calibration": offsets,
+            "feedback": {"horizon": FEEDBACK_HORIZON, **feedback},
             "domain": {"min": lo_f.tolist(), "max": hi_f.tolist(), "center": center.tolist(),
                        "scale": scale_f.tolist(),
                        "tolerance": [_range_tolerance(f, lo_f[i], hi_f[i]) for i, f in enumerate(features)],
@@ -516,6 +533,32 @@ class CoolingModel:
             raise ValueError(f"{model_path}: estimators are version {payload.get('version')!r}, "
                              f"metadata {meta['version']!r}")
         return cls(meta, payload["estimators"], payload["neighbours"])
+
+
+def _feedback_calibration(ts: np.ndarray, blocks: np.ndarray, y: np.ndarray, mean: np.ndarray, horizon_ms: int,
+                          quantiles: tuple[float, float]) -> dict[str, float]:
+    """Errors of the feedback-corrected prediction on held-out rows: a row's measured value plus the
+    model's predicted change, against the value measured up to ``horizon_ms`` later in the same block.
+
+    Returns the band offsets ``lo``/``hi`` (at ``quantiles``, ≥ 0), ``hi_miss_q99`` (how far the
+    errors reached above ``hi`` at their 99th percentile) and ``n`` pairs; ``None`` without pairs.
+    """
+    order = np.argsort(ts, kind="stable")
+    ts, blocks, y, mean = ts[order], blocks[order], y[order], mean[order]
+    errors: list[np.ndarray] = []
+    for lag in range(1, len(ts)):
+        later, earlier = slice(lag, None), slice(None, -lag)
+        pair = (blocks[later] == blocks[earlier]) & (ts[later] - ts[earlier] <= horizon_ms)
+        if not pair.any():
+            break  # rows are in time order: a longer lag only spans more time
+        predicted = y[earlier] + mean[later] - mean[earlier]
+        errors.append((y[later] - predicted)[pair])
+    if not errors:
+        return {"n": 0, "lo": None, "hi": None, "hi_miss_q99": None}
+    err = np.concatenate(errors)
+    hi = max(0.0, float(np.quantile(err, quantiles[1])))
+    lo = max(0.0, float(np.quantile(-err, 1.0 - quantiles[0])))
+    return {"n": int(len(err)), "lo": lo, "hi": hi, "hi_miss_q99": max(0.0, float(np.quantile(err - hi, 0.99)))}
 
 
 def _internal_target(frame: pd.DataFrame, target: str) -> np.ndarray:

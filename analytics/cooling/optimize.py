@@ -189,7 +189,7 @@ def recommend(model: CoolingModel, conditions: Mapping[str, float], current: Map
               envelope: Envelope, *, site: str = "", ts_ms: int = 0, max_relative_error: float = 0.1,
               max_abs_error_k: float = 1.0, min_saving_pct: float = 0.05, n_grid: int = 9,
               resolution_k: float = 0.1, it_fan: ItFan | None = DEFAULT_IT_FAN,
-              min_r2: float | None = 0.5) -> Recommendation:
+              min_r2: float | None = 0.5, measured: Mapping[str, float] | None = None) -> Recommendation:
     """The setpoints that minimise predicted facility power within ``envelope``, or a refusal.
 
     ``conditions``: ``it_kw`` [kW], ``dry_bulb_c``, ``wet_bulb_c`` [°C], ``rh_pct`` [%].
@@ -209,6 +209,17 @@ def recommend(model: CoolingModel, conditions: Mapping[str, float], current: Map
     are out of distribution, or when no candidate is feasible (naming the constraint). Keeps
     the current setpoints (``action="keep"``) when they are feasible and no candidate saves
     at least ``min_saving_pct`` [%] of facility power. Ties go to the smallest move.
+
+    ``measured`` (optional): the outcomes measured now, at the current setpoints and these
+    conditions — ``rack_inlet_c`` (the hottest sensor's mean over the last interval) and
+    ``fw_supply_c`` [°C]. A measurement can only make the advice more careful: when it lies above the
+    model's upper bound at the current setpoints by more than the held-out values did at their 99th
+    percentile (``hi_miss_q99``) — the plant is hotter than the model knows, e.g. it
+    has drifted since training (containment opened, a denser row) — each candidate's upper bound
+    becomes the stricter of the model's own and the measured value plus the model's predicted
+    *change* plus the band of that anchored prediction on held-out days
+    (:meth:`CoolingModel.feedback`), and the reason says so. A measurement within the model's band,
+    or below it (a plant as the model knows it, or a sensor reading low), leaves the advice as it was.
     """
     site = site or model.site
     cond = _conditions(conditions)
@@ -245,13 +256,19 @@ def recommend(model: CoolingModel, conditions: Mapping[str, float], current: Map
     fw_limit = envelope.fw_limit_c
     if "fw_supply_c" in model.targets:
         wanted["fw_supply_c"] = ("hi",)
-    pred = model._predict(X, wanted)
+    anchors = _anchors(model, measured, wanted)
+    pred = _anchored(model._predict(X, wanted), anchors, measured)
+    if "rack_inlet_c" in anchors and pred["rack_inlet_c_anchored"]:
+        miss = max(model.metrics["rack_inlet_c"].get("hi_miss_q99", 0.0), anchors["rack_inlet_c"]["hi_miss_q99"])
+        margin = envelope.inlet_margin_for(miss)
+        inlet_limit = envelope.inlet_max_c - margin
+        limits.update(inlet_limit_c=inlet_limit, inlet_margin_k=margin)
     it_rows = np.full(len(X), cond["it_kw"])
     if it_fan is not None:  # IT power follows the inlet: candidates draw more (or less) than now
         g = it_fan.factor(pred["rack_inlet_c"] - it_fan.offset_for(model))
         it_rows = cond["it_kw"] * g / g[0]
         X[:, 0] = it_rows
-        pred = model._predict(X, wanted)
+        pred = _anchored(model._predict(X, wanted), anchors, measured)
 
     # violations [K] of each constraint (positive = violated)
     violation = {
@@ -329,6 +346,10 @@ def recommend(model: CoolingModel, conditions: Mapping[str, float], current: Map
         text = (f"change: {moves}{why_now}; predicted facility power {fac_rec:,.1f} kW, "
                 f"{'saving' if saving >= 0 else 'costing'} {abs(saving):,.1f} kW "
                 f"({100 * abs(saving) / fac_cur:.2f} %); {inlet}")
+    held = [t for t in anchors if pred[f"{t}_anchored"] and measured is not None]
+    if held:
+        text += "; " + ", ".join(f"held to the measured {_ANCHOR_WORDS[t]} {_fmt(float(measured[t]))} °C "
+                                 f"(hotter than the model expects)" for t in held)
     it_rec = float(it_rows[best])
     return Recommendation(
         site, int(ts_ms), cur, chosen, True, action, text, model.version, it_kw_recommended=it_rec,
@@ -337,6 +358,44 @@ def recommend(model: CoolingModel, conditions: Mapping[str, float], current: Map
         cooling_kw_recommended=float(cool[best]) if cool is not None else None,
         limits=limits, **current_part, **preds,
     )
+
+
+_ANCHOR_WORDS = {"rack_inlet_c": "hottest rack inlet", "fw_supply_c": "facility-water supply"}
+
+
+def _anchors(model: CoolingModel, measured: Mapping[str, float] | None,
+             wanted: Mapping[str, tuple[str, ...]]) -> dict[str, dict[str, float]]:
+    """The targets a measurement may tighten, with their feedback calibration: measured (finite),
+    predicted in this pass, and calibrated."""
+    out: dict[str, dict[str, float]] = {}
+    for target in TEMPERATURE_TARGETS:
+        value = None if measured is None else measured.get(target)
+        calibration = model.feedback(target)
+        if value is not None and calibration is not None and target in wanted and math.isfinite(float(value)):
+            # a measurement counts as evidence once it exceeds the band by more than 99 % of held-out values did
+            out[target] = {**calibration, "trigger_k": float(model.metrics[target].get("hi_miss_q99") or 0.0)}
+    return out
+
+
+def _anchored(pred: dict[str, Any], anchors: Mapping[str, Mapping[str, float]],
+              measured: Mapping[str, float] | None) -> dict[str, Any]:
+    """``pred`` where a target's measurement lies above the model's upper bound at the current
+    setpoints (row 0) by more than ``trigger_k``: its prediction and upper bound become the stricter
+    of the model's own and the measurement's (measured value + predicted change, + the feedback
+    band); ``"<target>_anchored"`` says whether that happened."""
+    for target in TEMPERATURE_TARGETS:
+        pred[f"{target}_anchored"] = False
+    if measured is None:
+        return pred
+    for target, calibration in anchors.items():
+        value = float(measured[target])
+        if not value > pred[f"{target}_hi"][0] + calibration["trigger_k"] + _EPS:
+            continue  # within what held-out days reached above the model's band: no sign the plant changed
+        corrected = pred[target] + (value - pred[target][0])
+        pred[f"{target}_anchored"] = True
+        pred[target] = np.maximum(pred[target], corrected)
+        pred[f"{target}_hi"] = np.maximum(pred[f"{target}_hi"], corrected + calibration["hi"])
+    return pred
 
 
 def _describe(setpoints: Mapping[str, float]) -> str:

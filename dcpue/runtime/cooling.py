@@ -194,9 +194,11 @@ class CoolingAdvisor:
             if any(v is None or pd.isna(v) for v in current.values()):
                 continue
             conditions = {k: row[k] for k in ("it_kw", "dry_bulb_c", "wet_bulb_c", "rh_pct")}
+            # the interval's measured outcomes: a plant hotter than its model tightens the advice
+            measured = {t: v for t in ("rack_inlet_c", "fw_supply_c") if (v := _value(row, t)) is not None}
             rec = recommend(model, conditions, current, self.envelopes.get(site, self.envelope), site=site,
-                            ts_ms=int(row["ts"]),
-                            max_relative_error=self.settings.max_relative_error).as_dict()
+                            ts_ms=int(row["ts"]), max_relative_error=self.settings.max_relative_error,
+                            measured=measured).as_dict()
             rec["confidence"] = _confidence(model)
             writer = self.writers.get(site)
             if writer is not None:  # opted in: the outcome is watched, the advice applied within its limits

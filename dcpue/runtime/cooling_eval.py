@@ -99,6 +99,7 @@ class EvalConfig:
     fw_step_k: float = 1.0  # grid step of facility water [K]
     table_freq: str = "15min"
     inlet_margin_k: float | None = None  # the recommender's inlet margin [K]; None: the library default
+    feedback: bool = True  # pass the measured hottest inlet / facility water to recommend (anchoring)
     workers: int = 1
 
     def __post_init__(self) -> None:
@@ -344,14 +345,20 @@ def it_fan_prior(plan: SitePlan) -> ItFan:
     return replace(DEFAULT_IT_FAN, air_share=share)
 
 
-def library_recommender(models: Mapping[str, Any], envelopes: Mapping[str, Any]) -> Recommender:
+def library_recommender(models: Mapping[str, Any], envelopes: Mapping[str, Any], feedback: bool = True
+                        ) -> Recommender:
     """:func:`dcpue.analytics.cooling.recommend` with the fallbacks of its :func:`schedule`: a refusal
     that names a way back (``toward_safety``) takes it; any other refusal returns ``None`` and the
-    loop steps back toward the standing setpoints."""
-    def call(plan: SitePlan, _table_row: Any, conditions: Mapping[str, float], current: Mapping[str, float],
+    loop steps back toward the standing setpoints. With ``feedback`` the last interval's measured
+    hottest inlet and facility-water supply anchor the predictions (``measured=``)."""
+    def call(plan: SitePlan, table_row: Any, conditions: Mapping[str, float], current: Mapping[str, float],
              ts_ms: int) -> tuple[dict[str, float] | None, str]:
+        measured = None
+        if feedback and table_row is not None:
+            measured = {t: float(table_row[t]) for t in ("rack_inlet_c", "fw_supply_c")
+                        if t in table_row and pd.notna(table_row[t])}
         rec = recommend(models[plan.site.id], dict(conditions), dict(current), envelopes[plan.site.id],
-                        site=plan.site.id, ts_ms=ts_ms, it_fan=it_fan_prior(plan))
+                        site=plan.site.id, ts_ms=ts_ms, it_fan=it_fan_prior(plan), measured=measured)
         chosen = rec.recommended if rec.ok else rec.toward_safety
         if chosen is None:
             return None, str(rec.reason)
@@ -510,9 +517,10 @@ def evaluate_season(config: EvalConfig, season: str, recommender_factory: Callab
     t_grid = time.perf_counter()
 
     # the recommender in the loop
-    factory = recommender_factory or library_recommender
     hours = config.week_days * 24
-    applied, refusals = closed_loop(sim, plans, week, hours, b2, factory(models, envelopes), readings,
+    recommender = (recommender_factory(models, envelopes) if recommender_factory is not None
+                   else library_recommender(models, envelopes, feedback=config.feedback))
+    applied, refusals = closed_loop(sim, plans, week, hours, b2, recommender, readings,
                                     config.table_freq)
     loop = simulate_schedules(sim, week_ts, applied)
     t_loop = time.perf_counter()
@@ -693,11 +701,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="processes (one season each)")
     parser.add_argument("--inlet-margin", type=float, metavar="K",
                         help="sensitivity run: the recommender's inlet margin [K] (default: the library's)")
+    parser.add_argument("--no-feedback", action="store_true",
+                        help="do not anchor predictions on the measured inlet and facility water")
     parser.add_argument("--json", type=Path, help="write the report as JSON here")
     parser.add_argument("--markdown", type=Path, help="write the table as Markdown here")
     args = parser.parse_args(argv)
     config = PROFILES["quick" if args.quick else "full"]
-    overrides: dict[str, Any] = {"seed": args.seed, "workers": args.workers, "inlet_margin_k": args.inlet_margin}
+    overrides: dict[str, Any] = {"seed": args.seed, "workers": args.workers, "inlet_margin_k": args.inlet_margin,
+                                 "feedback": not args.no_feedback}
     if args.site_types:
         overrides["site_types"] = tuple(args.site_types)
     if args.seasons:

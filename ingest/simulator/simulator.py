@@ -400,6 +400,18 @@ class FleetSimulator:
         return {sig.point: sig.offset for sig in self._signals[self._index(site_id)]
                 if sig.source == "rack_inlet_c"}
 
+    def plant_parameter(self, site_id: str, name: str) -> float:
+        """The value of plant parameter ``name`` (a field of :class:`~.plant.Archetype`) at ``site_id``."""
+        if name not in plant.ARCHETYPE_FIELDS:
+            raise ValueError(f"unknown plant parameter {name!r} (valid: {', '.join(plant.ARCHETYPE_FIELDS)})")
+        return float(self._params[name][self._index(site_id), 0])
+
+    def set_plant_parameter(self, site_id: str, name: str, value: float) -> None:
+        """Change a plant parameter of ``site_id`` from now on: a plant that drifts away from its history
+        (e.g. ``recirc_k`` up when blanking panels come out), for testing what a model trained before does."""
+        self.plant_parameter(site_id, name)  # validates the name and the site
+        self._params[name][self._index(site_id), 0] = float(value)
+
     def _setpoint_arrays(self) -> dict[str, np.ndarray]:
         return {name: np.array([sp.get(name, np.nan) for sp in self._setpoints])[:, None]
                 for name in SETPOINT_NAMES}

@@ -385,12 +385,20 @@ def situations(draw, kind: str):
     w_class = draw(st.sampled_from([None, "W27", "W32", "W40", "W45"])) if kind in ("liquid", "hybrid") else None
     env = Envelope(inlet_min_c=inlet_min, inlet_max_c=inlet_max, inlet_margin_k=margin, w_class=w_class,
                    bounds=bounds, max_step=steps)
-    return cond, current, env
+    measured = None
+    if draw(st.booleans()):  # a measurement now, anywhere around the model's own figure (sensor faults too)
+        now = model(kind).predict(pd.DataFrame([{**cond, **{f"sp_{n}": v for n, v in current.items()}}])).iloc[0]
+        measured = {t: float(now[t]) + draw(st.floats(-4.0, 4.0)) for t in model(kind).targets
+                    if t in ("rack_inlet_c", "fw_supply_c") and draw(st.booleans())}
+    return cond, current, env, measured
 
 
-def check_envelope(kind: str, cond, current, env) -> None:
+WORDS = {"rack_inlet_c": "hottest rack inlet", "fw_supply_c": "facility-water supply"}
+
+
+def check_envelope(kind: str, cond, current, env, measured=None) -> None:
     m = model(kind)
-    rec = recommend(m, cond, current, env)
+    rec = recommend(m, cond, current, env, measured=measured)
     assert rec.ok == (rec.recommended is not None)
     assert rec.reason.startswith(("change:", "keep:", "no recommendation:"))
     json.dumps(rec.as_dict())
@@ -405,13 +413,27 @@ def check_envelope(kind: str, cond, current, env) -> None:
         assert abs(value - current[name]) <= env.max_step[name] + 1e-9, (name, value, current[name])
     assert rec.rack_inlet_c_hi <= env.inlet_limit_c + 1e-9
     assert rec.rack_inlet_c >= env.inlet_min_c - 1e-9
-    # the record's figures are the model's own at the recommended setpoints
+    # the record's figures are the model's own at the recommended setpoints, shifted onto a trusted measurement
     again = m.predict(pd.DataFrame([{**cond, "it_kw": rec.it_kw_recommended,
                                      **{f"sp_{n}": v for n, v in rec.recommended.items()}}])).iloc[0]
-    assert again["rack_inlet_c_hi"] == pytest.approx(rec.rack_inlet_c_hi, abs=1e-9)
+    now = m.predict(pd.DataFrame([{**cond, **{f"sp_{n}": v for n, v in current.items()}}])).iloc[0]
     assert again["facility_kw"] == pytest.approx(rec.facility_kw_recommended, rel=1e-12)
+    expected = {}
+    for target in ("rack_inlet_c", "fw_supply_c"):
+        if target not in m.targets:
+            continue
+        value = (measured or {}).get(target)
+        expected[target] = again[f"{target}_hi"]
+        # evidence the plant is hotter than the model: above its band by more than held-out days reached
+        held = value is not None and value > now[f"{target}_hi"] + m.metrics[target]["hi_miss_q99"] + 1e-9
+        if held:  # a measurement can only tighten: the stricter of the two bounds
+            anchored = again[target] + value - now[target] + m.feedback(target)["hi"]
+            expected[target] = max(expected[target], anchored)
+        assert (f"held to the measured {WORDS[target]}" in rec.reason) == held
+    assert rec.rack_inlet_c_hi == pytest.approx(expected["rack_inlet_c"], abs=1e-9)
     if env.fw_limit_c is not None and "fw_supply_c" in m.targets:
-        assert again["fw_supply_c_hi"] <= env.fw_limit_c + 1e-9
+        assert rec.fw_supply_c_hi == pytest.approx(expected["fw_supply_c"], abs=1e-9)
+        assert rec.fw_supply_c_hi <= env.fw_limit_c + 1e-9
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -440,43 +462,134 @@ def test_recommendations_on_held_out_days_are_mostly_given(kind):
 
 # -- the recommendation against the simulator's truth --------------------------------------------------
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_recommender_walks_to_a_safe_and_cheaper_point(kind):
-    """From the site's legacy setpoints at fixed held-out conditions, follow the advice step by step (and
-    the way back inside the envelope when every step still breaks it) until it says keep; then ask the
-    simulator: the hottest inlet is within 27 °C, and where the start was safe, facility power fell."""
-    registry, sim, _ = fleet()
-    site = site_of(kind)
+def walk(kind: str, i: int, measure=None, max_steps: int = 40):
+    """Follow the advice at the held-out conditions of table row ``i`` from the site's legacy setpoints,
+    step by step (taking the way back inside the envelope when every step still breaks it), until it says
+    keep. ``measure(setpoints)`` gives the hottest inlet measured at each step (``measured=``).
+    Returns the last recommendation and the setpoints reached."""
     m = model(kind)
-    t = table(kind)
-    i = int(np.flatnonzero((t["ts"] % 86_400_000) == 6 * HOUR_MS)[-2])  # 14:00 local on a late day
     cond = conditions_at(kind, i)
     current = dict(DEFAULT_SETPOINTS[kind])
-    env = envelope_for(kind)
     fan = ItFan(air_share=1.0 - ARCHETYPES[kind].liquid_share * ARCHETYPES[kind].capture)
-    for _ in range(40):
-        rec = recommend(m, cond, current, env, it_fan=fan)
+    for _ in range(max_steps):
+        measured = None if measure is None else {"rack_inlet_c": measure(current)}
+        rec = recommend(m, cond, current, envelope_for(kind), it_fan=fan, measured=measured)
         if rec.action == "keep":
             break
         assert rec.ok or rec.toward_safety is not None, rec.reason
         current = rec.recommended if rec.ok else rec.toward_safety
     assert rec.action == "keep", rec.reason
-    ts = np.array([int(t["ts"].iloc[i]) + 450_000])
+    return rec, current
+
+
+def truth_at(kind: str, i: int, setpoints) -> tuple[float, float]:
+    """The simulator's true facility power [kW] and hottest rack inlet [°C] in table row ``i`` at ``setpoints``."""
+    _, sim, _ = fleet()
+    site = site_of(kind)
+    ts = np.array([int(table(kind)["ts"].iloc[i]) + 450_000])
     before = sim.get_setpoints(site.id)
     try:
-        truth = {}
-        for label, sp in (("start", DEFAULT_SETPOINTS[kind]), ("advised", current)):
-            sim.set_setpoints(site.id, **sp)
-            row = sim.true_state(ts).set_index("site").loc[site.id]
-            truth[label] = (row["facility_kw"] + row["pv_kw"], row["rack_inlet_c"])
+        sim.set_setpoints(site.id, **setpoints)
+        row = sim.true_state(ts).set_index("site").loc[site.id]
     finally:
         sim.set_setpoints(site.id, **before)
-    hottest_possible = truth["advised"][1] + ARCHETYPES[kind].hotspot_k  # the hottest sensor's offset at most
-    assert hottest_possible <= 27.0
-    if recommend(m, cond, DEFAULT_SETPOINTS[kind], env, it_fan=fan).ok:  # the start was inside the envelope
-        assert truth["advised"][0] < truth["start"][0]
+    return float(row["facility_kw"] + row["pv_kw"]), float(row["rack_inlet_c"]) + max(
+        sim.rack_inlet_offsets(site.id).values())
+
+
+def late_afternoon(kind: str) -> int:
+    t = table(kind)
+    return int(np.flatnonzero((t["ts"] % 86_400_000) == 6 * HOUR_MS)[-2])  # 14:00 local on a late day
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_recommender_walks_to_a_safe_and_cheaper_point(kind):
+    """From the site's legacy setpoints at fixed held-out conditions, follow the advice until it says
+    keep; then ask the simulator: the hottest inlet is within 27 °C, and where the start was safe,
+    facility power fell."""
+    i = late_afternoon(kind)
+    _, advised = walk(kind, i)
+    start_kw, _ = truth_at(kind, i, DEFAULT_SETPOINTS[kind])
+    advised_kw, advised_inlet = truth_at(kind, i, advised)
+    assert advised_inlet <= 27.0
+    fan = ItFan(air_share=1.0 - ARCHETYPES[kind].liquid_share * ARCHETYPES[kind].capture)
+    if recommend(model(kind), conditions_at(kind, i), DEFAULT_SETPOINTS[kind], envelope_for(kind), it_fan=fan).ok:
+        assert advised_kw < start_kw  # the start was inside the envelope
     else:  # the simulator's liquid and hybrid defaults can run hot: safety first, whatever it costs
         assert kind in ("liquid", "hybrid")
+
+
+@pytest.mark.parametrize("kind", ["liquid", "hybrid", "enterprise"])
+def test_a_plant_that_drifted_hotter_is_kept_safe_by_the_measured_inlet(kind):
+    """After training, hot-air recirculation grows (containment doors left open, blanking panels out) just
+    enough that the setpoints the model alone walks to now put the hottest inlet 0.5 K above 27 °C: the
+    model still believes the room is cooler. Given the measured hottest inlet at every step, the walk
+    ends inside the limit. (The legacy room's advice sits 3.5 K below the limit, where server fans make
+    colder air cheaper; the drift that would make it unsafe, recirculation × 3, leaves no safe setpoint.)"""
+    _, sim, _ = fleet()
+    site = site_of(kind)
+    i = late_afternoon(kind)
+    _, blind = walk(kind, i)  # the model alone: the same advice before and after the drift
+    recirc = sim.plant_parameter(site.id, "recirc_k")
+    inlet_at = {}
+    try:
+        for r in (recirc, recirc + 1.0):  # the inlet rises linearly with the recirculation constant
+            sim.set_plant_parameter(site.id, "recirc_k", r)
+            inlet_at[r] = truth_at(kind, i, blind)[1]
+        drifted = recirc + (27.5 - inlet_at[recirc]) / (inlet_at[recirc + 1.0] - inlet_at[recirc])
+        sim.set_plant_parameter(site.id, "recirc_k", drifted)
+        rec, anchored = walk(kind, i, measure=lambda sp: truth_at(kind, i, sp)[1])
+        blind_inlet, anchored_inlet = truth_at(kind, i, blind)[1], truth_at(kind, i, anchored)[1]
+    finally:
+        sim.set_plant_parameter(site.id, "recirc_k", recirc)
+    assert drifted > recirc and blind_inlet == pytest.approx(27.5, abs=0.1)  # nearly linear (server fans)
+    assert "held to the measured hottest rack inlet" in rec.reason
+    assert anchored_inlet <= 27.0, (anchored, anchored_inlet, drifted / recirc)
+
+
+# -- feedback: a measured outcome anchors the prediction ------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_feedback_band_is_calibrated_on_held_out_days(kind):
+    """The band of the anchored prediction (measured now + predicted change, up to an hour ahead) comes
+    from pairs of rows on the held-out days and covers them at its level."""
+    m = model(kind)
+    assert m.metadata["feedback"]["horizon"] == "1h"
+    for target in [t for t in ("rack_inlet_c", "fw_supply_c") if t in m.targets]:
+        fb = m.feedback(target)
+        held = m.metadata["validation"]["held_out_rows"]
+        # pairs at 1..4 rows (15 to 60 minutes) ahead, within one held-out day: about 4 per row
+        assert 3 * held <= fb["n"] <= 4 * held, (fb, held)
+        assert 0.0 < fb["hi"] <= 2 * m.metrics[target]["mae"] + 0.1, (target, fb)  # tenths of a kelvin
+        assert fb["hi_miss_q99"] >= 0.0 and fb["lo"] > 0.0
+
+
+def test_a_measured_inlet_anchors_the_prediction():
+    kind = "enterprise"
+    m = model(kind)
+    i = 700
+    cond = conditions_at(kind, i)
+    cur = {n: float(table(kind)[f"sp_{n}"].iloc[i]) for n in m.setpoints}
+    pinned = Envelope(bounds={n: (v, v) for n, v in cur.items()})  # the current setpoints are the only candidate
+    now = m.predict(pd.DataFrame([{**cond, **{f"sp_{n}": v for n, v in cur.items()}}])).iloc[0]
+    fb = m.feedback("rack_inlet_c")
+
+    warm = recommend(m, cond, cur, pinned, measured={"rack_inlet_c": now["rack_inlet_c"] + 0.8}, it_fan=None)
+    assert warm.action == "keep" and warm.rack_inlet_c == pytest.approx(now["rack_inlet_c"] + 0.8)
+    assert warm.rack_inlet_c_hi == pytest.approx(now["rack_inlet_c"] + 0.8 + fb["hi"])
+    miss = max(m.metrics["rack_inlet_c"]["hi_miss_q99"], fb["hi_miss_q99"])
+    assert warm.limits["inlet_margin_k"] == pytest.approx(max(0.25, miss))
+    assert f"held to the measured hottest rack inlet {now['rack_inlet_c'] + 0.8:.1f} °C" in warm.reason
+    # a plant as the model knows it, or a sensor reading low, changes nothing: a measurement only tightens
+    plain = recommend(m, cond, cur, pinned, it_fan=None)
+    trigger = now["rack_inlet_c_hi"] + m.metrics["rack_inlet_c"]["hi_miss_q99"]
+    for value in (trigger, now["rack_inlet_c"], now["rack_inlet_c_lo"] - 3.0):
+        same = recommend(m, cond, cur, pinned, measured={"rack_inlet_c": value}, it_fan=None)
+        assert same == plain and "held to" not in same.reason
+    # a measurement far above the limit: no candidate within one step is safe, the way back goes cooler
+    hot = recommend(m, cond, cur, Envelope(), measured={"rack_inlet_c": 29.0})
+    assert not hot.ok and hot.toward_safety is not None
+    assert all(hot.toward_safety[n] <= cur[n] for n in ("supply_air", "chw_supply"))
 
 
 def test_keep_when_the_only_candidate_is_the_current_setpoints():

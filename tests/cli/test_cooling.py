@@ -69,6 +69,20 @@ def test_train_then_recommend_then_refuse_out_of_distribution(history, tmp_path:
         assert abs(record["recommended"]["chw_supply"] - 14) <= 1.0 + 1e-9
         assert record["rack_inlet_c_hi"] <= 27.0 - 1.0 + 1e-9
 
+    # the hottest inlet measured 3 K above what the model expects: the advice is held to it
+    hot = float(record["rack_inlet_c"]) + 3.0
+    held = dcpue("cooling", "recommend", "--model", str(models), "--site", SITE, "--conditions", *conditions,
+                 "--current", "supply_air=21", "chw_supply=14", "--measured", f"rack_inlet_c={hot:.2f}")
+    tightened = json.loads(held.stdout)
+    if tightened["ok"]:
+        assert f"held to the measured hottest rack inlet {hot:.1f} °C" in tightened["reason"], tightened["reason"]
+        assert tightened["rack_inlet_c_hi"] <= tightened["limits"]["inlet_limit_c"] + 1e-9
+    else:  # too hot for any step: the way back goes cooler
+        assert tightened["toward_safety"]["supply_air"] <= 21 and tightened["toward_safety"]["chw_supply"] <= 14
+    bad = dcpue("cooling", "recommend", "--model", str(models), "--site", SITE, "--conditions", *conditions,
+                "--current", "supply_air=21", "chw_supply=14", "--measured", "return_air_c=30")
+    assert bad.returncode != 0 and "--measured: unknown outcome 'return_air_c'" in bad.stderr
+
     refused = dcpue("cooling", "recommend", "--model", str(models), "--site", SITE, "--conditions",
                     f"it_kw={row['it_kw'] * 3:.1f}", "dry_bulb_c=45", "wet_bulb_c=30", "rh_pct=40",
                     "--current", "supply_air=21", "chw_supply=14")

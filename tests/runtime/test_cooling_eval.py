@@ -95,7 +95,7 @@ def test_quick_profile_is_safe_and_beats_the_legacy_setpoints():
     assert totals["hours_refused"] < totals["hours"] / 2
 
 
-@pytest.mark.xfail(strict=True, reason="measured with the library's defaults (margin sized from the model): 0.12 % "
+@pytest.mark.xfail(strict=True, reason="measured with the library's defaults (margin sized from the model): 0.14 % "
                    "above B2, while the B2 → hindsight gap is 0.04 % (docs/cooling-evaluation.md); strict, so a "
                    "recommender that meets the targets turns this into a failure until the marker is removed")
 def test_quick_profile_meets_the_issue_targets():
