@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test demo test lint audit clean
+.PHONY: setup setup-test demo test test-long lint audit clean
 
 setup:
 	scripts/bootstrap run
@@ -16,6 +16,10 @@ demo: setup
 
 test: setup-test
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the long profiles of the fault-injection and fuzz suites (about 20 minutes; docs/reliability.md, docs/testing.md)
+test-long: setup-test
+	FAULTS_PROFILE=long FUZZ_PROFILE=long $(PY) -m pytest tests/faults tests/fuzz -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: setup-test
 	$(PY) -m pip install -q ruff

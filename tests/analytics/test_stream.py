@@ -158,11 +158,11 @@ def test_meters_sampled_less_often_than_the_lateness_lose_nothing(reg):
 def test_a_point_whose_messages_arrive_late_is_waited_for(reg):
     # the IT meter's batches arrive 6 minutes after the other points (a slow collector):
     # windows wait for it (up to close_timeout_s), so its energy is not lost and nothing is "late"
-    other = pd.concat([counter_series("a", "facility.main", 150, 120), power_series("a", "cool.crah", 40, 120)])
-    it = power_series("a", "it.ups", 100, 120)
+    other = pd.concat([counter_series("a", "facility.main", 150, 80), power_series("a", "cool.crah", 40, 80)])
+    it = power_series("a", "it.ups", 100, 80)
     engine = StreamEngine(reg)
     out = []
-    for minute in range(0, 121):
+    for minute in range(0, 81):  # the first hour closes once the IT meter's minute 60 + lateness has arrived
         engine.add(other[other["ts"] == T0 + minute * MIN])
         engine.add(it[it["ts"] == T0 + (minute - 6) * MIN])
         out.append(engine.advance())
