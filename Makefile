@@ -17,7 +17,7 @@ demo: setup
 test: setup-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# the long profiles of the fault-injection and fuzz suites (about 20 minutes; docs/reliability.md, docs/testing.md)
+# the long profiles of the fault-injection and fuzz suites (docs/reliability.md, docs/testing.md)
 test-long: setup-test
 	FAULTS_PROFILE=long FUZZ_PROFILE=long $(PY) -m pytest tests/faults tests/fuzz -p no:cacheprovider $(PYTEST_ARGS)
 
