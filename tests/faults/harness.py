@@ -233,6 +233,17 @@ class Pipeline:
         stop_process(proc)
         return proc.stdout.read().decode() if proc.stdout else ""
 
+    def finish(self, worker: str, want: pd.DataFrame) -> tuple[float, list[pd.DataFrame], str]:
+        """Wait until every clean-run window is final on the metrics topic, stop ``worker`` (SIGTERM) and read
+        the topic once more; returns (when it was complete, every frame read, the worker's summary line)."""
+        reader = self.reader()
+        try:
+            done, _ = wait_complete(reader, want, timeout_s=PROFILE.timeout_s)
+            out = self.stop(worker)
+            return done, reader.read(), out
+        finally:
+            reader.close()
+
     def close(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:

@@ -27,7 +27,7 @@ import pytest
 
 from tests.servers import START_TIMEOUT_S, _tcp_ready, free_port, stop_process, tansu_binary, unique_name
 
-from .harness import Pipeline, clean_reference, compare, fleet, record, wait_complete, wait_for
+from .harness import Pipeline, clean_reference, compare, fleet, record, wait_for
 from .profiles import PROFILE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
@@ -153,7 +153,6 @@ def test_broker_killed_and_restarted_loses_and_doubles_no_window(tmp_path):
         broker = RestartableTansu(tmp_path, "s3://tansu/", _s3_env(s3))
         broker.start()
         pipe = Pipeline(broker.bootstrap_servers, tmp_path, unique_name("broker"), f)
-        reader = None
         recoveries = []
         try:
             pipe.create_topics()
@@ -173,13 +172,8 @@ def test_broker_killed_and_restarted_loses_and_doubles_no_window(tmp_path):
                     time.sleep(PROFILE.broker_down_s)
                     back = broker.start()
                     recoveries.append(back)
-            reader = pipe.reader()
-            done, frames = wait_complete(reader, want, timeout_s=PROFILE.timeout_s)
-            out = pipe.stop("w")
-            frames = reader.read()
+            done, frames, out = pipe.finish("w", want)
         finally:
-            if reader is not None:
-                reader.close()
             pipe.close()
             broker.stop()
     cmp = compare(frames, want)

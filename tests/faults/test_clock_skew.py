@@ -16,7 +16,7 @@ from dcpue.adapters.kafka import connection_config
 from tests.factories import T0
 from tests.servers import tansu_broker, unique_name  # noqa: F401
 
-from .harness import Pipeline, clean_reference, clean_run, compare, fleet, record, wait_complete
+from .harness import Pipeline, clean_reference, clean_run, compare, fleet, record
 from .profiles import PROFILE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(PROFILE.timeout_s)]
@@ -67,7 +67,6 @@ def test_future_stamped_readings_are_dead_lettered_and_the_rest_unchanged(tansu_
     accepted = pd.concat(f.readings.values(), ignore_index=True)
     accepted = accepted[~(accepted["site"].eq(SKEWED) & accepted["ts"].isin(lost_frame["ts"]))]
     want = clean_run(f.registry, accepted)  # the clean run over what the skewed collector stamped right
-    reader = None
     try:
         pipe.start_worker("w")
         pipe.wait_assigned("w")
@@ -78,14 +77,9 @@ def test_future_stamped_readings_are_dead_lettered_and_the_rest_unchanged(tansu_
             if n == skewed_rounds[-1]:
                 fixed = time.monotonic()  # the collector's clock is right again from the next batch
         producer.close()
-        reader = pipe.reader()
-        done, frames = wait_complete(reader, want, timeout_s=PROFILE.timeout_s)
-        out = pipe.stop("w")
-        frames = reader.read()
+        done, frames, out = pipe.finish("w", want)
         letters = dead_letters(pipe)
     finally:
-        if reader is not None:
-            reader.close()
         pipe.close()
     cmp = compare(frames, want)
     others = [s for s in f.sites if s != SKEWED]

@@ -18,7 +18,7 @@ import pytest
 from tests.factories import MIN
 from tests.servers import tansu_broker, unique_name  # noqa: F401
 
-from .harness import Pipeline, clean_reference, compare, fleet, record, wait_complete
+from .harness import Pipeline, clean_reference, compare, fleet, record
 from .profiles import PROFILE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(PROFILE.timeout_s)]
@@ -55,7 +55,6 @@ def test_duplicated_and_reordered_batches_count_once(tansu_broker, tmp_path):  #
     pipe = Pipeline(tansu_broker.bootstrap_servers, tmp_path, unique_name("dup"), f)
     pipe.create_topics()
     rounds, duplicates = scrambled(f.rounds, PROFILE.duplicate_every)
-    reader = None
     try:
         pipe.start_worker("w")
         pipe.wait_assigned("w")
@@ -65,13 +64,8 @@ def test_duplicated_and_reordered_batches_count_once(tansu_broker, tmp_path):  #
             time.sleep(PROFILE.pace_s)
         sent = time.monotonic()
         producer.close()
-        reader = pipe.reader()
-        done, frames = wait_complete(reader, want, timeout_s=PROFILE.timeout_s)
-        out = pipe.stop("w")
-        frames = reader.read()
+        done, frames, out = pipe.finish("w", want)
     finally:
-        if reader is not None:
-            reader.close()
         pipe.close()
     cmp = compare(frames, want)
     record("f duplicate + reorder", done - sent, f.reading_count, cmp, duplicate_batches=duplicates,

@@ -13,7 +13,7 @@ import pytest
 
 from tests.servers import tansu_broker, unique_name  # noqa: F401
 
-from .harness import Pipeline, clean_reference, compare, fleet, record, summary_count, wait_complete
+from .harness import Pipeline, clean_reference, compare, fleet, record, summary_count
 from .profiles import PROFILE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(PROFILE.timeout_s)]
@@ -24,7 +24,6 @@ def test_killed_worker_restarts_with_every_window_once(tansu_broker, tmp_path): 
     want = clean_reference()
     pipe = Pipeline(tansu_broker.bootstrap_servers, tmp_path, unique_name("kill"), f)
     pipe.create_topics()
-    reader = None
     recoveries = []
     try:
         pipe.start_worker("w0")
@@ -45,14 +44,9 @@ def test_killed_worker_restarts_with_every_window_once(tansu_broker, tmp_path): 
                 restarted_at.append(time.monotonic())
                 pipe.wait_assigned(worker)
         producer.close()
-        reader = pipe.reader()
-        done, frames = wait_complete(reader, want, timeout_s=PROFILE.timeout_s)
+        done, frames, out = pipe.finish(worker, want)
         recoveries = [done - restarted_at[-1]]  # the last restart until every window is written
-        out = pipe.stop(worker)
-        frames = reader.read()
     finally:
-        if reader is not None:
-            reader.close()
         pipe.close()
     cmp = compare(frames, want)
     record("a worker SIGKILL + restart", recoveries, f.reading_count, cmp, kills=PROFILE.kills,
