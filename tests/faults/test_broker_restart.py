@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import START_TIMEOUT_S, _tcp_ready, free_port, stop_process, tansu_binary, unique_name
+from tests.servers import START_TIMEOUT_S, _missing, _tcp_ready, free_port, stop_process, tansu_binary, unique_name
 
 from .harness import Pipeline, clean_reference, compare, fleet, record, wait_for
 from .profiles import PROFILE
@@ -35,11 +35,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow,
 
 
 def _need(path: str | None, what: str) -> str:
+    """``path``, or skip (fail under CI=true) as every missing peer does."""
     if path is None:
-        message = f"{what} is not installed"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        _missing(what)
     return path
 
 
