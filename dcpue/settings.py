@@ -21,6 +21,7 @@ from dcpue.errors import ConfigError
 from dcpue.feed.config import FeedSettings, TlsSettings
 from dcpue.ingest.devices import AnyDevice
 from dcpue.ingest.writeback import WritebackTarget
+from dcpue.secrets import resolve_secret_files
 from dcpue.yamlio import read_yaml
 from dcpue.zones import TimeZoneName
 
@@ -69,6 +70,7 @@ class KafkaSettings(_Section):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None  # read at start
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
@@ -82,6 +84,11 @@ class KafkaSettings(_Section):
     session_timeout_ms: int = Field(10_000, ge=1000)
     heartbeat_interval_ms: int = Field(3_000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=1000)
+
+    @model_validator(mode="after")
+    def _secret_files(self) -> KafkaSettings:
+        resolve_secret_files(self, "sasl_password")
+        return self
 
 
 class BusSettings(_Section):
@@ -101,6 +108,7 @@ class InfluxSettings(_Section):
 
     url: str = "http://127.0.0.1:8086"
     token: SecretStr = SecretStr("")
+    token_file: Path | None = None  # read at start
     org: str = "dcpue"
     bucket: str = "dcpue"
     timeout_s: float = Field(10, gt=0)
@@ -108,6 +116,11 @@ class InfluxSettings(_Section):
     write_readings: bool = True  # also write raw readings (measurement `reading`) for Grafana drill-down
     # https:// URLs: ca_file verifies the server (default: the system trust store), cert_file/key_file for mutual TLS
     tls: TlsSettings = TlsSettings()
+
+    @model_validator(mode="after")
+    def _secret_files(self) -> InfluxSettings:
+        resolve_secret_files(self, "token")
+        return self
 
 
 class StoreSettings(_Section):

@@ -26,6 +26,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from dcpue.errors import CollectorError, missing_extra
 from dcpue.ingest.device import DeviceConfig, FieldValue
 from dcpue.model import UNITS, Quality
+from dcpue.secrets import resolve_secret_files
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
@@ -326,6 +328,7 @@ class MqttDeviceConfig(DeviceConfig):
     client_id: str = Field("", max_length=65535)
     username: str | None = None
     password: SecretStr | None = None
+    password_file: Path | None = None  # read at start
     tls: bool = False
     ca_file: str | None = None  # PEM bundle to verify the broker with; None: the system's CAs
     verify_tls: bool = True
@@ -357,6 +360,7 @@ class MqttDeviceConfig(DeviceConfig):
 
     @model_validator(mode="after")
     def _check_mqtt(self) -> Self:
+        resolve_secret_files(self, "password")
         if not self.client_id:
             raise ValueError("client_id must not be empty")
         if self.password is not None and self.username is None:
@@ -380,7 +384,7 @@ class MqttDeviceConfig(DeviceConfig):
         clean session with a random client id (probing with the collector's own id would take over its
         session and consume its queued messages), retained messages accepted, and ``read()`` collecting
         for ``timeout_s``."""
-        return self.model_validate(self.model_dump() | _probe_settings(self.timeout_s))
+        return self.model_validate(self.model_dump(exclude={"password_file"}) | _probe_settings(self.timeout_s))
 
     def declared_unit(self, field: str) -> str | None:
         """The unit of the first subscription whose field template can produce ``field``."""

@@ -56,6 +56,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from dcpue.errors import CollectorError, missing_extra
 from dcpue.ingest.device import DeviceConfig, FieldValue
 from dcpue.model import Quality
+from dcpue.secrets import resolve_secret_files
 
 if TYPE_CHECKING:
     import httpx
@@ -137,6 +138,7 @@ class RedfishDeviceConfig(DeviceConfig):
     url: str
     username: str = ""
     password: SecretStr = SecretStr("")
+    password_file: Path | None = None  # read at start
     auth: Literal["session", "basic"] = "session"
     verify_tls: bool = True
     ca_file: Path | None = None
@@ -160,6 +162,7 @@ class RedfishDeviceConfig(DeviceConfig):
 
     @model_validator(mode="after")
     def _check_tls(self) -> Self:
+        resolve_secret_files(self, "password")
         if self.ca_file is not None and not self.verify_tls:
             raise ValueError("ca_file is set but verify_tls is false: drop one of them")
         if self.ca_file is not None and not self.url.startswith("https:"):

@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from dcpue.errors import CollectorError, ConfigError, missing_extra
 from dcpue.ingest.device import DeviceConfig, FieldValue
 from dcpue.model import Quality
+from dcpue.secrets import resolve_secret_files
 from dcpue.yamlio import read_yaml
 
 __all__ = [
@@ -443,12 +444,15 @@ class SnmpDeviceConfig(DeviceConfig):
     port: int = Field(161, ge=1, le=65535)
     version: Literal["2c", "3"] = "2c"
     community: SecretStr = SecretStr("public")
+    community_file: Path | None = None  # read at start, as the *_file twins below
     sec_name: str | None = None
     sec_level: SecLevel | None = None
     auth_protocol: AuthProtocol = "SHA"
     auth_password: SecretStr | None = None
+    auth_password_file: Path | None = None
     priv_protocol: PrivProtocol = "AES"
     priv_password: SecretStr | None = None
+    priv_password_file: Path | None = None
     context_name: str = ""
     profiles: list[str] = Field(min_length=1)
     retries: int = Field(1, ge=0, le=10)
@@ -488,6 +492,7 @@ class SnmpDeviceConfig(DeviceConfig):
 
     @model_validator(mode="after")
     def _check_snmp(self) -> Self:
+        resolve_secret_files(self, "community", "auth_password", "priv_password")
         if self.version == "3":
             self._check_v3()
         else:

@@ -21,10 +21,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from dcpue.analytics.alerts.model import AlertEvent, Family, Severity
+from dcpue.secrets import resolve_secret_files
 from dcpue.zones import TimeZoneName
 
 
@@ -71,6 +73,7 @@ class Receiver(_Model):
     kind: ReceiverKind = ReceiverKind.WEBHOOK
     url: str
     secret: SecretStr | None = None  # webhook: dcpue HMAC key; dingtalk/feishu: the robot's signing secret
+    secret_file: Path | None = None  # read at start
     timeout_s: float = Field(10.0, gt=0)
     max_per_minute: int | None = Field(None, ge=1)
     burst: int = Field(1, ge=1)
@@ -105,6 +108,11 @@ class Receiver(_Model):
     def rate_per_minute(self) -> int:
         """The effective request limit [1/min]: ``max_per_minute`` or the kind's default."""
         return self.max_per_minute or DEFAULT_MAX_PER_MINUTE[self.kind]
+
+    @model_validator(mode="after")
+    def _secret_files(self) -> Receiver:
+        resolve_secret_files(self, "secret")
+        return self
 
 
 class Route(_Model):

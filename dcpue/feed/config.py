@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from dcpue.analytics.feed.reports import DEFAULT_ON_TIME_S
 from dcpue.analytics.feed.schema import REPORT_TYPES
+from dcpue.secrets import read_secret_file
 
 Algorithm = Literal["hmac-sha256", "hmac-sm3"]
 MIN_KEEP_DAYS = 183  # GB/T 38692 access rules: keep at least six months of reports locally
@@ -57,10 +58,7 @@ class TlsSettings(_Model):
 
 def _read_secret(value: SecretStr | None, path: Path | None, what: str) -> str | None:
     if path is not None:
-        try:
-            return Path(path).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"{what}_file {path}: {exc.strerror or exc}") from None
+        return read_secret_file(path, what)
     return value.get_secret_value() if value is not None else None
 
 

@@ -97,11 +97,12 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
     (work / "feed-api-key").write_text(SECRETS["feed_api_key"] + "\n")
     (work / "feed-hmac").write_text(SECRETS["feed_hmac_key"] + "\n")
     (work / "api-tokens").write_text(hash_token(SECRETS["api_token"]) + "  # ops\n")
+    (work / "webhook-key").write_text(SECRETS["webhook_secret"] + "\n")
     config = {
         "http": {"tokens_file": str(work / "api-tokens")},
         "alerts": {
             "receivers": [
-                {"name": "noc", "kind": "webhook", "url": f"{base}/hook", "secret": SECRETS["webhook_secret"]},
+                {"name": "noc", "kind": "webhook", "url": f"{base}/hook", "secret_file": str(work / "webhook-key")},
                 {"name": "ding", "kind": "dingtalk", "url": f"{base}/robot/send?access_token={DINGTALK_ACCESS_TOKEN}",
                  "secret": SECRETS["dingtalk_signing_secret"]},
             ],
@@ -118,7 +119,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
     env.update(DCPUE_LOG_LEVEL="DEBUG", DCPUE_STORE__INFLUXDB__TOKEN=SECRETS["influx_token"],
                DCPUE_BUS__KAFKA__SASL_MECHANISM="SCRAM-SHA-512", DCPUE_BUS__KAFKA__SASL_USERNAME="dcpue",
                DCPUE_BUS__KAFKA__SASL_PASSWORD=SECRETS["kafka_sasl_password"])
-    ours = {work / n for n in ("feed-api-key", "feed-hmac", "api-tokens", "dcpue.yaml", "stdout", "stderr")}
+    ours = {work / n for n in ("feed-api-key", "feed-hmac", "webhook-key", "api-tokens", "dcpue.yaml", "stdout",
+                               "stderr")}
     with open(work / "stdout", "wb") as out, open(work / "stderr", "wb") as err:
         proc = subprocess.Popen([DCPUE, "demo", "--config", str(work / "dcpue.yaml"), "--duration", "5", "--port", "0",
                                  "--quiet", "--store", str(work / "dcpue.sqlite")],
