@@ -162,7 +162,8 @@ def _prepare(readings: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
     """Join point metadata, drop BAD readings, convert to canonical units, sort, de-duplicate."""
     good = readings[(readings["quality"].to_numpy() & int(Quality.BAD | Quality.COLLECTOR_DOWN)) == 0]
     meta = points[["quantity", "factor", "is_counter", "rated_kw", "rollover"]]
-    frame = good.join(meta, on=["site", "point"], how="inner")
+    # an empty left side comes back indexed by the join keys, which then clash with the columns: drop the index
+    frame = good.join(meta, on=["site", "point"], how="inner").reset_index(drop=True)
     frame = frame.sort_values(["site", "point", "ts"], kind="stable")
     # a repeated (site, point, ts) is a replay or a correction: the last one received wins
     frame = frame.drop_duplicates(["site", "point", "ts"], keep="last").reset_index(drop=True)

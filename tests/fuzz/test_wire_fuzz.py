@@ -237,3 +237,18 @@ def test_the_worker_turns_every_record_into_a_reading_or_a_dead_letter_with_a_re
     assert worker.stats.dead_letters == dead == len(letters)
     assert all(isinstance(r, str) and r for r in letters["reason"])
     assert not any(r.startswith("decoder error:") for r in letters["reason"])  # no unexpected exception
+
+
+def test_a_step_whose_readings_are_all_bad_quality_gives_rows_not_a_crash():
+    """Found by the long fuzz profile: a step where every reading of the touched sites was flagged BAD left
+    nothing after the quality filter, and pandas' join on that empty frame returned the join keys as the index,
+    which then clashed with the columns (ValueError in the worker's step)."""
+    from dcpue.analytics.stream import StreamEngine
+    from dcpue.model import Quality, readings_frame
+
+    engine = StreamEngine(registry(simple_site("a")))
+    engine.add(readings_frame(["a", "a"], ["it.ups", "facility.main"], [T0, T0 + 60_000], [1.0, 2.0],
+                              int(Quality.BAD)))
+    rows = engine.advance()
+    assert set(rows.loc[rows["window"] == "1m", "status"]) <= {"no_data"}
+    assert rows["pue"].isna().all()
