@@ -67,6 +67,12 @@ def test_a_full_spool_loses_exactly_what_it_counts_and_reports(tmp_path):
                 target = first_drop + PROFILE.spool_overfill * MAX_BYTES * per_byte
                 wait_for(lambda: metric(port, "dcpue_spool_dropped_records_total") >= target, 120,
                          "the spool to overflow by the profile's share")
+                # the spool can fill before the first send to the cut-off bus times out (3 s): wait until the
+                # collector knows the bus is away and has reported a drop since, so a health record says both
+                wait_for(lambda: metric(port, "dcpue_bus_up") == 0, 60, "the collector to see the bus away")
+                known = metric(port, "dcpue_spool_dropped_records_total")
+                wait_for(lambda: metric(port, "dcpue_spool_dropped_records_total") > known, 60,
+                         "a drop reported while the bus is known to be away")
                 assert metric(port, "dcpue_spool_bytes") <= MAX_BYTES
                 backlog = metric(port, "dcpue_spool_records")
                 forwarded = metric(port, "dcpue_spool_forwarded_records_total")
