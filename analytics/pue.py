@@ -92,8 +92,11 @@ def site_flows(pw: pd.DataFrame, points: pd.DataFrame, window_s: float | np.ndar
     sites = pw["site"].unique()
     starts = np.sort(pw["start_ms"].unique())
     meta = meta[meta.index.get_level_values("site").isin(sites)]
-    grid = pd.MultiIndex.from_tuples(
-        [(s, p, t) for (s, p) in meta.index for t in starts], names=["site", "point", "start_ms"]
+    # every (site, point) × every start, built from arrays (a tuple per row cost ~1 s a step at 200 sites)
+    grid = pd.MultiIndex.from_arrays(
+        [np.repeat(meta.index.get_level_values("site").to_numpy(), len(starts)),
+         np.repeat(meta.index.get_level_values("point").to_numpy(), len(starts)),
+         np.tile(starts, len(meta))], names=["site", "point", "start_ms"]
     )
     full = pw.set_index(["site", "point", "start_ms"])[["integral", "covered_s", "booked_s"]].reindex(
         grid, fill_value=0.0)

@@ -181,9 +181,10 @@ class StreamEngine:
         buf = self._buffer[self._buffer["site"].isin(dirty)]
         if buf.empty:
             return pd.DataFrame()
+        first_ts = buf.groupby("site", observed=True)["ts"].min()  # one pass (a filter per site cost O(sites²))
         lo_by_site = {
-            s: self._final_until.get(s, int(buf.loc[buf["site"] == s, "ts"].min()) // self.base_ms * self.base_ms)
-            for s in dirty
+            s: self._final_until[s] if s in self._final_until else int(first_ts[s]) // self.base_ms * self.base_ms
+            for s in dirty if s in self._final_until or s in first_ts.index
         }
         rows = []
         # sites usually advance together; group them by their first open window to share edges
