@@ -432,8 +432,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     stats = stage.worker.status()
     print(f"dcpue analyze: {stats['messages']} batches, {stats['readings']} readings, "
           f"{stats['windows_written']} windows written, {stats['dead_letters']} dead letters, "
-          f"{stats['sites_restored']} sites restored from checkpoints", flush=True)
+          f"{stats['sites_restored']} sites restored from checkpoints{_latency_note(stats)}", flush=True)
     return 0
+
+
+def _latency_note(stats: dict[str, object]) -> str:
+    if stats.get("write_latency_p50_s") is None:
+        return ""
+    return (f"; batch sent → results written: p50 {stats['write_latency_p50_s']:.3f} s, "
+            f"p99 {stats['write_latency_p99_s']:.3f} s, max {stats['write_latency_max_s']:.3f} s")
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:

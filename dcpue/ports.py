@@ -22,6 +22,7 @@ class Message:
     headers: tuple[tuple[str, bytes], ...] = ()
     partition: int = 0
     offset: int = -1
+    timestamp_ms: int | None = None  # when the producer sent it (Kafka CreateTime), if the bus tells
 
 
 class Producer(Protocol):

@@ -145,6 +145,11 @@ class KafkaProducerAdapter:
             self._futures = []
 
 
+def _create_time(record: Any) -> int | None:
+    """The producer's send time [ms] of a consumed record (None for broker append time or none at all)."""
+    return record.timestamp if getattr(record, "timestamp_type", None) == 0 and record.timestamp >= 0 else None
+
+
 def partition_for_key(key: str, partitions: int) -> int:
     """Where the Java client's (and kafka-python's) default partitioner puts a keyed record."""
     from kafka.partitioner.default import murmur2
@@ -229,7 +234,8 @@ class KafkaConsumerAdapter:
         for records in batches.values():
             for r in records:
                 out.append(Message(r.topic, r.value, None if r.key is None else r.key.decode(errors="replace"),
-                                   tuple((k, v) for k, v in (r.headers or [])), r.partition, r.offset))
+                                   tuple((k, v) for k, v in (r.headers or [])), r.partition, r.offset,
+                                   _create_time(r)))
         return out
 
     def _rewind_to_committed(self) -> None:
@@ -336,7 +342,7 @@ class KafkaTailConsumer:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         return [Message(r.topic, r.value if r.value is not None else b"",
                         None if r.key is None else r.key.decode(errors="replace"),
-                        tuple((k, v) for k, v in (r.headers or [])), r.partition, r.offset)
+                        tuple((k, v) for k, v in (r.headers or [])), r.partition, r.offset, _create_time(r))
                 for records in batches.values() for r in records]
 
     def commit(self) -> None:

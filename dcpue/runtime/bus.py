@@ -10,6 +10,7 @@ topic holds ``max_pending`` uncommitted records: backpressure instead of unbound
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -56,7 +57,7 @@ class InProcessBus:
                 raise DcpueError("bus is closed")
             if not ok:
                 raise DcpueError(f"bus topic {topic!r} is full ({self.max_pending} uncommitted records)")
-            t.records.append(Message(topic, value, key, headers, 0, t.end_offset))
+            t.records.append(Message(topic, value, key, headers, 0, t.end_offset, int(time.time() * 1000)))
             self._cond.notify_all()
 
     def read(self, topics: list[str], positions: dict[str, int], max_records: int, timeout_s: float) -> list[Message]:

@@ -21,6 +21,7 @@ from dcpue.analytics.stream import StreamEngine, restore_site, snapshot_sites
 from dcpue.errors import CommitError, DecodeError, SinkError
 from dcpue.ports import Consumer, Message, Producer, ResultSink, StateStore
 from dcpue.registry import Registry
+from dcpue.runtime.latency import LatencyHistogram
 from dcpue.settings import Settings
 from dcpue.wire import DecodedBatch, decode_batch, readings_of_batches
 
@@ -183,6 +184,9 @@ class AnalyticsWorker:
         self._last_prune_ms = 0
         # (windows, dead letters, readings, alert events, recommendations) not yet written
         self._unwritten: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[Any], list[Any]] | None = None
+        self._unwritten_sent_ms = np.empty(0, dtype=np.int64)  # producer send times of the messages behind them
+        # from a batch's send (Kafka CreateTime) to its results written: what "live" PUE lags behind the collectors
+        self.write_latency = LatencyHistogram()
         self._uncommitted = False
         self._last_commit = time.monotonic()
         self._backoff = Backoff()
@@ -233,6 +237,8 @@ class AnalyticsWorker:
                   if self.alerts is not None else [])
         advice = self.cooling.observe(readings) if self.cooling is not None else []
         self._unwritten = (rows, dead, readings if readings is not None else pd.DataFrame(), events, advice)
+        self._unwritten_sent_ms = np.fromiter((m.timestamp_ms for m in messages if m.timestamp_ms is not None),
+                                              dtype=np.int64)
         self._uncommitted = True
         self.stats.messages += len(messages)
         if self._write() and time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s:
@@ -261,6 +267,9 @@ class AnalyticsWorker:
             return False
         self._backoff.reset()
         self._unwritten = None
+        if self._unwritten_sent_ms.size:
+            self.write_latency.add(time.time() - self._unwritten_sent_ms / 1000.0)
+            self._unwritten_sent_ms = np.empty(0, dtype=np.int64)
         self.stats.last_write_s = time.perf_counter() - started
         self.stats.windows_written += len(rows)
         self._prune_live()
@@ -538,4 +547,7 @@ class AnalyticsWorker:
     def status(self) -> dict[str, object]:
         """Counters for the status endpoint."""
         cooling = self.cooling.status() if self.cooling is not None else {}
-        return {**self.stats.__dict__, **self.engine.snapshot_counters(), **cooling}
+        latency = {"write_latency_p50_s": self.write_latency.quantile(0.5),
+                   "write_latency_p99_s": self.write_latency.quantile(0.99),
+                   "write_latency_max_s": self.write_latency.max_s} if self.write_latency.count else {}
+        return {**self.stats.__dict__, **self.engine.snapshot_counters(), **latency, **cooling}

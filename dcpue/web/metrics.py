@@ -69,6 +69,12 @@ STATUS_METRICS: dict[str, StatusMetric] = {
     "open_windows": StatusMetric("dcpue_engine_open_windows", "gauge", "Windows the PUE engine holds open"),
     "last_write_s": StatusMetric("dcpue_store_last_write_duration_seconds", "gauge",
                                  "Duration of the last successful result-store write [s]"),
+    "write_latency_p50_s": StatusMetric("dcpue_write_latency_p50_seconds", "gauge",
+                                        "Median time from a reading batch's send (Kafka CreateTime) to its results "
+                                        "written, since the worker started"),
+    "write_latency_p99_s": StatusMetric("dcpue_write_latency_p99_seconds", "gauge",
+                                        "99th percentile of the time from a reading batch's send to its results "
+                                        "written, since the worker started"),
     "newest_ts_ms": StatusMetric("dcpue_newest_reading_timestamp_seconds", "gauge",
                                  "Timestamp of the newest accepted reading [Unix s]", 1e-3),
     "newest_end_ms": StatusMetric("dcpue_view_newest_window_end_timestamp_seconds", "gauge",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -53,6 +54,7 @@ def test_readings_through_kafka_give_the_embedded_figures(tansu_broker, tmp_path
     producer.send(topics.readings, b"\x00poison", key="a")
     producer.flush()  # acknowledged by the broker before the "collector" moves on
     producer.close()
+    sent_by = time.time()
 
     store = FileStore(tmp_path / "k.sqlite").setup()
     consumer = KafkaConsumerAdapter(kafka, [topics.readings], group_id=unique_name("g")).setup()
@@ -64,6 +66,10 @@ def test_readings_through_kafka_give_the_embedded_figures(tansu_broker, tmp_path
     dlq.flush()
     assert worker.stats.messages == 27 and worker.stats.dead_letters == 1
     consumer.close()
+    # every record carried its send time (CreateTime): the worker's latency covers all 27, none negative or absurd
+    status = worker.status()
+    assert worker.write_latency.count == 27
+    assert 0 < status["write_latency_p50_s"] <= status["write_latency_max_s"] <= time.time() - sent_by + 5
 
     stored = store.query_windows("site", "1h").set_index(["id", "start_ms"])
     expected = batch_windows(pd.concat(readings.values()), reg, "1h")
