@@ -379,16 +379,41 @@ class StreamEngine:
 # A site's engine state, so a restarted or rebalanced worker resumes without shortening its day and
 # month figures. Encoded with MessagePack (never pickle: a state blob may come from a shared topic).
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: columns as raw numeric arrays and coded text; version 1 (lists of values) is still read
+_READABLE_VERSIONS = (1, 2)
 
 
 def _frame_to_obj(frame: pd.DataFrame) -> dict[str, object]:
+    """A frame as plain msgpack-able data: numbers as their raw array bytes, text as codes into its values
+    (a list of Python values per reading made checkpointing cost as much as computing, at rack scale)."""
     flat = frame.reset_index() if frame.index.names != [None] else frame
-    return {"columns": [str(c) for c in flat.columns], "data": [flat[c].tolist() for c in flat.columns]}
+    columns = []
+    for name in flat.columns:
+        values = flat[name]
+        if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+            array = values.to_numpy()
+            columns.append({"dtype": array.dtype.str, "raw": array.tobytes()})
+        else:
+            codes, uniques = pd.factorize(values, use_na_sentinel=True)
+            columns.append({"codes": codes.astype("<i4").tobytes(), "values": list(uniques.astype(object))})
+    return {"columns": [str(c) for c in flat.columns], "rows": len(flat), "arrays": columns}
 
 
 def _obj_to_frame(obj: dict[str, object], index: list[str] | None) -> pd.DataFrame:
-    frame = pd.DataFrame(dict(zip(obj["columns"], obj["data"], strict=True)))  # type: ignore[arg-type]
+    if "data" in obj:  # version 1
+        frame = pd.DataFrame(dict(zip(obj["columns"], obj["data"], strict=True)))  # type: ignore[arg-type]
+    else:
+        data = {}
+        for name, column in zip(obj["columns"], obj["arrays"], strict=True):  # type: ignore[arg-type]
+            if "raw" in column:
+                data[name] = np.frombuffer(column["raw"], dtype=np.dtype(column["dtype"])).copy()
+            else:
+                codes = np.frombuffer(column["codes"], dtype="<i4")
+                values = np.asarray(column["values"] + [None], dtype=object)  # code -1 (missing) → the None
+                data[name] = values[codes]
+        frame = pd.DataFrame(data)
+        if len(frame) != obj["rows"]:
+            raise ValueError(f"engine state frame has {len(frame)} rows, expected {obj['rows']}")
     return frame.set_index(index) if index and not frame.empty else frame
 
 
@@ -412,7 +437,7 @@ def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[st
         keys = part["site"] if column else part.index.get_level_values("site")
         return {str(k): g for k, g in part.groupby(np.asarray(keys), sort=False)}
 
-    empty = {"columns": [], "data": []}
+    empty = {"columns": [], "rows": 0, "arrays": []}
     buffers = by_site(engine._buffer, column=True)
     opened = by_site(engine._open)
     accs = {label: by_site(acc) for label, acc in engine._acc.items()}
@@ -441,7 +466,7 @@ def restore_site(engine: StreamEngine, blob: bytes) -> str:
     import msgspec
 
     state = msgspec.msgpack.decode(blob)
-    if not isinstance(state, dict) or state.get("v") != STATE_VERSION:
+    if not isinstance(state, dict) or state.get("v") not in _READABLE_VERSIONS:
         raise ValueError(f"unsupported engine state (version {state.get('v') if isinstance(state, dict) else '?'})")
     site = state["site"]
     engine._merge_pending()

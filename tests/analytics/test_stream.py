@@ -239,3 +239,37 @@ def test_collector_down_markers_leave_every_figure_as_it_was(reg):
     columns = ["scope", "id", "window", "start_ms", "pue", "facility_kwh", "it_kwh"]
     pd.testing.assert_frame_equal(plain[columns].sort_values(columns[:4]).reset_index(drop=True),
                                   marked[columns].sort_values(columns[:4]).reset_index(drop=True))
+
+
+def test_version_1_snapshots_restore_the_same_state_as_version_2():
+    """Checkpoints written before state version 2 (columns as lists of values) are still read."""
+    import msgspec
+
+    from dcpue.analytics.stream import _obj_to_frame, restore_site, snapshot_sites
+
+    reg = registry(simple_site("a"))
+    readings = pd.concat([counter_series("a", "facility.main", 150, 200), power_series("a", "it.ups", 100, 200)],
+                         ignore_index=True)
+    engine = StreamEngine(reg)
+    run(engine, chunked(readings, 15))
+    blob = snapshot_sites(engine, ["a"])["a"]
+    state = msgspec.msgpack.decode(blob)
+    assert state["v"] == 2
+
+    def as_v1(obj):
+        frame = _obj_to_frame(obj, None)
+        return {"columns": list(frame.columns), "data": [frame[c].tolist() for c in frame.columns]}
+
+    old = {**state, "v": 1, "buffer": as_v1(state["buffer"]), "open": as_v1(state["open"]),
+           "acc": {label: as_v1(obj) for label, obj in state["acc"].items()}}
+    restored = {}
+    for name, data in (("v2", blob), ("v1", msgspec.msgpack.encode(old))):
+        restored[name] = StreamEngine(reg)
+        restore_site(restored[name], data)
+    new, legacy = restored["v2"], restored["v1"]
+    assert len(new._buffer) == len(engine._buffer) > 0 and len(new._open) > 0  # noqa: SLF001
+    pd.testing.assert_frame_equal(new._buffer, legacy._buffer)  # noqa: SLF001
+    pd.testing.assert_frame_equal(new._open, legacy._open)  # noqa: SLF001
+    for label in StreamEngine.ROLLUPS:
+        pd.testing.assert_frame_equal(new._acc[label], legacy._acc[label])  # noqa: SLF001
+    pd.testing.assert_frame_equal(new._open, engine._open.sort_index(), check_dtype=False)  # noqa: SLF001
