@@ -1,21 +1,21 @@
-"""Pipeline throughput benchmark (issue #10), first cut: simulator batches → bus → analytics worker → store.
+"""Pipeline benchmark (issue #10): simulator batches → bus → analytics worker(s) → store; docs/performance.md.
 
-    PYTHONPATH=. .venv/bin/python bench/pipeline.py --mode embedded --sites 50 --minutes 120 \\
-        --json bench/results/pipeline-embedded.json
-    PYTHONPATH=. .venv/bin/python bench/pipeline.py --mode kafka --sites 50 --minutes 120 \\
-        --json bench/results/pipeline-kafka.json
+    PYTHONPATH=. .venv/bin/python bench/pipeline.py --mode kafka --sites 200 --minutes 30 --racks 100 \\
+        --json bench/results/pipeline-kafka-racks.json
 
-The batches (one per site and ``--batch-minutes`` of simulated readings, as a collector sends them) are
-made first, outside the timed part.
+The batches (one per site and ``--batch-minutes`` of simulated readings, as a collector sends them; with
+``--racks`` every site also meters each rack) are made first, outside the timed part.
 
-* ``embedded``: they go through the in-process bus into one analytics worker writing to the file store.
-* ``kafka``: the same batches are produced to the Tansu broker. A bare kafka-python consumer reads and
-  decodes them all (the practical limit). Then ``dcpue analyze`` (a real worker process) reads them and
-  writes to VictoriaMetrics' InfluxDB write endpoint until it has committed everything.
+* ``embedded``: through the in-process bus into one analytics worker writing to the file store.
+* ``kafka``: produced to the Tansu broker; a bare kafka-python consumer reads and decodes them all (the
+  practical limit); then ``--workers`` ``dcpue analyze`` processes in one consumer group read them and write
+  to VictoriaMetrics' InfluxDB write endpoint until everything is committed.
+* ``paced``: one ``dcpue analyze`` already in its group; the batches are produced at ``--rate`` readings/s
+  (0: real time) while the worker's resident memory and CPU are sampled; at the end its latency from a
+  batch's send to its results written (the worker's own histogram over every record's Kafka CreateTime).
 
-Reported: readings, seconds, readings/s, CPU seconds and peak resident memory of the measuring process
-(for ``kafka``, of the worker process). Latency percentiles at half load and the 30-minute memory profile
-of the issue are not measured yet.
+The group runs the production timeouts (not the tests' fast ones). ``BENCH_PROFILE_WORKER=file`` runs the
+first worker under cProfile.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from dcpue.ingest.simulator import FleetSimulator, generate_fleet
@@ -41,17 +43,71 @@ from dcpue.wire import decode_batch, encode_frame
 START = int(pd.Timestamp("2025-07-01", tz="Asia/Shanghai").value // 1_000_000)
 
 
-def make_batches(sites: int, minutes: int, batch_minutes: int, seed: int = 7) -> tuple[Any, list[tuple[str, bytes]], int]:
-    """(registry, [(site, encoded batch)], readings) for ``minutes`` of simulated one-minute samples."""
+Batch = tuple[str, bytes, int]  # (site, encoded batch, readings in it)
+
+
+def make_batches(sites: int, minutes: int, batch_minutes: int, seed: int = 7,
+                 racks: int = 0) -> tuple[Any, list[Batch], int]:
+    """(registry, [(site, encoded batch, readings in it)], readings) for ``minutes`` of one-minute samples.
+
+    ``racks`` > 0 meters every site rack by rack, as a province-wide feed of rack power does: the site's PDU
+    points (its IT load at category 2; the UPS output on old sites without PDU meters) are replaced by
+    ``racks`` rack-PDU power points, each its own boundary, sharing that load in fixed proportions.
+    """
     registry = generate_fleet(sites, seed=seed)
     sim = FleetSimulator(registry, seed=seed, start_ms=START, sample_interval_s=60, faults=False)
     sim.setup()
+    if racks:
+        registry, shares = _rack_metered(registry, racks, seed)
     batches, readings = [], 0
     for t in range(START + batch_minutes * 60_000, START + (minutes + 1) * 60_000, batch_minutes * 60_000):
         for site, frame in sim.poll(t):
-            batches.append((site, encode_frame(site, frame)))
+            if racks:
+                frame = _racks_of(frame, shares[site])
+            batches.append((site, encode_frame(site, frame), len(frame)))
             readings += len(frame)
     return registry, batches, readings
+
+
+RackShare = tuple[list[str], np.ndarray, bool]  # (IT points the racks share, each rack's share, points dropped)
+
+
+def _rack_metered(registry: Any, racks: int, seed: int) -> tuple[Any, dict[str, RackShare]]:
+    """The registry with each site's PDU IT points replaced by ``racks`` rack points (old sites without PDU
+    meters keep their UPS points and gain the racks), and how each site's racks share that load."""
+    from dcpue.registry import Point, Registry
+
+    rng = np.random.default_rng(seed)
+    sites, shares = [], {}
+    for site in registry.sites:
+        pdus = [p.id for p in site.points if p.role == "it" and p.it_category == 2]
+        replaced = pdus or [p.id for p in site.points if p.role == "it"]
+        weights = rng.uniform(0.5, 1.5, racks)
+        shares[site.id] = (replaced, weights / weights.sum(), bool(pdus))
+        rack_points = [Point(id=f"it.rack-{n:04d}", role="it", quantity="power", unit="kW", source="pdu",
+                             it_category=2, collector="simulator") for n in range(racks)]
+        kept = [p for p in site.points if p.id not in replaced or not pdus]  # old sites keep their UPS meters
+        sites.append(site.model_copy(update={"points": (*kept, *rack_points)}))
+    return Registry(clusters=registry.clusters, sites=tuple(sites)), shares
+
+
+def _racks_of(frame: pd.DataFrame, share: RackShare) -> pd.DataFrame:
+    """One site's readings with the replaced points' total spread over the racks (same times, same quality)."""
+    from dcpue.model import readings_frame
+
+    replaced, weights, dropped = share
+    it = frame[frame["point"].isin(replaced)]
+    total = it.groupby("ts", sort=True)["value"].sum()
+    if total.empty:
+        return frame
+    n = len(weights)
+    ts = np.repeat(total.index.to_numpy(np.int64), n)
+    values = np.outer(total.to_numpy(), weights).ravel()
+    points = np.tile(np.array([f"it.rack-{k:04d}" for k in range(n)], dtype=object), len(total))
+    site = str(frame["site"].iloc[0])
+    racks_frame = readings_frame(np.full(len(ts), site, dtype=object), points, ts, values, 0)
+    rest = frame[~frame["point"].isin(replaced)] if dropped else frame
+    return pd.concat([rest, racks_frame], ignore_index=True)
 
 
 def _machine() -> dict[str, Any]:
@@ -62,7 +118,7 @@ def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024.0  # Linux: kB
 
 
-def run_embedded(registry: Any, batches: list[tuple[str, bytes]], readings: int, workdir: Path) -> dict[str, Any]:
+def run_embedded(registry: Any, batches: list[Batch], readings: int, workdir: Path) -> dict[str, Any]:
     from dcpue.runtime.bus import InProcessBus
     from dcpue.runtime.store import FileStore
     from dcpue.runtime.worker import AnalyticsWorker
@@ -74,7 +130,7 @@ def run_embedded(registry: Any, batches: list[tuple[str, bytes]], readings: int,
     store = FileStore(workdir / "bench.sqlite").setup()
     worker = AnalyticsWorker(registry, settings, bus.consumer([topic], "bench"), store, clock=lambda: 2**62)
     cpu0, t0 = time.process_time(), time.perf_counter()
-    for site, data in batches:
+    for site, data, _ in batches:
         producer.send(topic, data, key=site)
     while bus.lag("bench", topic):
         worker.step(timeout_s=0.01)
@@ -89,37 +145,120 @@ def run_embedded(registry: Any, batches: list[tuple[str, bytes]], readings: int,
             "dead_letters": status["dead_letters"]}
 
 
-def run_kafka(registry: Any, batches: list[tuple[str, bytes]], readings: int, workdir: Path) -> dict[str, Any]:
-    from kafka import KafkaConsumer, TopicPartition
+class _Distributed:
+    """A broker, VictoriaMetrics, fresh topics, and `dcpue analyze` worker processes in one consumer group."""
 
-    from dcpue.adapters.kafka import KafkaProducerAdapter
-    from dcpue.registry import dump_registry
-    from tests.servers import distributed_env, run_tansu, run_victoria_metrics
+    def __init__(self, registry: Any, workdir: Path, partitions: int) -> None:
+        from tests.servers import run_tansu, run_victoria_metrics
 
-    sites_file = workdir / "sites.yaml"
-    sites_file.write_text(dump_registry(registry), encoding="utf-8")
-    with run_tansu() as broker, run_victoria_metrics() as vm:
-        prefix = f"bench{int(time.time())}"
-        env = distributed_env(prefix, partitions=4, DCPUE_STORE__INFLUXDB__BUCKET=prefix,
-                              DCPUE_STORE__PATH=str(workdir / "unused.sqlite"), DCPUE_ALERTS__ENABLED="false",
-                              DCPUE_STORE__INFLUXDB__WRITE_READINGS="false", DCPUE_BUS__COMMIT_INTERVAL_S="1")
-        dcpue = [sys.executable, "-m", "dcpue.cli"]
-        subprocess.run([*dcpue, "topics", "create", "--kafka", broker.bootstrap_servers], env=env, check=True,
-                       capture_output=True)
-        topic = f"{prefix}.readings.v1"
-        os.environ.update({k: v for k, v in env.items() if k.startswith("DCPUE_")})
-        settings = load_settings(None, bus={"kind": "kafka", "kafka": {"bootstrap_servers": broker.bootstrap_servers}})
-        producer = KafkaProducerAdapter(settings.bus.kafka).setup()
+        self.workdir = workdir
+        self.sites_file = workdir / "sites.yaml"
+        from dcpue.registry import dump_registry
+
+        self.sites_file.write_text(dump_registry(registry), encoding="utf-8")
+        self._broker_cm, self._vm_cm = run_tansu(), run_victoria_metrics()
+        self.partitions = partitions
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> _Distributed:
+        from dcpue.adapters.kafka import KafkaProducerAdapter
+        from tests.servers import distributed_env
+
+        self.broker, self.vm = self._broker_cm.__enter__(), self._vm_cm.__enter__()
+        self.prefix = f"bench{int(time.time())}"
+        self.env = distributed_env(self.prefix, partitions=self.partitions, DCPUE_STORE__INFLUXDB__BUCKET=self.prefix,
+                                   DCPUE_STORE__PATH=str(self.workdir / "unused.sqlite"), DCPUE_ALERTS__ENABLED="false",
+                                   DCPUE_STORE__INFLUXDB__WRITE_READINGS="false", DCPUE_BUS__COMMIT_INTERVAL_S="1")
+        for fast in ("SESSION_TIMEOUT_MS", "HEARTBEAT_INTERVAL_MS", "MAX_POLL_INTERVAL_MS"):
+            self.env.pop(f"DCPUE_BUS__KAFKA__{fast}")  # the tests' fast group settings: production defaults here
+        subprocess.run([*DCPUE, "topics", "create", "--kafka", self.broker.bootstrap_servers], env=self.env,
+                       check=True, capture_output=True)
+        self.topic = f"{self.prefix}.readings.v1"
+        os.environ.update({k: v for k, v in self.env.items() if k.startswith("DCPUE_")})
+        settings = load_settings(None, bus={"kind": "kafka",
+                                            "kafka": {"bootstrap_servers": self.broker.bootstrap_servers}})
+        self.producer = KafkaProducerAdapter(settings.bus.kafka).setup()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_workers()
+        self.producer.close()
+        self._vm_cm.__exit__(*exc)
+        self._broker_cm.__exit__(*exc)
+
+    def start_workers(self, count: int) -> None:
+        for n in range(count):
+            with open(self.workdir / f"analyze-{n}.log", "wb") as log:  # the child keeps its own descriptor
+                profile = os.environ.get("BENCH_PROFILE_WORKER")  # a cProfile file for the first worker
+                wrap = ["-m", "cProfile", "-o", profile] if profile and n == 0 else []
+                self.workers.append(subprocess.Popen(
+                    [sys.executable, *wrap, *DCPUE[1:], "analyze", "--kafka", self.broker.bootstrap_servers,
+                     "--influx", self.vm.url, "--registry", str(self.sites_file)],
+                    env=self.env, stdout=subprocess.PIPE, stderr=log))
+
+    def stop_workers(self) -> list[str]:
+        """SIGTERM every worker (checkpoint, commit, exit); returns their summary lines."""
+        lines = []
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            try:
+                out, _ = worker.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                out, _ = worker.communicate()
+            lines.append(out.decode(errors="replace").strip())
+        self.workers = []
+        return lines
+
+    def partitions_of_topic(self) -> list[Any]:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=self.broker.bootstrap_servers)
+        try:
+            return [TopicPartition(self.topic, p) for p in sorted(consumer.partitions_for_topic(self.topic))]
+        finally:
+            consumer.close()
+
+
+DCPUE = [sys.executable, "-m", "dcpue.cli"]
+
+
+def _proc_sample(pid: int) -> tuple[float, float]:
+    """(resident MB, CPU seconds) of a live process, from /proc."""
+    rss_kb = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if line.startswith("VmRSS:"))
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return rss_kb / 1024.0, (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _latency(summary: str) -> dict[str, float | None]:
+    """The p50/p99/max send → written latency from a `dcpue analyze` summary line."""
+    import re
+
+    found = re.search(r"p50 ([\d.]+) s, p99 ([\d.]+) s, max ([\d.]+) s", summary)
+    keys = ("latency_p50_s", "latency_p99_s", "latency_max_s")
+    return dict(zip(keys, (float(v) for v in found.groups()), strict=True)) if found else dict.fromkeys(keys)
+
+
+def run_kafka(registry: Any, batches: list[Batch], readings: int, workdir: Path,
+              workers: int = 1) -> dict[str, Any]:
+    """Everything produced first; then the bare consumer's rate; then ``workers`` `dcpue analyze` processes."""
+    from kafka import KafkaConsumer
+
+    with _Distributed(registry, workdir, partitions=max(4, 2 * workers)) as dist:
         t0 = time.perf_counter()
-        for site, data in batches:
-            producer.send(topic, data, key=site)
-        producer.flush()
+        for site, data, _ in batches:
+            dist.producer.send(dist.topic, data, key=site)
+        dist.producer.flush()
         produce_s = time.perf_counter() - t0
+        parts = dist.partitions_of_topic()
 
         # the practical limit: a bare consumer reading and decoding everything
-        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, enable_auto_commit=False, group_id=None,
-                                 max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer = KafkaConsumer(bootstrap_servers=dist.broker.bootstrap_servers, enable_auto_commit=False,
+                                 group_id=None, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         ends = consumer.end_offsets(parts)
@@ -131,59 +270,133 @@ def run_kafka(registry: Any, batches: list[tuple[str, bytes]], readings: int, wo
         raw_s = time.perf_counter() - t0
         consumer.close()
 
-        log = open(workdir / "analyze.log", "wb")
         t0 = time.perf_counter()
-        worker = subprocess.Popen([*dcpue, "analyze", "--kafka", broker.bootstrap_servers, "--influx", vm.url,
-                                   "--registry", str(sites_file)], env=env, stdout=log, stderr=subprocess.STDOUT)
-        watcher = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=f"{prefix}-analytics",
+        dist.start_workers(workers)
+        watcher = KafkaConsumer(bootstrap_servers=dist.broker.bootstrap_servers, group_id=f"{dist.prefix}-analytics",
                                 enable_auto_commit=False)
-        first: tuple[float, int] | None = None  # (time, messages committed) at the worker's first commit
+        first: tuple[float, int] | None = None  # (time, messages committed) at the workers' first commit
         try:
             while True:
                 committed = sum((watcher.committed(p) or 0) for p in parts)
                 if committed and first is None:
                     first = (time.perf_counter(), committed)
-                if committed >= sum(ends.values()) or worker.poll() is not None:
+                if committed >= sum(ends.values()) or any(w.poll() is not None for w in dist.workers):
                     break
                 time.sleep(0.1)
             done = time.perf_counter()
             pipeline_s = done - t0
         finally:
             watcher.close()
-            worker.send_signal(2)
-            worker.wait(60)
-            log.close()
+            exits = [w.poll() for w in dist.workers]
+            summaries = dist.stop_workers()
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     # the steady rate: messages committed after the first commit (start-up, group join and the first poll
     # excluded), in readings by the mean batch size
     steady = None
     if first is not None and done > first[0] and sum(ends.values()) > first[1]:
         steady = round((sum(ends.values()) - first[1]) * readings / len(batches) / (done - first[0]))
-    return {"mode": "kafka", "readings": readings, "batches": len(batches), "produce_s": round(produce_s, 2),
-            "steady_readings_per_s": steady,
+    return {"mode": "kafka", "workers": workers, "readings": readings, "batches": len(batches),
+            "produce_s": round(produce_s, 2), "steady_readings_per_s": steady,
             "steady_share_of_raw_rate": None if steady is None else round(steady / (decoded / raw_s), 3),
             "raw_consumer_s": round(raw_s, 2), "raw_consumer_readings_per_s": round(decoded / raw_s),
             "pipeline_s": round(pipeline_s, 2), "readings_per_s": round(readings / pipeline_s),
             "share_of_raw_rate": round((readings / pipeline_s) / (decoded / raw_s), 3),
             "worker_cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "worker_peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1), "worker_exit": worker.returncode}
+            "worker_peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1), "worker_exit": exits,
+            "worker_summaries": summaries}
+
+
+def run_paced(registry: Any, batches: list[Batch], readings: int, workdir: Path, rate: float,
+              sample_s: float) -> dict[str, Any]:
+    """One worker already in its group; batches produced at ``rate`` readings/s (in order, as the collectors
+    would send them); the worker's resident memory and CPU sampled every ``sample_s``; at the end its latency
+    from a batch's send to its results written (the worker's own histogram, from each record's CreateTime)."""
+    from kafka import KafkaConsumer
+
+    with _Distributed(registry, workdir, partitions=4) as dist:
+        parts = dist.partitions_of_topic()
+        dist.start_workers(1)
+        pid = dist.workers[0].pid
+        log = workdir / "analyze-0.log"
+        deadline = time.monotonic() + 60
+        while "assigned partitions [0, 1, 2, 3]" not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline and dist.workers[0].poll() is None, log.read_text()[-2000:]
+            time.sleep(0.2)
+        samples: list[dict[str, float]] = []
+        t0 = time.perf_counter()
+        next_sample = 0.0
+        sent_readings = 0
+        behind_max = 0.0
+        for site, data, count in batches:
+            due = sent_readings / rate
+            now = time.perf_counter() - t0
+            if due > now:
+                time.sleep(due - now)
+            else:
+                behind_max = max(behind_max, now - due)
+            dist.producer.send(dist.topic, data, key=site)
+            sent_readings += count
+            if now >= next_sample:
+                rss, cpu = _proc_sample(pid)
+                samples.append({"t_s": round(now, 1), "rss_mb": round(rss, 1), "cpu_s": round(cpu, 2)})
+                next_sample += sample_s
+        dist.producer.flush()
+        produce_s = time.perf_counter() - t0
+        watcher = KafkaConsumer(bootstrap_servers=dist.broker.bootstrap_servers, group_id=f"{dist.prefix}-analytics",
+                                enable_auto_commit=False)
+        ends = watcher.end_offsets(parts)
+        try:
+            while sum((watcher.committed(p) or 0) for p in parts) < sum(ends.values()):
+                assert dist.workers[0].poll() is None, log.read_text()[-2000:]
+                time.sleep(0.2)
+        finally:
+            watcher.close()
+        drained_s = time.perf_counter() - t0 - produce_s
+        rss, cpu = _proc_sample(pid)
+        samples.append({"t_s": round(time.perf_counter() - t0, 1), "rss_mb": round(rss, 1), "cpu_s": round(cpu, 2)})
+        summary = dist.stop_workers()[0]
+    warm = [s for s in samples if s["t_s"] >= min(120.0, produce_s / 4)] or samples
+    return {"mode": "paced", "readings": readings, "batches": len(batches), "rate_readings_per_s": rate,
+            "achieved_readings_per_s": round(readings / produce_s), "producer_behind_max_s": round(behind_max, 2),
+            "produce_s": round(produce_s, 1), "drain_after_last_send_s": round(drained_s, 2),
+            **_latency(summary), "worker_summary": summary,
+            "rss_mb_first_after_warmup": warm[0]["rss_mb"], "rss_mb_last": samples[-1]["rss_mb"],
+            "rss_mb_max": max(s["rss_mb"] for s in samples),
+            "rss_growth_after_warmup": round(samples[-1]["rss_mb"] / warm[0]["rss_mb"] - 1, 3),
+            "worker_cpu_share": round((samples[-1]["cpu_s"] - samples[0]["cpu_s"])
+                                      / max(samples[-1]["t_s"] - samples[0]["t_s"], 1e-9), 3),
+            "samples": samples}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=["embedded", "kafka"], default="embedded")
+    parser.add_argument("--mode", choices=["embedded", "kafka", "paced"], default="embedded",
+                        help="embedded: in process, as fast as it goes; kafka: produce all, then the bare consumer, "
+                             "then the workers as fast as they go; paced: one worker fed at --rate (latency, memory)")
     parser.add_argument("--sites", type=int, default=20)
     parser.add_argument("--minutes", type=int, default=60, help="simulated minutes of one-minute samples")
+    parser.add_argument("--racks", type=int, default=0, help="rack-PDU power points per site (0: the simulator's "
+                        "~25 site meters and sensors only)")
     parser.add_argument("--batch-minutes", type=int, default=1, help="simulated minutes per collector batch")
+    parser.add_argument("--workers", type=int, default=1, help="kafka mode: `dcpue analyze` processes in the group")
+    parser.add_argument("--rate", type=float, default=10_000,
+                        help="paced mode: readings/s sent (0: real time, the simulated minutes over as many minutes)")
+    parser.add_argument("--sample-s", type=float, default=10, help="paced mode: seconds between memory samples")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    registry, batches, readings = make_batches(args.sites, args.minutes, args.batch_minutes)
+    registry, batches, readings = make_batches(args.sites, args.minutes, args.batch_minutes, racks=args.racks)
     prepare_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="dcpue-bench-") as tmp:
-        run = run_embedded if args.mode == "embedded" else run_kafka
-        result = run(registry, batches, readings, Path(tmp))
-    result.update({"sites": args.sites, "minutes": args.minutes, "batch_minutes": args.batch_minutes,
+        if args.mode == "embedded":
+            result = run_embedded(registry, batches, readings, Path(tmp))
+        elif args.mode == "kafka":
+            result = run_kafka(registry, batches, readings, Path(tmp), workers=args.workers)
+        else:
+            rate = args.rate or readings / (args.minutes * 60.0)
+            result = run_paced(registry, batches, readings, Path(tmp), rate=rate, sample_s=args.sample_s)
+    result.update({"sites": args.sites, "racks_per_site": args.racks, "minutes": args.minutes,
+                   "batch_minutes": args.batch_minutes,
                    "prepare_s": round(prepare_s, 2), "machine": _machine(),
                    "command": " ".join(["PYTHONPATH=. .venv/bin/python bench/pipeline.py", *(argv or sys.argv[1:])])})
     print(json.dumps(result, indent=1))

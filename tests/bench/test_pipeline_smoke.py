@@ -9,6 +9,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -28,3 +30,36 @@ def test_embedded_smoke_run_counts_every_reading(tmp_path):
     assert result["readings"] > 3 * 30 * 15 and result["batches"] == 3 * 6
     assert result["windows_written"] > 0 and result["dead_letters"] == 0
     assert result["readings_per_s"] > 0 and result["cpu_s"] > 0 and result["peak_rss_mb"] > 0
+
+
+def _summary_count(line: str, what: str) -> int:
+    import re
+
+    return int(re.search(rf"(\d+) {what}", line).group(1))
+
+
+@pytest.mark.integration
+def test_kafka_smoke_run_with_two_workers_and_rack_meters_counts_every_reading(tmp_path):
+    """The Kafka path on the real peers (Tansu, VictoriaMetrics): two `dcpue analyze` processes share the
+    group, between them they take every batch and reading, and each reports its latency."""
+    result = _bench().main(["--mode", "kafka", "--sites", "3", "--minutes", "10", "--batch-minutes", "5",
+                            "--racks", "4", "--workers", "2"])
+    assert result["batches"] == 3 * 2 and result["racks_per_site"] == 4
+    # every site meters its racks: 4 rack points per one-minute sample on top of the site meters
+    assert result["readings"] > 3 * 10 * (15 + 4)
+    summaries = result["worker_summaries"]
+    assert len(summaries) == 2 and result["worker_exit"] == [None, None]  # both still running when all was done
+    assert sum(_summary_count(s, "batches") for s in summaries) == result["batches"]
+    assert sum(_summary_count(s, "readings") for s in summaries) == result["readings"]
+    assert all(" 0 dead letters" in s for s in summaries)
+    assert result["raw_consumer_readings_per_s"] > 0 and result["readings_per_s"] > 0
+
+
+@pytest.mark.integration
+def test_paced_smoke_run_keeps_the_rate_and_reports_latency_and_memory(tmp_path):
+    result = _bench().main(["--mode", "paced", "--sites", "2", "--minutes", "20", "--rate", "400",
+                            "--sample-s", "0.5"])
+    assert abs(result["achieved_readings_per_s"] - 400) <= 40  # paced, not as fast as it goes
+    assert 0 < result["latency_p50_s"] <= result["latency_p99_s"] <= result["latency_max_s"]
+    assert f"{result['readings']} readings" in result["worker_summary"]
+    assert len(result["samples"]) >= 3 and all(s["rss_mb"] > 0 for s in result["samples"])
