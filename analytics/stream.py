@@ -237,9 +237,12 @@ class StreamEngine:
             return
         sites = self._open.index.get_level_values("site")
         starts = self._open.index.get_level_values("start_ms").to_numpy(np.int64)
-        watermarks = {site: self._watermark(site) for site in sites.unique()}  # once per site, not per row
-        watermark = sites.map(watermarks).to_numpy(np.int64)
-        closing = (starts + self.base_ms <= watermark) & np.asarray(sites.isin(dirty))
+        # only dirty sites can close windows: their watermarks, once per site (a site meters up to thousands of
+        # points, and the others' windows would be masked out anyway)
+        watermarks = {site: self._watermark(site) for site in dirty}
+        is_dirty = np.asarray(sites.isin(dirty))
+        watermark = np.where(is_dirty, sites.map(watermarks).to_numpy(np.float64, na_value=-np.inf), -np.inf)
+        closing = (starts + self.base_ms <= watermark) & is_dirty
         if not closing.any():
             return
         done = self._open[closing]
