@@ -387,36 +387,42 @@ _READABLE_VERSIONS = (1, 2)
 
 
 def _frame_to_obj(frame: pd.DataFrame) -> dict[str, object]:
-    """A frame as plain msgpack-able data: numbers as their raw array bytes, text as codes into its values
-    (a list of Python values per reading made checkpointing cost as much as computing, at rack scale)."""
+    """A frame as plain msgpack-able data: numeric columns as one raw array block per type (integers in the
+    smallest type that holds them), text columns as codes into their values. (A list of Python values per
+    reading made checkpointing cost as much as computing at rack scale.)"""
     flat = frame.reset_index() if frame.index.names != [None] else frame
-    columns = []
-    for name in flat.columns:
+    blocks: dict[str, tuple[list[int], list[np.ndarray]]] = {}
+    coded = []
+    for position, name in enumerate(flat.columns):
         values = flat[name]
         if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
             array = values.to_numpy()
-            columns.append({"dtype": array.dtype.str, "raw": array.tobytes()})
+            if array.dtype.kind in "iu" and array.size:  # quality fits a byte, timestamps do not
+                array = array.astype(np.result_type(np.min_scalar_type(array.min()), np.min_scalar_type(array.max())))
+            positions, arrays = blocks.setdefault(array.dtype.str, ([], []))
+            positions.append(position)
+            arrays.append(array)
         else:
             codes, uniques = pd.factorize(values, use_na_sentinel=True)
-            columns.append({"codes": codes.astype("<i4").tobytes(), "values": list(uniques.astype(object))})
-    return {"columns": [str(c) for c in flat.columns], "rows": len(flat), "arrays": columns}
+            coded.append([position, codes.astype("<i4").tobytes(), list(uniques.astype(object))])
+    return {"columns": [str(c) for c in flat.columns], "rows": len(flat), "coded": coded,
+            "blocks": [[dtype, positions, np.stack(arrays).tobytes()] for dtype, (positions, arrays) in blocks.items()]}
 
 
 def _obj_to_frame(obj: dict[str, object], index: list[str] | None) -> pd.DataFrame:
-    if "data" in obj:  # version 1
+    rows = obj.get("rows", 0)
+    if "data" in obj:  # version 1: a list of values per column
         frame = pd.DataFrame(dict(zip(obj["columns"], obj["data"], strict=True)))  # type: ignore[arg-type]
     else:
-        data = {}
-        for name, column in zip(obj["columns"], obj["arrays"], strict=True):  # type: ignore[arg-type]
-            if "raw" in column:
-                data[name] = np.frombuffer(column["raw"], dtype=np.dtype(column["dtype"])).copy()
-            else:
-                codes = np.frombuffer(column["codes"], dtype="<i4")
-                values = np.asarray(column["values"] + [None], dtype=object)  # code -1 (missing) → the None
-                data[name] = values[codes]
-        frame = pd.DataFrame(data)
-        if len(frame) != obj["rows"]:
-            raise ValueError(f"engine state frame has {len(frame)} rows, expected {obj['rows']}")
+        data: dict[int, np.ndarray] = {}
+        for dtype, positions, raw in obj["blocks"]:  # type: ignore[union-attr]
+            block = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(len(positions), rows)
+            block = block.astype(np.int64) if block.dtype.kind in "iu" else block.copy()
+            data.update(zip(positions, block, strict=True))
+        for position, codes, values in obj["coded"]:  # type: ignore[union-attr]
+            data[position] = np.asarray([*values, None], dtype=object)[np.frombuffer(codes, dtype="<i4")]  # -1: None
+        columns = obj["columns"]
+        frame = pd.DataFrame({name: data[i] for i, name in enumerate(columns)}, index=range(rows))  # type: ignore[arg-type]
     return frame.set_index(index) if index and not frame.empty else frame
 
 
@@ -440,7 +446,7 @@ def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[st
         keys = part["site"] if column else part.index.get_level_values("site")
         return {str(k): g for k, g in part.groupby(np.asarray(keys), sort=False)}
 
-    empty = {"columns": [], "rows": 0, "arrays": []}
+    empty = {"columns": [], "rows": 0, "coded": [], "blocks": []}
     buffers = by_site(engine._buffer, column=True)
     opened = by_site(engine._open)
     accs = {label: by_site(acc) for label, acc in engine._acc.items()}
