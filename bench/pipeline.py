@@ -162,6 +162,7 @@ class _Distributed:
 
     def __enter__(self) -> _Distributed:
         from dcpue.adapters.kafka import KafkaProducerAdapter
+        from dcpue.settings import KafkaSettings
         from tests.servers import distributed_env
 
         self.broker, self.vm = self._broker_cm.__enter__(), self._vm_cm.__enter__()
@@ -174,10 +175,9 @@ class _Distributed:
         subprocess.run([*DCPUE, "topics", "create", "--kafka", self.broker.bootstrap_servers], env=self.env,
                        check=True, capture_output=True)
         self.topic = f"{self.prefix}.readings.v1"
-        os.environ.update({k: v for k, v in self.env.items() if k.startswith("DCPUE_")})
-        settings = load_settings(None, bus={"kind": "kafka",
-                                            "kafka": {"bootstrap_servers": self.broker.bootstrap_servers}})
-        self.producer = KafkaProducerAdapter(settings.bus.kafka).setup()
+        # the workers get their settings from self.env; this process is left alone (the smoke tests run in the
+        # suite's process, where DCPUE_* variables would leak into every later test)
+        self.producer = KafkaProducerAdapter(KafkaSettings(bootstrap_servers=self.broker.bootstrap_servers)).setup()
         return self
 
     def __exit__(self, *exc: object) -> None:

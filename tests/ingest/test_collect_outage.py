@@ -115,7 +115,7 @@ def unique(frame: pd.DataFrame) -> set[tuple]:
 def test_readings_made_while_the_bus_is_cut_off_all_arrive_in_order(kafka, tmp_path: Path):
     netcut, _ = kafka
     env, sites, topics = setup_run(tmp_path, netcut, unique_name("outage"))
-    proc = start_collector(netcut, sites, env, duration=22, log=tmp_path / "collect.log")
+    proc = start_collector(netcut, sites, env, duration=15, log=tmp_path / "collect.log")
     port = metrics_port(proc)
     wait_for(lambda: metric(port, "dcpue_spool_forwarded_records_total") > 0, 30, "first records delivered")
     netcut.cut()
