@@ -238,7 +238,13 @@ class Pipeline:
         the topic once more; returns (when it was complete, every frame read, the worker's summary line)."""
         reader = self.reader()
         try:
-            done, _ = wait_complete(reader, want, timeout_s=PROFILE.timeout_s)
+            try:
+                done, _ = wait_complete(reader, want, timeout_s=PROFILE.timeout_s)
+            except AssertionError as exc:  # the worker's own account, for a failure on a CI machine
+                lines = self.log(worker).read_text(errors="replace").splitlines()
+                ours = [line for line in lines if "logger=dcpue" in line or "Traceback" in line][-40:]
+                raise AssertionError(f"{exc}\n--- worker {worker}'s dcpue log, last lines:\n"
+                                     + "\n".join(ours)) from None
             out = self.stop(worker)
             return done, reader.read(), out
         finally:
