@@ -30,13 +30,16 @@ def read_secret_file(path: str | Path, field: str) -> str:
 def resolve_secret_files(model: BaseModel, *fields: str) -> None:
     """Fill each secret ``field`` of a validated (frozen) ``model`` from its ``<field>_file``, when that is set.
 
-    Giving both ``field`` and ``field_file`` is an error; so is a file that cannot be read (at load, not at
-    first use). Call from a ``model_validator(mode="after")``.
+    Giving ``field`` and ``field_file`` with different secrets is an error (the same one is what a model
+    rebuilt from its own dump carries); so is a file that cannot be read (at load, not at first use). Call from
+    a ``model_validator(mode="after")``.
     """
     for field in fields:
         path = getattr(model, f"{field}_file")
         if path is None:
             continue
-        if field in model.model_fields_set:
+        secret = read_secret_file(path, field)
+        inline = getattr(model, field)
+        if field in model.model_fields_set and (inline is None or inline.get_secret_value() != secret):
             raise ValueError(f"give {field} or {field}_file, not both")
-        object.__setattr__(model, field, SecretStr(read_secret_file(path, field)))  # frozen: set once, at load
+        object.__setattr__(model, field, SecretStr(secret))  # frozen: set once, at load

@@ -384,7 +384,7 @@ class MqttDeviceConfig(DeviceConfig):
         clean session with a random client id (probing with the collector's own id would take over its
         session and consume its queued messages), retained messages accepted, and ``read()`` collecting
         for ``timeout_s``."""
-        return self.model_validate(self.model_dump(exclude={"password_file"}) | _probe_settings(self.timeout_s))
+        return self.model_validate(self.model_dump() | _probe_settings(self.timeout_s))
 
     def declared_unit(self, field: str) -> str | None:
         """The unit of the first subscription whose field template can produce ``field``."""
