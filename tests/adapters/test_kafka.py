@@ -149,3 +149,45 @@ def test_worker_pauses_while_the_sink_is_down_then_catches_up(tansu_broker, vict
         with urllib.request.urlopen(f"{victoria_metrics.url}/api/v1/query?{query}", timeout=10) as response:
             result = json.loads(response.read())["data"]["result"]
         assert float(result[0]["value"][1]) == pytest.approx(pue)  # the first hour, written after the outage
+
+
+def test_a_failed_send_fails_its_flush_only(tansu_broker):  # noqa: F811
+    """A flush that failed does not poison the producer: once the caller sends again, the next flush succeeds."""
+    from dcpue.errors import SinkError
+
+    topics, kafka, _ = kafka_setup(tansu_broker, "flush")
+    create_topics(kafka, topics)
+    producer = KafkaProducerAdapter(kafka).setup()
+    try:
+        producer.send(topics.readings, b"lost", key="s1")
+        producer._futures.append(_sent(None, RuntimeError("broker went away")))  # kafka-python's failed send
+        with pytest.raises(SinkError, match="1 of 2 records not acknowledged by Kafka: broker went away"):
+            producer.flush()
+        producer.send(topics.readings, b"again", key="s1")
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def _sent(base_offset: int | None, error: Exception | None = None):  # noqa: ANN202
+    """A kafka-python send future resolved as the broker answered: ``base_offset``, or ``error``, or pending."""
+    from kafka.producer.future import FutureProduceResult, FutureRecordMetadata
+    from kafka.structs import TopicPartition
+
+    batch = FutureProduceResult(TopicPartition("t", 0))
+    record = FutureRecordMetadata(batch, 0, 0, None, 1, 1, 0)
+    if error is not None:
+        batch.failure(error)
+    elif base_offset is not None:
+        batch.success((base_offset, -1, None))
+    return record
+
+
+def test_an_acknowledgement_without_an_offset_is_not_one():
+    """Tansu on S3, restarted after a crash, answers some produce requests with success and offset -1 and drops
+    some of those records: kafka-python resolves such a send as successful, dcpue counts it unacknowledged."""
+    from dcpue.adapters.kafka import unacknowledged
+
+    placed, unplaced, failed, pending = _sent(41), _sent(-1), _sent(None, RuntimeError("down")), _sent(None)
+    assert placed.succeeded() and unplaced.succeeded()  # kafka-python's own view of both
+    assert unacknowledged([placed, unplaced, failed, pending]) == [unplaced, failed, pending]
