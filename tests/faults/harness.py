@@ -239,16 +239,54 @@ class Pipeline:
         reader = self.reader()
         try:
             try:
-                done, _ = wait_complete(reader, want, timeout_s=PROFILE.timeout_s)
+                done, _ = wait_complete(reader, want, timeout_s=PROFILE.timeout_s, proc=self.procs[worker])
             except AssertionError as exc:  # the worker's own account, for a failure on a CI machine
                 lines = self.log(worker).read_text(errors="replace").splitlines()
-                ours = [line for line in lines if "logger=dcpue" in line or "Traceback" in line][-40:]
-                raise AssertionError(f"{exc}\n--- worker {worker}'s dcpue log, last lines:\n"
-                                     + "\n".join(ours)) from None
+                ours = [line for line in lines if "logger=dcpue" in line][-30:]
+                import shutil as _sh
+                spy = _sh.which("py-spy", path=str(Path(sys.executable).parent))
+                dump = subprocess.run([spy, "dump", "--pid", str(self.procs[worker].pid)], capture_output=True,
+                                      text=True, timeout=60).stdout if spy else ""
+                raise AssertionError(f"{exc}\n--- readings topic: {self.readings_state()}\n--- py-spy:\n{dump}"
+                                     f"\n--- worker {worker}'s dcpue log, last lines:\n" + "\n".join(ours)
+                                     + "\n--- its log's last lines:\n" + "\n".join(lines[-40:])
+                                     + "\n--- dcpue frames in its log:\n"
+                                     + "\n".join(line for line in lines if 'File "' in line and "/dcpue" in line
+                                                  or "/analytics/" in line or "/ingest/" in line)) from None
             out = self.stop(worker)
             return done, reader.read(), out
         finally:
             reader.close()
+
+    def readings_state(self) -> str:
+        """Per partition of the readings topic: its end offset, the group's committed offset and the site keys
+        it holds: tells a record the broker lost from one the worker did not consume."""
+        from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+        try:
+            consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                     auto_offset_reset="earliest", consumer_timeout_ms=3000)
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+            try:
+                parts = [TopicPartition(self.topics.readings, p)
+                         for p in sorted(consumer.partitions_for_topic(self.topics.readings) or ())]
+                ends = consumer.end_offsets(parts)
+                group = self.env["DCPUE_BUS__KAFKA__GROUP_ID"]
+                committed = admin.list_group_offsets({group: None}).get(group, {})
+                consumer.assign(parts)
+                keys: dict[int, dict[str, int]] = {}
+                for rec in consumer:
+                    per = keys.setdefault(rec.partition, {})
+                    per[rec.key.decode()] = per.get(rec.key.decode(), 0) + 1
+                return "; ".join(
+                    f"p{tp.partition} end={ends[tp]} committed="
+                    f"{committed[tp].offset if tp in committed else None} keys={keys.get(tp.partition, {})}"
+                    for tp in parts)
+            finally:
+                consumer.close()
+                admin.close()
+        except Exception as exc:  # noqa: BLE001 - a diagnostic must not hide the failure it explains
+            return f"(could not read: {exc!r})"
 
     def close(self) -> None:
         for proc in self.procs.values():
@@ -268,12 +306,13 @@ def wait_for(condition, timeout_s: float, what: str, proc: subprocess.Popen[byte
     return time.monotonic()
 
 
-def wait_complete(reader: MetricsReader, want: pd.DataFrame, timeout_s: float) -> tuple[float, list[pd.DataFrame]]:
+def wait_complete(reader: MetricsReader, want: pd.DataFrame, timeout_s: float,
+                  proc: subprocess.Popen[bytes] | None = None) -> tuple[float, list[pd.DataFrame]]:
     """Read the metrics topic until every clean-run window is there and final; returns (when, frames).
 
     Each poll looks only at the rows published since the last one (whether a window's newest row is final), so
     a poll costs the same on the third day of a long run as on the first; the full :func:`compare` runs once,
-    after, or on a timeout to say what is missing.
+    after, or on a timeout to say what is missing. A worker ``proc`` that exits meanwhile fails it at once.
     """
     frames: list[pd.DataFrame] = []
     wanted = set(want.index)
@@ -292,7 +331,7 @@ def wait_complete(reader: MetricsReader, want: pd.DataFrame, timeout_s: float) -
         return not waiting
 
     try:
-        done = wait_for(complete, timeout_s, "every clean-run window final on the metrics topic")
+        done = wait_for(complete, timeout_s, "every clean-run window final on the metrics topic", proc)
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {compare(frames, want).explain()}") from None
     return done, frames
