@@ -54,21 +54,19 @@ def point_windows(
     [s] whose energy is in ``integral`` (counters also book long intervals), ``samples`` in the
     window, and counts of
     counter ``resets`` and rejected ``spikes`` whose interval ends in the window.
+
+    The result also carries each point's ``pid`` (:func:`point_ids`); readings that already carry it skip
+    looking the names up.
     """
     edges = np.asarray(edges_ms, dtype=np.int64)
     if len(edges) < 2 or readings.empty:
         return _empty_point_windows()
-    frame = _prepare(readings, points)
-    if frame.empty:
+    if "pid" not in readings.columns:
+        readings = readings.assign(pid=point_ids(points, readings))
+    prepared = _prepare(readings, points)
+    if prepared is None:
         return _empty_point_windows()
-
-    series_id = frame["series"].to_numpy()
-    ts = frame["ts"].to_numpy(np.int64)
-    value = frame["value"].to_numpy(np.float64)
-    is_counter = frame["is_counter"].to_numpy(bool)
-    rated = frame["rated_kw"].to_numpy(np.float64)
-    rollover = frame["rollover"].to_numpy(np.float64)
-    is_power = frame["quantity"].to_numpy() == Quantity.POWER.value
+    series_id, ts, value, is_counter, rated, rollover, is_power, pid = prepared
 
     first = np.ones(len(ts), dtype=bool)
     first[1:] = series_id[1:] != series_id[:-1]
@@ -125,11 +123,11 @@ def point_windows(
     resets = np.bincount(flat, weights=counter_reset[in_range], minlength=size)
     spike_count = np.bincount(flat, weights=(counter_spike | spikes)[in_range], minlength=size)
 
-    keys = frame.loc[starts, ["site", "point"]].to_numpy()
+    series_pid = pid[starts]
     out = pd.DataFrame(
         {
-            "site": np.repeat(keys[:, 0], n_windows),
-            "point": np.repeat(keys[:, 1], n_windows),
+            "site": np.repeat(points.index.get_level_values("site").to_numpy(object)[series_pid], n_windows),
+            "point": np.repeat(points.index.get_level_values("point").to_numpy(object)[series_pid], n_windows),
             "start_ms": np.tile(edges[:-1], n_series),
             "integral": integral.ravel(),
             "covered_s": covered_s.ravel(),
@@ -139,6 +137,7 @@ def point_windows(
             "spikes": spike_count.astype(np.int64),
         }
     )
+    out["pid"] = np.repeat(series_pid, n_windows)
     return out
 
 
@@ -154,23 +153,48 @@ def _empty_point_windows() -> pd.DataFrame:
             "samples": pd.Series(dtype=np.int64),
             "resets": pd.Series(dtype=np.int64),
             "spikes": pd.Series(dtype=np.int64),
+            "pid": pd.Series(dtype=np.int64),
         }
     )
 
 
-def _prepare(readings: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
-    """Join point metadata, drop BAD readings, convert to canonical units, sort, de-duplicate."""
-    good = readings[(readings["quality"].to_numpy() & int(Quality.BAD | Quality.COLLECTOR_DOWN)) == 0]
-    meta = points[["quantity", "factor", "is_counter", "rated_kw", "rollover"]]
-    # an empty left side comes back indexed by the join keys, which then clash with the columns: drop the index
-    frame = good.join(meta, on=["site", "point"], how="inner").reset_index(drop=True)
-    frame = frame.sort_values(["site", "point", "ts"], kind="stable")
-    # a repeated (site, point, ts) is a replay or a correction: the last one received wins
-    frame = frame.drop_duplicates(["site", "point", "ts"], keep="last").reset_index(drop=True)
-    frame["value"] = frame["value"].to_numpy(np.float64) * frame["factor"].to_numpy(np.float64)
-    key = frame["site"].astype(str) + "\x00" + frame["point"].astype(str)
-    frame["series"] = pd.factorize(key, sort=False)[0]
-    return frame
+_BAD = int(Quality.BAD | Quality.COLLECTOR_DOWN)
+_Prepared = tuple  # (series, ts, value, is_counter, rated_kw, rollover, is_power, pid), one entry per reading
+
+
+def point_ids(points: pd.DataFrame, readings: pd.DataFrame) -> np.ndarray:
+    """Each reading's row in ``points`` (a ``points_table``, sorted by site and point), -1 for unknown points.
+
+    A ``pid`` column with these lets :func:`point_windows` work on integers instead of joining strings.
+    """
+    if readings.empty:
+        return np.empty(0, dtype=np.int64)
+    keys = pd.MultiIndex.from_arrays([readings["site"].to_numpy(object), readings["point"].to_numpy(object)])
+    return np.asarray(points.index.get_indexer(keys), dtype=np.int64)
+
+
+def _prepare(readings: pd.DataFrame, points: pd.DataFrame) -> _Prepared | None:
+    """Drop BAD readings and those of unknown points, sort by (site, point, ts) (the points table's order), keep
+    the last reading received per (site, point, ts) (a replay or a correction), convert to canonical units."""
+    pid = readings["pid"].to_numpy(np.int64)
+    ts = readings["ts"].to_numpy(np.int64)
+    keep = ((readings["quality"].to_numpy() & _BAD) == 0) & (pid >= 0)
+    pid, ts, value = pid[keep], ts[keep], readings["value"].to_numpy(np.float64)[keep]
+    if not len(pid):
+        return None
+    order = np.lexsort((ts, pid))  # stable: among equal (point, ts) the order received
+    pid, ts, value = pid[order], ts[order], value[order]
+    last = np.ones(len(pid), dtype=bool)  # a repeated (site, point, ts): the last one received wins
+    last[:-1] = (pid[:-1] != pid[1:]) | (ts[:-1] != ts[1:])
+    pid, ts, value = pid[last], ts[last], value[last]
+    first = np.ones(len(pid), dtype=bool)
+    first[1:] = pid[1:] != pid[:-1]
+    series = np.cumsum(first) - 1
+    return (series, ts, value * points["factor"].to_numpy(np.float64)[pid],
+            points["is_counter"].to_numpy(bool)[pid], points["rated_kw"].to_numpy(np.float64)[pid],
+            points["rollover"].to_numpy(np.float64)[pid],
+            (points["quantity"].to_numpy(object) == Quantity.POWER.value)[pid],
+            pid)
 
 
 def _segment_cumsum(values: np.ndarray, first: np.ndarray) -> np.ndarray:

@@ -23,11 +23,13 @@ Definitions (energies over the same window, [kWh]):
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from dcpue.analytics.energy import point_ids
 from dcpue.model import CoolingSubsystem, Role
 from dcpue.results import COOLING_SUBSYSTEM_COLUMNS, Scope, Status, conform_windows
 
@@ -85,40 +87,129 @@ def site_flows(pw: pd.DataFrame, points: pd.DataFrame, window_s: float | np.ndar
     energy over that booked time, estimated as Σ boundary mean power × booked time, so that
     ``x / book`` is the flow's mean power even when its meters miss different minutes.
     """
-    flows_of = flow_of_points(points)
-    if pw.empty or flows_of.empty:
+    if pw.empty:
         return _empty_flows()
-    meta = points.loc[flows_of.index, ["boundary", "precedence", "integral_factor"]].assign(flow=flows_of)
-    sites = pw["site"].unique()
-    starts = np.sort(pw["start_ms"].unique())
-    meta = meta[meta.index.get_level_values("site").isin(sites)]
-    # every (site, point) × every start, built from arrays (a tuple per row cost ~1 s a step at 200 sites)
-    grid = pd.MultiIndex.from_arrays(
-        [np.repeat(meta.index.get_level_values("site").to_numpy(), len(starts)),
-         np.repeat(meta.index.get_level_values("point").to_numpy(), len(starts)),
-         np.tile(starts, len(meta))], names=["site", "point", "start_ms"]
-    )
-    full = pw.set_index(["site", "point", "start_ms"])[["integral", "covered_s", "booked_s"]].reindex(
-        grid, fill_value=0.0)
-    full = full.join(meta, on=["site", "point"]).reset_index()
-    full["integral"] = full["integral"] * full["integral_factor"]
+    if "pid" not in pw.columns:
+        pw = pw.assign(pid=point_ids(points, pw))
+    return _site_flows_coded(pw, _flow_plan(points))
 
-    # redundant meters of one boundary: the best-covered tier, then source precedence
-    best = full.groupby(["site", "start_ms", "flow", "boundary"])["covered_s"].transform("max")
-    full["adequate"] = full["covered_s"] >= 0.9 * best
-    full = full.sort_values(["site", "start_ms", "flow", "boundary", "adequate", "precedence"],
-                            ascending=[True, True, True, True, False, True], kind="stable")
-    chosen = full.drop_duplicates(["site", "start_ms", "flow", "boundary"], keep="first")
 
-    keys = ["site", "start_ms", "flow"]
-    chosen = chosen.assign(rate=chosen["integral"] / chosen["booked_s"].where(chosen["booked_s"] > 0))
-    per_flow = chosen.groupby(keys).agg(
-        e=("integral", "sum"), cov=("covered_s", "min"), book=("booked_s", "min"), rate=("rate", "sum"))
-    per_flow["x"] = (per_flow["rate"] * per_flow["book"]).where(per_flow["book"] > 0, 0.0)
-    per_flow = per_flow.drop(columns="rate")
-    wide = per_flow.unstack("flow")
-    wide.columns = [f"{flow}_{kind}" for kind, flow in wide.columns]
-    return wide.reindex(columns=list(FLOW_COLUMNS))
+@dataclass(frozen=True)
+class _FlowPlan:
+    """A points table's energy-balance points ordered for :func:`_site_flows_coded`: by site, flow, boundary
+    (as :func:`site_flows` sums them), then source precedence (the order a boundary's meters are chosen in)."""
+
+    pid_row: np.ndarray  # per points-table row: its row here, -1 for sensors
+    site_of_pid: np.ndarray  # per points-table row: site code
+    site_ids: np.ndarray  # site code -> site id
+    factor: np.ndarray  # integral factor per row
+    boundary_starts: np.ndarray  # first row of each (site, flow, boundary)
+    flow_starts: np.ndarray  # first boundary of each (site, flow)
+    flow_site: np.ndarray  # site code of each (site, flow)
+    flow_column: np.ndarray  # index into FLOWS of each (site, flow)
+    row_site: np.ndarray  # site code of each row
+
+
+_PLANS: dict[int, tuple[weakref.ref[pd.DataFrame], _FlowPlan]] = {}
+
+
+def _flow_plan(points: pd.DataFrame) -> _FlowPlan:
+    cached = _PLANS.get(id(points))
+    if cached is not None and cached[0]() is points:
+        return cached[1]
+    flows_of = flow_of_points(points)
+    sites = points.index.get_level_values("site").to_numpy(object)
+    site_ids, site_of_pid = np.unique(sites, return_inverse=True)
+    flow_index = {name: i for i, name in enumerate(FLOWS)}
+    positions = points.index.get_indexer(flows_of.index)
+    flow_col = np.array([flow_index[f] for f in flows_of.to_numpy(object)], dtype=np.int64)
+    boundary = points["boundary"].to_numpy(object)[positions]
+    precedence = points["precedence"].to_numpy(np.int64)[positions]
+    site_code = site_of_pid[positions]
+    order = sorted(range(len(positions)), key=lambda k: (site_code[k], FLOWS[flow_col[k]], boundary[k],
+                                                          precedence[k], k))
+    positions, flow_col, boundary, site_code = (positions[order], flow_col[order], boundary[order],
+                                               site_code[order])
+    n = len(positions)
+    new_flow = np.ones(n, dtype=bool)
+    new_flow[1:] = (site_code[1:] != site_code[:-1]) | (flow_col[1:] != flow_col[:-1])
+    new_boundary = new_flow.copy()
+    new_boundary[1:] |= boundary[1:] != boundary[:-1]
+    boundary_starts = np.flatnonzero(new_boundary)
+    flow_starts = np.flatnonzero(new_flow[boundary_starts])
+    pid_row = np.full(len(points), -1, dtype=np.int64)
+    pid_row[positions] = np.arange(n)
+    plan = _FlowPlan(pid_row, site_of_pid, np.asarray(site_ids, dtype=object),
+                     points["integral_factor"].to_numpy(np.float64)[positions], boundary_starts, flow_starts,
+                     site_code[boundary_starts][flow_starts], flow_col[boundary_starts][flow_starts], site_code)
+    _PLANS.clear()  # one registry at a time is the rule; keep the cache from growing with test registries
+    _PLANS[id(points)] = (weakref.ref(points), plan)
+    return plan
+
+
+def _site_flows_coded(pw: pd.DataFrame, plan: _FlowPlan) -> pd.DataFrame:
+    """:func:`site_flows` on arrays, for ``pw`` with a ``pid`` column: the same flows, in the same order."""
+    pid = pw["pid"].to_numpy(np.int64)
+    known = pid >= 0
+    pw, pid = pw[known], pid[known]
+    if pw.empty:
+        return _empty_flows()
+    row = plan.pid_row[pid]
+    flow_point = row >= 0
+    starts = np.unique(pw["start_ms"].to_numpy(np.int64))
+    present = np.zeros(len(plan.site_ids), dtype=bool)
+    present[plan.site_of_pid[pid]] = True
+    keep_rows = present[plan.row_site]  # every energy-balance point of the sites in pw
+    if not keep_rows.any():
+        return _empty_flows()
+    # the sites' rows as one contiguous block per site keep the plan's order; select them
+    rows = np.flatnonzero(keep_rows)
+    local = np.full(len(plan.row_site), -1, dtype=np.int64)
+    local[rows] = np.arange(len(rows))
+    n_rows, n_starts = len(rows), len(starts)
+    integral = np.zeros((n_rows, n_starts))
+    covered = np.zeros((n_rows, n_starts))
+    booked = np.zeros((n_rows, n_starts))
+    r = local[row[flow_point]]
+    c = np.searchsorted(starts, pw["start_ms"].to_numpy(np.int64)[flow_point])
+    integral[r, c] = pw["integral"].to_numpy(np.float64)[flow_point]
+    covered[r, c] = pw["covered_s"].to_numpy(np.float64)[flow_point]
+    booked[r, c] = pw["booked_s"].to_numpy(np.float64)[flow_point]
+    integral *= plan.factor[rows][:, None]
+
+    # boundaries and flows of the selected sites, as offsets into the selected rows
+    b_first = local[plan.boundary_starts]
+    kept_b = b_first >= 0
+    b_starts = b_first[kept_b]
+    f_of_b = np.cumsum(np.isin(np.arange(len(plan.boundary_starts)), plan.flow_starts)) - 1
+    f_first_global = np.flatnonzero(np.diff(np.append(-1, f_of_b[kept_b])) != 0)  # new flow among kept boundaries
+    flows_kept = f_of_b[kept_b][f_first_global]
+    # redundant meters of one boundary: the first (by precedence) whose coverage is within 90 % of the best
+    best = np.maximum.reduceat(covered, b_starts, axis=0)
+    b_of_row = np.repeat(np.arange(len(b_starts)), np.diff(np.append(b_starts, n_rows)))
+    adequate = covered >= 0.9 * best[b_of_row]
+    rank = np.where(adequate, np.arange(n_rows)[:, None], n_rows)
+    chosen = np.minimum.reduceat(rank, b_starts, axis=0)
+    cols = np.arange(n_starts)[None, :]
+    e_b, cov_b, book_b = integral[chosen, cols], covered[chosen, cols], booked[chosen, cols]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate_b = np.where(book_b > 0, e_b / np.where(book_b > 0, book_b, 1.0), 0.0)
+    e = np.add.reduceat(e_b, f_first_global, axis=0)
+    cov = np.minimum.reduceat(cov_b, f_first_global, axis=0)
+    book = np.minimum.reduceat(book_b, f_first_global, axis=0)
+    x = np.where(book > 0, np.add.reduceat(rate_b, f_first_global, axis=0) * book, 0.0)
+
+    site_codes = np.unique(plan.flow_site[flows_kept])
+    n_sites = len(site_codes)
+    out = np.full((n_sites * n_starts, len(FLOW_COLUMNS)), np.nan)
+    site_row = np.searchsorted(site_codes, plan.flow_site[flows_kept])
+    out_rows = (site_row[:, None] * n_starts + np.arange(n_starts)[None, :]).ravel()
+    base = (plan.flow_column[flows_kept] * len(FLOW_PARTS))[:, None].repeat(n_starts, axis=1).ravel()
+    for part, values in enumerate((e, cov, book, x)):
+        out[out_rows, base + part] = values.ravel()
+    index = site_start_index(plan.site_ids[site_codes], np.repeat(np.arange(n_sites), n_starts),
+                             np.tile(starts, n_sites))
+    return pd.DataFrame(out, index=index, columns=list(FLOW_COLUMNS))
 
 
 def _empty_flows() -> pd.DataFrame:
@@ -126,18 +217,39 @@ def _empty_flows() -> pd.DataFrame:
     return pd.DataFrame(index=index, columns=list(FLOW_COLUMNS), dtype=np.float64)
 
 
-def rollup_flows(flows: pd.DataFrame, starts_of: pd.Series | np.ndarray) -> pd.DataFrame:
-    """Sum flows into longer windows; ``starts_of`` gives the longer window's start for each row.
+def rollup_flows(flows: pd.DataFrame, starts_of: pd.Series | np.ndarray | None = None) -> pd.DataFrame:
+    """Sum flows into longer windows; ``starts_of`` gives the longer window's start for each row (default: its
+    own start, i.e. add up rows of the same window).
 
-    Sums keep NaN for flows a site does not meter (``min_count=1``).
+    Sums keep NaN for flows a site does not meter (``min_count=1``). Sorted by (site, start_ms).
     """
-    keyed = flows.reset_index()
-    keyed["start_ms"] = np.asarray(starts_of, dtype=np.int64)
-    return keyed.groupby(["site", "start_ms"]).sum(min_count=1)
+    starts = (flows.index.get_level_values("start_ms") if starts_of is None else starts_of)
+    starts = np.asarray(starts, dtype=np.int64)
+    if flows.empty:
+        index = pd.MultiIndex.from_arrays([np.array([], dtype=object), starts[:0]], names=["site", "start_ms"])
+        return pd.DataFrame(np.empty((0, flows.shape[1])), index=index, columns=flows.columns)
+    codes, sites = pd.factorize(flows.index.get_level_values("site").to_numpy(object), sort=True)
+    order = np.lexsort((starts, codes))
+    codes, starts = codes[order], starts[order]
+    heads = np.ones(len(order), dtype=bool)
+    heads[1:] = (codes[1:] != codes[:-1]) | (starts[1:] != starts[:-1])
+    heads = np.flatnonzero(heads)
+    values = flows.to_numpy(np.float64)[order]
+    missing = np.isnan(values)
+    sums = np.add.reduceat(np.where(missing, 0.0, values), heads, axis=0)
+    sums[np.add.reduceat((~missing).astype(np.int32), heads, axis=0) == 0] = np.nan
+    return pd.DataFrame(sums, index=site_start_index(sites, codes[heads], starts[heads]), columns=flows.columns)
 
 
-def _safe_ratio(num: pd.Series, den: pd.Series) -> pd.Series:
-    return num / den.where(den > 0)
+def site_start_index(sites: pd.Index | np.ndarray, site_codes: np.ndarray, starts: np.ndarray) -> pd.MultiIndex:
+    """The (site, start_ms) index of rows given by codes into ``sites`` (distinct) and their starts.
+
+    Built from codes: ``MultiIndex.from_arrays`` would hash the site names of every row again.
+    """
+    start_levels, start_codes = np.unique(np.asarray(starts, dtype=np.int64), return_inverse=True)
+    return pd.MultiIndex(levels=[pd.Index(np.asarray(sites, dtype=object)), pd.Index(start_levels)],
+                         codes=[np.asarray(site_codes), start_codes.ravel()], names=["site", "start_ms"],
+                         verify_integrity=False)
 
 
 def grade(pue: pd.Series | np.ndarray | float) -> np.ndarray:
@@ -166,108 +278,135 @@ def window_metrics(
     energy is booked, so a flow that misses a few minutes does not bias PUE; with complete data
     this equals the plain energy ratio.
     """
-    f = flows.reset_index()
-    n = len(f)
-    elapsed = np.asarray(elapsed_s, dtype=np.float64)
-    meta = sites.reindex(f["site"]).reset_index(drop=True)
+    # plain arrays throughout: a step computes a few thousand rows, where pandas' per-operation cost dominated
+    n = len(flows)
+    f = {name: flows[name].to_numpy(np.float64) for name in flows.columns if name in _FLOW_COLUMN_SET}
+    site_ids = flows.index.get_level_values("site").to_numpy(object)
+    elapsed = np.broadcast_to(np.asarray(elapsed_s, dtype=np.float64), (n,))
+    meta_rows = sites.index.get_indexer(site_ids)
     thr = params.coverage_threshold
 
-    def cov(name: str) -> pd.Series:
+    def meta(column: str) -> np.ndarray:
+        values = sites[column].to_numpy(np.float64)
+        return np.where(meta_rows >= 0, values[meta_rows], np.nan)
+
+    def cov(name: str) -> np.ndarray:
         return f[f"{name}_cov"] / elapsed
 
-    def mean_kw(name: str) -> pd.Series:
-        return _safe_ratio(f[f"{name}_x"], f[f"{name}_book"] / 3600.0)
+    def mean_kw(name: str) -> np.ndarray:
+        return _ratio(f[f"{name}_x"], f[f"{name}_book"] / 3600.0)
 
-    # IT: the highest measurement category that is covered well enough, else the best covered
-    it_cov = pd.concat([cov(f"it{c}").rename(c) for c in IT_CATEGORIES], axis=1)
-    highest_ok = it_cov.ge(thr).mul(pd.Series(IT_CATEGORIES, index=IT_CATEGORIES)).max(axis=1)
-    best_cov_cat = it_cov.fillna(-1).idxmax(axis=1).where(it_cov.notna().any(axis=1), 0)
-    category = np.where(highest_ok > 0, highest_ok, best_cov_cat).astype(np.int64)
-    pick = [category == c for c in IT_CATEGORIES]
-    it = pd.Series(np.select(pick, [f[f"it{c}_e"] for c in IT_CATEGORIES], np.nan))
-    it_kw = pd.Series(np.select(pick, [mean_kw(f"it{c}") for c in IT_CATEGORIES], np.nan))
-    it_coverage = pd.Series(np.select(pick, [it_cov[c] for c in IT_CATEGORIES], 0.0)).fillna(0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # IT: the highest measurement category that is covered well enough, else the best covered
+        it_cov = np.column_stack([cov(f"it{c}") for c in IT_CATEGORIES])
+        categories = np.asarray(IT_CATEGORIES, dtype=np.int64)
+        highest_ok = np.max(np.where(it_cov >= thr, categories, 0), axis=1)
+        best_cov_cat = np.where(~np.isnan(it_cov).all(axis=1),
+                                categories[np.argmax(np.where(np.isnan(it_cov), -1.0, it_cov), axis=1)], 0)
+        category = np.where(highest_ok > 0, highest_ok, best_cov_cat).astype(np.int64)
+        pick = [category == c for c in IT_CATEGORIES]
+        it = np.select(pick, [f[f"it{c}_e"] for c in IT_CATEGORIES], np.nan)
+        it_kw = np.select(pick, [mean_kw(f"it{c}") for c in IT_CATEGORIES], np.nan)
+        it_coverage = np.nan_to_num(np.select(pick, [it_cov[:, k] for k in range(len(IT_CATEGORIES))], 0.0), nan=0.0)
 
-    cooling_e = f[[f"{c}_e" for c in COOLING_FLOWS]].sum(axis=1, min_count=1)
-    cooling_kw = pd.concat([mean_kw(c) for c in COOLING_FLOWS], axis=1).sum(axis=1, min_count=1)
-    cooling_ok = f[[f"{c}_cov" for c in COOLING_FLOWS]].min(axis=1) / elapsed >= thr
-    facility_e = f["facility_e"]
-    facility_kw = mean_kw("facility")
-    has_renewable = f["renewable_cov"].notna()
-    renewable_kw = mean_kw("renewable").where(has_renewable, 0.0)  # metered but silent stays NaN
-    total_e = facility_e + f["renewable_e"].fillna(0.0)
-    total_kw = facility_kw + renewable_kw
-    # on-site generation is part of total energy: a site that meters it needs it covered too
-    coverage = np.fmin(np.fmin(cov("facility").fillna(0.0), it_coverage),
-                       cov("renewable").where(has_renewable, 1.0).fillna(0.0))
+        cooling_e = _sum_min_count(np.column_stack([f[f"{c}_e"] for c in COOLING_FLOWS]))
+        cooling_kw = _sum_min_count(np.column_stack([mean_kw(c) for c in COOLING_FLOWS]))
+        cooling_ok = np.fmin.reduce(np.column_stack([f[f"{c}_cov"] for c in COOLING_FLOWS]), axis=1) / elapsed >= thr
+        facility_e = f["facility_e"]
+        facility_kw = mean_kw("facility")
+        has_renewable = ~np.isnan(f["renewable_cov"])
+        renewable_kw = np.where(has_renewable, mean_kw("renewable"), 0.0)  # metered but silent stays NaN
+        total_e = facility_e + np.nan_to_num(f["renewable_e"], nan=0.0)
+        total_kw = facility_kw + renewable_kw
+        # on-site generation is part of total energy: a site that meters it needs it covered too
+        coverage = np.fmin(np.fmin(np.nan_to_num(cov("facility"), nan=0.0), it_coverage),
+                           np.nan_to_num(np.where(has_renewable, cov("renewable"), 1.0), nan=0.0))
 
-    pue_raw = _safe_ratio(total_kw, it_kw)
-    has_any = (f["facility_cov"].fillna(0) > 0) | (it_cov.fillna(0) > 0).any(axis=1)
-    complete = coverage >= thr
-    fault_zero_it = complete & ~(it > 0)
-    fault_below_one = complete & (pue_raw < 1.0)
-    status = np.select(
-        [~has_any, fault_zero_it | fault_below_one, ~complete],
-        [Status.NO_DATA.value, Status.METER_FAULT.value, Status.INCOMPLETE.value],
-        Status.OK.value,
-    )
-    ok = pd.Series(status == Status.OK.value)
+        pue_raw = _ratio(total_kw, it_kw)
+        has_any = (np.nan_to_num(f["facility_cov"], nan=0.0) > 0) | (np.nan_to_num(it_cov, nan=0.0) > 0).any(axis=1)
+        complete = coverage >= thr
+        fault_zero_it = complete & ~(it > 0)
+        fault_below_one = complete & (pue_raw < 1.0)
+        status = np.select(
+            [~has_any, fault_zero_it | fault_below_one, ~complete],
+            [Status.NO_DATA.value, Status.METER_FAULT.value, Status.INCOMPLETE.value],
+            Status.OK.value,
+        )
+        ok = status == Status.OK.value
 
-    def valid(values: pd.Series, extra: pd.Series | bool = True) -> pd.Series:
-        return values.where(ok & extra)
+        def valid(values: np.ndarray, extra: np.ndarray | bool = True) -> np.ndarray:
+            return np.where(ok & extra, values, np.nan)
 
-    losses_kw, lighting_kw = mean_kw("losses"), mean_kw("lighting")
-    out = pd.DataFrame(
-        {
-            "scope": Scope.SITE.value,
-            "id": f["site"],
-            "window": window,
-            "start_ms": f["start_ms"].astype(np.int64),
-            "end_ms": np.asarray(end_ms, dtype=np.int64),
-            "status": status,
-            "coverage": coverage.clip(upper=1.0),
-            "it_category": category,
-            "facility_kwh": facility_e,
-            "it_kwh": it,
-            "cooling_kwh": cooling_e,
-            **{col: f[f"{flow}_e"] for col, flow in zip(COOLING_SUBSYSTEM_COLUMNS, COOLING_FLOWS, strict=True)},
-            "losses_kwh": f["losses_e"],
-            "lighting_kwh": f["lighting_e"],
-            "renewable_kwh": f["renewable_e"],
-            "reused_kwh": f["reused_e"],
-            "total_kwh": total_e,
-            "water_l": f["water_e"],
-            "facility_kw": facility_kw,
-            "it_kw": it_kw,
-            "pue": valid(pue_raw),
-            "ppue_cooling": valid(_safe_ratio(it_kw + cooling_kw, it_kw), cooling_ok),
-            "clf": valid(_safe_ratio(cooling_kw, it_kw), cooling_ok),
-            "plf": valid(_safe_ratio(losses_kw, it_kw), cov("losses") >= thr),
-            "olf": valid(_safe_ratio(lighting_kw, it_kw), cov("lighting") >= thr),
-            "wue": valid(_safe_ratio(mean_kw("water"), it_kw), cov("water") >= thr),  # [L/h ÷ kW = L/kWh]
-            "cue": valid(_safe_ratio(facility_kw * meta["grid_emission_factor"], it_kw)),
-            "ref": valid(_safe_ratio(mean_kw("renewable"), total_kw), cov("renewable") >= thr),
-            "erf": valid(_safe_ratio(mean_kw("reused"), total_kw), cov("reused") >= thr),
-        }
-    )
-    out["pue_gap"] = out["pue"] - params.target_pue
-    out["grade"] = grade(out["pue"])
-    children = it_kw + cooling_kw.fillna(0) + losses_kw.fillna(0) + lighting_kw.fillna(0)
-    out["hierarchy_error"] = valid(_safe_ratio(children - total_kw, total_kw))
-    # a shortfall is only a finding when every child flow is metered; an excess always is
-    balance_metered = cooling_kw.notna() & losses_kw.notna() & lighting_kw.notna()
-    hierarchy_bad = (out["hierarchy_error"] > params.hierarchy_tolerance) | (
-        balance_metered & (out["hierarchy_error"].abs() > params.hierarchy_tolerance))
-    out["racks_installed"] = meta["racks_installed"].fillna(0).astype(np.int64)
-    out["racks_in_service"] = meta["racks_in_service"].fillna(0).astype(np.int64)
-    out["occupancy"] = _safe_ratio(meta["racks_in_service"].astype(float), meta["racks_installed"].astype(float))
-    out["it_utilization"] = out["it_kw"] / meta["design_it_kw"]
+        losses_kw, lighting_kw = mean_kw("losses"), mean_kw("lighting")
+        pue = valid(pue_raw)
+        children = it_kw + np.nan_to_num(cooling_kw, nan=0.0) + np.nan_to_num(losses_kw, nan=0.0) + np.nan_to_num(
+            lighting_kw, nan=0.0)
+        hierarchy_error = valid(_ratio(children - total_kw, total_kw))
+        # a shortfall is only a finding when every child flow is metered; an excess always is
+        balance_metered = ~np.isnan(cooling_kw) & ~np.isnan(losses_kw) & ~np.isnan(lighting_kw)
+        hierarchy_bad = (hierarchy_error > params.hierarchy_tolerance) | (
+            balance_metered & (np.abs(hierarchy_error) > params.hierarchy_tolerance))
+        racks_installed, racks_in_service = meta("racks_installed"), meta("racks_in_service")
+        out = pd.DataFrame(
+            {
+                "scope": Scope.SITE.value,
+                "id": site_ids,
+                "window": window,
+                "start_ms": flows.index.get_level_values("start_ms").to_numpy(np.int64),
+                "end_ms": np.asarray(end_ms, dtype=np.int64),
+                "status": status,
+                "coverage": np.minimum(coverage, 1.0),
+                "it_category": category,
+                "facility_kwh": facility_e,
+                "it_kwh": it,
+                "cooling_kwh": cooling_e,
+                **{col: f[f"{flow}_e"] for col, flow in zip(COOLING_SUBSYSTEM_COLUMNS, COOLING_FLOWS, strict=True)},
+                "losses_kwh": f["losses_e"],
+                "lighting_kwh": f["lighting_e"],
+                "renewable_kwh": f["renewable_e"],
+                "reused_kwh": f["reused_e"],
+                "total_kwh": total_e,
+                "water_l": f["water_e"],
+                "facility_kw": facility_kw,
+                "it_kw": it_kw,
+                "pue": pue,
+                "ppue_cooling": valid(_ratio(it_kw + cooling_kw, it_kw), cooling_ok),
+                "clf": valid(_ratio(cooling_kw, it_kw), cooling_ok),
+                "plf": valid(_ratio(losses_kw, it_kw), cov("losses") >= thr),
+                "olf": valid(_ratio(lighting_kw, it_kw), cov("lighting") >= thr),
+                "wue": valid(_ratio(mean_kw("water"), it_kw), cov("water") >= thr),  # [L/h ÷ kW = L/kWh]
+                "cue": valid(_ratio(facility_kw * meta("grid_emission_factor"), it_kw)),
+                "ref": valid(_ratio(mean_kw("renewable"), total_kw), cov("renewable") >= thr),
+                "erf": valid(_ratio(mean_kw("reused"), total_kw), cov("reused") >= thr),
+                "pue_gap": pue - params.target_pue,
+                "grade": grade(pue),
+                "hierarchy_error": hierarchy_error,
+                "racks_installed": np.nan_to_num(racks_installed, nan=0.0).astype(np.int64),
+                "racks_in_service": np.nan_to_num(racks_in_service, nan=0.0).astype(np.int64),
+                "occupancy": _ratio(racks_in_service, racks_installed),
+                "it_utilization": it_kw / meta("design_it_kw"),
+            }
+        )
     flags = np.full(n, "", dtype=object)
-    flags = _add_flag(flags, fault_below_one.to_numpy(), "pue_below_1")
-    flags = _add_flag(flags, fault_zero_it.to_numpy(), "it_energy_zero")
-    flags = _add_flag(flags, hierarchy_bad.to_numpy(), "hierarchy")
+    flags = _add_flag(flags, fault_below_one, "pue_below_1")
+    flags = _add_flag(flags, fault_zero_it, "it_energy_zero")
+    flags = _add_flag(flags, hierarchy_bad, "hierarchy")
     out["flags"] = flags
     return conform_windows(out)
+
+
+_FLOW_COLUMN_SET = frozenset(FLOW_COLUMNS)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` where ``den`` > 0, else NaN."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num / np.where(den > 0, den, np.nan)
+
+
+def _sum_min_count(values: np.ndarray) -> np.ndarray:
+    """Row sums skipping NaN, NaN where a row has no value (pandas' ``sum(min_count=1)``)."""
+    return np.where(np.isnan(values).all(axis=1), np.nan, np.nansum(values, axis=1))
 
 
 def _add_flag(flags: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from dcpue.analytics.energy import EnergyParams, point_windows
+from dcpue.analytics.energy import EnergyParams, point_ids, point_windows
 from dcpue.analytics.groups import FLEET_ID, GroupAggregator
 from dcpue.analytics.pue import (
     MetricParams,
@@ -34,6 +34,7 @@ from dcpue.results import ROLLING_ANNUAL, WINDOWS, empty_windows
 from dcpue.settings import EngineSettings
 
 DAY_MS = 86_400_000
+NEVER = -(2**62)  # "no reading yet" for a point's newest timestamp
 ANNUAL_DAYS = 365
 __all__ = ["FLEET_ID", "StreamEngine", "restore_site", "snapshot_sites", "window_ends", "window_starts"]
 
@@ -98,14 +99,25 @@ class StreamEngine:
                                           settings.hierarchy_tolerance)
         self.tz = settings.timezone
         self.counters = EngineCounters()
-        self._buffer = empty_readings()
+        # every buffered reading carries its row in the points table (``pid``, -1 for unknown points), so the
+        # per-step work sorts and masks integers instead of joining site and point names
+        self._buffer = empty_readings().assign(pid=np.empty(0, dtype=np.int64))
         self._pending: list[pd.DataFrame] = []
+        site_of_point = self.points.index.get_level_values("site").to_numpy(object)
+        self._site_ids = np.asarray(pd.unique(site_of_point), dtype=object)
+        self._site_code = {site: code for code, site in enumerate(self._site_ids)}
+        # the site code of each point row; position len(points) stands for -1 (an unknown point): no site
+        self._pid_site = np.append(pd.Index(self._site_ids).get_indexer(site_of_point), len(self._site_ids))
         self._max_ts: dict[str, int] = {}
-        self._point_last: dict[tuple[str, str], int] = {}  # newest reading per energy-balance point
-        flow_points = flow_of_points(self.points).index
-        self._flow_points: dict[str, list[str]] = {}
-        for site, point in flow_points:
-            self._flow_points.setdefault(site, []).append(point)
+        self._point_last = np.full(len(self.points), NEVER, dtype=np.int64)  # newest reading per point (by pid)
+        flow_pids = self.points.index.get_indexer(flow_of_points(self.points).index)
+        self._flow_pids: dict[str, np.ndarray] = {
+            str(site): flow_pids[self._pid_site[flow_pids] == code] for code, site in enumerate(self._site_ids)}
+        # the points of a site are one run of rows of the (sorted) points table
+        site_of_row = self._pid_site[:-1]
+        self._site_rows = {str(site): (int(np.searchsorted(site_of_row, code)),
+                                       int(np.searchsorted(site_of_row, code, side="right")))
+                           for code, site in enumerate(self._site_ids)}
         self._final_until: dict[str, int] = {}  # base windows before this are folded and immutable
         self._open = pd.DataFrame()  # base-window flows that may still change, indexed (site, start_ms)
         self._acc: dict[str, pd.DataFrame] = {label: pd.DataFrame() for label in self.ROLLUPS}
@@ -117,23 +129,34 @@ class StreamEngine:
         """Accept readings (any order, any sites of the registry); returns how many were too late."""
         if readings.empty:
             return 0
-        final_until = readings["site"].map(self._final_until)
-        late = (readings["ts"] < final_until).to_numpy()  # NaN (site not started) compares False
+        pid = point_ids(self.points, readings)
+        codes = self._pid_site[pid]
+        unknown = pid < 0  # dead-lettered by the worker; the engine still counts them by their site name
+        final_until = np.array([*(self._final_until.get(s, np.nan) for s in self._site_ids), np.nan])[codes]
+        if unknown.any():
+            final_until[unknown] = readings["site"][unknown].map(self._final_until).to_numpy(np.float64)
+        late = readings["ts"].to_numpy(np.int64) < final_until  # NaN (site not started) compares False
         n_late = int(late.sum())
         if n_late:
             self.counters.late_dropped += n_late
             for site, count in readings.loc[late, "site"].value_counts().items():
                 self.counters.late_by_site[site] = self.counters.late_by_site.get(site, 0) + int(count)
-            readings = readings[~late]
+            readings, pid, codes, unknown = readings[~late], pid[~late], codes[~late], unknown[~late]
         if readings.empty:
             return n_late
         self.counters.accepted += len(readings)
-        for site, ts in readings.groupby("site")["ts"].max().items():
-            self._max_ts[site] = max(self._max_ts.get(site, ts), int(ts))
-        for key, ts in readings.groupby(["site", "point"])["ts"].max().items():
-            self._point_last[key] = max(self._point_last.get(key, ts), int(ts))
-        self._dirty.update(readings["site"].unique())
-        self._pending.append(readings)
+        ts = readings["ts"].to_numpy(np.int64)
+        newest = np.full(len(self._site_ids) + 1, NEVER, dtype=np.int64)
+        np.maximum.at(newest, codes, ts)
+        newest_by_site = {str(self._site_ids[c]): int(newest[c]) for c in np.flatnonzero(newest[:-1] > NEVER)}
+        if unknown.any():
+            for site, value in readings[unknown].groupby("site")["ts"].max().items():
+                newest_by_site[site] = max(newest_by_site.get(site, NEVER), int(value))
+        for site, value in newest_by_site.items():
+            self._max_ts[site] = max(self._max_ts.get(site, value), value)
+        np.maximum.at(self._point_last, pid[~unknown], ts[~unknown])
+        self._dirty.update(newest_by_site)
+        self._pending.append(readings.assign(pid=pid))
         return n_late
 
     # -- output ------------------------------------------------------------------------------
@@ -178,10 +201,13 @@ class StreamEngine:
 
     def _recompute_base(self, dirty: list[str]) -> pd.DataFrame:
         """Recompute the flows of every open base window of the dirty sites; returns them."""
-        buf = self._buffer[self._buffer["site"].isin(dirty)]
+        codes = self._buffer_site_codes()
+        buf_mask = self._site_mask(dirty)[codes]
+        buf, codes = self._buffer[buf_mask], codes[buf_mask]
         if buf.empty:
             return pd.DataFrame()
-        first_ts = buf.groupby("site", observed=True)["ts"].min()  # one pass (a filter per site cost O(sites²))
+        first_ts = pd.Series(buf["ts"].to_numpy(np.int64)).groupby(codes).min()  # one pass, not a filter per site
+        first_ts.index = self._site_ids[first_ts.index.to_numpy()]
         lo_by_site = {
             s: self._final_until[s] if s in self._final_until else int(first_ts[s]) // self.base_ms * self.base_ms
             for s in dirty if s in self._final_until or s in first_ts.index
@@ -194,10 +220,11 @@ class StreamEngine:
         for lo, sites in by_lo.items():
             hi = max(self._max_ts[s] for s in sites) // self.base_ms * self.base_ms + self.base_ms
             edges = np.arange(lo, hi + 1, self.base_ms, dtype=np.int64)
-            part = buf[buf["site"].isin(sites)]
+            part = buf[self._site_mask(sites)[codes]] if len(by_lo) > 1 else buf
             pw = point_windows(part, self.points, edges, self.energy_params)
             # a window opens with the first interval inside it, i.e. once a reading is newer than its start
-            pw = pw[pw["start_ms"] < pw["site"].map(self._max_ts)]
+            newest = np.array([self._max_ts.get(s, np.nan) for s in self._site_ids], dtype=np.float64)
+            pw = pw[pw["start_ms"].to_numpy(np.int64) < newest[self._pid_site[pw["pid"].to_numpy()]]]
             flows = site_flows(pw, self.points)
             if flows.empty:
                 continue
@@ -211,6 +238,16 @@ class StreamEngine:
         else:
             self._open = flows.sort_index()
         return flows
+
+    def _site_mask(self, sites: list[str] | set[str]) -> np.ndarray:
+        """A boolean per site code (plus one False for "no site"): is it one of ``sites``."""
+        mask = np.zeros(len(self._site_ids) + 1, dtype=bool)
+        mask[[self._site_code[s] for s in sites if s in self._site_code]] = True
+        return mask
+
+    def _buffer_site_codes(self) -> np.ndarray:
+        """The site code of each buffered reading (``len(site_ids)`` for unknown points)."""
+        return self._pid_site[self._buffer["pid"].to_numpy(np.int64)]
 
     def _base_ends(self, flows: pd.DataFrame) -> np.ndarray:
         return flows.index.get_level_values("start_ms").to_numpy(np.int64) + self.base_ms
@@ -259,13 +296,13 @@ class StreamEngine:
             # only the sums these windows add to are touched (aligning the whole accumulator cost most of a
             # step at 200 sites); a flow NaN on both sides stays NaN (min_count=1)
             touched = acc.index.isin(part.index)
-            summed = pd.concat([acc[touched], part]).groupby(level=["site", "start_ms"]).sum(min_count=1)
+            summed = rollup_flows(pd.concat([acc[touched], part]))
             self._acc[label] = pd.concat([acc[~touched], summed])
 
     def _watermark(self, site: str) -> int:
         newest = self._max_ts.get(site, 0)
-        slowest = min((self._point_last.get((site, p), -(2**62)) for p in self._flow_points.get(site, ())),
-                      default=newest)
+        flow_pids = self._flow_pids.get(site)
+        slowest = int(self._point_last[flow_pids].min()) if flow_pids is not None and len(flow_pids) else newest
         return max(min(slowest, newest), newest - self.close_timeout_ms) - self.lateness_ms
 
     def _prune_accumulators(self) -> None:
@@ -295,7 +332,7 @@ class StreamEngine:
         parts = [p for p in parts if not p.empty]
         if not parts:
             return pd.DataFrame()
-        return pd.concat(parts).groupby(level=["site", "start_ms"]).sum(min_count=1)
+        return rollup_flows(pd.concat(parts))
 
     def _rollup_flows(self, label: str, touched: pd.Index) -> pd.DataFrame:
         """Flows of the ``label`` windows that contain any of the ``touched`` base windows."""
@@ -333,9 +370,8 @@ class StreamEngine:
         parts = [p for p in parts if not p.empty]
         if not parts:
             return pd.DataFrame()
-        flows = pd.concat(parts).groupby(level="site").sum(min_count=1)
-        flows.index = pd.MultiIndex.from_arrays([flows.index, starts.reindex(flows.index).to_numpy(np.int64)],
-                                                names=["site", "start_ms"])
+        flows = pd.concat(parts)
+        flows = rollup_flows(flows, starts.reindex(flows.index.get_level_values("site")).to_numpy(np.int64))
         return flows
 
     def _prune_buffer(self, dirty: list[str]) -> None:
@@ -343,18 +379,21 @@ class StreamEngine:
         if self._buffer.empty or not self._final_until:
             return
         buf = self._buffer
-        horizon = buf["site"].map(self._final_until).fillna(-np.inf).to_numpy() - self.max_gap_ms
+        final_until = np.array([*(self._final_until.get(s, -np.inf) for s in self._site_ids), -np.inf])
+        horizon = final_until[self._buffer_site_codes()] - self.max_gap_ms
         old = buf["ts"].to_numpy() < horizon
         if not old.any():
             return
-        last_old = buf[old].sort_values("ts").drop_duplicates(["site", "point"], keep="last")
+        # unknown points (pid -1) are never integrated: their old readings go entirely
+        old_known = buf[old & (buf["pid"].to_numpy() >= 0)]
+        last_old = old_known.sort_values("ts", kind="stable").drop_duplicates("pid", keep="last")
         self._buffer = pd.concat([last_old, buf[~old]], ignore_index=True)
 
     def drop_sites(self, sites: set[str]) -> None:
         """Forget everything about ``sites`` (another worker took them over)."""
         self._merge_pending()
         if not self._buffer.empty:
-            self._buffer = self._buffer[~self._buffer["site"].isin(sites)].reset_index(drop=True)
+            self._buffer = self._buffer[~self._site_mask(sites)[self._buffer_site_codes()]].reset_index(drop=True)
 
         def keep(frame: pd.DataFrame) -> pd.DataFrame:
             return frame if frame.empty else frame[~frame.index.get_level_values("site").isin(sites)]
@@ -364,7 +403,8 @@ class StreamEngine:
         for site in sites:
             self._max_ts.pop(site, None)
             self._final_until.pop(site, None)
-        self._point_last = {key: ts for key, ts in self._point_last.items() if key[0] not in sites}
+            lo, hi = self._site_rows.get(site, (0, 0))
+            self._point_last[lo:hi] = NEVER
         self._dirty -= sites
 
     def snapshot_counters(self) -> dict[str, object]:
@@ -447,13 +487,16 @@ def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[st
         return {str(k): g for k, g in part.groupby(np.asarray(keys), sort=False)}
 
     empty = {"columns": [], "rows": 0, "coded": [], "blocks": []}
-    buffers = by_site(engine._buffer, column=True)
+    buffers = by_site(engine._buffer.drop(columns="pid"), column=True)  # the pid is the registry's, not state
     opened = by_site(engine._open)
     accs = {label: by_site(acc) for label, acc in engine._acc.items()}
     point_last: dict[str, dict[str, int]] = {}
-    for (site, point), ts in engine._point_last.items():
-        if site in wanted:
-            point_last.setdefault(site, {})[point] = ts
+    names = engine.points.index.get_level_values("point")
+    for site in wanted:
+        lo, hi = engine._site_rows.get(site, (0, 0))
+        seen = lo + np.flatnonzero(engine._point_last[lo:hi] > NEVER)
+        if len(seen):
+            point_last[site] = dict(zip(names[seen], engine._point_last[seen].tolist(), strict=True))
     out = {}
     for site in wanted:
         state = {
@@ -483,11 +526,15 @@ def restore_site(engine: StreamEngine, blob: bytes) -> str:
         engine._max_ts[site] = int(state["max_ts"])
     if state["final_until"] is not None:
         engine._final_until[site] = int(state["final_until"])
-    for point, ts in state["point_last"].items():
-        engine._point_last[(site, point)] = int(ts)
+    if state["point_last"]:
+        points = list(state["point_last"])
+        pids = point_ids(engine.points, pd.DataFrame({"site": [site] * len(points), "point": points}))
+        stamps = np.array([int(state["point_last"][p]) for p in points], dtype=np.int64)
+        engine._point_last[pids[pids >= 0]] = stamps[pids >= 0]  # a point gone from the registry waits for nothing
     buffer = _obj_to_frame(state["buffer"], None)
     if not buffer.empty:
         buffer = readings_frame(buffer["site"], buffer["point"], buffer["ts"], buffer["value"], buffer["quality"])
+        buffer["pid"] = point_ids(engine.points, buffer)
         engine._buffer = pd.concat([engine._buffer[engine._buffer["site"] != site], buffer], ignore_index=True)
 
     def replace(current: pd.DataFrame, obj: dict[str, object]) -> pd.DataFrame:
