@@ -374,7 +374,8 @@ def parse_cooling_loop(doc: dict[str, Any], prefix: str) -> Parsed:
 def parse_leak_detector(doc: dict[str, Any], prefix: str) -> Parsed:
     """A ``LeakDetector``: field ``prefix`` = 0 OK / 1 leak; NaN BAD when the state is unknown or it is offline."""
     status = doc.get("Status")
-    offline = isinstance(status, dict) and status.get("State") in _OFFLINE_STATES
+    state = status.get("State") if isinstance(status, dict) else None
+    offline = isinstance(state, str) and state in _OFFLINE_STATES  # any JSON may come: a list does not hash
     code = math.nan if offline else detector_state_code(doc.get("DetectorState"))
     return Parsed([FieldValue(prefix, code, "", Quality.BAD if math.isnan(code) else Quality.GOOD)])
 

@@ -233,6 +233,15 @@ def test_every_redfish_parser_takes_any_json_object_and_publishes_only_finite_go
     assert set(parsed.roles.values()) <= names
 
 
+@pytest.mark.parametrize("kind", sorted(PARSERS))
+@pytest.mark.parametrize("doc", [{"Status": {"State": []}}, {"Status": {"State": {}, "Health": []}},
+                                 {"DetectorState": []}, {"Status": {"Health": {"x": 1}}}])
+def test_unhashable_status_values_are_not_a_crash(kind, doc):
+    """Found by the long fuzz profile (the 14th bug): a LeakDetector whose ``Status.State`` was a JSON list
+    raised TypeError (a list does not hash) instead of giving a BAD value."""
+    _honest(PARSERS[kind](doc, "chassis.c1").values)
+
+
 @pytest.mark.parametrize("text", ['{"Reading": Infinity}', '{"Reading": -Infinity}', '{"Reading": 1e400}',
                                   '{"Reading": ' + "9" * 400 + "}", '{"Reading": NaN}'])
 def test_redfish_readings_beyond_float_range_are_bad_not_infinite(text):
