@@ -104,7 +104,7 @@ class _FlowPlan:
     site_ids: np.ndarray  # site code -> site id
     factor: np.ndarray  # integral factor per row
     boundary_starts: np.ndarray  # first row of each (site, flow, boundary)
-    flow_starts: np.ndarray  # first boundary of each (site, flow)
+    flow_of_boundary: np.ndarray  # the (site, flow) each boundary belongs to
     flow_site: np.ndarray  # site code of each (site, flow)
     flow_column: np.ndarray  # index into FLOWS of each (site, flow)
     row_site: np.ndarray  # site code of each row
@@ -136,13 +136,15 @@ def _flow_plan(points: pd.DataFrame) -> _FlowPlan:
     new_boundary = new_flow.copy()
     new_boundary[1:] |= boundary[1:] != boundary[:-1]
     boundary_starts = np.flatnonzero(new_boundary)
+    flow_of_boundary = np.cumsum(new_flow[boundary_starts]) - 1
     flow_starts = np.flatnonzero(new_flow[boundary_starts])
     pid_row = np.full(len(points), -1, dtype=np.int64)
     pid_row[positions] = np.arange(n)
     plan = _FlowPlan(pid_row, site_of_pid, np.asarray(site_ids, dtype=object),
-                     points["integral_factor"].to_numpy(np.float64)[positions], boundary_starts, flow_starts,
+                     points["integral_factor"].to_numpy(np.float64)[positions], boundary_starts, flow_of_boundary,
                      site_code[boundary_starts][flow_starts], flow_col[boundary_starts][flow_starts], site_code)
-    _PLANS.clear()  # one registry at a time is the rule; keep the cache from growing with test registries
+    for key in [k for k, (ref, _) in _PLANS.items() if ref() is None]:  # registries gone (tests make many)
+        del _PLANS[key]
     _PLANS[id(points)] = (weakref.ref(points), plan)
     return plan
 
@@ -181,9 +183,9 @@ def _site_flows_coded(pw: pd.DataFrame, plan: _FlowPlan) -> pd.DataFrame:
     b_first = local[plan.boundary_starts]
     kept_b = b_first >= 0
     b_starts = b_first[kept_b]
-    f_of_b = np.cumsum(np.isin(np.arange(len(plan.boundary_starts)), plan.flow_starts)) - 1
-    f_first_global = np.flatnonzero(np.diff(np.append(-1, f_of_b[kept_b])) != 0)  # new flow among kept boundaries
-    flows_kept = f_of_b[kept_b][f_first_global]
+    f_of_b = plan.flow_of_boundary[kept_b]
+    f_first_global = np.flatnonzero(np.diff(np.append(-1, f_of_b)) != 0)  # new flow among kept boundaries
+    flows_kept = f_of_b[f_first_global]
     # redundant meters of one boundary: the first (by precedence) whose coverage is within 90 % of the best
     best = np.maximum.reduceat(covered, b_starts, axis=0)
     b_of_row = np.repeat(np.arange(len(b_starts)), np.diff(np.append(b_starts, n_rows)))

@@ -217,13 +217,13 @@ class StreamEngine:
         by_lo: dict[int, list[str]] = {}
         for site, lo in lo_by_site.items():
             by_lo.setdefault(lo, []).append(site)
+        newest = np.array([self._max_ts.get(s, np.nan) for s in self._site_ids], dtype=np.float64)
         for lo, sites in by_lo.items():
             hi = max(self._max_ts[s] for s in sites) // self.base_ms * self.base_ms + self.base_ms
             edges = np.arange(lo, hi + 1, self.base_ms, dtype=np.int64)
             part = buf[self._site_mask(sites)[codes]] if len(by_lo) > 1 else buf
             pw = point_windows(part, self.points, edges, self.energy_params)
             # a window opens with the first interval inside it, i.e. once a reading is newer than its start
-            newest = np.array([self._max_ts.get(s, np.nan) for s in self._site_ids], dtype=np.float64)
             pw = pw[pw["start_ms"].to_numpy(np.int64) < newest[self._pid_site[pw["pid"].to_numpy()]]]
             flows = site_flows(pw, self.points)
             if flows.empty:
