@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -241,22 +242,26 @@ class Pipeline:
             try:
                 done, _ = wait_complete(reader, want, timeout_s=PROFILE.timeout_s, proc=self.procs[worker])
             except AssertionError as exc:  # the worker's own account, for a failure on a CI machine
-                lines = self.log(worker).read_text(errors="replace").splitlines()
-                ours = [line for line in lines if "logger=dcpue" in line][-30:]
-                import shutil as _sh
-                spy = _sh.which("py-spy", path=str(Path(sys.executable).parent))
-                dump = subprocess.run([spy, "dump", "--pid", str(self.procs[worker].pid)], capture_output=True,
-                                      text=True, timeout=60).stdout if spy else ""
-                raise AssertionError(f"{exc}\n--- readings topic: {self.readings_state()}\n--- py-spy:\n{dump}"
-                                     f"\n--- worker {worker}'s dcpue log, last lines:\n" + "\n".join(ours)
-                                     + "\n--- its log's last lines:\n" + "\n".join(lines[-40:])
-                                     + "\n--- dcpue frames in its log:\n"
-                                     + "\n".join(line for line in lines if 'File "' in line and "/dcpue" in line
-                                                  or "/analytics/" in line or "/ingest/" in line)) from None
+                raise AssertionError(f"{exc}\n{self.failure_report(worker)}") from None
             out = self.stop(worker)
             return done, reader.read(), out
         finally:
             reader.close()
+
+    def failure_report(self, worker: str) -> str:
+        """What tells a lost record from a stuck or dead worker: the readings partitions, a py-spy dump of the
+        worker (where py-spy is installed), its dcpue log lines, its log's tail and the dcpue frames of any
+        traceback in it (a kafka-python traceback is longer than the tail)."""
+        lines = self.log(worker).read_text(errors="replace").splitlines()
+        spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        dump = subprocess.run([spy, "dump", "--pid", str(self.procs[worker].pid)], capture_output=True, text=True,
+                              timeout=60).stdout if spy else "(py-spy not installed)"
+        ours = [line for line in lines if "logger=dcpue" in line][-30:]
+        frames = [line for line in lines
+                  if 'File "' in line and any(part in line for part in ("/dcpue/", "/analytics/", "/ingest/"))]
+        return "\n".join([f"--- readings topic: {self.readings_state()}", "--- py-spy:", dump,
+                          f"--- worker {worker}'s dcpue log, last lines:", *ours,
+                          "--- its log's last lines:", *lines[-40:], "--- dcpue frames in its log:", *frames])
 
     def readings_state(self) -> str:
         """Per partition of the readings topic: its end offset, the group's committed offset and the site keys
