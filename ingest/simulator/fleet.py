@@ -134,6 +134,9 @@ def site_points(kind: str, rng: np.random.Generator, design_kw: float, flags: di
     if liquid:
         sensor("env.fw-supply", "temperature", "°C", "fw_supply")
         sensor("sp.fw-supply", "setpoint", "°C", "fw_supply")
+    if flags["tower"]:
+        sensor("env.cw-supply", "temperature", "°C", "cw_supply")
+        sensor("sp.cw-supply", "setpoint", "°C", "cw_supply")
     return pts
 
 

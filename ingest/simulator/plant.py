@@ -15,8 +15,10 @@ KELVIN = 273.15
 H_FG_KJ_PER_KG = 2430.0  # latent heat of vaporisation of water near 30 °C [kJ/kg]
 CHW_DELTA_T_K = 6.0  # chilled-water return minus supply at design [K]
 COIL_APPROACH_K = 6.0  # CRAH coil: supply air minus chilled-water supply, at best [K]
-TOWER_APPROACH_K = 4.0  # cooling-tower leaving water minus wet-bulb [K]
-TOWER_RANGE_K = 5.0  # condenser-water range [K]
+TOWER_APPROACH_K = 4.0  # cooling-tower leaving water minus wet-bulb, fans at full speed, design heat [K]
+TOWER_RANGE_K = 5.0  # condenser-water range at design heat rejection [K]
+TOWER_MIN_SPEED = 0.2  # the tower fans' lowest speed while the plant runs [-]
+REJECT_PER_AIR_HEAT = 1.2  # heat a tower rejects at design / the air-side design heat (chiller work at COP 5)
 HX_APPROACH_K = 1.5  # plate heat exchanger approach in free cooling [K]
 DRY_COOLER_APPROACH_K = 6.0  # dry-cooler leaving fluid minus dry-bulb at full fan speed [K]
 EVAPORATOR_APPROACH_K = 2.5  # chilled-water supply minus refrigerant evaporating temperature [K]
@@ -27,7 +29,7 @@ WATER_CONDENSER_FLOOR_C = 20.0  # minimum condensing temperature with a cooling 
 DX_RETURN_RISE_K = 12.0  # return air minus supply air in CRAC units [K]
 DX_ECONOMIZER_APPROACH_K = 4.0  # pumped-refrigerant/air economizer: supply air minus dry-bulb [K]
 LIFT_MIN_K = 8.0  # compressors need at least this lift [K]
-COP_RANGE = (2.0, 9.0)
+COP_RANGE = (2.0, 15.0)
 CAPTURE_PER_K = 0.001  # liquid heat-capture ratio lost per K of facility water above 32 °C [1/K]
 CYCLES_OF_CONCENTRATION = 4.0  # cooling-tower makeup = evaporation × C / (C − 1)
 TOWER_LATENT_SHARE = 0.8  # share of tower heat rejected by evaporation (rest sensible)
@@ -60,7 +62,7 @@ class Archetype:
     fan_min: float  # share of fan power that does not fall with load (1 = constant speed) [-]
     pump_frac: float  # chilled/condenser-water pumps at design / design air heat [-]
     pump_min: float  # constant-speed share of pump power [-]
-    tower_frac: float  # cooling-tower fans at full speed / heat rejected [-]
+    tower_frac: float  # cooling-tower fans at full speed / design heat rejected [-]
     chiller_eta: float  # chiller efficiency relative to Carnot [-]
     dx_eta: float  # CRAC compressor efficiency relative to Carnot [-]
     cdu_frac: float  # CDU pumps at design / design liquid heat [-]
@@ -114,10 +116,14 @@ DEFAULT_SETPOINTS: dict[str, dict[str, float]] = {
     "enterprise": {"supply_air": 22.0, "chw_supply": 16.0},
     "legacy": {"supply_air": 18.0, "chw_supply": 7.0},
 }
+# condenser-water supply setpoint of sites with cooling towers [°C]: cold enough for the free-cooling heat
+# exchanger most of the year (a plant holding the classic 29.5 °C design value all year has no economizer)
+DEFAULT_CW_SUPPLY_C = 18.0
 SETPOINT_LIMITS: dict[str, tuple[float, float]] = {
     "supply_air": (15.0, 32.0),  # ASHRAE A1 allowable inlet range is 15–32 °C
     "chw_supply": (5.0, 25.0),
     "fw_supply": (17.0, 45.0),  # ASHRAE liquid classes W17 … W45
+    "cw_supply": (10.0, 35.0),  # condenser water: chillers need a minimum head, towers a wet-bulb margin
 }
 
 
@@ -228,19 +234,27 @@ def plant(p: dict[str, np.ndarray], it_kw: np.ndarray, light_kw: np.ndarray, w: 
     sat_sp = sp["supply_air"]
     chws = np.nan_to_num(sp["chw_supply"], nan=12.0)
     chwr = chws + CHW_DELTA_T_K
-    free_src = np.where(has_tower, twb + TOWER_APPROACH_K + HX_APPROACH_K,
-                        np.where(has_dc, tdb + DRY_COOLER_APPROACH_K, np.inf))
+    # cooling towers: the fans hold the condenser-water supply setpoint while the wet-bulb allows it.
+    # The approach they reach grows with the heat rejected and falls with fan speed (approach ∝ load /
+    # speed, fan power ∝ speed³). The same water feeds the free-cooling heat exchanger and the chillers'
+    # condensers, so a colder setpoint buys economizer hours and a lower lift at a steeply rising fan
+    # cost: the best setpoint follows the wet-bulb and the load. Without a setpoint the fans run flat out.
+    u_rej = np.clip(q_air / q_air_design, 0.05, 1.2)
+    cw_full = twb + TOWER_APPROACH_K * u_rej  # leaving water with the fans at full speed
+    cw_sp = sp.get("cw_supply")
+    cw_sp = np.full_like(cw_full, -np.inf) if cw_sp is None else np.nan_to_num(cw_sp, nan=-np.inf)
+    cw = np.maximum(cw_sp, cw_full)
+    speed = np.clip(TOWER_APPROACH_K * u_rej / np.maximum(cw - twb, 0.1), TOWER_MIN_SPEED, 1.0)
+    free_src = np.where(has_tower, cw + HX_APPROACH_K, np.where(has_dc, tdb + DRY_COOLER_APPROACH_K, np.inf))
     ff_chw = free_cooling_fraction(chws, chwr, free_src)
-    cond = np.where(has_tower, np.maximum(twb + TOWER_APPROACH_K + TOWER_RANGE_K + CONDENSER_APPROACH_K,
-                                          WATER_CONDENSER_FLOOR_C),
+    cond = np.where(has_tower, np.maximum(cw + TOWER_RANGE_K * u_rej + CONDENSER_APPROACH_K, WATER_CONDENSER_FLOOR_C),
                     np.maximum(tdb + AIR_CONDENSER_DT_K, AIR_CONDENSER_FLOOR_C))
     cop_chw = carnot_cop(chws - EVAPORATOR_APPROACH_K, cond, p["chiller_eta"])
     chiller = np.where(has_chiller, (1.0 - ff_chw) * q_air / cop_chw, 0.0)
     chw_pump = np.where(has_chiller, p["pump_frac"] * q_air_design * (p["pump_min"] + (1 - p["pump_min"])
                                                                        * np.clip(u_air, 0, 1.2) ** 2), 0.0)
     q_reject = q_air + chiller
-    tower = np.where(has_chiller & has_tower,
-                     p["tower_frac"] * q_reject * np.clip(0.3 + (twb - 5.0) / 20.0, 0.3, 1.0), 0.0)
+    tower = np.where(has_chiller & has_tower, p["tower_frac"] * REJECT_PER_AIR_HEAT * q_air_design * speed**3, 0.0)
     dc_speed_chw = np.clip(np.clip(u_air, 0, 1.2) * DRY_COOLER_APPROACH_K / np.maximum(chwr + 4.0 - tdb, 0.5),
                            0.15, 1.0)
     dc_chw = np.where(has_chiller & has_dc & ~has_tower, p["dc_frac"] * q_air_design * dc_speed_chw**3, 0.0)
@@ -274,6 +288,7 @@ def plant(p: dict[str, np.ndarray], it_kw: np.ndarray, light_kw: np.ndarray, w: 
         "rack_inlet_c": rack_inlet + zero,
         "chw_supply_c": chws + zero,
         "fw_supply_c": fw_actual + zero,
+        "cw_supply_c": np.where(has_chiller & has_tower, cw, np.nan) + zero,
         "cop": np.where(has_chiller, cop_chw, cop_dx) + zero,
     }
 

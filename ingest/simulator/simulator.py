@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +38,7 @@ IT_NOISE_SAMPLE = 0.003  # sample-to-sample IT-load variation, relative [-]
 PV_KWP_PER_DESIGN_KW = 0.02  # rooftop PV peak power per kW of design IT [kWp/kW]
 PV_PERFORMANCE_RATIO = 0.8
 HEAT_REUSE_SHARE = 0.08  # share of IT heat exported in mid-winter [-]
-SETPOINT_NAMES = ("supply_air", "chw_supply", "fw_supply")
+SETPOINT_NAMES = ("supply_air", "chw_supply", "fw_supply", "cw_supply")
 _JITTERED = ("utilization", "chiller_eta", "dx_eta", "fan_frac", "pump_frac", "ups_c0", "ups_c1",
              "light_kw_per_rack", "cdu_frac", "dc_frac")
 _JITTER = 0.08  # ± relative spread of per-site constants around the archetype
@@ -80,9 +80,9 @@ def _signals(seed: int, site: Site, arch: plant.Archetype) -> list[_Signal]:
             if p.quantity is Quantity.SETPOINT and loc in SETPOINT_NAMES:
                 src, noise = f"sp:{loc}", "none"
             elif p.quantity is Quantity.TEMPERATURE and loc in ("outdoor", "rack_inlet", "supply_air",
-                                                                   "chw_supply", "fw_supply"):
+                                                                   "chw_supply", "fw_supply", "cw_supply"):
                 src = {"outdoor": "dry_bulb_c", "rack_inlet": "rack_inlet_c", "supply_air": "supply_air_c",
-                       "chw_supply": "chw_supply_c", "fw_supply": "fw_supply_c"}[loc]
+                       "chw_supply": "chw_supply_c", "fw_supply": "fw_supply_c", "cw_supply": "cw_supply_c"}[loc]
                 noise = "temp"
             elif p.quantity is Quantity.HUMIDITY and loc == "outdoor":
                 src, noise = "rh_pct", "rh"
@@ -152,7 +152,9 @@ class FleetSimulator:
         self._climates, self._city_index = self._site_climates()
         self._signals = [_signals(self.seed, s, plant.ARCHETYPES[k]) for s, k in zip(self._sites, self._kinds,
                                                                                       strict=True)]
-        self._setpoints: list[dict[str, float]] = [dict(plant.DEFAULT_SETPOINTS[k]) for k in self._kinds]
+        self._setpoints: list[dict[str, float]] = [
+            {**plant.DEFAULT_SETPOINTS[k], **({"cw_supply": plant.DEFAULT_CW_SUPPLY_C} if tower else {})}
+            for k, tower in zip(self._kinds, self._params["has_tower"][:, 0] > 0, strict=True)]
         self._next_k = 0  # index of the next sample to emit
         self._counters: dict[tuple[str, str], float] = {}  # canonical cumulative at sample _next_k − 1
         self._manual: list[FaultEvent] = []
@@ -204,13 +206,14 @@ class FleetSimulator:
 
     # -- setpoints --------------------------------------------------------------------------------
     def get_setpoints(self, site_id: str) -> dict[str, float]:
-        """Current setpoints of ``site_id`` [°C] by name (``supply_air``, ``chw_supply``, ``fw_supply``)."""
+        """Current setpoints of ``site_id`` [°C] by name (``supply_air``, ``chw_supply``, ``fw_supply``,
+        ``cw_supply``: those of its plant)."""
         return dict(self._setpoints[self._index(site_id)])
 
     def set_setpoints(self, site_id: str, **values: float) -> None:
         """Change setpoints of ``site_id`` [°C] from the next sample on.
 
-        Keys are setpoint names (``supply_air``, ``chw_supply``, ``fw_supply``) or setpoint point
+        Keys are setpoint names (``supply_air``, ``chw_supply``, ``fw_supply``, ``cw_supply``) or setpoint point
         ids with ``-``/``.`` spelled ``_`` (``sp_supply_air``). Raises ``ValueError`` for names the
         site does not have or values outside the plausible range.
         """
@@ -314,7 +317,8 @@ class FleetSimulator:
 
     # -- ground truth -----------------------------------------------------------------------------
     def true_state(self, ts_ms: np.ndarray | list[int],
-                   setpoints: Mapping[str, Mapping[str, float | np.ndarray]] | None = None) -> pd.DataFrame:
+                   setpoints: Mapping[str, Mapping[str, float | np.ndarray]] | None = None,
+                   sites: Sequence[str] | None = None) -> pd.DataFrame:
         """The noise-free simulated state at ``ts_ms`` with the current setpoints and the injected
         plant events (one row per site and time).
 
@@ -323,6 +327,7 @@ class FleetSimulator:
         or an array with one value per ``ts_ms`` [°C], so a schedule, or a grid of candidate
         setpoints over repeated times, is evaluated in one vectorised call. Raises ``ValueError``
         like :meth:`set_setpoints` for unknown names or values outside the plausible range.
+        ``sites`` limits the call to those sites (same values as in a call for all, at less cost).
 
         Columns include ``it_kw`` (UPS output, category 1), ``facility_kw`` (grid import), ``pv_kw``,
         ``cooling_kw`` and each cooling subsystem [kW], ``ups_loss``, ``tx_loss``, ``lighting_kw``,
@@ -331,11 +336,16 @@ class FleetSimulator:
         sensor shows in that sensor's readings only, not in the room's ``rack_inlet_c``.
         """
         ts = np.asarray(ts_ms, dtype=np.int64)
-        state = self._physics(ts, self._override_arrays(setpoints, len(ts)) if setpoints else None)
+        rows = None if sites is None else np.array([self._index(s) for s in sites], dtype=np.int64)
+        sp = self._override_arrays(setpoints, len(ts)) if setpoints else None
+        if sp is not None and rows is not None:
+            sp = {name: arr[rows] for name, arr in sp.items()}
+        state = self._physics(ts, sp, rows)
         columns = {k: v.reshape(-1) for k, v in state.items() if v.ndim == 2}
         frame = pd.DataFrame(columns)
-        frame.insert(0, "ts", np.tile(ts, len(self._sites)))
-        frame.insert(0, "site", np.repeat(self._site_ids, len(ts)))
+        ids = self._site_ids if rows is None else [self._site_ids[i] for i in rows]
+        frame.insert(0, "ts", np.tile(ts, len(ids)))
+        frame.insert(0, "site", np.repeat(ids, len(ts)))
         return frame
 
     # -- internals --------------------------------------------------------------------------------
@@ -434,12 +444,14 @@ class FleetSimulator:
                 out[name][s] = row
         return out
 
-    def _physics(self, ts: np.ndarray, sp: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """The true state of all sites at times ``ts`` [(S, T) arrays, canonical units]; ``sp``: (S, T)
-        setpoint arrays instead of the current (S, 1) ones."""
-        p = self._params
+    def _physics(self, ts: np.ndarray, sp: dict[str, np.ndarray] | None = None,
+                 rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The true state of all sites (or the site indices ``rows``) at times ``ts`` [(S, T) arrays,
+        canonical units]; ``sp``: (S, T) setpoint arrays instead of the current (S, 1) ones."""
+        p = self._params if rows is None else {k: v[rows] for k, v in self._params.items()}
         keys = p["site_key"]
-        w = climate.weather(self.seed, self._climates, self._city_index, ts)
+        city_index = self._city_index if rows is None else self._city_index[rows]
+        w = climate.weather(self.seed, self._climates, city_index, ts)
         local = ts + climate.LOCAL_OFFSET_MS
         hour = ((local % MS_PER_DAY) / 3_600_000.0)[None, :]
         weekday = ((local // MS_PER_DAY + 3) % 7)[None, :]  # 1970-01-01 was a Thursday (weekday 3)
@@ -450,6 +462,8 @@ class FleetSimulator:
         light = p["racks"] * p["light_kw_per_rack"] * (0.35 + 0.65 * plant.daylight(hour))
         if sp is None:
             sp = self._setpoint_arrays()
+            if rows is not None:
+                sp = {name: arr[rows] for name, arr in sp.items()}
         # server fans speed up with the inlet, which itself warms with the load (recirculation): one
         # fixed-point step, solving the plant at the cool-inlet load first (the fans then follow an inlet
         # a few hundredths of a K, at most ≈ 0.1 K at 32 °C, below the final one)
@@ -458,7 +472,7 @@ class FleetSimulator:
         it = it_cool * fan
         st = plant.plant(p, it, light, w, sp)
         st["it_fan_kw"] = it - it_cool
-        st = self._apply_plant_events(st, ts)
+        st = self._apply_plant_events(st, ts, rows)
         cooling = st["crah"] + st["chiller"] + st["pump"] + st["cooling_tower"] + st["dry_cooler"] + st["cdu"]
         load = it + cooling + st["ups_loss"] + light
         tx = plant.transformer_loss_kw(load, p["design_kw"] * p["tx_ratio"], p["tx_p0"], p["tx_pk"])
@@ -481,7 +495,8 @@ class FleetSimulator:
             st[f"sp:{name}"] = np.broadcast_to(arr, it.shape)
         return st
 
-    def _apply_plant_events(self, st: dict[str, np.ndarray], ts: np.ndarray) -> dict[str, np.ndarray]:
+    def _apply_plant_events(self, st: dict[str, np.ndarray], ts: np.ndarray,
+                            rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The plant state with the site-wide plant events active at ``ts`` (manual only: their random
         rate is 0). Builds (S, T) factor and offset arrays from each event's site row and time
         window, so the rest of :meth:`_physics` (facility power, transformer loss, counters) follows."""
@@ -492,6 +507,10 @@ class FleetSimulator:
         factor, inlet_rise, fw_rise = np.ones(shape), np.zeros(shape), np.zeros(shape)
         for e in events:
             s = self._index(e.site)
+            if rows is not None:
+                if s not in rows:
+                    continue
+                s = int(np.flatnonzero(rows == s)[0])
             window = (ts >= e.start_ms) & (ts < e.end_ms)
             if e.kind is FaultKind.COOLING_DEGRADED:
                 factor[s, window] *= e.magnitude

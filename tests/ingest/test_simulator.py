@@ -447,6 +447,83 @@ def test_true_state_evaluates_setpoint_schedules_without_changing_the_simulator(
         sim.true_state(ts, setpoints={"zz-99": {"supply_air": 20.0}})
 
 
+def test_true_state_for_some_sites_equals_the_call_for_all(fleet):
+    ts = JUL + np.arange(0, 4 * HOUR_MS, 5 * MIN_MS)
+    sim = FleetSimulator(fleet, seed=7, start_ms=JUL, faults=False)
+    site, other = site_of(fleet, "enterprise"), site_of(fleet, "liquid")
+    sim.inject(site.id, None, "cooling_degraded", int(ts[5]), int(ts[20]), magnitude=1.3)
+    override = {site.id: {"supply_air": 23.0}}
+    full = sim.true_state(ts, setpoints=override)
+    some = sim.true_state(ts, setpoints=override, sites=[other.id, site.id])
+    want = pd.concat([full[full["site"] == other.id], full[full["site"] == site.id]], ignore_index=True)
+    pd.testing.assert_frame_equal(some, want, check_exact=True)
+    assert some["cooling_kw"].max() > 0
+
+
+def _tower_site(fleet):
+    return next(s for s in fleet.sites if archetype_of(s) == "enterprise"
+                and any(p.id == "cool.tower-1" for p in s.points))
+
+
+def test_only_sites_with_cooling_towers_have_a_condenser_water_setpoint(fleet):
+    sim = FleetSimulator(fleet, seed=7, start_ms=JUL, faults=False)
+    for site in fleet.sites:
+        tower = any(p.id == "cool.tower-1" for p in site.points)
+        assert ("cw_supply" in sim.get_setpoints(site.id)) == tower, site.id
+        assert any(p.id == "sp.cw-supply" for p in site.points) == tower
+    liquid = site_of(fleet, "liquid")
+    with pytest.raises(ValueError, match="no setpoint 'cw_supply'"):
+        sim.set_setpoints(liquid.id, cw_supply=20.0)
+    site = _tower_site(fleet)
+    sim.set_setpoints(site.id, cw_supply=22.5)
+    data = collect(sim.poll(JUL + HOUR_MS))
+    assert (series(data, site.id, "sp.cw-supply") == 22.5).all()
+    measured = series(data, site.id, "env.cw-supply")
+    truth = sim.true_state(measured.index.to_numpy()).query("site == @site.id")["cw_supply_c"].to_numpy()
+    assert np.abs(measured.to_numpy() - truth).max() < 0.6  # 0.1 K sensor noise
+    assert (truth >= 22.5 - 1e-9).all()
+
+
+def test_condenser_water_trades_tower_fans_against_chiller_lift(fleet):
+    """Cooling energy over the condenser-water setpoint has an interior minimum that moves up with the
+    wet-bulb (the reason a fixed setpoint cannot be best all day), and the setpoint leaves the inlets alone."""
+    site = _tower_site(fleet)
+    sim = FleetSimulator(fleet, seed=7, start_ms=JUL, faults=False)
+    ts = JUL + np.arange(0, DAY_MS, 10 * MIN_MS)
+    setpoints = np.arange(14.0, 30.5, 1.0)
+    cooling, towers, chillers, inlets = [], [], [], []
+    for cw in setpoints:
+        st = sim.true_state(ts, setpoints={site.id: {"cw_supply": cw}}, sites=[site.id])
+        cooling.append(st["cooling_kw"].to_numpy())
+        towers.append(st["cooling_tower"].to_numpy())
+        chillers.append(st["chiller"].to_numpy())
+        inlets.append(st["rack_inlet_c"].to_numpy())
+    cooling, towers, chillers = np.array(cooling), np.array(towers), np.array(chillers)
+    np.testing.assert_array_equal(np.array(inlets), np.broadcast_to(inlets[0], (len(setpoints), len(ts))))
+    assert (np.diff(towers, axis=0) <= 1e-12).all()  # a warmer setpoint: slower tower fans
+    assert (np.diff(chillers, axis=0) >= -1e-12).all()  # ... and more chiller work
+    daily = cooling.sum(axis=1)
+    best = int(np.argmin(daily))
+    assert 0 < best < len(setpoints) - 1  # an interior optimum over the day
+    wet = st["wet_bulb_c"].to_numpy()
+    best_each = setpoints[np.argmin(cooling, axis=0)]
+    cool_hours, warm_hours = wet <= np.quantile(wet, 0.25), wet >= np.quantile(wet, 0.75)
+    assert best_each[warm_hours].mean() > best_each[cool_hours].mean() + 1.0  # the optimum follows the wet-bulb
+    # what holding the best fixed setpoint all day loses against the best setpoint at each time
+    assert cooling.min(axis=0).sum() < 0.995 * daily[best]
+
+
+def test_holding_design_condenser_water_all_year_leaves_no_free_cooling(fleet):
+    site = _tower_site(fleet)
+    sim = FleetSimulator(fleet, seed=7, start_ms=JAN, faults=False)
+    ts = JAN + np.arange(0, DAY_MS, 10 * MIN_MS)
+    cold = sim.true_state(ts, setpoints={site.id: {"cw_supply": 14.0}}, sites=[site.id])
+    design = sim.true_state(ts, setpoints={site.id: {"cw_supply": 29.5}}, sites=[site.id])
+    assert cold["free_cooling"].mean() > 0.9
+    assert design["free_cooling"].max() == 0.0
+    assert design["cooling_kw"].sum() > 1.3 * cold["cooling_kw"].sum()
+
+
 def test_rack_inlet_offsets_are_the_sensors_hot_spots(fleet):
     site = site_of(fleet, "enterprise")
     sim = FleetSimulator(fleet, seed=7, start_ms=JUL, faults=False)
