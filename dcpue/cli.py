@@ -653,7 +653,10 @@ def cmd_cooling_train(args: argparse.Namespace) -> int:
         table = readings_to_table(readings, registry.site_map[args.site], freq=args.freq)
     else:
         table = _read_frame(args.input)
-    model = CoolingModel.train(table, site=args.site)
+    setpoints = None
+    if args.setpoints:
+        setpoints = tuple(n.strip().removeprefix("sp_") for n in args.setpoints.split(",") if n.strip())
+    model = CoolingModel.train(table, site=args.site, setpoints=setpoints)
     path = model.save(args.models)
     print(f"dcpue cooling train: site {args.site}, {model.n_rows} rows, model {model.version} → {path}")
     for target, metrics in model.metrics.items():
@@ -984,6 +987,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--registry", help="site registry YAML (readings exports; default: the demo fleet)")
     train.add_argument("--freq", default="15min", help="interval of the training table (default 15min)")
     train.add_argument("--models", default="dcpue-data/cooling-models", help="model directory")
+    train.add_argument("--setpoints", help="comma-separated setpoints to learn, e.g. supply_air,chw_supply "
+                                           "(default: every setpoint column with data; one that never varied "
+                                           "refuses the training)")
     train.set_defaults(func=cmd_cooling_train)
     rec = cooling_sub.add_parser("recommend", parents=[common], help="recommend setpoints with a trained model")
     rec.add_argument("--model", required=True, help="model file, or a directory (newest model of --site)")

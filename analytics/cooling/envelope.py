@@ -11,8 +11,9 @@ Defaults and their sources (see ``docs/cooling.md``):
 * facility-water supply: the ASHRAE TC 9.9 liquid-cooling classes W17, W27, W32, W40, W45 give
   the highest facility-water supply temperature the IT design accepts [°C];
 * setpoint bounds: supply air within the recommended inlet range, chilled water 5–25 °C,
-  facility water 17–45 °C (the W17 … W45 span);
-* at most 1 K per step on air and chilled water, 2 K on facility water.
+  facility water 17–45 °C (the W17 … W45 span), condenser water 13–32 °C (chillers need some head;
+  above 32 °C few are rated);
+* at most 1 K per step on air and chilled water, 2 K on facility and condenser water.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
     "supply_air": (18.0, 27.0),
     "chw_supply": (5.0, 25.0),
     "fw_supply": (17.0, 45.0),
+    "cw_supply": (13.0, 32.0),
 }
-DEFAULT_MAX_STEP: dict[str, float] = {"supply_air": 1.0, "chw_supply": 1.0, "fw_supply": 2.0}
+DEFAULT_MAX_STEP: dict[str, float] = {"supply_air": 1.0, "chw_supply": 1.0, "fw_supply": 2.0, "cw_supply": 2.0}
 FALLBACK_INLET_MARGIN_K = 1.0  # for models saved without a held-out miss figure
 
 

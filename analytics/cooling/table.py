@@ -5,7 +5,8 @@ Columns (all optional ones only where the site has the point):
 * ``ts`` [ms, UTC]: start of the interval;
 * conditions: ``it_kw`` [kW] (IT power, measurement category as the PUE engine picks it),
   ``dry_bulb_c``, ``wet_bulb_c`` [°C] (outdoor), ``rh_pct`` [%] (outdoor relative humidity);
-* setpoints [°C]: ``sp_supply_air``, ``sp_chw_supply``, ``sp_fw_supply``;
+* setpoints [°C]: ``sp_supply_air``, ``sp_chw_supply``, ``sp_fw_supply``, ``sp_cw_supply`` (condenser
+  water leaving the cooling towers);
 * targets: ``cooling_kw`` [kW] (all cooling subsystems), ``facility_kw`` [kW] (total facility
   power as ISO/IEC 30134-2 counts it: grid import + on-site renewable, so PUE = facility ÷ IT),
   ``rack_inlet_c`` [°C] (the hottest rack-inlet sensor: its mean over the interval), ``fw_supply_c`` [°C]
@@ -32,7 +33,7 @@ from dcpue.model import Quality, Quantity, Role
 from dcpue.registry import Point, Site, registry_from_sites
 from dcpue.results import Status
 
-SETPOINTS = ("supply_air", "chw_supply", "fw_supply")
+SETPOINTS = ("supply_air", "chw_supply", "fw_supply", "cw_supply")
 CONDITIONS = ("it_kw", "dry_bulb_c", "wet_bulb_c", "rh_pct")
 SETPOINT_COLUMNS = tuple(f"sp_{name}" for name in SETPOINTS)
 TARGETS = ("cooling_kw", "facility_kw", "rack_inlet_c", "fw_supply_c")
@@ -48,6 +49,7 @@ _LOCATIONS = {
     (Quantity.SETPOINT, "supply_air"): "sp_supply_air",
     (Quantity.SETPOINT, "chw_supply"): "sp_chw_supply",
     (Quantity.SETPOINT, "fw_supply"): "sp_fw_supply",
+    (Quantity.SETPOINT, "cw_supply"): "sp_cw_supply",
 }
 # point-id prefixes of registries without location tags (the simulator's and the README's spelling)
 _ID_PREFIXES = {
@@ -58,6 +60,7 @@ _ID_PREFIXES = {
     "sp.supply-air": "supply_air",
     "sp.chw-supply": "chw_supply",
     "sp.fw-supply": "fw_supply",
+    "sp.cw-supply": "cw_supply",
 }
 _MAX_COLUMNS = ("rack_inlet_c",)  # the hottest sensor (its interval mean); every other sensor column is a mean
 SETPOINT_STEADY_K = 0.05  # a setpoint that moved more than this within an interval makes it a transient

@@ -272,14 +272,16 @@ def alerts_to_lines(events: Sequence[Any]) -> list[str]:
 
 RECOMMENDATION_MEASUREMENT = "recommendation"
 RECOMMENDATION_TAGS = ("site", "loop", "setpoint")
-SETPOINT_LOOPS = {"supply_air": "air", "chw_supply": "chilled_water", "fw_supply": "facility_water"}
+SETPOINT_LOOPS = {"supply_air": "air", "chw_supply": "chilled_water", "fw_supply": "facility_water",
+                  "cw_supply": "condenser_water"}
 
 
 def recommendations_to_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     """Cooling recommendations (measurement ``recommendation``): one point per record and setpoint.
 
     ``records`` are :meth:`dcpue.analytics.cooling.Recommendation.as_dict` dicts, optionally with a
-    ``confidence`` [0–1]. Tags ``site``, ``loop`` (``air``, ``chilled_water``, ``facility_water``) and
+    ``confidence`` [0–1]. Tags ``site``, ``loop`` (``air``, ``chilled_water``, ``facility_water``,
+    ``condenser_water``) and
     ``setpoint``; fields ``current`` and ``recommended`` [°C] (the latter left out when refused),
     ``expected_saving_kw`` and ``expected_saving_pct`` (the record's predicted saving),
     ``predicted_facility_kw``, ``predicted_pue``, ``confidence``, the predicted hottest rack inlet

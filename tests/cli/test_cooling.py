@@ -51,9 +51,16 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.Da
 def test_train_then_recommend_then_refuse_out_of_distribution(history, tmp_path: Path):
     export, sites, truth = history
     models = tmp_path / "models"
+    # the history held the condenser water at the simulator's 18 °C: a model of it cannot be learned
+    no_cw = dcpue("cooling", "train", "--site", SITE, "--input", str(export), "--registry", str(sites),
+              "--models", str(models))
+    assert no_cw.returncode != 0 and "setpoint cw_supply never varied" in no_cw.stderr, no_cw.stderr
+    assert "--setpoints" in no_cw.stderr and not models.exists()
     trained = dcpue("cooling", "train", "--site", SITE, "--input", str(export), "--registry", str(sites),
-                    "--models", str(models))
+                    "--models", str(models), "--setpoints", "supply_air,chw_supply")
     assert trained.returncode == 0, trained.stderr
+    meta = json.loads(next(models.glob(f"cooling-{SITE}-*.json")).read_text(encoding="utf-8"))
+    assert meta["setpoints"] == ["supply_air", "chw_supply"]
     assert "held-out" in trained.stdout and len(list(models.glob(f"cooling-{SITE}-*.joblib"))) == 1
 
     row = truth.iloc[len(truth) // 2]

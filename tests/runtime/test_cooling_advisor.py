@@ -39,7 +39,7 @@ def feed(tmp_path: Path, sim: FleetSimulator, hours: range, rng: np.random.Gener
     producer = bus.producer()
     for hour in hours:
         sim.set_setpoints(SITE, supply_air=float(rng.choice([20, 21, 22, 23])),
-                          chw_supply=float(rng.choice([12, 14, 16, 18])))
+                          chw_supply=float(rng.choice([12, 14, 16, 18])), cw_supply=float(rng.choice([16, 19, 22, 25])))
         publish_polls(sim, producer, settings.bus.topics.readings, lambda h=hour: START_MS + (h + 6) * HOUR)
         while worker.step(timeout_s=0.01):
             pass
