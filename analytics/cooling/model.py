@@ -220,6 +220,15 @@ class CoolingModel:
         i = self.features.index(f"sp_{name}")
         return float(self._lo[i]), float(self._hi[i])
 
+    def supported_range(self, name: str) -> tuple[float, float]:
+        """The part of :meth:`setpoint_range` the regressors can resolve [°C]: from the ``k``-th lowest to
+        the ``k``-th highest training value of setpoint ``name``, ``k`` the rows a leaf must hold
+        (``min_samples_leaf``). A value held for fewer rows than that at the edge of the history shares
+        its leaf with the values next to it, so the model predicts it like them: at the warm end a
+        hotter inlet than predicted. Models saved without the figure: :meth:`setpoint_range`."""
+        support = self._meta["domain"].get("setpoint_support", {}).get(name)
+        return (float(support[0]), float(support[1])) if support else self.setpoint_range(name)
+
     def __repr__(self) -> str:
         return (f"CoolingModel(site={self.site!r}, setpoints={self.setpoints}, targets={self.targets}, "
                 f"version={self.version!r})")
@@ -359,6 +368,12 @@ class CoolingModel:
 
         neighbours = {"full": nn_cls(n_neighbors=1).fit(Z), "conditions": nn_cls(n_neighbors=1).fit(Z[:, :n_cond])}
         lo_f, hi_f = X.min(axis=0), X.max(axis=0)
+        leaf = max(1, int(params.get("min_samples_leaf", 20)))
+        support = {}
+        for name in setpoints:
+            values = np.sort(X[:, features.index(f"sp_{name}")])
+            k = min(leaf, len(values)) - 1
+            support[name] = [float(values[k]), float(values[len(values) - 1 - k])]
         data_hash = hashlib.sha256(pd.util.hash_pandas_object(
             frame[["ts", *features, *targets]], index=False).to_numpy().tobytes()).hexdigest()
         meta: dict[str, Any] = {
@@ -386,7 +401,7 @@ class CoolingModel:
             "domain": {"min": lo_f.tolist(), "max": hi_f.tolist(), "center": center.tolist(),
                        "scale": scale_f.tolist(),
                        "tolerance": [_range_tolerance(f, lo_f[i], hi_f[i]) for i, f in enumerate(features)],
-                       "nn_percentile": NN_PERCENTILE, "nn_threshold": thresholds},
+                       "nn_percentile": NN_PERCENTILE, "nn_threshold": thresholds, "setpoint_support": support},
         }
         meta = _jsonable(meta)
         meta["version"] = _version_of(meta)
@@ -578,8 +593,7 @@ def derived_features(features: tuple[str, ...]) -> list[tuple[str, str]]:
     towers' work, condenser over chilled water the chillers' lift, chilled water over the wet-bulb the
     economizer's share), and trees split on a difference far more easily than they build it from two
     features. The temperature targets keep the raw features only, so their monotonic constraints in
-    the setpoints hold: an unconstrained difference lets a setpoint act against them (tried: the
-    evaluation's hybrid site then ran 2,867 minutes above 27 °C in its July week)."""
+    the setpoints hold: an unconstrained difference would let a setpoint act against them."""
     setpoints = [f for f in features if f.startswith("sp_")]
     return ([(f, c) for f in setpoints for c in ("wet_bulb_c", "dry_bulb_c")]
             + [(a, b) for i, a in enumerate(setpoints) for b in setpoints[i + 1:]])

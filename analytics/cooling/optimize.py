@@ -155,20 +155,21 @@ def _quality_refusal(model: CoolingModel, max_relative_error: float, max_abs_err
 
 def _candidate_axes(model: CoolingModel, current: dict[str, float], envelope: Envelope,
                     n_grid: int, resolution_k: float) -> tuple[list[np.ndarray], str | None]:
-    """Per setpoint, the candidate values: bounds ∩ current ± max step ∩ training range."""
+    """Per setpoint, the candidate values: bounds ∩ current ± max step ∩ the training range the model resolves."""
     axes: list[np.ndarray] = []
     for name in model.setpoints:
         cur = current[name]
         b_lo, b_hi = envelope.bounds[name]
         step = envelope.max_step[name]
-        t_lo, t_hi = model.setpoint_range(name)
+        t_lo, t_hi = model.supported_range(name)
         lo, hi = max(b_lo, cur - step, t_lo), min(b_hi, cur + step, t_hi)
         if lo > hi:
             if cur - step > b_hi or cur + step < b_lo:
                 why = (f"current {name} {_fmt(cur)} °C is more than one step ({step:g} K) from the allowed range "
                        f"{_fmt(b_lo)}–{_fmt(b_hi)} °C")
             else:
-                why = (f"the history only covers {name} {_fmt(t_lo)}–{_fmt(t_hi)} °C, which is not within one step "
+                why = (f"the history only covers {name} {_fmt(t_lo)}–{_fmt(t_hi)} °C well enough to predict, which is "
+                       f"not within one step "
                        f"({step:g} K) of the current {_fmt(cur)} °C inside the allowed range "
                        f"{_fmt(b_lo)}–{_fmt(b_hi)} °C")
             return [], why
@@ -195,8 +196,9 @@ def recommend(model: CoolingModel, conditions: Mapping[str, float], current: Map
     ``conditions``: ``it_kw`` [kW], ``dry_bulb_c``, ``wet_bulb_c`` [°C], ``rh_pct`` [%].
     ``current``: the site's setpoints now [°C] by name (``supply_air`` or ``sp_supply_air``).
     Candidates: for each setpoint up to ``n_grid`` values on a ``resolution_k`` [K] grid (plus the
-    current value) in bounds ∩ current ± ``max_step`` ∩ the range seen in training, all
-    combinations (one prediction pass for all of them), screened by the same
+    current value) in bounds ∩ current ± ``max_step`` ∩ the range seen in training that the model
+    resolves (:meth:`CoolingModel.supported_range`), all combinations (one prediction pass for all of
+    them), screened by the same
     nearest-neighbour test as :meth:`CoolingModel.domain_check`. Feasible: predicted hottest
     rack inlet upper bound ≤ ``inlet_max_c`` − the margin (:meth:`Envelope.inlet_margin_for` with
     the model's held-out ``hi_miss_q99``), its mean ≥ ``inlet_min_c``,

@@ -260,6 +260,38 @@ def test_power_models_see_setpoint_differences_and_temperature_models_do_not():
         assert (np.diff(inlet[column].to_numpy()) >= -1e-9).all(), column
 
 
+def test_the_thin_edges_of_the_history_are_not_recommended():
+    """A setpoint value held for fewer rows than a leaf holds shares its leaf with its neighbours, so the model
+    predicts it like them: at the warm end, a hotter inlet than predicted (the evaluation's legacy room ran
+    994 minutes above 27 °C in a January week at the one 4-hour block of 18 °C chilled water its history had).
+    Such values are outside the supported range, and the advice stays inside it."""
+    base = table("legacy")
+    m = model("legacy")
+    chw = np.sort(base["sp_chw_supply"].to_numpy())
+    assert m.supported_range("chw_supply") == (chw[19], chw[-20])  # 20 rows per leaf by default
+    assert m.setpoint_range("chw_supply") == (chw[0], chw[-1])
+    # the same history with its warmest chilled water raised by 1 K in the last 12 rows (3 hours)
+    edge = base.copy()
+    top = float(edge["sp_chw_supply"].max())
+    edge.loc[edge.index[-12:], "sp_chw_supply"] = top + 1.0
+    thin = CoolingModel.train(edge, site="tr-edge")
+    assert thin.setpoint_range("chw_supply")[1] == top + 1.0
+    assert thin.supported_range("chw_supply")[1] <= top
+    i = len(edge) - 30
+    cond = {c: float(edge[c].iloc[i]) for c in CONDITIONS}
+    current = {"supply_air": 18.0, "chw_supply": top}
+    env = Envelope(inlet_max_c=35.0, bounds={"supply_air": (18.0, 18.0)}, max_step={"chw_supply": 2.0})
+    rec = recommend(thin, cond, current, env, it_fan=None)
+    assert rec.ok, rec.reason
+    assert rec.recommended["chw_supply"] <= thin.supported_range("chw_supply")[1] + 1e-9
+    # with the support cut off (a model saved before it was recorded) the thin edge would be proposed
+    meta = thin.metadata
+    del meta["domain"]["setpoint_support"]
+    old = CoolingModel(meta, thin._est, thin._nn)
+    assert old.supported_range("chw_supply") == old.setpoint_range("chw_supply")
+    assert recommend(old, cond, current, env, it_fan=None).recommended["chw_supply"] > top
+
+
 def test_the_model_learns_the_hottest_sensors_lead_and_the_fan_prior_uses_it():
     """Server fans follow the mean server inlet, not the hottest sensor: the model keeps the hottest
     sensor's usual lead over the mean of the rack-inlet sensors, and ItFan takes it off."""
@@ -453,6 +485,9 @@ def check_envelope(kind: str, cond, current, env, measured=None) -> None:
             assert value == current[name]
         assert lo - 1e-9 <= value <= hi + 1e-9, (name, value, env.bounds[name])
         assert abs(value - current[name]) <= env.max_step[name] + 1e-9, (name, value, current[name])
+        if rec.action != "keep":  # never a value the model cannot resolve (the thin edges of the history)
+            s_lo, s_hi = m.supported_range(name)
+            assert s_lo - 1e-9 <= value <= s_hi + 1e-9, (name, value, (s_lo, s_hi))
     assert rec.rack_inlet_c_hi <= env.inlet_limit_c + 1e-9
     assert rec.rack_inlet_c >= env.inlet_min_c - 1e-9
     # the record's figures are the model's own at the recommended setpoints, shifted onto a trusted measurement
