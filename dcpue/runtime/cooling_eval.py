@@ -76,11 +76,14 @@ W_CLASS = "W40"  # the simulated liquid loops run 32–35 °C facility water: an
 FW_MAX_C = 40.0  # its facility-water supply limit [°C]
 COIL_APPROACH_K = 6.0  # the simulator's CRAH coil: supply air ≥ chilled-water supply + 6 K
 # B1: what old plants run and many still do (cold air, 7 °C chilled water; the first warm-water loops at 32 °C)
-LEGACY_SETPOINTS = {"supply_air": 18.0, "chw_supply": 7.0, "fw_supply": 32.0}
+# and the classic 29.5 °C (85 °F) design condenser water held all year
+LEGACY_SETPOINTS = {"supply_air": 18.0, "chw_supply": 7.0, "fw_supply": 32.0, "cw_supply": 29.5}
 # where the step tests, the grid and the recommender may go [°C]: supply air within the recommended
 # inlet range, chilled water up to where the coil's approach makes 27 °C air, facility water from W27's
-# top to the W40 limit (no dew-point or chip-temperature limit is modelled below that)
-SEARCH_BOUNDS = {"supply_air": (18.0, 27.0), "chw_supply": (7.0, 21.0), "fw_supply": (27.0, 40.0)}
+# top to the W40 limit (no dew-point or chip-temperature limit is modelled below that), condenser water
+# from what the towers make on a mild day to just above the legacy design value
+SEARCH_BOUNDS = {"supply_air": (18.0, 27.0), "chw_supply": (7.0, 21.0), "fw_supply": (27.0, 40.0),
+                 "cw_supply": (14.0, 30.0)}
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class EvalConfig:
     sample_interval_s: int = 60
     sat_step_k: float = 0.5  # grid step of supply air (chilled water follows on the ridge) [K]
     fw_step_k: float = 1.0  # grid step of facility water [K]
+    cw_step_k: float = 1.0  # grid step of condenser water [K]
     table_freq: str = "15min"
     inlet_margin_k: float | None = None  # the recommender's inlet margin [K]; None: the library default
     feedback: bool = True  # pass the measured hottest inlet / facility water to recommend (anchoring)
@@ -139,20 +143,18 @@ def week_start_ms(year: int, month: int) -> int:
     return int(pd.Timestamp(year=year, month=month, day=15, tz=LOCAL_TZ).value // 1_000_000)
 
 
-def setpoint_grid(names: Sequence[str], sat_step_k: float, fw_step_k: float) -> dict[str, np.ndarray]:
-    """Candidate fixed setpoints [°C]: supply air (chilled water on the coil ridge) × facility water."""
-    lo, hi = SEARCH_BOUNDS["supply_air"]
-    sat = np.round(np.arange(lo, hi + 1e-9, sat_step_k), 6)
-    if "fw_supply" in names:
-        flo, fhi = SEARCH_BOUNDS["fw_supply"]
-        fw = np.round(np.arange(flo, fhi + 1e-9, fw_step_k), 6)
-        sat, fw = (a.reshape(-1) for a in np.meshgrid(sat, fw, indexing="ij"))
-    grid = {"supply_air": sat}
+def setpoint_grid(names: Sequence[str], sat_step_k: float, fw_step_k: float,
+                  cw_step_k: float = 1.0) -> dict[str, np.ndarray]:
+    """Candidate fixed setpoints [°C]: supply air (chilled water on the coil ridge) × facility water ×
+    condenser water, for the setpoints in ``names``."""
+    axes = {"supply_air": sat_step_k, "fw_supply": fw_step_k, "cw_supply": cw_step_k}
+    values = [np.round(np.arange(SEARCH_BOUNDS[n][0], SEARCH_BOUNDS[n][1] + 1e-9, step), 6)
+              for n, step in axes.items() if n in names or n == "supply_air"]
+    mesh = [a.reshape(-1) for a in np.meshgrid(*values, indexing="ij")]
+    grid = dict(zip([n for n in axes if n in names or n == "supply_air"], mesh, strict=True))
     if "chw_supply" in names:
-        grid["chw_supply"] = np.clip(sat - COIL_APPROACH_K, *SEARCH_BOUNDS["chw_supply"])
-    if "fw_supply" in names:
-        grid["fw_supply"] = fw
-    return grid
+        grid["chw_supply"] = np.clip(grid["supply_air"] - COIL_APPROACH_K, *SEARCH_BOUNDS["chw_supply"])
+    return {n: grid[n] for n in ("supply_air", "chw_supply", "fw_supply", "cw_supply") if n in grid}
 
 
 def plan_sites(config: EvalConfig, sim: FleetSimulator) -> list[SitePlan]:
@@ -160,7 +162,8 @@ def plan_sites(config: EvalConfig, sim: FleetSimulator) -> list[SitePlan]:
     for kind in config.site_types:
         site = next(s for s in sim.registry.sites if archetype_of(s) == kind)
         names = tuple(n for n in LEGACY_SETPOINTS if n in sim.get_setpoints(site.id))
-        plans.append(SitePlan(kind, site, names, setpoint_grid(names, config.sat_step_k, config.fw_step_k),
+        plans.append(SitePlan(kind, site, names, setpoint_grid(names, config.sat_step_k, config.fw_step_k,
+                                                               config.cw_step_k),
                               {n: LEGACY_SETPOINTS[n] for n in names}))
     return plans
 
@@ -200,7 +203,7 @@ def _outcome(sim: FleetSimulator, state: pd.DataFrame, site_id: str, shape: tupl
 def simulate_schedules(sim: FleetSimulator, ts: np.ndarray,
                        schedules: Mapping[str, Mapping[str, np.ndarray | float]]) -> dict[str, Outcome]:
     """True outcomes of each site in ``schedules`` ({site: {name: scalar or (T,) [°C]}}) over ``ts``."""
-    state = sim.true_state(ts, setpoints=schedules)
+    state = sim.true_state(ts, setpoints=schedules, sites=list(schedules))
     return {s: _outcome(sim, state, s, (len(ts),)) for s in schedules}
 
 
@@ -222,33 +225,26 @@ def simulate_grid(sim: FleetSimulator, ts: np.ndarray, plans: Sequence[SitePlan]
     """Every grid candidate of every site held fixed over ``ts`` (whole hours), on the true simulator.
 
     Candidates are evaluated ``k`` at a time by repeating ``ts`` ``k`` times with the candidate's
-    setpoints, all sites in one call (a site with a shorter grid repeats its last candidate); only
-    hourly aggregates are kept."""
+    setpoints, one site per call; only hourly aggregates are kept."""
     per_hour = HOUR_MS // sim.dt_ms
     n_t = len(ts)
     if n_t % per_hour:
         raise ValueError("simulate_grid needs whole hours of samples")
     n_h = n_t // per_hour
     dt_h = sim.dt_ms / HOUR_MS
-    n_grid = max(len(p.grid["supply_air"]) for p in plans)
-    per_call = max(1, max_rows // (n_t * len(sim.registry.sites)))
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {p.site.id: [] for p in plans}
-    for g0 in range(0, n_grid, per_call):
-        idx = np.arange(g0, min(g0 + per_call, n_grid))
-        overrides = {}
-        for p in plans:
-            own = np.minimum(idx, len(p.grid["supply_air"]) - 1)
-            overrides[p.site.id] = {n: np.repeat(v[own], n_t) for n, v in p.grid.items()}
-        state = sim.true_state(np.tile(ts, len(idx)), setpoints=overrides)
-        for p in plans:
-            o = _outcome(sim, state, p.site.id, (len(idx), n_h, per_hour))
-            parts[p.site.id].append((o.facility_kw.sum(axis=2) * dt_h, o.inlet_max_c.max(axis=2),
-                                     o.fw_c.max(axis=2)))
+    per_call = max(1, max_rows // n_t)
     out = {}
     for p in plans:
-        n = len(p.grid["supply_air"])
-        arrays = [np.concatenate([c[i] for c in parts[p.site.id]])[:n] for i in range(3)]
-        out[p.site.id] = GridHours(*arrays)
+        sid = p.site.id
+        n_grid = len(p.grid["supply_air"])
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for g0 in range(0, n_grid, per_call):
+            idx = np.arange(g0, min(g0 + per_call, n_grid))
+            overrides = {sid: {n: np.repeat(v[idx], n_t) for n, v in p.grid.items()}}
+            state = sim.true_state(np.tile(ts, len(idx)), setpoints=overrides, sites=[sid])
+            o = _outcome(sim, state, sid, (len(idx), n_h, per_hour))
+            parts.append((o.facility_kw.sum(axis=2) * dt_h, o.inlet_max_c.max(axis=2), o.fw_c.max(axis=2)))
+        out[sid] = GridHours(*(np.concatenate([c[i] for c in parts]) for i in range(3)))
     return out
 
 
