@@ -12,7 +12,7 @@ draw more IT power as inlets warm):
   inlet above 27 °C (the engineer watching the test). The readings go through
   :func:`dcpue.analytics.cooling.readings_to_table` and :meth:`CoolingModel.train`;
 * **B1**: the legacy fixed setpoints (:data:`LEGACY_SETPOINTS`: 18 °C supply air, 7 °C chilled
-  water, 32 °C facility water);
+  water, 32 °C facility water, 29.5 °C condenser water);
 * **B2**: the best safe fixed setpoints on *other* weeks: a grid search on the history weeks with the
   true simulator, lowest facility energy with no minute above 27 °C at the hottest rack inlet (and
   the facility water within its W-class);
@@ -26,6 +26,7 @@ draw more IT power as inlets warm):
 Chilled-water sites are searched on the ridge ``chw_supply = supply_air − 6 K``: the coil's
 approach means colder water than that buys no colder air in this plant model and only costs
 economizer hours and COP, so the ridge holds the optimum of every fixed supply-air temperature.
+Facility water and condenser water (sites with cooling towers) are searched as their own axes.
 
 Temperatures above the limits are counted in minutes at the **hottest** rack-inlet sensor,
 noise-free (the room's ``rack_inlet_c`` plus the largest sensor offset). Everything is seeded:
