@@ -600,7 +600,7 @@ def derived_features(features: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 def _with_derived(X: np.ndarray, features: tuple[str, ...] | list[str], derived: list[tuple[str, str]]) -> np.ndarray:
-    """``X`` with one column appended per (setpoint, condition) pair of ``derived``: their difference."""
+    """``X`` with one column appended per pair of ``derived``: the first feature minus the second."""
     if not derived:
         return X
     index = {f: i for i, f in enumerate(features)}
