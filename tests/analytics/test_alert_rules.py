@@ -168,7 +168,7 @@ def key(e: AlertEvent) -> tuple[object, ...]:
 
 # -- scenarios -----------------------------------------------------------------------------------------
 # PLANT: one fault per rule, on different sites or at different times, so one run serves several tests.
-PUE_HIGH = Fault("gy-04", "cooling_degraded", 60, 120, magnitude=2.0)  # gy-04 1.21 → 1.35
+PUE_HIGH = Fault("gy-04", "cooling_degraded", 60, 120, magnitude=2.4)  # gy-04 1.18 → 1.32
 INLET_WARM = Fault("xy-03", "hot_aisle", 60, 90, magnitude=4.0)  # xy-03 inlets 23.8–24.8 → 27.8–28.8 °C
 INLET_HOT = Fault("tr-02", "hot_aisle", 60, 90, magnitude=13.0)  # tr-02 inlets 20.4–21.2 → 33.4–34.2 °C
 WATER_WARM = Fault("ga-01", "fw_supply_high", 60, 60, magnitude=8.0)  # ga-01 35 → 43 °C (W40: 40 °C)
@@ -178,10 +178,10 @@ SPIKE_CRAH = Fault("tr-02", "spike", 190, point="cool.crah-1")  # one sample ×1
 SHORT_HOT = Fault("gy-04", "hot_aisle", 242, 10, magnitude=4.0)  # gy-04 inlets 25.7–26.8 → 29.7–30.8 °C
 PLANT = (PUE_HIGH, INLET_WARM, INLET_HOT, WATER_WARM, STUCK_IT, STUCK_FACILITY, SPIKE_CRAH, SHORT_HOT)
 
-# FLAP: gy-04's PUE swings around the fire threshold for four hours: a mild degradation (×1.15, PUE ≈ 1.23,
-# inside the hysteresis band) all along, and 45-min bursts (×2 in all, PUE ≈ 1.35) every hour on top.
-FLAP_BASE = Fault("gy-04", "cooling_degraded", 60, 225, magnitude=1.15)
-FLAP_BURSTS = tuple(Fault("gy-04", "cooling_degraded", 60 * h, 45, magnitude=2.0 / 1.15) for h in (1, 2, 3, 4))
+# FLAP: gy-04's PUE swings around the fire threshold for four hours: a mild degradation (×1.5, PUE ≈ 1.23,
+# inside the hysteresis band) all along, and 45-min bursts (×2.4 in all, PUE ≈ 1.32) every hour on top.
+FLAP_BASE = Fault("gy-04", "cooling_degraded", 60, 225, magnitude=1.5)
+FLAP_BURSTS = tuple(Fault("gy-04", "cooling_degraded", 60 * h, 45, magnitude=2.4 / 1.5) for h in (1, 2, 3, 4))
 # … and ga-01, whose cooling degraded half an hour earlier (PUE 1.13 → 1.32), loses its collector for 44.5 min
 OUTAGE_PUE = Fault("ga-01", "cooling_degraded", 30, 210, magnitude=4.0)
 OUTAGE = Fault("ga-01", "outage", 80.5, 44.5)
@@ -190,8 +190,8 @@ FLAP = (FLAP_BASE, *FLAP_BURSTS, OUTAGE_PUE, OUTAGE)
 FLAP_RUN = {"observe_min": 1}
 
 # DAYS: three local days at 5-min samples, polled every 6 h; gy-04 runs degraded on day 2 only (GB 40879 grade
-# 2 → 3), ga-01 all along (its rolling year goes above target).
-GRADE_DAY2 = Fault("gy-04", "cooling_degraded", 24 * 60, 24 * 60, magnitude=2.0)  # 1.22 → 1.36
+# 2 → 3; day 3, cooler, is grade 1), ga-01 all along (its rolling year goes above target).
+GRADE_DAY2 = Fault("gy-04", "cooling_degraded", 24 * 60, 24 * 60, magnitude=2.0)  # 1.20 → 1.33
 ANNUAL_HIGH = Fault("ga-01", "cooling_degraded", 0, 78 * 60, magnitude=3.0)  # 1.13 → 1.26
 DAYS = (GRADE_DAY2, ANNUAL_HIGH)
 DAYS_RUN = {"hours": 78, "sample_s": 300, "chunk_min": 360}
@@ -270,8 +270,8 @@ def test_efficiency_grade_worsened_fires_at_the_end_of_the_worse_day_and_clears_
         daily = r.rows[(r.rows["id"] == "gy-04") & (r.rows["window"] == "1d") & r.rows["final"]]
         return daily["grade"].tolist()
 
-    assert grades(base) == ["2", "2", "2"]
-    assert grades(days) == ["2", "3", "2"]
+    assert grades(base) == ["2", "2", "1"]
+    assert grades(days) == ["2", "3", "1"]
 
     events = days.of("EfficiencyGradeWorsened", "gy-04")
     assert [e.status for _, e in events] == [FIRING, RESOLVED], [(minutes(t), e.status) for t, e in events]
@@ -279,7 +279,7 @@ def test_efficiency_grade_worsened_fires_at_the_end_of_the_worse_day_and_clears_
     assert fire.starts_at_ms == T0 + 2 * DAY  # day 2's row, judged when the day closed …
     assert T0 + 2 * DAY < t_fire <= T0 + 2 * DAY + 6 * HOUR  # … in the first poll after midnight
     assert fire.annotations["previous_grade"] == "2" and fire.annotations["grade"] == "3"
-    assert res.ends_at_ms == T0 + 3 * DAY and t_res > T0 + 3 * DAY  # day 3 is back to grade 2
+    assert res.ends_at_ms == T0 + 3 * DAY and t_res > T0 + 3 * DAY  # day 3 is grade 1: no longer worse
     assert base.of("EfficiencyGradeWorsened", "gy-04") == []
 
 
