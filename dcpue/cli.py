@@ -700,7 +700,9 @@ def cmd_cooling_evaluate(args: argparse.Namespace) -> int:
             *(["--site-types", *args.site_types] if args.site_types else []),
             *(["--seasons", *args.seasons] if args.seasons else []),
             *(["--json", args.json] if args.json else []), *(["--markdown", args.markdown] if args.markdown else []),
-            *(["--inlet-margin", str(args.inlet_margin)] if args.inlet_margin is not None else [])]
+            *(["--inlet-margin", str(args.inlet_margin)] if args.inlet_margin is not None else []),
+            *(["--no-feedback"] if args.no_feedback else []),
+            *(["--step-hours", str(args.step_hours)] if args.step_hours else [])]
     return cooling_eval.main(argv)
 
 
@@ -1017,6 +1019,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--markdown", help="write the table as Markdown here")
     ev.add_argument("--inlet-margin", type=float,
                     help="the recommender's inlet margin below 27 °C [K] (default: sized from each model)")
+    ev.add_argument("--no-feedback", action="store_true",
+                    help="do not pass the measured inlet and facility water to the recommender")
+    ev.add_argument("--step-hours", type=int, help="hours between the history's step-test changes (default 4)")
     ev.set_defaults(func=cmd_cooling_evaluate)
 
     retire = sub.add_parser(

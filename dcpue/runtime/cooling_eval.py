@@ -688,7 +688,7 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dcpue.runtime.cooling_eval",
                                      description="Closed-loop evaluation of the cooling recommender on the simulator.")
     parser.add_argument("--quick", action="store_true", help="one site type (enterprise) × one week (July)")
@@ -700,9 +700,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="sensitivity run: the recommender's inlet margin [K] (default: the library's)")
     parser.add_argument("--no-feedback", action="store_true",
                         help="do not anchor predictions on the measured inlet and facility water")
+    parser.add_argument("--step-hours", type=int, metavar="H",
+                        help="sensitivity run: hours between the history's step-test changes (default 4)")
     parser.add_argument("--json", type=Path, help="write the report as JSON here")
     parser.add_argument("--markdown", type=Path, help="write the table as Markdown here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    """The evaluation configuration the command-line options ask for."""
     config = PROFILES["quick" if args.quick else "full"]
     overrides: dict[str, Any] = {"seed": args.seed, "workers": args.workers, "inlet_margin_k": args.inlet_margin,
                                  "feedback": not args.no_feedback}
@@ -710,8 +716,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["site_types"] = tuple(args.site_types)
     if args.seasons:
         overrides["seasons"] = tuple(args.seasons)
-    config = replace(config, **overrides)
-    report = run_evaluation(config)
+    if args.step_hours:
+        overrides["explore_block_h"] = args.step_hours
+    return replace(config, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    report = run_evaluation(config_from_args(args))
     given = list(argv if argv is not None else sys.argv[1:])
     report["command"] = " ".join([".venv/bin/python -m dcpue.runtime.cooling_eval", *given])
     table = markdown_table(report)

@@ -15,7 +15,7 @@ import pytest
 from dcpue.ingest.simulator import FleetSimulator, generate_fleet
 from dcpue.registry import Registry, dump_registry
 
-SITE = "xy-03"  # enterprise: supply-air and chilled-water setpoints
+SITE = "xy-03"  # enterprise: supply-air, chilled-water and condenser-water setpoints
 START_MS = 1_751_328_000_000  # 2025-07-01T00:00Z
 HOUR = 3_600_000
 
@@ -118,3 +118,16 @@ def test_train_refuses_a_history_without_setpoint_changes(tmp_path: Path):
     refused = dcpue("cooling", "train", "--site", "flat-01", "--input", str(path), "--models", str(tmp_path / "m"))
     assert refused.returncode != 0
     assert "supply_air" in refused.stderr and not (tmp_path / "m").exists()
+
+
+def test_evaluate_passes_its_options_to_the_evaluation(monkeypatch: pytest.MonkeyPatch):
+    from dcpue import cli
+    from dcpue.runtime import cooling_eval
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(cooling_eval, "main", lambda argv: seen.append(list(argv)) or 0)
+    assert cli.main(["cooling", "evaluate", "--quick", "--step-hours", "2", "--no-feedback", "--inlet-margin", "0.5",
+                     "--seasons", "oct"]) == 0
+    config = cooling_eval.config_from_args(cooling_eval._parser().parse_args(seen[0]))
+    assert (config.explore_block_h, config.feedback, config.inlet_margin_k, config.seasons) == (2, False, 0.5, ("oct",))
+    assert config.site_types == ("enterprise",)

@@ -106,3 +106,15 @@ def test_quick_profile_meets_the_issue_targets():
     assert rec["facility_kwh"] < b2["facility_kwh"], totals["comparison"]["recommender"]
     gap = totals["comparison"]["gap_captured"]
     assert not math.isnan(gap) and gap >= 0.5, totals["comparison"]
+
+
+def test_command_line_options_reach_the_configuration():
+    parse = ce._parser().parse_args
+    default = ce.config_from_args(parse([]))
+    assert default == replace(ce.PROFILES["full"], workers=1)
+    sensitivity = ce.config_from_args(parse(["--quick", "--step-hours", "2", "--inlet-margin", "0", "--no-feedback",
+                                             "--seed", "3", "--workers", "2"]))
+    assert sensitivity == replace(ce.PROFILES["quick"], explore_block_h=2, inlet_margin_k=0.0, feedback=False, seed=3,
+                                  workers=2)
+    chosen = ce.config_from_args(parse(["--site-types", "legacy", "hybrid", "--seasons", "oct"]))
+    assert chosen.site_types == ("legacy", "hybrid") and chosen.seasons == ("oct",)
