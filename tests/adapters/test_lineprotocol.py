@@ -163,4 +163,7 @@ def test_recommendation_lines_carry_the_record_predictions_and_leave_unknowns_ou
     assert chw.endswith(f" {T0}") and "ok=true" in chw and 'action="change"' in chw
     (none,) = [line for line in lines if str(T0 + 900_000) in line]
     assert "recommended=" not in none and "expected_saving" not in none and "fw_supply_c" not in none
+    tower = recommendations_to_lines([{**change, "current": {"cw_supply": 20.0}, "recommended": {"cw_supply": 22.0}}])
+    assert [line.split(" ")[0] for line in tower] == [
+        "recommendation,site=gy-04,loop=condenser_water,setpoint=cw_supply"]
     assert "ok=false" in none and 'reason="no recommendation: conditions outside the training data"' in none
