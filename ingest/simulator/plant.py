@@ -197,7 +197,8 @@ def plant(p: dict[str, np.ndarray], it_kw: np.ndarray, light_kw: np.ndarray, w: 
 
     ``p`` holds (S, 1) archetype parameters plus ``design_kw``, ``has_chiller``, ``has_tower``,
     ``has_dry_cooler``; ``w`` the weather (``dry_bulb_c``, ``wet_bulb_c``); ``sp`` the (S, 1)
-    setpoints ``supply_air``, ``chw_supply``, ``fw_supply`` (NaN where absent). Returns (S, T)
+    setpoints ``supply_air``, ``chw_supply``, ``fw_supply`` and optionally ``cw_supply`` (NaN where
+    absent; a tower without a condenser-water setpoint runs its fans flat out). Returns (S, T)
     arrays: powers [kW] per subsystem (``crah``, ``chiller``, ``pump``, ``cooling_tower``,
     ``dry_cooler``, ``cdu``), ``ups_loss``, heat flows, temperatures and economizer shares.
     """

@@ -337,10 +337,7 @@ class FleetSimulator:
         """
         ts = np.asarray(ts_ms, dtype=np.int64)
         rows = None if sites is None else np.array([self._index(s) for s in sites], dtype=np.int64)
-        sp = self._override_arrays(setpoints, len(ts)) if setpoints else None
-        if sp is not None and rows is not None:
-            sp = {name: arr[rows] for name, arr in sp.items()}
-        state = self._physics(ts, sp, rows)
+        state = self._physics(ts, self._override_arrays(setpoints, len(ts)) if setpoints else None, rows)
         columns = {k: v.reshape(-1) for k, v in state.items() if v.ndim == 2}
         frame = pd.DataFrame(columns)
         ids = self._site_ids if rows is None else [self._site_ids[i] for i in rows]
@@ -447,7 +444,7 @@ class FleetSimulator:
     def _physics(self, ts: np.ndarray, sp: dict[str, np.ndarray] | None = None,
                  rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The true state of all sites (or the site indices ``rows``) at times ``ts`` [(S, T) arrays,
-        canonical units]; ``sp``: (S, T) setpoint arrays instead of the current (S, 1) ones."""
+        canonical units]; ``sp``: (S, T) setpoint arrays of all sites instead of the current (S, 1) ones."""
         p = self._params if rows is None else {k: v[rows] for k, v in self._params.items()}
         keys = p["site_key"]
         city_index = self._city_index if rows is None else self._city_index[rows]
@@ -462,8 +459,8 @@ class FleetSimulator:
         light = p["racks"] * p["light_kw_per_rack"] * (0.35 + 0.65 * plant.daylight(hour))
         if sp is None:
             sp = self._setpoint_arrays()
-            if rows is not None:
-                sp = {name: arr[rows] for name, arr in sp.items()}
+        if rows is not None:
+            sp = {name: arr[rows] for name, arr in sp.items()}
         # server fans speed up with the inlet, which itself warms with the load (recirculation): one
         # fixed-point step, solving the plant at the cool-inlet load first (the fans then follow an inlet
         # a few hundredths of a K, at most ≈ 0.1 K at 32 °C, below the final one)
