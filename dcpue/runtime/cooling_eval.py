@@ -148,11 +148,10 @@ def setpoint_grid(names: Sequence[str], sat_step_k: float, fw_step_k: float,
                   cw_step_k: float = 1.0) -> dict[str, np.ndarray]:
     """Candidate fixed setpoints [°C]: supply air (chilled water on the coil ridge) × facility water ×
     condenser water, for the setpoints in ``names``."""
-    axes = {"supply_air": sat_step_k, "fw_supply": fw_step_k, "cw_supply": cw_step_k}
-    values = [np.round(np.arange(SEARCH_BOUNDS[n][0], SEARCH_BOUNDS[n][1] + 1e-9, step), 6)
-              for n, step in axes.items() if n in names or n == "supply_air"]
-    mesh = [a.reshape(-1) for a in np.meshgrid(*values, indexing="ij")]
-    grid = dict(zip([n for n in axes if n in names or n == "supply_air"], mesh, strict=True))
+    steps = {"supply_air": sat_step_k, "fw_supply": fw_step_k, "cw_supply": cw_step_k}
+    used = [n for n in steps if n == "supply_air" or n in names]
+    values = [np.round(np.arange(SEARCH_BOUNDS[n][0], SEARCH_BOUNDS[n][1] + 1e-9, steps[n]), 6) for n in used]
+    grid = dict(zip(used, (a.reshape(-1) for a in np.meshgrid(*values, indexing="ij")), strict=True))
     if "chw_supply" in names:
         grid["chw_supply"] = np.clip(grid["supply_air"] - COIL_APPROACH_K, *SEARCH_BOUNDS["chw_supply"])
     return {n: grid[n] for n in ("supply_air", "chw_supply", "fw_supply", "cw_supply") if n in grid}
@@ -688,7 +687,8 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m dcpue.runtime.cooling_eval``."""
     parser = argparse.ArgumentParser(prog="python -m dcpue.runtime.cooling_eval",
                                      description="Closed-loop evaluation of the cooling recommender on the simulator.")
     parser.add_argument("--quick", action="store_true", help="one site type (enterprise) × one week (July)")
@@ -722,7 +722,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     report = run_evaluation(config_from_args(args))
     given = list(argv if argv is not None else sys.argv[1:])
     report["command"] = " ".join([".venv/bin/python -m dcpue.runtime.cooling_eval", *given])

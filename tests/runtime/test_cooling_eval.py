@@ -109,7 +109,7 @@ def test_quick_profile_meets_the_issue_targets():
 
 
 def test_command_line_options_reach_the_configuration():
-    parse = ce._parser().parse_args
+    parse = ce.build_parser().parse_args
     default = ce.config_from_args(parse([]))
     assert default == replace(ce.PROFILES["full"], workers=1)
     sensitivity = ce.config_from_args(parse(["--quick", "--step-hours", "2", "--inlet-margin", "0", "--no-feedback",
