@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dcpue.analytics.cooling.table import CONDITIONS, SETPOINTS, TARGETS
+from dcpue.analytics.cooling.table import CONDITIONS, COOLING_PARTS, SETPOINTS, TARGETS
 from dcpue.errors import DcpueError, missing_extra
 
 FORMAT = 1  # on-disk layout of saved models
@@ -44,6 +44,7 @@ DEFAULT_HGB = {"max_iter": 150, "learning_rate": 0.1, "max_leaf_nodes": 15, "min
                "early_stopping": False}
 QUANTILE_TARGETS = TEMPERATURE_TARGETS  # the constraint side gets quantile regressors; power a conformal band
 NN_PERCENTILE = 99.0
+REST = "other_kw"  # facility − IT − the metered cooling subsystems, when the model sums parts
 FEEDBACK_HORIZON = "1h"  # how far ahead a measured outcome anchors a prediction (the recommender's step)
 
 
@@ -239,7 +240,7 @@ class CoolingModel:
               block: str = "1D", min_rows: int = 500, min_blocks: int = 5, min_setpoint_range_k: float = 1.0,
               setpoints: tuple[str, ...] | None = None, quantiles: tuple[float, float] = QUANTILES,
               quantile_targets: tuple[str, ...] = QUANTILE_TARGETS, hgb_params: Mapping[str, Any] | None = None,
-              n_threads: int | None = 1) -> CoolingModel:
+              n_threads: int | None = 1, power_parts: bool = True) -> CoolingModel:
         """Fit the site's surrogate on ``table`` (columns of :mod:`dcpue.analytics.cooling.table`).
 
         Features: the conditions and the ``sp_*`` columns of ``setpoints`` (default: every
@@ -252,6 +253,15 @@ class CoolingModel:
         the held-out residuals. ``hgb_params`` override the regressor settings; ``n_threads``
         caps OpenMP threads while fitting (1 by default: these tables are small, and on a
         shared machine spinning threads cost more than they bring; ``None`` = all cores).
+
+        With ``power_parts`` (the default) and subsystem columns ``cooling_kw_<subsystem>`` in the
+        table (each with at least ``min_rows`` values, else the totals are learnt whole), cooling and
+        facility power are each predicted as the mean of two regressors: one of the total, and the
+        sum of one regressor per metered subsystem (each of its draw per kW of IT), plus for facility
+        power one of the rest (facility − IT − cooling: losses, lighting). Each subsystem then answers
+        to its own physics (a tower's fan cube law, a chiller's lift, an economizer's share), and the
+        two ways of building the total err differently, so their mean ranks setpoints better than
+        either. Held-out errors of the parts are in ``metadata["part_metrics"]``.
 
         Raises :class:`TrainingRefused` (a ``ValueError``) when a column is missing, when there are
         fewer than ``min_rows`` complete rows or ``min_blocks`` blocks, or when a setpoint varied
@@ -313,15 +323,43 @@ class CoolingModel:
 
         derived = derived_features(features)
         Xd = _with_derived(X, features, derived)
+        parts = tuple(c for c in COOLING_PARTS if power_parts and c in frame.columns)
+        if any(frame[c].notna().sum() < min_rows for c in parts):
+            parts = ()  # a sum missing a subsystem would not be the site's cooling: learn the totals whole
+        part_y = {c: frame[c].to_numpy(np.float64) for c in parts}
+        if parts:
+            # the rest of facility power once IT and the metered cooling subsystems are taken off
+            part_y[REST] = _internal_target(frame, "facility_kw") - np.sum([part_y[c] for c in parts], axis=0)
+        fitted_parts: dict[tuple[str, str], Any] = {}
 
         def design(target: str) -> np.ndarray:
             return X if target in TEMPERATURE_TARGETS else Xd
 
-        def fit(target: str, rows: np.ndarray) -> dict[str, Any]:
+        def constraints(target: str) -> list[int]:
+            cst = [MONOTONIC.get(target, {}).get(f, 0) for f in features]
+            return cst + [0] * (design(target).shape[1] - len(features))
+
+        def fit_part(column: str, rows: np.ndarray, kind: str) -> Any:
+            if (column, kind) not in fitted_parts:
+                # learnt per kW of IT: a subsystem's draw is roughly proportional to the heat it moves,
+                # which leaves the trees the efficiency (lift, economizer share, fan speed) to learn
+                y = part_y[column] / it
+                keep = rows & np.isfinite(y)
+                fitted_parts[column, kind] = hgb_cls(loss="squared_error", **params).fit(Xd[keep], y[keep])
+            return fitted_parts[column, kind]
+
+        def fit(target: str, rows: np.ndarray, kind: str) -> dict[str, Any]:
+            models = fit_whole(target, rows)
+            if parts and target in ("cooling_kw", "facility_kw"):
+                names = parts if target == "cooling_kw" else (*parts, REST)
+                summed = PartsSum({c: fit_part(c, rows, kind) for c in names})
+                models["mean"] = MeanOf([summed, models["mean"]])
+            return models
+
+        def fit_whole(target: str, rows: np.ndarray) -> dict[str, Any]:
             y = _internal_target(frame, target)
             keep = rows & ~np.isnan(y)
-            cst = [MONOTONIC.get(target, {}).get(f, 0) for f in features]
-            cst += [0] * (design(target).shape[1] - len(features))
+            cst = constraints(target)
             models = {"mean": hgb_cls(loss="squared_error", monotonic_cst=cst, **params)}
             if target in quantile_targets:
                 models["lo"] = hgb_cls(loss="quantile", quantile=quantiles[0], monotonic_cst=cst, **params)
@@ -336,7 +374,7 @@ class CoolingModel:
         horizon_ms = int(pd.Timedelta(FEEDBACK_HORIZON).total_seconds() * 1000)
         with _threads(n_threads):
             for target in targets:
-                models = fit(target, ~hold)
+                models = fit(target, ~hold, "held-out")
                 y_all = frame[target].to_numpy(np.float64)
                 rows = hold & ~np.isnan(y_all)
                 base = it[rows] if target == "facility_kw" else 0.0
@@ -353,7 +391,13 @@ class CoolingModel:
                 if target in TEMPERATURE_TARGETS:
                     feedback[target] = _feedback_calibration(ts[rows], blocks[rows], y, mean, horizon_ms,
                                                              quantiles)
-            estimators = {t: fit(t, np.ones(len(frame), dtype=bool)) for t in targets}
+            part_metrics = {}
+            for column in (*parts, REST) if parts else ():
+                y = part_y[column][hold]
+                ok = ~np.isnan(y)
+                pred = fitted_parts[column, "held-out"].predict(Xd[hold][ok]) * it[hold][ok]
+                part_metrics[column] = _metrics(y[ok], pred, pred, pred, float(np.mean(np.abs(y[ok]))))
+            estimators = {t: fit(t, np.ones(len(frame), dtype=bool), "all") for t in targets}
 
         # domain of experience: per-feature ranges, and nearest-neighbour distances of held-out days
         center = X.mean(axis=0)
@@ -384,6 +428,7 @@ class CoolingModel:
             "features": list(features),
             "derived_features": [list(d) for d in derived],
             "targets": list(targets),
+            "power_parts": list(parts),
             "window": {"first_ms": int(ts[0]), "last_ms": int(ts[-1])},
             "n_rows": int(len(frame)),
             "inlet_spread_k": _inlet_spread(frame),
@@ -396,6 +441,7 @@ class CoolingModel:
                        "min_rows": min_rows, "min_setpoint_range_k": min_setpoint_range_k},
             "sklearn_version": sklearn.__version__,
             "metrics": metrics,
+            "part_metrics": part_metrics,
             "calibration": offsets,
             "feedback": {"horizon": FEEDBACK_HORIZON, **feedback},
             "domain": {"min": lo_f.tolist(), "max": hi_f.tolist(), "center": center.tolist(),
@@ -414,11 +460,15 @@ class CoolingModel:
             raise ValueError(f"missing column(s) {', '.join(missing)} (the model needs {', '.join(self.features)})")
         return np.column_stack([np.asarray(frame[f], dtype=np.float64).reshape(-1) for f in self.features])
 
+    def _power_matrix(self, X: np.ndarray) -> np.ndarray:
+        """``X`` with the derived features the power regressors were fitted on."""
+        return _with_derived(X, self.features, [tuple(d) for d in self._meta.get("derived_features", [])])
+
     def _predict(self, X: np.ndarray, wanted: dict[str, tuple[str, ...]]) -> dict[str, np.ndarray]:
         """Predictions ``"<target>"``, ``"<target>_lo"``, ``"<target>_hi"`` for the parts asked (in one pass)."""
         out: dict[str, np.ndarray] = {}
         it = X[:, 0]
-        Xd = _with_derived(X, self.features, [tuple(d) for d in self._meta.get("derived_features", [])])
+        Xd = self._power_matrix(X)
         with _threads(self.n_threads):
             raw_all = {t: {p: self._est[t][p].predict(X if t in TEMPERATURE_TARGETS else Xd)
                            for p in ("mean", *parts) if p in self._est[t]}
@@ -558,6 +608,43 @@ class CoolingModel:
             raise ValueError(f"{model_path}: estimators are version {payload.get('version')!r}, "
                              f"metadata {meta['version']!r}")
         return cls(meta, payload["estimators"], payload["neighbours"])
+
+
+class MeanOf:
+    """A regressor averaging the predictions of regressors of one target fitted in different ways."""
+
+    def __init__(self, members: list[Any]):
+        self.members = members
+
+    @property
+    def n_features_in_(self) -> int:
+        """Number of features the members were fitted on (scikit-learn's attribute name)."""
+        return int(self.members[0].n_features_in_)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The members' predictions for the rows of ``X``, averaged."""
+        return np.mean([member.predict(X) for member in self.members], axis=0)
+
+
+class PartsSum:
+    """A regressor of a total: the sum of regressors fitted to its metered parts (name → regressor), each
+    predicting its part per kW of IT (the first feature), so the sum is multiplied by it."""
+
+    def __init__(self, parts: dict[str, Any]):
+        self.parts = parts
+
+    @property
+    def n_features_in_(self) -> int:
+        """Number of features the parts were fitted on (scikit-learn's attribute name)."""
+        return int(next(iter(self.parts.values())).n_features_in_)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The parts' predictions for the rows of ``X`` [kW], summed."""
+        return np.sum([self.predict_part(name, X) for name in self.parts], axis=0)
+
+    def predict_part(self, name: str, X: np.ndarray) -> np.ndarray:
+        """One part's prediction [kW] for the rows of ``X``."""
+        return self.parts[name].predict(X) * X[:, 0]
 
 
 def _feedback_calibration(ts: np.ndarray, blocks: np.ndarray, y: np.ndarray, mean: np.ndarray, horizon_ms: int,

@@ -12,7 +12,10 @@ Columns (all optional ones only where the site has the point):
   ``rack_inlet_c`` [°C] (the hottest rack-inlet sensor: its mean over the interval), ``fw_supply_c`` [°C]
   (facility-water supply, liquid loops);
 * auxiliary: ``rack_inlet_mean_c`` [°C] (the mean of every rack-inlet sensor and sample: the mean
-  server inlet that server fans follow; not a model target).
+  server inlet that server fans follow; not a model target);
+* parts of ``cooling_kw``: ``cooling_kw_<subsystem>`` [kW] for each cooling subsystem the site meters
+  (``chiller``, ``crah``, ``cdu``, ``pump``, ``cooling_tower``, ``dry_cooler``): the model learns each
+  subsystem's own response and adds them up (:class:`dcpue.analytics.cooling.CoolingModel`).
 
 :func:`readings_to_table` builds it from dcpue readings, reusing the PUE engine's energy
 handling (:mod:`dcpue.analytics.energy`, :mod:`dcpue.analytics.pue`) for power and counters.
@@ -38,7 +41,8 @@ CONDITIONS = ("it_kw", "dry_bulb_c", "wet_bulb_c", "rh_pct")
 SETPOINT_COLUMNS = tuple(f"sp_{name}" for name in SETPOINTS)
 TARGETS = ("cooling_kw", "facility_kw", "rack_inlet_c", "fw_supply_c")
 AUXILIARY = ("rack_inlet_mean_c",)
-TABLE_COLUMNS = ("ts", *CONDITIONS, *SETPOINT_COLUMNS, *TARGETS, *AUXILIARY)
+COOLING_PARTS = tuple(f"cooling_kw_{flow.removeprefix('cooling_')}" for flow in COOLING_FLOWS)
+TABLE_COLUMNS = ("ts", *CONDITIONS, *SETPOINT_COLUMNS, *TARGETS, *AUXILIARY, *COOLING_PARTS)
 
 # sensor location → table column; the registry's ``location`` tag wins, else the point id prefix below
 _LOCATIONS = {
@@ -186,6 +190,12 @@ def readings_to_table(readings: pd.DataFrame, site: Site, freq: str = "15min", *
     table["it_kw"] = np.where(ok, metrics["it_kw"].to_numpy(), np.nan)
     table["facility_kw"] = np.where(ok, metrics["facility_kw"].to_numpy() + renewable, np.nan)
     table["cooling_kw"] = cooling.where(cooling_cov >= coverage_threshold).to_numpy()
+    metered = [(part, flow) for part, flow in zip(COOLING_PARTS, COOLING_FLOWS, strict=True)
+               if flows[f"{flow}_cov"].notna().any()]
+    for part, flow in metered:
+        covered = flows[f"{flow}_cov"] / (step_ms / 1000.0) >= coverage_threshold
+        table[part] = _mean_kw(flows, flow).where(covered).to_numpy()
+    columns += [part for part, _ in metered]
 
     # sensors and setpoints: mean per interval (rack inlet: the hottest sensor's mean)
     column_of = {p.id: sensor_column(p) for p in site.points}

@@ -31,7 +31,8 @@ from dcpue.analytics.cooling import (
     schedule,
     wet_bulb_c,
 )
-from dcpue.analytics.cooling.model import derived_features
+from dcpue.analytics.cooling.model import REST, MeanOf, PartsSum, derived_features
+from dcpue.analytics.cooling.table import COOLING_PARTS
 from dcpue.ingest.simulator import FleetSimulator, archetype_of, generate_fleet
 from dcpue.ingest.simulator.climate import city_climate
 from dcpue.ingest.simulator.plant import ARCHETYPES
@@ -260,6 +261,58 @@ def test_power_models_see_setpoint_differences_and_temperature_models_do_not():
         assert (np.diff(inlet[column].to_numpy()) >= -1e-9).all(), column
 
 
+@pytest.mark.parametrize("kind", ("hybrid", "legacy"))
+def test_the_table_holds_each_metered_cooling_subsystem_and_they_add_up(kind):
+    registry, sim, readings = one_day_at_defaults()
+    site = next(s for s in registry.sites if archetype_of(s) == kind)
+    got = readings_to_table(readings, site, "15min", elevation_m=elevation(site))
+    metered = {f"cooling_kw_{p.cooling_subsystem.value}" for p in site.points if p.cooling_subsystem is not None}
+    assert {c for c in got.columns if c in COOLING_PARTS} == metered
+    assert ("cooling_kw_cooling_tower" in metered) == (kind == "hybrid")
+    np.testing.assert_allclose(got[sorted(metered)].sum(axis=1), got["cooling_kw"], rtol=1e-9)
+    # each part is that subsystem's own power: the chillers stop while the economizer carries the load
+    ts = np.arange(START_MS + 300_000, START_MS + 24 * HOUR_MS + 1, 300_000)
+    truth = sim.true_state(ts, sites=[site.id])
+    window = START_MS + (truth["ts"] - 1 - START_MS) // 900_000 * 900_000
+    chiller = truth.groupby(window)["chiller"].mean().reindex(got["ts"]).to_numpy()
+    assert np.abs(got["cooling_kw_chiller"].to_numpy() - chiller).mean() < 0.03 * max(chiller.mean(), 1.0)
+
+
+def test_power_is_predicted_from_the_metered_subsystems_and_the_total_alike():
+    """Cooling = the mean of Σ subsystem regressors and a regressor of the total; facility = IT + the mean of
+    (that sum + a regressor of the rest: losses, lighting) and a regressor of facility − IT; the parts'
+    held-out errors are reported; ``power_parts=False`` learns the totals alone."""
+    m = model("hybrid")
+    parts = [c for c in COOLING_PARTS if c in table("hybrid").columns]
+    assert m.metadata["power_parts"] == parts and len(parts) >= 4
+    cooling, facility = m._est["cooling_kw"]["mean"], m._est["facility_kw"]["mean"]
+    assert isinstance(cooling, MeanOf) and isinstance(facility, MeanOf)
+    (cooling_sum, cooling_total), (facility_sum, facility_total) = cooling.members, facility.members
+    assert isinstance(cooling_sum, PartsSum) and list(cooling_sum.parts) == parts
+    assert list(facility_sum.parts) == [*parts, REST]
+    assert all(facility_sum.parts[c] is cooling_sum.parts[c] for c in parts)  # fitted once, shared
+    rows = table("hybrid").iloc[::50]
+    pred = m.predict(rows)
+    Xd = m._power_matrix(m._matrix(rows))
+    by_part = {c: facility_sum.predict_part(c, Xd) for c in facility_sum.parts}
+    np.testing.assert_allclose(pred["cooling_kw"], (sum(by_part[c] for c in parts) + cooling_total.predict(Xd)) / 2)
+    np.testing.assert_allclose(pred["facility_kw"],
+                               rows["it_kw"] + (sum(by_part.values()) + facility_total.predict(Xd)) / 2)
+    # each way alone predicts the total too: the subsystems add up to the site's cooling within a few %
+    assert np.mean(np.abs(sum(by_part[c] for c in parts) - rows["cooling_kw"])) < 0.05 * rows["cooling_kw"].mean()
+    assert set(m.metadata["part_metrics"]) == {*parts, REST}
+    for column, metric in m.metadata["part_metrics"].items():
+        assert metric["n"] >= 0.1 * m.n_rows and np.isfinite(metric["mae"]), column
+    chiller = m.metadata["part_metrics"]["cooling_kw_chiller"]
+    assert chiller["mae"] <= 0.1 * table("hybrid")["cooling_kw_chiller"].mean()
+    patchy = table("hybrid").assign(cooling_kw_pump=lambda t: t["cooling_kw_pump"].where(t.index < 400))
+    assert CoolingModel.train(patchy).metadata["power_parts"] == []  # a part too rarely metered: totals alone
+    whole = CoolingModel.train(table("hybrid"), site="whole", power_parts=False)
+    assert whole.metadata["power_parts"] == [] and not whole.metadata["part_metrics"]
+    assert not isinstance(whole._est["facility_kw"]["mean"], MeanOf)
+    np.testing.assert_allclose(whole.predict(rows)["facility_kw"], rows["it_kw"] + facility_total.predict(Xd))
+
+
 def test_the_thin_edges_of_the_history_are_not_recommended():
     """A setpoint value held for fewer rows than a leaf holds shares its leaf with its neighbours, so the model
     predicts it like them: at the warm end, a hotter inlet than predicted (the evaluation's legacy room ran
@@ -325,7 +378,8 @@ def test_the_model_learns_the_hottest_sensors_lead_and_the_fan_prior_uses_it():
 def test_held_out_metrics_expose_a_model_without_skill():
     """Shuffled targets: the held-out days show no skill and recommend() refuses on that ground."""
     shuffled = table("legacy").copy()
-    shuffled["cooling_kw"] = shuffled["cooling_kw"].sample(frac=1.0, random_state=1).to_numpy()
+    cooling = ["cooling_kw", *(c for c in COOLING_PARTS if c in shuffled.columns)]  # the parts with their sum
+    shuffled[cooling] = shuffled[cooling].sample(frac=1.0, random_state=1).to_numpy()
     m = CoolingModel.train(shuffled, hgb_params={"max_iter": 40})
     assert m.metrics["cooling_kw"]["r2"] < 0.3
     assert m.metrics["cooling_kw"]["relative_error"] > 3 * model("legacy").metrics["cooling_kw"]["relative_error"]
