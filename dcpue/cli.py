@@ -696,7 +696,8 @@ def cmd_cooling_evaluate(args: argparse.Namespace) -> int:
     """Closed-loop evaluation on the simulator against fixed-setpoint baselines and hindsight."""
     from dcpue.runtime import cooling_eval
 
-    argv = [*(["--quick"] if args.quick else []), "--seed", str(args.seed), "--workers", str(args.workers),
+    argv = [*(["--quick"] if args.quick else []), "--seed", str(args.seed), "--draw", str(args.draw),
+            "--workers", str(args.workers),
             *(["--site-types", *args.site_types] if args.site_types else []),
             *(["--seasons", *args.seasons] if args.seasons else []),
             *(["--json", args.json] if args.json else []), *(["--markdown", args.markdown] if args.markdown else []),
@@ -1014,6 +1015,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--site-types", nargs="+", help="liquid, hybrid, enterprise, legacy (default: all)")
     ev.add_argument("--seasons", nargs="+", help="representative weeks to run (default: all four)")
     ev.add_argument("--seed", type=int, default=7)
+    ev.add_argument("--draw", type=int, default=0, help="another random draw of the step tests (default 0)")
     ev.add_argument("--workers", type=int, default=1, help="processes (one season each)")
     ev.add_argument("--json", help="write the report as JSON here")
     ev.add_argument("--markdown", help="write the table as Markdown here")

@@ -92,6 +92,7 @@ class EvalConfig:
     """What to evaluate and how finely. Times are local (Asia/Shanghai) weeks of ``year``."""
 
     seed: int = 7
+    draw: int = 0  # which random draw of the history's step tests (same sites, weather and load)
     year: int = 2024
     site_types: tuple[str, ...] = SITE_TYPES
     seasons: tuple[str, ...] = tuple(SEASONS)
@@ -273,14 +274,14 @@ def hindsight(grid: GridHours) -> tuple[np.ndarray, int]:
 # -- history: commissioning step tests ----------------------------------------------------------------
 
 def exploration_schedule(sim: FleetSimulator, plans: Sequence[SitePlan], ts: np.ndarray, block_n: int,
-                         seed: int, month: int) -> dict[str, dict[str, np.ndarray]]:
+                         seed: int, month: int, draw: int = 0) -> dict[str, dict[str, np.ndarray]]:
     """Random step tests, one value per block and setpoint, made safe against the true simulator:
     a block with any minute above 27 °C at the hottest inlet is lowered by 1 K (supply air and
-    chilled water; facility water by 2 K) until none is."""
+    chilled water; facility water by 2 K) until none is. ``draw`` picks another independent draw."""
     n_blocks = -(-len(ts) // block_n)
     schedules: dict[str, dict[str, np.ndarray]] = {}
     for i, p in enumerate(plans):
-        rng = np.random.default_rng([seed, month, i, 0xC001])
+        rng = np.random.default_rng([seed, month, i, 0xC001, *([draw] if draw else [])])
         values = {}
         for n in p.names:
             lo, hi = SEARCH_BOUNDS[n]
@@ -482,7 +483,7 @@ def evaluate_season(config: EvalConfig, season: str, recommender_factory: Callab
     # history with step tests → model
     hist_ts = np.arange(hist_start, week, dt_ms, dtype=np.int64)
     block_n = config.explore_block_h * HOUR_MS // dt_ms
-    schedules = exploration_schedule(sim, plans, hist_ts, block_n, config.seed, month)
+    schedules = exploration_schedule(sim, plans, hist_ts, block_n, config.seed, month, config.draw)
     readings = run_history(sim, plans, hist_start, week, config.explore_block_h * HOUR_MS, schedules)
     hist_max_inlet = {s: float(o.inlet_max_c.max()) for s, o in simulate_schedules(sim, hist_ts, {
         s: {n: np.repeat(v, block_n)[: len(hist_ts)] for n, v in sch.items()} for s, sch in schedules.items()}).items()}
@@ -695,6 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--site-types", nargs="+", choices=SITE_TYPES, help="site types to evaluate")
     parser.add_argument("--seasons", nargs="+", choices=tuple(SEASONS), help="weeks to evaluate")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--draw", type=int, default=0,
+                        help="another random draw of the step tests on the same sites and weeks (default 0)")
     parser.add_argument("--workers", type=int, default=1, help="processes (one season each)")
     parser.add_argument("--inlet-margin", type=float, metavar="K",
                         help="sensitivity run: the recommender's inlet margin [K] (default: the library's)")
@@ -710,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     """The evaluation configuration the command-line options ask for."""
     config = PROFILES["quick" if args.quick else "full"]
-    overrides: dict[str, Any] = {"seed": args.seed, "workers": args.workers, "inlet_margin_k": args.inlet_margin,
+    overrides: dict[str, Any] = {"seed": args.seed, "draw": args.draw, "workers": args.workers, "inlet_margin_k": args.inlet_margin,
                                  "feedback": not args.no_feedback}
     if args.site_types:
         overrides["site_types"] = tuple(args.site_types)

@@ -12,8 +12,10 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from dcpue.ingest.simulator import FleetSimulator, generate_fleet
 from dcpue.runtime import cooling_eval as ce
 
 pytestmark = pytest.mark.timeout(180)
@@ -113,8 +115,25 @@ def test_command_line_options_reach_the_configuration():
     default = ce.config_from_args(parse([]))
     assert default == replace(ce.PROFILES["full"], workers=1)
     sensitivity = ce.config_from_args(parse(["--quick", "--step-hours", "2", "--inlet-margin", "0", "--no-feedback",
-                                             "--seed", "3", "--workers", "2"]))
+                                             "--seed", "3", "--draw", "2", "--workers", "2"]))
     assert sensitivity == replace(ce.PROFILES["quick"], explore_block_h=2, inlet_margin_k=0.0, feedback=False, seed=3,
-                                  workers=2)
+                                  draw=2, workers=2)
     chosen = ce.config_from_args(parse(["--site-types", "legacy", "hybrid", "--seasons", "oct"]))
     assert chosen.site_types == ("legacy", "hybrid") and chosen.seasons == ("oct",)
+
+
+def test_another_draw_changes_only_the_step_tests():
+    """``--draw`` re-draws the history's step tests on the same sites, weather and load."""
+    sim = FleetSimulator(generate_fleet(4, SHORT.seed), seed=SHORT.seed, start_ms=0, faults=False)
+    sim.setup()
+    plans = ce.plan_sites(SHORT, sim)
+    ts = np.arange(0, ce.DAY_MS, 60_000, dtype=np.int64)
+    first, again, other = (ce.exploration_schedule(sim, plans, ts, 240, SHORT.seed, 7, draw) for draw in (0, 0, 1))
+    site = plans[0].site.id
+    assert set(first[site]) == set(plans[0].names)
+    for name, values in first[site].items():
+        np.testing.assert_array_equal(values, again[site][name])
+    assert all(not np.array_equal(first[site][n], other[site][n]) for n in first[site])
+    for name, values in other[site].items():  # still stratified over the searched range, 0.5 K steps
+        lo, hi = ce.SEARCH_BOUNDS[name]
+        assert values.max() <= hi and values.min() >= lo - 10.0 and np.all(values * 2 == np.round(values * 2))
