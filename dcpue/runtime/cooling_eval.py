@@ -713,8 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     """The evaluation configuration the command-line options ask for."""
     config = PROFILES["quick" if args.quick else "full"]
-    overrides: dict[str, Any] = {"seed": args.seed, "draw": args.draw, "workers": args.workers, "inlet_margin_k": args.inlet_margin,
-                                 "feedback": not args.no_feedback}
+    overrides: dict[str, Any] = {"seed": args.seed, "draw": args.draw, "workers": args.workers,
+                                 "inlet_margin_k": args.inlet_margin, "feedback": not args.no_feedback}
     if args.site_types:
         overrides["site_types"] = tuple(args.site_types)
     if args.seasons:
