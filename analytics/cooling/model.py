@@ -419,7 +419,7 @@ class CoolingModel:
             k = min(leaf, len(values)) - 1
             support[name] = [float(values[k]), float(values[len(values) - 1 - k])]
         data_hash = hashlib.sha256(pd.util.hash_pandas_object(
-            frame[["ts", *features, *targets]], index=False).to_numpy().tobytes()).hexdigest()
+            frame[["ts", *features, *targets, *parts]], index=False).to_numpy().tobytes()).hexdigest()
         meta: dict[str, Any] = {
             "format": FORMAT,
             "kind": "dcpue.cooling",
