@@ -188,7 +188,7 @@ def _candidate_axes(model: CoolingModel, current: dict[str, float], envelope: En
 
 def recommend(model: CoolingModel, conditions: Mapping[str, float], current: Mapping[str, float],
               envelope: Envelope, *, site: str = "", ts_ms: int = 0, max_relative_error: float = 0.1,
-              max_abs_error_k: float = 1.0, min_saving_pct: float = 0.05, n_grid: int = 9,
+              max_abs_error_k: float = 1.0, min_saving_pct: float = 0.01, n_grid: int = 9,
               resolution_k: float = 0.1, it_fan: ItFan | None = DEFAULT_IT_FAN,
               min_r2: float | None = 0.5, measured: Mapping[str, float] | None = None) -> Recommendation:
     """The setpoints that minimise predicted facility power within ``envelope``, or a refusal.
