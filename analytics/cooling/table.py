@@ -184,18 +184,17 @@ def readings_to_table(readings: pd.DataFrame, site: Site, freq: str = "15min", *
                              np.full(len(starts), step_ms / 1000.0), params)
     ok = (metrics["status"] == Status.OK.value).to_numpy()
     renewable = _mean_kw(flows, "renewable").where(flows["renewable_cov"].notna(), 0.0).to_numpy()
-    cooling = pd.concat([_mean_kw(flows, f) for f in COOLING_FLOWS], axis=1).sum(axis=1, min_count=1)
-    cooling_cov = flows[[f"{f}_cov" for f in COOLING_FLOWS]].min(axis=1) / (step_ms / 1000.0)
+    subsystem_kw = pd.concat([_mean_kw(flows, f) for f in COOLING_FLOWS], axis=1, keys=COOLING_PARTS)
+    subsystem_cov = flows[[f"{f}_cov" for f in COOLING_FLOWS]].set_axis(COOLING_PARTS, axis=1) / (step_ms / 1000.0)
     table = pd.DataFrame(index=pd.Index(starts, name="start_ms"))
     table["it_kw"] = np.where(ok, metrics["it_kw"].to_numpy(), np.nan)
     table["facility_kw"] = np.where(ok, metrics["facility_kw"].to_numpy() + renewable, np.nan)
-    table["cooling_kw"] = cooling.where(cooling_cov >= coverage_threshold).to_numpy()
-    metered = [(part, flow) for part, flow in zip(COOLING_PARTS, COOLING_FLOWS, strict=True)
-               if flows[f"{flow}_cov"].notna().any()]
-    for part, flow in metered:
-        covered = flows[f"{flow}_cov"] / (step_ms / 1000.0) >= coverage_threshold
-        table[part] = _mean_kw(flows, flow).where(covered).to_numpy()
-    columns += [part for part, _ in metered]
+    cooling = subsystem_kw.sum(axis=1, min_count=1)
+    table["cooling_kw"] = cooling.where(subsystem_cov.min(axis=1) >= coverage_threshold).to_numpy()
+    metered = [part for part in COOLING_PARTS if subsystem_cov[part].notna().any()]
+    for part in metered:
+        table[part] = subsystem_kw[part].where(subsystem_cov[part] >= coverage_threshold).to_numpy()
+    columns += metered
 
     # sensors and setpoints: mean per interval (rack inlet: the hottest sensor's mean)
     column_of = {p.id: sensor_column(p) for p in site.points}
