@@ -127,7 +127,8 @@ def test_evaluate_passes_its_options_to_the_evaluation(monkeypatch: pytest.Monke
     seen: list[list[str]] = []
     monkeypatch.setattr(cooling_eval, "main", lambda argv: seen.append(list(argv)) or 0)
     assert cli.main(["cooling", "evaluate", "--quick", "--step-hours", "2", "--no-feedback", "--inlet-margin", "0.5",
-                     "--seasons", "oct"]) == 0
+                     "--seasons", "oct", "--draw", "1"]) == 0
     config = cooling_eval.config_from_args(cooling_eval.build_parser().parse_args(seen[0]))
-    assert (config.explore_block_h, config.feedback, config.inlet_margin_k, config.seasons) == (2, False, 0.5, ("oct",))
+    assert (config.explore_block_h, config.feedback, config.inlet_margin_k, config.seasons, config.draw) == (
+        2, False, 0.5, ("oct",), 1)
     assert config.site_types == ("enterprise",)

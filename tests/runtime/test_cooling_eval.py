@@ -122,7 +122,7 @@ def test_command_line_options_reach_the_configuration():
     assert chosen.site_types == ("legacy", "hybrid") and chosen.seasons == ("oct",)
 
 
-def test_another_draw_changes_only_the_step_tests():
+def test_another_draw_redraws_the_step_tests():
     """``--draw`` re-draws the history's step tests on the same sites, weather and load."""
     sim = FleetSimulator(generate_fleet(4, SHORT.seed), seed=SHORT.seed, start_ms=0, faults=False)
     sim.setup()
