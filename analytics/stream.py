@@ -426,27 +426,49 @@ STATE_VERSION = 2  # 2: columns as raw numeric arrays and coded text; version 1 
 _READABLE_VERSIONS = (1, 2)
 
 
-def _frame_to_obj(frame: pd.DataFrame) -> dict[str, object]:
-    """A frame as plain msgpack-able data: numeric columns as one raw array block per type (integers in the
-    smallest type that holds them), text columns as codes into their values. (A list of Python values per
-    reading made checkpointing cost as much as computing at rack scale.)"""
+def _frames_to_objs(frame: pd.DataFrame, wanted: set[str]) -> dict[str, dict[str, object]]:
+    """The rows of each site of ``wanted`` in ``frame`` as plain msgpack-able data, site → object: numeric
+    columns as one raw array block per type (integers per site in the smallest type that holds them),
+    text columns as codes into the site's values. Each column is read and ordered once for all sites
+    (encoding a frame per site cost as much as computing at rack scale)."""
+    if frame.empty:
+        return {}
     flat = frame.reset_index() if frame.index.names != [None] else frame
-    blocks: dict[str, tuple[list[int], list[np.ndarray]]] = {}
-    coded = []
+    site_codes, site_names = pd.factorize(flat["site"].to_numpy(dtype=object))
+    keep = np.isin(site_names.astype(object), list(wanted))[site_codes]
+    order = np.flatnonzero(keep)
+    order = order[np.argsort(site_codes[order], kind="stable")]
+    sorted_codes = site_codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]) if len(order) else np.array([], int)
+    ends = np.r_[starts[1:], len(order)]
+    columns = [str(c) for c in flat.columns]
+    numeric: list[tuple[int, np.ndarray]] = []
+    text: list[tuple[int, np.ndarray, np.ndarray]] = []
     for position, name in enumerate(flat.columns):
         values = flat[name]
         if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
-            array = values.to_numpy()
-            if array.dtype.kind in "iu" and array.size:  # quality fits a byte, timestamps do not
-                array = array.astype(np.result_type(np.min_scalar_type(array.min()), np.min_scalar_type(array.max())))
-            positions, arrays = blocks.setdefault(array.dtype.str, ([], []))
-            positions.append(position)
-            arrays.append(array)
+            numeric.append((position, values.to_numpy()[order]))
         else:
             codes, uniques = pd.factorize(values, use_na_sentinel=True)
-            coded.append([position, codes.astype("<i4").tobytes(), list(uniques.astype(object))])
-    return {"columns": [str(c) for c in flat.columns], "rows": len(flat), "coded": coded,
+            text.append((position, codes[order], np.asarray(uniques.astype(object), dtype=object)))
+    out = {}
+    for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+        blocks: dict[str, tuple[list[int], list[np.ndarray]]] = {}
+        for position, array in numeric:
+            part = array[lo:hi]
+            if part.dtype.kind in "iu":  # quality fits a byte, timestamps do not
+                part = part.astype(np.result_type(np.min_scalar_type(part.min()), np.min_scalar_type(part.max())))
+            positions, arrays = blocks.setdefault(part.dtype.str, ([], []))
+            positions.append(position)
+            arrays.append(part)
+        coded = []
+        for position, codes, uniques in text:
+            local, used = pd.factorize(codes[lo:hi])  # codes into this site's own values; -1 is a missing value
+            coded.append([position, local.astype("<i4").tobytes(), [None if i < 0 else uniques[i] for i in used]])
+        out[str(site_names[sorted_codes[lo]])] = {
+            "columns": columns, "rows": hi - lo, "coded": coded,
             "blocks": [[dtype, positions, np.stack(arrays).tobytes()] for dtype, (positions, arrays) in blocks.items()]}
+    return out
 
 
 def _obj_to_frame(obj: dict[str, object], index: list[str] | None) -> pd.DataFrame:
@@ -469,27 +491,18 @@ def _obj_to_frame(obj: dict[str, object], index: list[str] | None) -> pd.DataFra
 def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[str, bytes]:
     """Everything the engine knows about each of ``sites``, encoded per site; see :func:`restore_site`.
 
-    Each state frame is split by site once (not filtered once per site), so checkpointing many
-    sites after every worker step stays cheap.
+    Each state frame is encoded once for all of ``sites`` (not filtered and encoded once per site), so
+    checkpointing many sites after every worker step stays cheap.
     """
     import msgspec
 
     wanted = set(sites)
     engine._merge_pending()
 
-    def by_site(frame: pd.DataFrame, column: bool = False) -> dict[str, pd.DataFrame]:
-        if frame.empty:
-            return {}
-        key = frame["site"] if column else frame.index.get_level_values("site")
-        mask = np.asarray(pd.Index(key).isin(wanted))
-        part = frame[mask]
-        keys = part["site"] if column else part.index.get_level_values("site")
-        return {str(k): g for k, g in part.groupby(np.asarray(keys), sort=False)}
-
     empty = {"columns": [], "rows": 0, "coded": [], "blocks": []}
-    buffers = by_site(engine._buffer.drop(columns="pid"), column=True)  # the pid is the registry's, not state
-    opened = by_site(engine._open)
-    accs = {label: by_site(acc) for label, acc in engine._acc.items()}
+    buffers = _frames_to_objs(engine._buffer.drop(columns="pid"), wanted)  # the pid is the registry's, not state
+    opened = _frames_to_objs(engine._open, wanted)
+    accs = {label: _frames_to_objs(acc, wanted) for label, acc in engine._acc.items()}
     point_last: dict[str, dict[str, int]] = {}
     names = engine.points.index.get_level_values("point")
     for site in wanted:
@@ -505,9 +518,9 @@ def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[st
             "max_ts": engine._max_ts.get(site),
             "final_until": engine._final_until.get(site),
             "point_last": point_last.get(site, {}),
-            "buffer": _frame_to_obj(buffers[site]) if site in buffers else empty,
-            "open": _frame_to_obj(opened[site]) if site in opened else empty,
-            "acc": {label: _frame_to_obj(parts[site]) if site in parts else empty for label, parts in accs.items()},
+            "buffer": buffers.get(site, empty),
+            "open": opened.get(site, empty),
+            "acc": {label: parts.get(site, empty) for label, parts in accs.items()},
         }
         out[site] = msgspec.msgpack.encode(state)
     return out

@@ -226,6 +226,44 @@ def test_a_restored_snapshot_continues_exactly_as_without_restart():
     np.testing.assert_allclose(got["pue"].fillna(-1), want["pue"].fillna(-1))
 
 
+def test_a_snapshot_of_some_sites_holds_each_ones_state_and_no_other():
+    """Checkpoints encode every state frame once for all sites and slice it by site: each site's blob
+    restores exactly that site's rows (sites with different row counts, one left out)."""
+    from dcpue.analytics.stream import restore_site, snapshot_sites
+
+    reg = registry(simple_site("a"), simple_site("b"), simple_site("c"))
+    readings = pd.concat([counter_series("a", "facility.main", 150, 200), power_series("a", "it.ups", 100, 200),
+                          counter_series("b", "facility.main", 90, 130), power_series("b", "it.ups", 60, 130),
+                          power_series("b", "cool.crah", 20, 130),
+                          counter_series("c", "facility.main", 40, 170), power_series("c", "it.ups", 30, 170)],
+                         ignore_index=True).sort_values("ts", kind="stable")
+    engine = StreamEngine(reg)
+    run(engine, chunked(readings, 15))
+    engine.add(readings[readings["ts"] >= T0 + 125 * MIN].assign(ts=lambda r: r["ts"] + 100 * MIN).head(40))
+    blobs = snapshot_sites(engine, {"a", "c"})
+    assert set(blobs) == {"a", "c"}
+
+    def of(frame, site):
+        key = frame["site"] if "site" in frame.columns else frame.index.get_level_values("site")
+        return frame[np.asarray(key == site)]
+
+    engine._merge_pending()  # noqa: SLF001
+    for site, blob in blobs.items():
+        alone = StreamEngine(reg)
+        assert restore_site(alone, blob) == site
+        alone._merge_pending()  # noqa: SLF001
+        assert len(of(engine._open, site)) > 0  # noqa: SLF001
+        pd.testing.assert_frame_equal(alone._open.sort_index(), of(engine._open, site).sort_index(),  # noqa: SLF001
+                                      check_dtype=False)
+        for label in StreamEngine.ROLLUPS:
+            pd.testing.assert_frame_equal(alone._acc[label].sort_index(),  # noqa: SLF001
+                                          of(engine._acc[label], site).sort_index(), check_dtype=False)  # noqa: SLF001
+        columns = [c for c in engine._buffer.columns if c != "pid"]  # noqa: SLF001
+        pd.testing.assert_frame_equal(alone._buffer[columns].reset_index(drop=True),  # noqa: SLF001
+                                      of(engine._buffer, site)[columns].reset_index(drop=True),  # noqa: SLF001
+                                      check_dtype=False)
+
+
 def test_collector_down_markers_leave_every_figure_as_it_was(reg):
     from dcpue.model import Quality, readings_frame
 
