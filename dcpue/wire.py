@@ -264,6 +264,27 @@ def encode_windows(windows: pd.DataFrame) -> bytes:
     return _encoder.encode({"schema": WINDOWS_SCHEMA, "v": WINDOWS_VERSION, "columns": columns})
 
 
+def encode_windows_by_id(windows: pd.DataFrame) -> list[tuple[str, bytes]]:
+    """:func:`encode_windows` of each ``id``'s rows, in order of first appearance, as (id, message) pairs:
+    the same bytes, with the frame conformed and each column turned into Python values once for all ids."""
+    from dcpue.results import conform_windows
+
+    if windows.empty:
+        return []
+    frame = conform_windows(windows)
+    codes, ids = pd.factorize(frame["id"].to_numpy(dtype=object))
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    ordered = frame.take(order)
+    lists = {str(c): ordered[c].tolist() for c in ordered.columns}
+    return [(str(ids[sorted_codes[lo]]),
+             _encoder.encode({"schema": WINDOWS_SCHEMA, "v": WINDOWS_VERSION,
+                              "columns": {name: values[lo:hi] for name, values in lists.items()}}))
+            for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True)]
+
+
 def decode_windows(data: bytes) -> pd.DataFrame:
     """Inverse of :func:`encode_windows`; raises :class:`~dcpue.errors.DecodeError` on anything else."""
     from dcpue.results import conform_windows

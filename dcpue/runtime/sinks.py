@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from dcpue.ports import Producer
-from dcpue.wire import encode_windows
+from dcpue.wire import encode_windows_by_id
 
 
 class BusResultSink:
@@ -23,8 +23,8 @@ class BusResultSink:
     def write_windows(self, windows: pd.DataFrame) -> None:
         if windows.empty:
             return
-        for key, part in windows.groupby("id", sort=False):
-            self.producer.send(self.topic, encode_windows(part), key=str(key))
+        for key, message in encode_windows_by_id(windows):
+            self.producer.send(self.topic, message, key=key)
         self.producer.flush()
 
     def write_dead_letters(self, letters: pd.DataFrame) -> None:
