@@ -58,6 +58,7 @@ from dcpue.analytics.cooling import (
     CoolingModel,
     Envelope,
     ItFan,
+    TrainingRefused,
     readings_to_table,
     recommend,
 )
@@ -106,6 +107,7 @@ class EvalConfig:
     table_freq: str = "15min"
     inlet_margin_k: float | None = None  # the recommender's inlet margin [K]; None: the library default
     feedback: bool = True  # pass the measured hottest inlet / facility water to recommend (anchoring)
+    retrain_every_h: int = 24  # retrain each site's model on everything measured so far, as the worker does; 0: never
     workers: int = 1
 
     def __post_init__(self) -> None:
@@ -367,13 +369,16 @@ def library_recommender(models: Mapping[str, Any], envelopes: Mapping[str, Any],
 
 def closed_loop(sim: FleetSimulator, plans: Sequence[SitePlan], start: int, hours: int,
                 standing: Mapping[str, Mapping[str, float]], recommender: Recommender,
-                readings: Mapping[str, pd.DataFrame], freq: str) -> tuple[dict[str, dict[str, np.ndarray]],
-                                                                          dict[str, Counter[str]]]:
+                readings: Mapping[str, pd.DataFrame], freq: str,
+                retrain: Callable[[str, pd.DataFrame], None] | None = None, retrain_every_h: int = 0,
+                ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Counter[str]]]:
     """Hour by hour: the measured conditions of the last interval → recommendation → setpoints for
     the hour → simulate. Returns the applied schedule per site (per minute) and refusal reasons.
     A refusal without a way back steps toward the standing setpoints by at most the library's
-    maximum step per hour."""
+    maximum step per hour. Every ``retrain_every_h`` hours (0: never) ``retrain(site, readings)`` gets
+    everything the site measured in the loop so far (the history is the caller's)."""
     minutes = HOUR_MS // sim.dt_ms
+    measured: dict[str, list[pd.DataFrame]] = {p.site.id: [] for p in plans}
     applied = {p.site.id: {n: np.empty(hours * minutes) for n in p.names} for p in plans}
     refusals: dict[str, Counter[str]] = {p.site.id: Counter() for p in plans}
     recent = {s: r[r["ts"] > start - 2 * HOUR_MS] for s, r in readings.items()}
@@ -381,6 +386,10 @@ def closed_loop(sim: FleetSimulator, plans: Sequence[SitePlan], start: int, hour
     max_step = dict(DEFAULT_MAX_STEP)
     for h in range(hours):
         t = start + h * HOUR_MS
+        if retrain is not None and retrain_every_h > 0 and h > 0 and h % retrain_every_h == 0:
+            for p in plans:
+                if measured[p.site.id]:
+                    retrain(p.site.id, pd.concat(measured[p.site.id], ignore_index=True))
         for p in plans:
             sid = p.site.id
             table = readings_to_table(recent[sid], p.site, freq)
@@ -405,6 +414,7 @@ def closed_loop(sim: FleetSimulator, plans: Sequence[SitePlan], start: int, hour
             sid = p.site.id
             frame = polled.get(sid)
             if frame is not None:
+                measured[sid].append(frame)
                 recent[sid] = pd.concat([recent[sid][recent[sid]["ts"] > t + HOUR_MS - 2 * HOUR_MS], frame],
                                         ignore_index=True)
     return applied, refusals
@@ -492,6 +502,7 @@ def evaluate_season(config: EvalConfig, season: str, recommender_factory: Callab
         tables[p.site.id] = readings_to_table(readings[p.site.id], p.site, config.table_freq)
         models[p.site.id] = CoolingModel.train(tables[p.site.id], site=p.site.id, random_state=config.seed)
         envelopes[p.site.id] = envelope_for(p, config.inlet_margin_k)
+    initial_models = dict(models)
     t_train = time.perf_counter()
 
     # B2 on the history weeks, hindsight on the week, B1: all on the true simulator
@@ -517,8 +528,20 @@ def evaluate_season(config: EvalConfig, season: str, recommender_factory: Callab
     hours = config.week_days * 24
     recommender = (recommender_factory(models, envelopes) if recommender_factory is not None
                    else library_recommender(models, envelopes, feedback=config.feedback))
+    by_id = {p.site.id: p for p in plans}
+    retrains: Counter[str] = Counter()
+
+    def retrain(sid: str, week_readings: pd.DataFrame) -> None:
+        table = pd.concat([tables[sid], readings_to_table(week_readings, by_id[sid].site, config.table_freq)],
+                          ignore_index=True)
+        try:
+            models[sid] = CoolingModel.train(table, site=sid, random_state=config.seed)
+            retrains[sid] += 1
+        except TrainingRefused:
+            pass  # the worker logs it and keeps the model it has
+
     applied, refusals = closed_loop(sim, plans, week, hours, b2, recommender, readings,
-                                    config.table_freq)
+                                    config.table_freq, retrain, config.retrain_every_h)
     loop = simulate_schedules(sim, week_ts, applied)
     t_loop = time.perf_counter()
 
@@ -532,7 +555,7 @@ def evaluate_season(config: EvalConfig, season: str, recommender_factory: Callab
             "recommender": _summary(loop[sid], dt_h),
             "hindsight": _summary(fixed["hindsight"][sid], dt_h),
         }
-        model = models[sid]
+        model = initial_models[sid]
         sched = applied[sid]
         results.append({
             "site_type": p.kind,
@@ -572,6 +595,7 @@ def evaluate_season(config: EvalConfig, season: str, recommender_factory: Callab
                 "metrics": {t: {k: m[k] for k in ("mae", "relative_error", "r2", "hi_coverage", "hi_miss_q99")}
                             for t, m in model.metrics.items()},
                 "training_setpoint_range": {n: list(model.setpoint_range(n)) for n in p.names},
+                "retrains": int(retrains[sid]),
             },
             "hourly_setpoints": {
                 "recommender": {n: np.round(v[::minutes], 2).tolist() for n, v in sched.items()},
@@ -705,6 +729,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not anchor predictions on the measured inlet and facility water")
     parser.add_argument("--step-hours", type=int, metavar="H",
                         help="sensitivity run: hours between the history's step-test changes (default 4)")
+    parser.add_argument("--retrain-hours", type=int, metavar="H",
+                        help="retrain each site's model every H hours of the week on all it measured, as the "
+                             "worker does (default 24; 0: keep the model trained on the history)")
     parser.add_argument("--json", type=Path, help="write the report as JSON here")
     parser.add_argument("--markdown", type=Path, help="write the table as Markdown here")
     return parser
@@ -721,6 +748,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         overrides["seasons"] = tuple(args.seasons)
     if args.step_hours:
         overrides["explore_block_h"] = args.step_hours
+    if args.retrain_hours is not None:
+        overrides["retrain_every_h"] = args.retrain_hours
     return replace(config, **overrides)
 
 

@@ -24,9 +24,16 @@ pytestmark = pytest.mark.timeout(180)
 SHORT = replace(ce.PROFILES["quick"], history_days=7, week_days=2)
 
 
+SEEN_MODELS: list[tuple[int, str, int]] = []  # (ts, model version, training rows) per hour of the held run
+
+
 def hold(models, envelopes):
-    """A recommender that keeps the standing (B2) setpoints."""
-    return lambda plan, row, conditions, current, ts_ms: (dict(current), "keep: hold")
+    """A recommender that keeps the standing (B2) setpoints (and notes the model it was given)."""
+    def call(plan, row, conditions, current, ts_ms):
+        model = models[plan.site.id]
+        SEEN_MODELS.append((ts_ms, model.version, model.n_rows))
+        return dict(current), "keep: hold"
+    return call
 
 
 def replay(hourly: dict[str, list[float]], start_ms: int):
@@ -87,6 +94,22 @@ def quick_report() -> dict:
     return report
 
 
+def test_the_loop_retrains_daily_on_what_it_measured():
+    """As the worker does (``retrain_every_h``): after each day of the week the site's model is retrained on
+    the history and the week so far, and the recommender uses the new model from then on."""
+    held, _ = short_runs()
+    start = ce.week_start_ms(SHORT.year, ce.SEASONS["jul"])
+    seen = [(ts, version, rows) for ts, version, rows in SEEN_MODELS if start <= ts < start + SHORT.week_days * ce.DAY_MS]
+    assert len(seen) == SHORT.week_days * 24
+    day = [{(v, r) for ts, v, r in seen if (ts - start) // ce.DAY_MS == d} for d in range(SHORT.week_days)]
+    assert all(len(models) == 1 for models in day)  # one model a day
+    (v0, rows0), = day[0]
+    (v1, rows1), = day[1]
+    assert held["model"]["version"] == v0 and held["model"]["rows"] == rows0  # the report names the first model
+    assert v1 != v0 and 24 * 4 - 2 <= rows1 - rows0 <= 24 * 4  # plus a day of 15-minute rows
+    assert held["model"]["retrains"] == SHORT.week_days - 1
+
+
 def test_quick_profile_is_safe_and_beats_the_legacy_setpoints():
     (kind, totals), = quick_report()["site_types"].items()
     rec = totals["strategies"]["recommender"]
@@ -118,6 +141,7 @@ def test_command_line_options_reach_the_configuration():
                                              "--seed", "3", "--draw", "2", "--workers", "2"]))
     assert sensitivity == replace(ce.PROFILES["quick"], explore_block_h=2, inlet_margin_k=0.0, feedback=False, seed=3,
                                   draw=2, workers=2)
+    assert ce.config_from_args(parse(["--retrain-hours", "0"])).retrain_every_h == 0
     chosen = ce.config_from_args(parse(["--site-types", "legacy", "hybrid", "--seasons", "oct"]))
     assert chosen.site_types == ("legacy", "hybrid") and chosen.seasons == ("oct",)
 
