@@ -135,3 +135,25 @@ def test_a_restarted_worker_resumes_its_day_totals_from_the_checkpoint(tmp_path)
         pass
     assert other.query_windows("site", "1d")["facility_kwh"].iloc[0] < 1000
     other.close()
+
+
+def test_an_idle_poll_does_not_hold_a_due_commit_back(tmp_path):
+    """After a burst the results are committed when the commit interval is up, not when a long idle poll
+    ends (the end of a burst, and the lag a reader sees, waits no longer than the interval)."""
+    import time
+
+    reg = registry(simple_site("a"))
+    settings = Settings(bus={"commit_interval_s": 0.3})
+    bus = InProcessBus()
+    store = FileStore(tmp_path / "w.sqlite").setup()
+    topic = settings.bus.topics.readings
+    worker = AnalyticsWorker(reg, settings, bus.consumer([topic], "g"), store)
+    bus.producer().send(topic, encode_frame("a", power_series("a", "it.ups", 100, 30)), key="a")
+    assert worker.step(timeout_s=0.05) == 1
+    assert bus.lag("g", topic) == 1  # written, not yet committed: the interval is not up
+    started = time.monotonic()
+    assert worker.step(timeout_s=30.0) == 0
+    waited = time.monotonic() - started
+    assert bus.lag("g", topic) == 0
+    assert waited < 5.0  # the interval (0.3 s) and a checkpoint, not the 30 s poll
+    store.close()
