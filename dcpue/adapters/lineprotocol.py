@@ -81,36 +81,49 @@ def _tag_set(measurement: str, tags: Iterable[tuple[str, pd.Series]], index: pd.
 
 
 class _FieldSet:
-    """Builds the comma-separated field set of every row; a part can be masked out per row."""
+    """Builds the comma-separated field set of every row; a part can be masked out per row. The parts are
+    kept and joined once at the end (adding each to the growing text copied it once per field)."""
 
     def __init__(self, index: pd.Index) -> None:
-        self.fields = pd.Series("", index=index, dtype=object)
+        self.index = index
+        self._parts: list[np.ndarray] = []
 
-    def add(self, part: pd.Series, mask: np.ndarray | None = None) -> None:
-        piece = np.where(self.fields == "", part, "," + part)
-        self.fields = self.fields + (piece if mask is None else np.where(mask, piece, ""))
+    @property
+    def fields(self) -> pd.Series:
+        """The field set of every row (``""`` where every part was masked out)."""
+        if not self._parts:
+            return pd.Series("", index=self.index, dtype=object)
+        joined = [",".join([part for part in row if part]) for row in zip(*self._parts, strict=True)]
+        return pd.Series(joined, index=self.index, dtype=object)
+
+    def add(self, part: pd.Series | np.ndarray | Sequence[str], mask: np.ndarray | None = None) -> None:
+        values = np.asarray(part, dtype=object)
+        self._parts.append(values if mask is None else np.where(mask, values, ""))
 
     def add_float(self, key: str, values: object) -> None:
         array = np.asarray(values, dtype=np.float64)
-        index = self.fields.index
-        # numpy's str() of a float64 is the shortest repr that round-trips, like repr()
-        self.add(pd.Series(key + "=" + pd.Series(array.astype(str), index=index), index=index),
-                 np.isfinite(array))
+        prefix = key + "="
+        # repr() is the shortest text that round-trips (numpy's str() of a float64 is the same text, slower)
+        self._parts.append(np.array([prefix + repr(v) if finite else ""
+                                     for v, finite in zip(array.tolist(), np.isfinite(array).tolist(), strict=True)],
+                                    dtype=object))
 
     def add_int(self, key: str, values: object) -> None:
-        numbers = pd.to_numeric(pd.Series(np.asarray(values), index=self.fields.index), errors="coerce")
+        numbers = pd.to_numeric(pd.Series(np.asarray(values), index=self.index), errors="coerce")
         valid = numbers.notna().to_numpy()
-        text = numbers.where(valid, 0).astype(np.int64).astype(str)
-        self.add(key + "=" + text + "i", valid)
+        prefix = key + "="
+        integers = numbers.where(valid, 0).astype(np.int64).tolist()
+        self._parts.append(np.array([f"{prefix}{v}i" if ok else "" for v, ok in zip(integers, valid.tolist(),
+                                                                                      strict=True)], dtype=object))
 
     def add_string(self, key: str, values: object) -> None:
-        series = pd.Series(np.asarray(values, dtype=object), index=self.fields.index, dtype=object)
+        series = pd.Series(np.asarray(values, dtype=object), index=self.index, dtype=object)
         valid = series.notna().to_numpy()
         self.add(key + "=" + _quote(series.fillna("")), valid)
 
     def add_bool(self, key: str, values: object) -> None:
-        series = pd.Series(np.asarray(values, dtype=object), index=self.fields.index, dtype=object)
-        text = pd.Series(np.where(series.fillna(False).astype(bool), "true", "false"), index=self.fields.index)
+        series = pd.Series(np.asarray(values, dtype=object), index=self.index, dtype=object)
+        text = pd.Series(np.where(series.fillna(False).astype(bool), "true", "false"), index=self.index)
         self.add(key + "=" + text, series.notna().to_numpy())
 
     def add_kind(self, key: str, kind: str, values: object) -> None:
@@ -147,7 +160,7 @@ def windows_to_lines(windows: pd.DataFrame, sites: pd.DataFrame | None = None) -
         fields.add(col + "=" + _quote(frame[col]))
     fields.add(pd.Series("final=" + np.where(frame["final"], "true", "false"), index=frame.index))
     for col in INT_FIELDS:
-        fields.add(col + "=" + frame[col].astype(np.int64).astype(str) + "i")
+        fields.add([f"{col}={v}i" for v in frame[col].astype(np.int64).tolist()])
     for col in FLOAT_FIELDS:
         fields.add_float(col, frame[col])
     stamps = frame["end_ms"].astype(np.int64).astype(str)

@@ -167,3 +167,31 @@ def test_recommendation_lines_carry_the_record_predictions_and_leave_unknowns_ou
     assert [line.split(" ")[0] for line in tower] == [
         "recommendation,site=gy-04,loop=condenser_water,setpoint=cw_supply"]
     assert "ok=false" in none and 'reason="no recommendation: conditions outside the training data"' in none
+
+
+def test_window_fields_round_trip_and_leave_out_what_is_not_finite():
+    """Window results: every float field is the shortest text that reads back as the same number, integer
+    fields carry ``i``, and a figure that is not finite is left out of that row only."""
+    from dcpue.adapters.lineprotocol import windows_to_lines
+    from dcpue.analytics.stream import StreamEngine
+    from tests.factories import counter_series, power_series
+
+    engine = StreamEngine(reg())
+    engine.add(pd.concat([counter_series("a", "facility.main", 150, 90), power_series("a", "it.ups", 100.1, 90),
+                          counter_series("b", "facility.main", 90, 90)], ignore_index=True))
+    windows = engine.advance()
+    windows.loc[windows.index[0], "facility_kwh"] = 1e20 / 3
+    windows.loc[windows.index[1], "facility_kwh"] = 1e-7 / 3
+    windows.loc[windows.index[2], "facility_kwh"] = np.inf
+    lines = windows_to_lines(windows)
+    assert len(lines) == len(windows)
+    for line, (_, row) in zip(lines, windows.iterrows(), strict=True):
+        fields = dict(f.split("=", 1) for f in line.split(" ")[1].split(","))
+        for name in ("facility_kwh", "it_kwh", "pue"):
+            value = row[name]
+            if np.isfinite(value):
+                assert float(fields[name]) == value and fields[name] == str(np.float64(value))
+            else:
+                assert name not in fields
+        assert fields["start_ms"] == f"{int(row['start_ms'])}i"
+        assert fields["status"] == f'"{row["status"]}"'
