@@ -99,7 +99,8 @@ def test_the_loop_retrains_daily_on_what_it_measured():
     the history and the week so far, and the recommender uses the new model from then on."""
     held, _ = short_runs()
     start = ce.week_start_ms(SHORT.year, ce.SEASONS["jul"])
-    seen = [(ts, version, rows) for ts, version, rows in SEEN_MODELS if start <= ts < start + SHORT.week_days * ce.DAY_MS]
+    end = start + SHORT.week_days * ce.DAY_MS
+    seen = [(ts, version, rows) for ts, version, rows in SEEN_MODELS if start <= ts < end]
     assert len(seen) == SHORT.week_days * 24
     day = [{(v, r) for ts, v, r in seen if (ts - start) // ce.DAY_MS == d} for d in range(SHORT.week_days)]
     assert all(len(models) == 1 for models in day)  # one model a day
