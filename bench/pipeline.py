@@ -275,11 +275,16 @@ def run_kafka(registry: Any, batches: list[Batch], readings: int, workdir: Path,
         watcher = KafkaConsumer(bootstrap_servers=dist.broker.bootstrap_servers, group_id=f"{dist.prefix}-analytics",
                                 enable_auto_commit=False)
         first: tuple[float, int] | None = None  # (time, messages committed) at the workers' first commit
+        assigned: tuple[float, int] | None = None  # the same when the group first assigned partitions
+        logs = [dist.workdir / f"analyze-{n}.log" for n in range(workers)]
         try:
             while True:
                 committed = sum((watcher.committed(p) or 0) for p in parts)
                 if committed and first is None:
                     first = (time.perf_counter(), committed)
+                if assigned is None and any("assigned partitions [" in log.read_text(errors="replace")
+                                            for log in logs if log.exists()):
+                    assigned = (time.perf_counter(), committed)
                 if committed >= sum(ends.values()) or any(w.poll() is not None for w in dist.workers):
                     break
                 time.sleep(0.1)
@@ -295,8 +300,16 @@ def run_kafka(registry: Any, batches: list[Batch], readings: int, workdir: Path,
     steady = None
     if first is not None and done > first[0] and sum(ends.values()) > first[1]:
         steady = round((sum(ends.values()) - first[1]) * readings / len(batches) / (done - first[0]))
+    # sustained by the group: from its first partition assignment (process start-up and the wait to join the
+    # group excluded; a rebalance when the second worker joins included) to everything committed
+    grouped = None
+    if assigned is not None and done > assigned[0]:
+        grouped = round((sum(ends.values()) - assigned[1]) * readings / len(batches) / (done - assigned[0]))
     return {"mode": "kafka", "workers": workers, "readings": readings, "batches": len(batches),
             "produce_s": round(produce_s, 2), "steady_readings_per_s": steady,
+            "from_assignment_s": None if assigned is None else round(done - assigned[0], 2),
+            "from_assignment_readings_per_s": grouped,
+            "from_assignment_share_of_raw_rate": None if grouped is None else round(grouped / (decoded / raw_s), 3),
             "steady_share_of_raw_rate": None if steady is None else round(steady / (decoded / raw_s), 3),
             "raw_consumer_s": round(raw_s, 2), "raw_consumer_readings_per_s": round(decoded / raw_s),
             "pipeline_s": round(pipeline_s, 2), "readings_per_s": round(readings / pipeline_s),

@@ -57,6 +57,9 @@ def test_kafka_smoke_run_with_two_workers_and_rack_meters_counts_every_reading(t
     assert sum(_summary_count(s, "readings") for s in summaries) == result["readings"]
     assert all(" 0 dead letters" in s for s in summaries)
     assert result["raw_consumer_readings_per_s"] > 0 and result["readings_per_s"] > 0
+    # the group's rate counts from its first partition assignment, inside the whole run
+    assert 0 < result["from_assignment_s"] < result["pipeline_s"]
+    assert result["from_assignment_readings_per_s"] > result["readings_per_s"]
 
 
 @pytest.mark.integration
