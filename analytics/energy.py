@@ -126,8 +126,8 @@ def point_windows(
     series_pid = pid[starts]
     out = pd.DataFrame(
         {
-            "site": np.repeat(points.index.get_level_values("site").to_numpy(object)[series_pid], n_windows),
-            "point": np.repeat(points.index.get_level_values("point").to_numpy(object)[series_pid], n_windows),
+            "site": np.repeat(_level_at(points.index, "site", series_pid), n_windows),
+            "point": np.repeat(_level_at(points.index, "point", series_pid), n_windows),
             "start_ms": np.tile(edges[:-1], n_series),
             "integral": integral.ravel(),
             "covered_s": covered_s.ravel(),
@@ -171,6 +171,13 @@ def point_ids(points: pd.DataFrame, readings: pd.DataFrame) -> np.ndarray:
         return np.empty(0, dtype=np.int64)
     keys = pd.MultiIndex.from_arrays([readings["site"].to_numpy(object), readings["point"].to_numpy(object)])
     return np.asarray(points.index.get_indexer(keys), dtype=np.int64)
+
+
+def _level_at(index: pd.MultiIndex, name: str, rows: np.ndarray) -> np.ndarray:
+    """The ``name`` level of ``index`` at positions ``rows``, as Python objects: through the level's codes, so
+    only the level's distinct values are converted (not every row of a 100,000-point table at every step)."""
+    level = index.names.index(name)
+    return index.levels[level].to_numpy(object)[index.codes[level][rows]]
 
 
 def _prepare(readings: pd.DataFrame, points: pd.DataFrame) -> _Prepared | None:
