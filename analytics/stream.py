@@ -437,9 +437,11 @@ def _frames_to_objs(frame: pd.DataFrame, wanted: set[str]) -> dict[str, dict[str
     site_codes, site_names = pd.factorize(flat["site"].to_numpy(dtype=object))
     keep = np.isin(site_names.astype(object), list(wanted))[site_codes]
     order = np.flatnonzero(keep)
+    if not len(order):
+        return {}
     order = order[np.argsort(site_codes[order], kind="stable")]
     sorted_codes = site_codes[order]
-    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]) if len(order) else np.array([], int)
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
     ends = np.r_[starts[1:], len(order)]
     columns = [str(c) for c in flat.columns]
     numeric: list[tuple[int, np.ndarray]] = []

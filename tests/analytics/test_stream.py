@@ -231,7 +231,7 @@ def test_a_snapshot_of_some_sites_holds_each_ones_state_and_no_other():
     restores exactly that site's rows (sites with different row counts, one left out)."""
     from dcpue.analytics.stream import restore_site, snapshot_sites
 
-    reg = registry(simple_site("a"), simple_site("b"), simple_site("c"))
+    reg = registry(simple_site("a"), simple_site("b"), simple_site("c"), simple_site("quiet"))
     readings = pd.concat([counter_series("a", "facility.main", 150, 200), power_series("a", "it.ups", 100, 200),
                           counter_series("b", "facility.main", 90, 130), power_series("b", "it.ups", 60, 130),
                           power_series("b", "cool.crah", 20, 130),
@@ -242,6 +242,9 @@ def test_a_snapshot_of_some_sites_holds_each_ones_state_and_no_other():
     engine.add(readings[readings["ts"] >= T0 + 125 * MIN].assign(ts=lambda r: r["ts"] + 100 * MIN).head(40))
     blobs = snapshot_sites(engine, {"a", "c"})
     assert set(blobs) == {"a", "c"}
+    quiet = StreamEngine(reg)  # a site with no state yet, beside sites with some, snapshots empty
+    assert restore_site(quiet, snapshot_sites(engine, {"quiet"})["quiet"]) == "quiet"
+    assert quiet._buffer.empty and quiet._open.empty  # noqa: SLF001
 
     def of(frame, site):
         key = frame["site"] if "site" in frame.columns else frame.index.get_level_values("site")
