@@ -207,9 +207,11 @@ class AnalyticsWorker:
         if self._paused:
             self._resume()
         health, health_letters = self._poll_alert_inputs()
-        if self._uncommitted:  # an idle poll must not hold a due commit back (the end of a burst waits no longer)
-            due_in = self.settings.bus.commit_interval_s - (time.monotonic() - self._last_commit)
-            timeout_s = min(timeout_s, max(0.0, due_in))
+        due_in = self.settings.bus.commit_interval_s - (time.monotonic() - self._last_commit)
+        if self._uncommitted and due_in > 0:
+            # an idle poll must not hold a coming commit back (the end of a burst waits no longer); an overdue
+            # one (a commit that failed) keeps the whole timeout, so retries are paced by the poll
+            timeout_s = min(timeout_s, due_in)
         messages = self.consumer.poll(timeout_s, max_records or self.settings.bus.max_poll_records)
         if not messages and not health and not health_letters:
             if self._uncommitted and time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s:

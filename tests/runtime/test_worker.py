@@ -157,3 +157,33 @@ def test_an_idle_poll_does_not_hold_a_due_commit_back(tmp_path):
     assert bus.lag("g", topic) == 0
     assert waited < 5.0  # the interval (0.3 s) and a checkpoint, not the 30 s poll
     store.close()
+
+
+def test_a_commit_that_keeps_failing_is_retried_at_the_poll_pace_not_in_a_spin(tmp_path, monkeypatch):
+    """While the broker refuses commits (a rebalance), the overdue commit is retried once per idle poll."""
+    import time
+
+    from dcpue.errors import CommitError
+
+    reg = registry(simple_site("a"))
+    settings = Settings(bus={"commit_interval_s": 0.05})
+    bus = InProcessBus()
+    store = FileStore(tmp_path / "w.sqlite").setup()
+    topic = settings.bus.topics.readings
+    consumer = bus.consumer([topic], "g")
+    attempts = []
+
+    def refuse():
+        attempts.append(time.monotonic())
+        raise CommitError("rebalance in progress")
+
+    monkeypatch.setattr(consumer, "commit", refuse)
+    worker = AnalyticsWorker(reg, settings, consumer, store)
+    bus.producer().send(topic, encode_frame("a", power_series("a", "it.ups", 100, 30)), key="a")
+    worker.step(timeout_s=0.01)
+    started = time.monotonic()
+    while time.monotonic() - started < 1.0:
+        worker.step(timeout_s=0.2)
+    assert 2 <= len(attempts) <= 8  # about one a poll (0.2 s), not thousands
+    assert bus.lag("g", topic) == 1
+    store.close()
