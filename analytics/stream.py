@@ -465,8 +465,12 @@ def _frames_to_objs(frame: pd.DataFrame, wanted: set[str]) -> dict[str, dict[str
             arrays.append(part)
         coded = []
         for position, codes, uniques in text:
-            local, used = pd.factorize(codes[lo:hi])  # codes into this site's own values; -1 is a missing value
-            coded.append([position, local.astype("<i4").tobytes(), [None if i < 0 else uniques[i] for i in used]])
+            local, used = pd.factorize(codes[lo:hi])  # codes into this site's own values
+            gap = np.flatnonzero(used < 0)  # a missing value (code -1) keeps code -1 and no entry in the values
+            if len(gap):
+                local = np.where(local == gap[0], -1, local - (local > gap[0]))
+                used = np.delete(used, gap[0])
+            coded.append([position, local.astype("<i4").tobytes(), [uniques[i] for i in used]])
         out[str(site_names[sorted_codes[lo]])] = {
             "columns": columns, "rows": hi - lo, "coded": coded,
             "blocks": [[dtype, positions, np.stack(arrays).tobytes()] for dtype, (positions, arrays) in blocks.items()]}

@@ -267,6 +267,23 @@ def test_a_snapshot_of_some_sites_holds_each_ones_state_and_no_other():
                                       check_dtype=False)
 
 
+def test_checkpoint_text_columns_are_coded_per_site_with_minus_one_for_missing():
+    """The encoded text columns are what encoding each site's rows alone gives: codes into the site's own
+    values in order of appearance, -1 for a missing value (no entry for it)."""
+    from dcpue.analytics.stream import _frames_to_objs
+
+    frame = pd.DataFrame({"site": ["a", "b", "a", "a", "b", "c"], "flag": ["x", "y", None, "x", None, None],
+                          "n": [-5, 3, 200, 1, 2, 3]})
+    objs = _frames_to_objs(frame, {"a", "b", "c"})
+    for site, rows in frame.groupby("site"):
+        (position, codes, values), = objs[site]["coded"][1:]  # the site column itself is coded first
+        expected_codes, expected_values = pd.factorize(rows["flag"], use_na_sentinel=True)
+        assert position == 1
+        assert np.frombuffer(codes, dtype="<i4").tolist() == expected_codes.tolist()
+        assert values == list(expected_values)
+    assert objs["a"]["blocks"][0][0] == np.dtype(np.int16).str  # -5..200 per site, as before
+
+
 def test_collector_down_markers_leave_every_figure_as_it_was(reg):
     from dcpue.model import Quality, readings_frame
 
