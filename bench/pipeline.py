@@ -301,7 +301,8 @@ def run_kafka(registry: Any, batches: list[Batch], readings: int, workdir: Path,
     if first is not None and done > first[0] and sum(ends.values()) > first[1]:
         steady = round((sum(ends.values()) - first[1]) * readings / len(batches) / (done - first[0]))
     # sustained by the group: from its first partition assignment (process start-up and the wait to join the
-    # group excluded; a rebalance when the second worker joins included) to everything committed
+    # group excluded; a rebalance when the second worker joins included) to everything committed. The worker
+    # logs the assignment (INFO, the default level) once it has loaded the partitions' checkpoints.
     grouped = None
     if assigned is not None and done > assigned[0]:
         grouped = round((sum(ends.values()) - assigned[1]) * readings / len(batches) / (done - assigned[0]))

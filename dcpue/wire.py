@@ -266,9 +266,11 @@ def encode_windows(windows: pd.DataFrame) -> bytes:
 
 def encode_windows_by_id(windows: pd.DataFrame) -> list[tuple[str, bytes]]:
     """:func:`encode_windows` of each ``id``'s rows, in order of first appearance, as (id, message) pairs:
-    the same bytes, with the frame conformed and each column turned into Python values once for all ids."""
+    the same bytes, with the frame conformed and each column turned into Python values once for all ids.
+    Rows without an id are left out."""
     from dcpue.results import conform_windows
 
+    windows = windows[windows["id"].notna()] if "id" in windows.columns else windows  # as groupby("id") drops them
     if windows.empty:
         return []
     frame = conform_windows(windows)

@@ -117,6 +117,8 @@ class EvalConfig:
         unknown = [s for s in self.seasons if s not in SEASONS]
         if unknown:
             raise ValueError(f"unknown season(s) {', '.join(unknown)} (valid: {', '.join(SEASONS)})")
+        if self.retrain_every_h < 0:
+            raise ValueError(f"retrain_every_h must be 0 (never) or more hours, got {self.retrain_every_h}")
 
 
 PROFILES: dict[str, EvalConfig] = {

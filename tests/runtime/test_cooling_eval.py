@@ -143,6 +143,8 @@ def test_command_line_options_reach_the_configuration():
     assert sensitivity == replace(ce.PROFILES["quick"], explore_block_h=2, inlet_margin_k=0.0, feedback=False, seed=3,
                                   draw=2, workers=2)
     assert ce.config_from_args(parse(["--retrain-hours", "0"])).retrain_every_h == 0
+    with pytest.raises(ValueError, match="retrain_every_h"):
+        ce.config_from_args(parse(["--retrain-hours", "-1"]))
     chosen = ce.config_from_args(parse(["--site-types", "legacy", "hybrid", "--seasons", "oct"]))
     assert chosen.site_types == ("legacy", "hybrid") and chosen.seasons == ("oct",)
 
