@@ -226,9 +226,10 @@ def inventory_to_lines(sites: pd.DataFrame, ts_ms: int) -> list[str]:
     for col, (key, kind) in INVENTORY_FIELDS.items():
         if col in sites:
             fields.add_kind(key, kind, sites[col].to_numpy())
-    lines = _tag_set(INVENTORY_MEASUREMENT, tags, index) + " " + fields.fields + " " + str(int(ts_ms))
+    field_set = fields.fields
+    lines = _tag_set(INVENTORY_MEASUREMENT, tags, index) + " " + field_set + " " + str(int(ts_ms))
     # a site none of whose attributes is known has no field, and a point without fields is invalid
-    return lines[(fields.fields != "").to_numpy()].tolist()
+    return lines[(field_set != "").to_numpy()].tolist()
 
 
 DEAD_LETTER_MEASUREMENT = "dead_letter"
