@@ -351,6 +351,7 @@ def run_paced(registry: Any, batches: list[Batch], readings: int, workdir: Path,
             dist.producer.send(dist.topic, data, key=site)
             sent_readings += count
             if now >= next_sample:
+                assert dist.workers[0].poll() is None, f"the worker stopped: {log.read_text()[-2000:]}"
                 rss, cpu = _proc_sample(pid)
                 samples.append({"t_s": round(now, 1), "rss_mb": round(rss, 1), "cpu_s": round(cpu, 2)})
                 next_sample += sample_s
