@@ -260,7 +260,10 @@ def encode_windows(windows: pd.DataFrame) -> bytes:
     from dcpue.results import conform_windows
 
     frame = conform_windows(windows)
-    columns = {str(c): frame[c].tolist() for c in frame.columns}
+    return _encode_window_columns({str(c): frame[c].tolist() for c in frame.columns})
+
+
+def _encode_window_columns(columns: dict[str, list[Any]]) -> bytes:
     return _encoder.encode({"schema": WINDOWS_SCHEMA, "v": WINDOWS_VERSION, "columns": columns})
 
 
@@ -281,9 +284,7 @@ def encode_windows_by_id(windows: pd.DataFrame) -> list[tuple[str, bytes]]:
     ends = np.r_[starts[1:], len(order)]
     ordered = frame.take(order)
     lists = {str(c): ordered[c].tolist() for c in ordered.columns}
-    return [(str(ids[sorted_codes[lo]]),
-             _encoder.encode({"schema": WINDOWS_SCHEMA, "v": WINDOWS_VERSION,
-                              "columns": {name: values[lo:hi] for name, values in lists.items()}}))
+    return [(str(ids[sorted_codes[lo]]), _encode_window_columns({name: values[lo:hi] for name, values in lists.items()}))
             for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True)]
 
 

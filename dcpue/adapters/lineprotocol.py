@@ -102,19 +102,13 @@ class _FieldSet:
 
     def add_float(self, key: str, values: object) -> None:
         array = np.asarray(values, dtype=np.float64)
-        prefix = key + "="
         # repr() is the shortest text that round-trips (numpy's str() of a float64 is the same text, slower)
-        self._parts.append(np.array([prefix + repr(v) if finite else ""
-                                     for v, finite in zip(array.tolist(), np.isfinite(array).tolist(), strict=True)],
-                                    dtype=object))
+        self.add([f"{key}={v!r}" for v in array.tolist()], np.isfinite(array))
 
     def add_int(self, key: str, values: object) -> None:
         numbers = pd.to_numeric(pd.Series(np.asarray(values), index=self.index), errors="coerce")
         valid = numbers.notna().to_numpy()
-        prefix = key + "="
-        integers = numbers.where(valid, 0).astype(np.int64).tolist()
-        self._parts.append(np.array([f"{prefix}{v}i" if ok else "" for v, ok in zip(integers, valid.tolist(),
-                                                                                      strict=True)], dtype=object))
+        self.add([f"{key}={v}i" for v in numbers.where(valid, 0).astype(np.int64).tolist()], valid)
 
     def add_string(self, key: str, values: object) -> None:
         series = pd.Series(np.asarray(values, dtype=object), index=self.index, dtype=object)
