@@ -284,7 +284,7 @@ def encode_windows_by_id(windows: pd.DataFrame) -> list[tuple[str, bytes]]:
     ends = np.r_[starts[1:], len(order)]
     ordered = frame.take(order)
     lists = {str(c): ordered[c].tolist() for c in ordered.columns}
-    return [(str(ids[sorted_codes[lo]]), _encode_window_columns({name: values[lo:hi] for name, values in lists.items()}))
+    return [(str(ids[sorted_codes[lo]]), _encode_window_columns({name: part[lo:hi] for name, part in lists.items()}))
             for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True)]
 
 
