@@ -44,6 +44,7 @@ START = int(pd.Timestamp("2025-07-01", tz="Asia/Shanghai").value // 1_000_000)
 
 
 Batch = tuple[str, bytes, int]  # (site, encoded batch, readings in it)
+COMMIT_INTERVAL_S = 1  # the workers' offset commits (and checkpoints)
 
 
 def make_batches(sites: int, minutes: int, batch_minutes: int, seed: int = 7,
@@ -169,7 +170,8 @@ class _Distributed:
         self.prefix = f"bench{int(time.time())}"
         self.env = distributed_env(self.prefix, partitions=self.partitions, DCPUE_STORE__INFLUXDB__BUCKET=self.prefix,
                                    DCPUE_STORE__PATH=str(self.workdir / "unused.sqlite"), DCPUE_ALERTS__ENABLED="false",
-                                   DCPUE_STORE__INFLUXDB__WRITE_READINGS="false", DCPUE_BUS__COMMIT_INTERVAL_S="1")
+                                   DCPUE_STORE__INFLUXDB__WRITE_READINGS="false",
+                                   DCPUE_BUS__COMMIT_INTERVAL_S=str(COMMIT_INTERVAL_S))
         for fast in ("SESSION_TIMEOUT_MS", "HEARTBEAT_INTERVAL_MS", "MAX_POLL_INTERVAL_MS"):
             self.env.pop(f"DCPUE_BUS__KAFKA__{fast}")  # the tests' fast group settings: production defaults here
         subprocess.run([*DCPUE, "topics", "create", "--kafka", self.broker.bootstrap_servers], env=self.env,
@@ -213,13 +215,10 @@ class _Distributed:
         return lines
 
     def partitions_of_topic(self) -> list[Any]:
-        from kafka import KafkaConsumer, TopicPartition
+        """Every partition the topic was created with (metadata read just after creation may list fewer)."""
+        from kafka import TopicPartition
 
-        consumer = KafkaConsumer(bootstrap_servers=self.broker.bootstrap_servers)
-        try:
-            return [TopicPartition(self.topic, p) for p in sorted(consumer.partitions_for_topic(self.topic))]
-        finally:
-            consumer.close()
+        return [TopicPartition(self.topic, p) for p in range(self.partitions)]
 
 
 DCPUE = [sys.executable, "-m", "dcpue.cli"]
@@ -232,6 +231,28 @@ def _proc_sample(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return rss_kb / 1024.0, (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _cpu_of(dist: _Distributed) -> dict[str, float]:
+    """CPU seconds so far of the workers (together), the broker, VictoriaMetrics and this process."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return {"workers": sum(_proc_sample(w.pid)[1] for w in dist.workers if w.poll() is None),
+            "broker": _proc_sample(dist.broker.pid)[1], "victoria_metrics": _proc_sample(dist.vm.pid)[1],
+            "benchmark": own.ru_utime + own.ru_stime}
+
+
+def _rate_together(samples: list[tuple[float, int]], formed: float | None, done: float) -> float | None:
+    """Messages committed per second while every worker had partitions: the least-squares slope of the
+    committed offsets sampled from one commit interval after the last worker's assignment (each worker's
+    first poll and commit settled) to the end. Commits come in steps a commit interval apart, so the slope
+    of many samples, not two end points, is the rate; ``None`` when that stretch is under 2 s."""
+    if formed is None:
+        return None
+    window = [(t, c) for t, c in samples if t >= formed + COMMIT_INTERVAL_S]
+    if len(window) < 3 or window[-1][0] - window[0][0] < 2.0:
+        return None
+    t, c = np.array(window, dtype=float).T
+    return float(np.polyfit(t, c, 1)[0])
 
 
 def _latency(summary: str) -> dict[str, float | None]:
@@ -261,14 +282,20 @@ def run_kafka(registry: Any, batches: list[Batch], readings: int, workdir: Path,
                                  group_id=None, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
-        ends = consumer.end_offsets(parts)
-        decoded, t0 = 0, time.perf_counter()
-        while sum(consumer.position(p) for p in parts) < sum(ends.values()):
+        # done when every produced message is read: offsets are per record from 0, so the messages are counted
+        # instead of asking for end offsets (Tansu answers ListOffsets per record batch, not per record)
+        messages, decoded, t0 = len(batches), 0, time.perf_counter()
+        read = 0
+        while read < messages:
             for records in consumer.poll(timeout_ms=500, max_records=10_000).values():
+                read += len(records)
                 for r in records:
                     decoded += len(decode_batch(r.value))  # decoded into columns, as the worker does
+            if time.perf_counter() - t0 > 600:
+                raise RuntimeError(f"the bare consumer read {read} of {messages} messages in 600 s")
         raw_s = time.perf_counter() - t0
         consumer.close()
+        assert decoded == readings, f"the bare consumer decoded {decoded} of {readings} readings"
 
         t0 = time.perf_counter()
         dist.start_workers(workers)
@@ -277,18 +304,29 @@ def run_kafka(registry: Any, batches: list[Batch], readings: int, workdir: Path,
         first: tuple[float, int] | None = None  # (time, messages committed) at the workers' first commit
         assigned: tuple[float, int] | None = None  # the same when the group first assigned partitions
         logs = [dist.workdir / f"analyze-{n}.log" for n in range(workers)]
+        worker_assigned: dict[int, float] = {}  # worker → when its log first showed an assignment
+        samples: list[tuple[float, int]] = []  # (time, messages committed), every poll of the watcher
+        cpu_formed: dict[str, float] | None = None  # CPU seconds of every process when the whole group had work
         try:
             while True:
                 committed = sum((watcher.committed(p) or 0) for p in parts)
+                now = time.perf_counter()
+                samples.append((now, committed))
                 if committed and first is None:
-                    first = (time.perf_counter(), committed)
-                if assigned is None and any("assigned partitions [" in log.read_text(errors="replace")
-                                            for log in logs if log.exists()):
-                    assigned = (time.perf_counter(), committed)
-                if committed >= sum(ends.values()) or any(w.poll() is not None for w in dist.workers):
+                    first = (now, committed)
+                for n, log in enumerate(logs):
+                    if n not in worker_assigned and log.exists() and \
+                            "assigned partitions [" in log.read_text(errors="replace"):
+                        worker_assigned[n] = now
+                if assigned is None and worker_assigned:
+                    assigned = (now, committed)
+                if cpu_formed is None and len(worker_assigned) == workers:
+                    cpu_formed = _cpu_of(dist)
+                if committed >= messages or any(w.poll() is not None for w in dist.workers):
                     break
                 time.sleep(0.1)
             done = time.perf_counter()
+            cpu_done = _cpu_of(dist)
             pipeline_s = done - t0
         finally:
             watcher.close()
@@ -298,16 +336,26 @@ def run_kafka(registry: Any, batches: list[Batch], readings: int, workdir: Path,
     # the steady rate: messages committed after the first commit (start-up, group join and the first poll
     # excluded), in readings by the mean batch size
     steady = None
-    if first is not None and done > first[0] and sum(ends.values()) > first[1]:
-        steady = round((sum(ends.values()) - first[1]) * readings / len(batches) / (done - first[0]))
+    if first is not None and done > first[0] and messages > first[1]:
+        steady = round((messages - first[1]) * readings / len(batches) / (done - first[0]))
     # sustained by the group: from its first partition assignment (process start-up and the wait to join the
     # group excluded; a rebalance when the second worker joins included) to everything committed. The worker
     # logs the assignment (INFO, the default level) once it has loaded the partitions' checkpoints.
     grouped = None
     if assigned is not None and done > assigned[0]:
-        grouped = round((sum(ends.values()) - assigned[1]) * readings / len(batches) / (done - assigned[0]))
+        grouped = round((messages - assigned[1]) * readings / len(batches) / (done - assigned[0]))
+    per_message = readings / len(batches)
+    formed = max(worker_assigned.values()) if len(worker_assigned) == workers else None
+    together = _rate_together(samples, formed, done)
+    cpu_share = None
+    if formed is not None and cpu_formed is not None and done > formed:
+        cpu_share = {name: round((cpu_done[name] - cpu_formed[name]) / (done - formed), 2) for name in cpu_done}
     return {"mode": "kafka", "workers": workers, "readings": readings, "batches": len(batches),
             "produce_s": round(produce_s, 2), "steady_readings_per_s": steady,
+            "group_formed_after_assignment_s": None if formed is None or assigned is None
+            else round(formed - assigned[0], 2),
+            "together_readings_per_s": None if together is None else round(together * per_message),
+            "together_cores": cpu_share,
             "from_assignment_s": None if assigned is None else round(done - assigned[0], 2),
             "from_assignment_readings_per_s": grouped,
             "from_assignment_share_of_raw_rate": None if grouped is None else round(grouped / (decoded / raw_s), 3),
@@ -359,9 +407,8 @@ def run_paced(registry: Any, batches: list[Batch], readings: int, workdir: Path,
         produce_s = time.perf_counter() - t0
         watcher = KafkaConsumer(bootstrap_servers=dist.broker.bootstrap_servers, group_id=f"{dist.prefix}-analytics",
                                 enable_auto_commit=False)
-        ends = watcher.end_offsets(parts)
-        try:
-            while sum((watcher.committed(p) or 0) for p in parts) < sum(ends.values()):
+        try:  # offsets are per record from 0: everything is committed when they add up to the messages sent
+            while sum((watcher.committed(p) or 0) for p in parts) < len(batches):
                 assert dist.workers[0].poll() is None, log.read_text()[-2000:]
                 time.sleep(0.2)
         finally:

@@ -33,6 +33,25 @@ def test_embedded_smoke_run_counts_every_reading(tmp_path):
     assert result["readings_per_s"] > 0 and result["cpu_s"] > 0 and result["peak_rss_mb"] > 0
 
 
+def test_rate_together_is_the_slope_of_stepped_commits_after_the_group_formed():
+    """Two workers commit 1 s apart in turn at 500 messages/s each: the rate once both work is 1,000/s,
+    although the sum of the committed offsets moves in steps; the stretch before the group formed (one
+    worker alone, slower) and the first commit interval after it are left out."""
+    bench = _bench()
+    samples, committed = [], 0
+    for tick in range(200):  # 20 s sampled every 0.1 s
+        t = tick / 10
+        if t < 5:  # one worker alone, committing 300 messages every second
+            committed = 300 * int(t)
+        elif tick % 5 == 0:  # then a commit every 0.5 s, from either worker, of 500 messages each
+            committed += 500
+        samples.append((t, committed))
+    rate = bench._rate_together(samples, formed=5.0, done=19.9)
+    assert rate == pytest.approx(1_000, rel=0.03)
+    assert bench._rate_together(samples, formed=None, done=19.9) is None
+    assert bench._rate_together(samples, formed=18.5, done=19.9) is None  # under 2 s left: no rate
+
+
 def _summary_count(line: str, what: str) -> int:
     import re
 
@@ -60,6 +79,10 @@ def test_kafka_smoke_run_with_two_workers_and_rack_meters_counts_every_reading(t
     # the group's rate counts from its first partition assignment, inside the whole run
     assert 0 < result["from_assignment_s"] < result["pipeline_s"]
     assert result["from_assignment_readings_per_s"] > result["readings_per_s"]
+    # the CPU each process used while both workers had partitions (the run may end before that)
+    if result["together_cores"] is not None:
+        assert set(result["together_cores"]) == {"workers", "broker", "victoria_metrics", "benchmark"}
+        assert all(v >= 0 for v in result["together_cores"].values())
 
 
 @pytest.mark.integration
