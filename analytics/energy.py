@@ -43,6 +43,7 @@ def point_windows(
     points: pd.DataFrame,
     edges_ms: np.ndarray,
     params: EnergyParams = EnergyParams(),
+    names: bool = True,
 ) -> pd.DataFrame:
     """Integrate every series of ``readings`` over the windows between consecutive ``edges_ms``.
 
@@ -56,7 +57,8 @@ def point_windows(
     counter ``resets`` and rejected ``spikes`` whose interval ends in the window.
 
     The result also carries each point's ``pid`` (:func:`point_ids`); readings that already carry it skip
-    looking the names up.
+    looking the names up. ``names=False`` leaves the ``site`` and ``point`` columns out, for callers that
+    go on by ``pid`` (:func:`~dcpue.analytics.pue.site_flows` does).
     """
     edges = np.asarray(edges_ms, dtype=np.int64)
     if len(edges) < 2 or readings.empty:
@@ -124,10 +126,11 @@ def point_windows(
     spike_count = np.bincount(flat, weights=(counter_spike | spikes)[in_range], minlength=size)
 
     series_pid = pid[starts]
+    named = {"site": np.repeat(level_at(points.index, "site", series_pid), n_windows),
+             "point": np.repeat(level_at(points.index, "point", series_pid), n_windows)} if names else {}
     out = pd.DataFrame(
         {
-            "site": np.repeat(_level_at(points.index, "site", series_pid), n_windows),
-            "point": np.repeat(_level_at(points.index, "point", series_pid), n_windows),
+            **named,
             "start_ms": np.tile(edges[:-1], n_series),
             "integral": integral.ravel(),
             "covered_s": covered_s.ravel(),
@@ -173,7 +176,7 @@ def point_ids(points: pd.DataFrame, readings: pd.DataFrame) -> np.ndarray:
     return np.asarray(points.index.get_indexer(keys), dtype=np.int64)
 
 
-def _level_at(index: pd.MultiIndex, name: str, rows: np.ndarray) -> np.ndarray:
+def level_at(index: pd.MultiIndex, name: str, rows: np.ndarray) -> np.ndarray:
     """The ``name`` level of ``index`` at positions ``rows``, as Python objects: through the level's codes, so
     only the level's distinct values are converted (not every row of a 100,000-point table at every step)."""
     level = index.names.index(name)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from dcpue.analytics.energy import EnergyParams, point_ids, point_windows
+from dcpue.analytics.energy import EnergyParams, level_at, point_ids, point_windows
 from dcpue.analytics.groups import FLEET_ID, GroupAggregator
 from dcpue.analytics.pue import (
     MetricParams,
@@ -28,7 +28,7 @@ from dcpue.analytics.pue import (
     site_flows,
     window_metrics,
 )
-from dcpue.model import empty_readings, readings_frame
+from dcpue.model import readings_frame
 from dcpue.registry import Registry
 from dcpue.results import ROLLING_ANNUAL, WINDOWS, empty_windows
 from dcpue.settings import EngineSettings
@@ -99,9 +99,10 @@ class StreamEngine:
                                           settings.hierarchy_tolerance)
         self.tz = settings.timezone
         self.counters = EngineCounters()
-        # every buffered reading carries its row in the points table (``pid``, -1 for unknown points), so the
-        # per-step work sorts and masks integers instead of joining site and point names
-        self._buffer = empty_readings().assign(pid=np.empty(0, dtype=np.int64))
+        # the buffered readings of known points, by their row in the points table (``pid``) and no names: the
+        # per-step work concatenates, sorts and masks numbers only; names come back from the points table
+        # for checkpoints
+        self._buffer = _empty_buffer()
         self._pending: list[pd.DataFrame] = []
         site_of_point = self.points.index.get_level_values("site").to_numpy(object)
         self._site_ids = np.asarray(pd.unique(site_of_point), dtype=object)
@@ -154,9 +155,13 @@ class StreamEngine:
                 newest_by_site[site] = max(newest_by_site.get(site, NEVER), int(value))
         for site, value in newest_by_site.items():
             self._max_ts[site] = max(self._max_ts.get(site, value), value)
-        np.maximum.at(self._point_last, pid[~unknown], ts[~unknown])
+        known = ~unknown
+        np.maximum.at(self._point_last, pid[known], ts[known])
         self._dirty.update(newest_by_site)
-        self._pending.append(readings.assign(pid=pid))
+        # readings of points the registry does not know are counted above but never integrated: not buffered
+        self._pending.append(pd.DataFrame({
+            "pid": pid[known], "ts": ts[known], "value": readings["value"].to_numpy(np.float64)[known],
+            "quality": readings["quality"].to_numpy(np.int64)[known]}))
         return n_late
 
     # -- output ------------------------------------------------------------------------------
@@ -222,7 +227,7 @@ class StreamEngine:
             hi = max(self._max_ts[s] for s in sites) // self.base_ms * self.base_ms + self.base_ms
             edges = np.arange(lo, hi + 1, self.base_ms, dtype=np.int64)
             part = buf[self._site_mask(sites)[codes]] if len(by_lo) > 1 else buf
-            pw = point_windows(part, self.points, edges, self.energy_params)
+            pw = point_windows(part, self.points, edges, self.energy_params, names=False)
             # a window opens with the first interval inside it, i.e. once a reading is newer than its start
             pw = pw[pw["start_ms"].to_numpy(np.int64) < newest[self._pid_site[pw["pid"].to_numpy()]]]
             flows = site_flows(pw, self.points)
@@ -246,7 +251,7 @@ class StreamEngine:
         return mask
 
     def _buffer_site_codes(self) -> np.ndarray:
-        """The site code of each buffered reading (``len(site_ids)`` for unknown points)."""
+        """The site code of each buffered reading."""
         return self._pid_site[self._buffer["pid"].to_numpy(np.int64)]
 
     def _base_ends(self, flows: pd.DataFrame) -> np.ndarray:
@@ -384,9 +389,7 @@ class StreamEngine:
         old = buf["ts"].to_numpy() < horizon
         if not old.any():
             return
-        # unknown points (pid -1) are never integrated: their old readings go entirely
-        old_known = buf[old & (buf["pid"].to_numpy() >= 0)]
-        last_old = old_known.sort_values("ts", kind="stable").drop_duplicates("pid", keep="last")
+        last_old = buf[old].sort_values("ts", kind="stable").drop_duplicates("pid", keep="last")
         self._buffer = pd.concat([last_old, buf[~old]], ignore_index=True)
 
     def drop_sites(self, sites: set[str]) -> None:
@@ -494,6 +497,23 @@ def _obj_to_frame(obj: dict[str, object], index: list[str] | None) -> pd.DataFra
     return frame.set_index(index) if index and not frame.empty else frame
 
 
+def _empty_buffer() -> pd.DataFrame:
+    return pd.DataFrame({"pid": np.empty(0, np.int64), "ts": np.empty(0, np.int64),
+                         "value": np.empty(0, np.float64), "quality": np.empty(0, np.int64)})
+
+
+def _named_buffer(engine: StreamEngine, sites: set[str]) -> pd.DataFrame:
+    """The buffered readings of ``sites`` as a readings frame (site and point names from the points table),
+    in the order buffered: what a checkpoint stores."""
+    rows = np.flatnonzero(engine._site_mask(sites)[engine._buffer_site_codes()])
+    buf = engine._buffer
+    pid = buf["pid"].to_numpy(np.int64)[rows]
+    index = engine.points.index
+    return pd.DataFrame({"site": level_at(index, "site", pid), "point": level_at(index, "point", pid),
+                         "ts": buf["ts"].to_numpy(np.int64)[rows], "value": buf["value"].to_numpy(np.float64)[rows],
+                         "quality": buf["quality"].to_numpy(np.int64)[rows]})
+
+
 def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[str, bytes]:
     """Everything the engine knows about each of ``sites``, encoded per site; see :func:`restore_site`.
 
@@ -506,7 +526,7 @@ def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[st
     engine._merge_pending()
 
     empty = {"columns": [], "rows": 0, "coded": [], "blocks": []}
-    buffers = _frames_to_objs(engine._buffer.drop(columns="pid"), wanted)  # the pid is the registry's, not state
+    buffers = _frames_to_objs(_named_buffer(engine, wanted), wanted)
     opened = _frames_to_objs(engine._open, wanted)
     accs = {label: _frames_to_objs(acc, wanted) for label, acc in engine._acc.items()}
     point_last: dict[str, dict[str, int]] = {}
@@ -553,8 +573,13 @@ def restore_site(engine: StreamEngine, blob: bytes) -> str:
     buffer = _obj_to_frame(state["buffer"], None)
     if not buffer.empty:
         buffer = readings_frame(buffer["site"], buffer["point"], buffer["ts"], buffer["value"], buffer["quality"])
-        buffer["pid"] = point_ids(engine.points, buffer)
-        engine._buffer = pd.concat([engine._buffer[engine._buffer["site"] != site], buffer], ignore_index=True)
+        pid = point_ids(engine.points, buffer)
+        known = pid >= 0  # a point gone from the registry is not integrated any more
+        others = engine._buffer_site_codes() != engine._site_code.get(site, -1)
+        engine._buffer = pd.concat([engine._buffer[others], pd.DataFrame({
+            "pid": pid[known], "ts": buffer["ts"].to_numpy(np.int64)[known],
+            "value": buffer["value"].to_numpy(np.float64)[known],
+            "quality": buffer["quality"].to_numpy(np.int64)[known]})], ignore_index=True)
 
     def replace(current: pd.DataFrame, obj: dict[str, object]) -> pd.DataFrame:
         incoming = _obj_to_frame(obj, ["site", "start_ms"])

@@ -69,6 +69,21 @@ def test_energy_counter_with_reset_is_never_booked_as_negative_or_huge():
     assert row["pue"] == pytest.approx(1.5)
 
 
+def test_point_windows_without_names_are_the_same_rows_keyed_by_pid():
+    """``names=False`` (the streaming engine's call) gives the same figures, with the points-table row
+    (``pid``) as the only key of a point."""
+    reg = registry(simple_site("a"), simple_site("b"))
+    readings = pd.concat([counter_series("a", "facility.main", 150, 90), power_series("b", "it.ups", 100, 90),
+                          power_series("a", "cool.crah", 40, 90)], ignore_index=True)
+    edges = T0 + np.arange(0, 91, 15) * MIN
+    named = point_windows(readings, reg.points_table, edges)
+    bare = point_windows(readings, reg.points_table, edges, names=False)
+    assert "site" not in bare.columns and "point" not in bare.columns and len(bare) == 3 * 6
+    pd.testing.assert_frame_equal(bare, named.drop(columns=["site", "point"]))
+    keys = reg.points_table.index[named["pid"].to_numpy()]
+    assert list(zip(named["site"], named["point"], strict=True)) == list(keys)
+
+
 def test_counter_rollover_is_booked_as_the_wrapped_increase():
     # rollover at 10,000 kWh: 9,998.75 → 1.25 is an increase of 2.5 kWh (150 kW for one minute)
     reg = registry(site("a", [
