@@ -108,9 +108,7 @@ def point_windows(
     n_series = int(series_id[-1]) + 1
     starts = np.flatnonzero(first)
     ends = np.append(starts[1:], len(ts))  # exclusive
-    e_at = _interp_at_edges(ts, e_cum, starts, ends, edges)
-    c_at = _interp_at_edges(ts, c_cum, starts, ends, edges)
-    b_at = _interp_at_edges(ts, b_cum, starts, ends, edges)
+    e_at, c_at, b_at = _interp_at_edges(ts, (e_cum, c_cum, b_cum), starts, ends, edges)
 
     n_windows = len(edges) - 1
     integral = np.diff(e_at, axis=1)
@@ -176,6 +174,39 @@ def point_ids(points: pd.DataFrame, readings: pd.DataFrame) -> np.ndarray:
     return np.asarray(points.index.get_indexer(keys), dtype=np.int64)
 
 
+class PointIds:
+    """:func:`point_ids` for one site's batch of point names at a time, as a consumer decodes them.
+
+    A collector sends the same points in the same order at every poll, so each site's last list of names
+    and its rows are kept: a batch like the last one costs one comparison of names, not a lookup of each.
+    """
+
+    def __init__(self, points: pd.DataFrame) -> None:
+        sites = points.index.get_level_values("site").to_numpy(object)
+        names = points.index.get_level_values("point").to_numpy(object)
+        starts = np.flatnonzero(np.r_[True, sites[1:] != sites[:-1]]) if len(sites) else np.empty(0, np.int64)
+        ends = np.r_[starts[1:], len(sites)]
+        # the points table is sorted by site: each site's points are one run of rows
+        self._runs = {str(sites[lo]): (int(lo), pd.Index(names[lo:hi], dtype=object))
+                      for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True)}
+        self._last: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, site: str, points: np.ndarray) -> np.ndarray:
+        """Each of ``points``' row in the points table, -1 for points (or a site) it does not hold."""
+        last = self._last.get(site)
+        if last is not None and len(last[0]) == len(points) and bool((last[0] == points).all()):
+            return last[1]
+        run = self._runs.get(site)
+        if run is None:
+            ids = np.full(len(points), -1, dtype=np.int64)
+        else:
+            at = run[1].get_indexer(points)
+            ids = np.where(at >= 0, run[0] + at, -1).astype(np.int64)
+        ids.flags.writeable = False  # handed out again for the next batch like this one
+        self._last[site] = (points, ids)
+        return ids
+
+
 def level_at(index: pd.MultiIndex, name: str, rows: np.ndarray) -> np.ndarray:
     """The ``name`` level of ``index`` at positions ``rows``, as Python objects: through the level's codes, so
     only the level's distinct values are converted (not every row of a 100,000-point table at every step)."""
@@ -216,11 +247,12 @@ def _segment_cumsum(values: np.ndarray, first: np.ndarray) -> np.ndarray:
     return total - before_segment[idx]
 
 
-def _interp_at_edges(ts: np.ndarray, cum: np.ndarray, starts: np.ndarray, ends: np.ndarray,
-                     edges: np.ndarray) -> np.ndarray:
-    """Evaluate each series' piecewise-linear cumulative curve at every edge (clamped at its ends)."""
+def _interp_at_edges(ts: np.ndarray, curves: tuple[np.ndarray, ...], starts: np.ndarray, ends: np.ndarray,
+                     edges: np.ndarray) -> list[np.ndarray]:
+    """Evaluate each series' piecewise-linear cumulative ``curves`` (sampled at the same ``ts``) at every edge,
+    clamped at the series' ends; one (series × edge) array per curve. The sample positions around every edge
+    are found once for all curves."""
     n_series = len(starts)
-    out = np.empty((n_series, len(edges)), dtype=np.float64)
     # a global, strictly ordered key lets one searchsorted serve every series
     span = np.int64(max(int(ts.max()), int(edges.max())) - min(int(ts.min()), int(edges.min())) + 2)
     base = np.int64(min(int(ts.min()), int(edges.min())))
@@ -237,5 +269,5 @@ def _interp_at_edges(ts: np.ndarray, cum: np.ndarray, starts: np.ndarray, ends: 
     edge_flat = np.tile(edges, n_series)
     frac = np.where(span_lr > 0, (edge_flat - t_left) / np.where(span_lr > 0, span_lr, 1.0), 0.0)
     frac = np.clip(frac, 0.0, 1.0)
-    out.ravel()[:] = cum[left] + frac * (cum[right] - cum[left])
-    return out
+    shape = (n_series, len(edges))
+    return [(cum[left] + frac * (cum[right] - cum[left])).reshape(shape) for cum in curves]

@@ -126,11 +126,15 @@ class StreamEngine:
         self._groups = GroupAggregator(self.sites, self.metric_params) if emit_groups else None
 
     # -- input -------------------------------------------------------------------------------
-    def add(self, readings: pd.DataFrame) -> int:
-        """Accept readings (any order, any sites of the registry); returns how many were too late."""
+    def add(self, readings: pd.DataFrame, pid: np.ndarray | None = None) -> int:
+        """Accept readings (any order, any sites of the registry); returns how many were too late.
+
+        ``pid``: each reading's row in the registry's points table (-1 for an unknown point) if the caller
+        has it already (:class:`~dcpue.analytics.energy.PointIds`); looked up otherwise.
+        """
         if readings.empty:
             return 0
-        pid = point_ids(self.points, readings)
+        pid = point_ids(self.points, readings) if pid is None else np.asarray(pid, dtype=np.int64)
         codes = self._pid_site[pid]
         unknown = pid < 0  # dead-lettered by the worker; the engine still counts them by their site name
         final_until = np.array([*(self._final_until.get(s, np.nan) for s in self._site_ids), np.nan])[codes]

@@ -145,7 +145,8 @@ def decode_batch(data: bytes) -> DecodedBatch:
     bad_ts = (ts < TS_MIN_MS) | (ts >= TS_MAX_MS)
     bad_value = ~np.isfinite(value) & ~(np.isnan(value) & ((quality & NO_VALUE_FLAGS) != 0))
     bad_quality = (quality < 0) | (quality > MAX_QUALITY)
-    bad_point = np.fromiter((not p for p in batch.point), dtype=bool, count=n)
+    bad_point = (np.zeros(n, dtype=bool) if all(batch.point)  # the usual case, without a Python loop per point
+                 else np.fromiter((not p for p in batch.point), dtype=bool, count=n))
     bad = bad_ts | bad_value | bad_quality | bad_point
     rejects: list[Reject] = []
     if bad.any():

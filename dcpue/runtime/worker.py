@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dcpue.analytics.energy import PointIds
 from dcpue.analytics.stream import StreamEngine, restore_site, snapshot_sites
 from dcpue.errors import CommitError, DecodeError, SinkError
 from dcpue.ports import Consumer, Message, Producer, ResultSink, StateStore
@@ -47,10 +48,12 @@ class WorkerStats:
 
 
 def validate_against_registry(frame: pd.DataFrame, registry: Registry) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split readings into those of known (site, point) and dead letters for the rest."""
-    known = registry.points_table.index
-    keys = pd.MultiIndex.from_arrays([frame["site"], frame["point"]])
-    ok = keys.isin(known)
+    """Split readings into those of known (site, point) and dead letters for the rest. A ``pid`` column (each
+    reading's row in the registry's points table, -1 for an unknown point) is used when the frame has one."""
+    if "pid" in frame.columns:
+        ok = frame["pid"].to_numpy() >= 0
+    else:
+        ok = pd.MultiIndex.from_arrays([frame["site"], frame["point"]]).isin(registry.points_table.index)
     if ok.all():
         return frame, pd.DataFrame(columns=DEAD_LETTER_COLUMNS)
     bad = frame[~ok]
@@ -162,6 +165,7 @@ class AnalyticsWorker:
         self.dead_letter_producer = dead_letter_producer
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.engine = StreamEngine(registry, settings.engine, emit_groups=emit_groups)
+        self._point_ids = PointIds(self.engine.points)  # the engine's points table: the rows it expects
         self.state = state
         self.alerts = alerts  # a dcpue.analytics.alerts.engine.AlertEngine, or None
         self.alert_output = alert_output  # where its events go (history, alerts topic, webhooks)
@@ -227,7 +231,9 @@ class AnalyticsWorker:
                 if not extra.empty:
                     extra["topic"] = self.settings.bus.topics.readings
                     letters.append(extra)
-            late = self.engine.add(readings)
+            # the points-table rows found while decoding go to the engine only, not to the other consumers
+            pid = readings.pop("pid").to_numpy(np.int64)
+            late = self.engine.add(readings, pid)
             if late:
                 self.stats.late_dropped += late
                 log.warning("dropped %d readings older than their closed windows (per site: status late_by_site)",
@@ -510,8 +516,12 @@ class AnalyticsWorker:
                 ]))
             if len(batch):
                 batches.append(batch)
+        if not batches:
+            return [], letters
         # one DataFrame for the whole poll: building one per small batch cost more than decoding them
-        return ([readings_of_batches(batches)] if batches else []), letters
+        frame = readings_of_batches(batches)
+        frame["pid"] = np.concatenate([self._point_ids(b.site, b.points) for b in batches])
+        return [frame], letters
 
     def _admit(self, site: str, message: Message) -> bool:
         """Take the site over if new to this worker; False for a message its restored state already holds."""

@@ -84,6 +84,29 @@ def test_point_windows_without_names_are_the_same_rows_keyed_by_pid():
     assert list(zip(named["site"], named["point"], strict=True)) == list(keys)
 
 
+def test_point_ids_of_a_batch_match_the_points_table_lookup_for_repeated_and_changed_batches():
+    """PointIds gives what point_ids gives (-1 for an unknown point or site), for a batch like the site's
+    last one (kept) as for a changed one (looked up again)."""
+    from dcpue.analytics.energy import PointIds, point_ids
+
+    reg = registry(simple_site("a"), simple_site("b"))
+    points = reg.points_table
+    ids = PointIds(points)
+
+    def expected(site, names):
+        return point_ids(points, pd.DataFrame({"site": [site] * len(names), "point": names}))
+
+    batches = [("a", ["it.ups", "facility.main", "cool.crah"]), ("b", ["cool.crah", "it.ups"]),
+               ("a", ["it.ups", "facility.main", "cool.crah"]),  # as before: the kept rows
+               ("a", ["facility.main", "nope", "it.ups"]),  # changed, with an unknown point
+               ("a", ["facility.main", "nope", "it.ups"]), ("zz", ["it.ups"]), ("b", [])]
+    for site, names in batches:
+        got = ids(site, np.asarray(names, dtype=object))
+        assert got.tolist() == expected(site, names).tolist(), (site, names)
+    assert ids("a", np.asarray(["it.ups", "facility.main", "cool.crah"], dtype=object)).min() >= 0
+    assert (ids("zz", np.asarray(["it.ups"], dtype=object)) == -1).all()
+
+
 def test_counter_rollover_is_booked_as_the_wrapped_increase():
     # rollover at 10,000 kWh: 9,998.75 → 1.25 is an increase of 2.5 kWh (150 kW for one minute)
     reg = registry(site("a", [
