@@ -93,16 +93,16 @@ def test_point_ids_of_a_batch_match_the_points_table_lookup_for_repeated_and_cha
     points = reg.points_table
     ids = PointIds(points)
 
-    def expected(site, names):
-        return point_ids(points, pd.DataFrame({"site": [site] * len(names), "point": names}))
+    def expected(site_id, names):
+        return point_ids(points, pd.DataFrame({"site": [site_id] * len(names), "point": names}))
 
     batches = [("a", ["it.ups", "facility.main", "cool.crah"]), ("b", ["cool.crah", "it.ups"]),
                ("a", ["it.ups", "facility.main", "cool.crah"]),  # as before: the kept rows
                ("a", ["facility.main", "nope", "it.ups"]),  # changed, with an unknown point
                ("a", ["facility.main", "nope", "it.ups"]), ("zz", ["it.ups"]), ("b", [])]
-    for site, names in batches:
-        got = ids(site, np.asarray(names, dtype=object))
-        assert got.tolist() == expected(site, names).tolist(), (site, names)
+    for site_id, names in batches:
+        got = ids(site_id, np.asarray(names, dtype=object))
+        assert got.tolist() == expected(site_id, names).tolist(), (site_id, names)
     assert ids("a", np.asarray(["it.ups", "facility.main", "cool.crah"], dtype=object)).min() >= 0
     assert (ids("zz", np.asarray(["it.ups"], dtype=object)) == -1).all()
 
