@@ -241,18 +241,39 @@ def _cpu_of(dist: _Distributed) -> dict[str, float]:
             "benchmark": own.ru_utime + own.ru_stime}
 
 
-def _rate_together(samples: list[tuple[float, int]], formed: float | None, done: float) -> float | None:
-    """Messages committed per second while every worker had partitions: the least-squares slope of the
-    committed offsets sampled from one commit interval after the last worker's assignment (each worker's
-    first poll and commit settled) to the end. Commits come in steps a commit interval apart, so the slope
-    of many samples, not two end points, is the rate; ``None`` when that stretch is under 2 s."""
-    if formed is None:
+def _rate_together(samples: list[tuple[float, tuple[int, ...]]], owned: list[list[int]],
+                   formed: float | None) -> float | None:
+    """Messages per second of the whole group while every worker had partitions: the sum of each worker's
+    own rate, from its first commit after the group formed to the commit that finished its partitions.
+
+    Both ends are commits of that worker, where it has nothing processed and uncommitted, so no work done
+    before the start is counted in the stretch (a slope fitted through the stepped committed offsets
+    would count the large first poll's commit and overstate). ``samples`` are (time, committed offset per
+    partition); ``owned`` the partitions of each worker in the formed group. ``None`` when a worker has
+    no such stretch (its partitions done in one commit)."""
+    if formed is None or not owned or not samples:
         return None
-    window = [(t, c) for t, c in samples if t >= formed + COMMIT_INTERVAL_S]
-    if len(window) < 3 or window[-1][0] - window[0][0] < 2.0:
-        return None
-    t, c = np.array(window, dtype=float).T
-    return float(np.polyfit(t, c, 1)[0])
+    total = 0.0
+    for partitions in owned:
+        if not partitions:  # an idle member (more workers than partitions)
+            continue
+        series = [(t, sum(c[p] for p in partitions)) for t, c in samples]
+        final = series[-1][1]
+        at_formed = next((c for t, c in series if t >= formed), None)
+        start = next(((t, c) for t, c in series if t >= formed and at_formed is not None and c > at_formed), None)
+        end = next((t for t, c in series if c >= final), None)
+        if start is None or end is None or end <= start[0] or final <= start[1]:
+            return None
+        total += (final - start[1]) / (end - start[0])
+    return total
+
+
+def _owned_partitions(log: Path) -> list[int] | None:
+    """The partitions a worker's log says it was given last; ``None`` before its first assignment."""
+    import re
+
+    found = re.findall(r"assigned partitions \[([\d, ]*)\]", log.read_text(errors="replace"))
+    return [int(p) for p in found[-1].split(",") if p.strip()] if found else None
 
 
 def _latency(summary: str) -> dict[str, float | None]:
@@ -305,23 +326,25 @@ def run_kafka(registry: Any, batches: list[Batch], readings: int, workdir: Path,
         assigned: tuple[float, int] | None = None  # the same when the group first assigned partitions
         logs = [dist.workdir / f"analyze-{n}.log" for n in range(workers)]
         worker_assigned: dict[int, float] = {}  # worker → when its log first showed an assignment
-        samples: list[tuple[float, int]] = []  # (time, messages committed), every poll of the watcher
+        samples: list[tuple[float, tuple[int, ...]]] = []  # (time, committed per partition), every 0.1 s
         cpu_formed: dict[str, float] | None = None  # CPU seconds of every process when the whole group had work
+        owned: list[list[int]] = []  # each worker's partitions then
         try:
             while True:
-                committed = sum((watcher.committed(p) or 0) for p in parts)
+                per_partition = tuple((watcher.committed(p) or 0) for p in parts)
+                committed = sum(per_partition)
                 now = time.perf_counter()
-                samples.append((now, committed))
+                samples.append((now, per_partition))
                 if committed and first is None:
                     first = (now, committed)
                 for n, log in enumerate(logs):
-                    if n not in worker_assigned and log.exists() and \
-                            "assigned partitions [" in log.read_text(errors="replace"):
+                    if n not in worker_assigned and log.exists() and _owned_partitions(log) is not None:
                         worker_assigned[n] = now
                 if assigned is None and worker_assigned:
                     assigned = (now, committed)
                 if cpu_formed is None and len(worker_assigned) == workers:
                     cpu_formed = _cpu_of(dist)
+                    owned = [_owned_partitions(log) or [] for log in logs]
                 if committed >= messages or any(w.poll() is not None for w in dist.workers):
                     break
                 time.sleep(0.1)
@@ -346,7 +369,7 @@ def run_kafka(registry: Any, batches: list[Batch], readings: int, workdir: Path,
         grouped = round((messages - assigned[1]) * readings / len(batches) / (done - assigned[0]))
     per_message = readings / len(batches)
     formed = max(worker_assigned.values()) if len(worker_assigned) == workers else None
-    together = _rate_together(samples, formed, done)
+    together = _rate_together(samples, owned, formed)
     cpu_share = None
     if formed is not None and cpu_formed is not None and done > formed:
         cpu_share = {name: round((cpu_done[name] - cpu_formed[name]) / (done - formed), 2) for name in cpu_done}

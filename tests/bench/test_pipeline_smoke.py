@@ -33,23 +33,28 @@ def test_embedded_smoke_run_counts_every_reading(tmp_path):
     assert result["readings_per_s"] > 0 and result["cpu_s"] > 0 and result["peak_rss_mb"] > 0
 
 
-def test_rate_together_is_the_slope_of_stepped_commits_after_the_group_formed():
-    """Two workers commit 1 s apart in turn at 500 messages/s each: the rate once both work is 1,000/s,
-    although the sum of the committed offsets moves in steps; the stretch before the group formed (one
-    worker alone, slower) and the first commit interval after it are left out."""
+def test_rate_together_sums_each_workers_rate_between_its_own_commits():
+    """Two workers, partitions 0-1 and 2-3, each committing its first large poll (5,000 messages) and then
+    1,000 messages a second: once both work the group carries 2,000 a second. The first poll's commit,
+    processed before the stretch began, is not counted in it (a line fitted through the committed
+    offsets would count it); the stretch ends at each worker's last commit."""
     bench = _bench()
-    samples, committed = [], 0
+
+    def worker(t, first_commit, last_commit):
+        if t < first_commit:
+            return 0
+        return 5_000 + 1_000 * int(min(t, last_commit) - first_commit)
+
+    samples = []
     for tick in range(200):  # 20 s sampled every 0.1 s
-        t = tick / 10
-        if t < 5:  # one worker alone, committing 300 messages every second
-            committed = 300 * int(t)
-        elif tick % 5 == 0:  # then a commit every 0.5 s, from either worker, of 500 messages each
-            committed += 500
-        samples.append((t, committed))
-    rate = bench._rate_together(samples, formed=5.0, done=19.9)
-    assert rate == pytest.approx(1_000, rel=0.03)
-    assert bench._rate_together(samples, formed=None, done=19.9) is None
-    assert bench._rate_together(samples, formed=18.5, done=19.9) is None  # under 2 s left: no rate
+        t = round(tick / 10, 1)
+        a, b = worker(t, 5.5, 15.5), worker(t, 6.0, 16.0)
+        samples.append((t, (a // 2, a - a // 2, b // 2, b - b // 2)))
+    owned = [[0, 1], [2, 3]]
+    assert bench._rate_together(samples, owned, formed=5.0) == pytest.approx(2_000, rel=0.02)
+    assert bench._rate_together(samples, owned + [[]], formed=5.0) == pytest.approx(2_000, rel=0.02)  # idle
+    assert bench._rate_together(samples, owned, formed=None) is None
+    assert bench._rate_together(samples, owned, formed=16.5) is None  # no commit after it: no stretch
 
 
 def _summary_count(line: str, what: str) -> int:
