@@ -22,7 +22,7 @@ import pandas as pd
 
 from bench.pipeline import make_batches
 from dcpue.adapters.lineprotocol import windows_to_lines
-from dcpue.analytics.stream import StreamEngine, _obj_to_frame, snapshot_sites
+from dcpue.analytics.stream import StreamEngine, _named_buffer, _obj_to_frame, snapshot_sites
 from dcpue.settings import load_settings
 from dcpue.wire import decode_batch, encode_windows_by_id, readings_of_batches
 
@@ -36,6 +36,19 @@ def _module_at(revision: str, path: str, name: str, workdir: Path):
     sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+class _NamedBufferEngine:
+    """The engine as revisions before ae17c1d kept it, for their ``snapshot_sites``: a buffer with site and
+    point names beside each reading's ``pid``; everything else is the engine's own."""
+
+    def __init__(self, engine: StreamEngine) -> None:
+        self._engine = engine
+        named = _named_buffer(engine, set(engine._site_code))  # every site: every buffered row, in order
+        self._buffer = named.assign(pid=engine._buffer["pid"].to_numpy())
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
 
 
 def _best(f, *args):
@@ -60,7 +73,7 @@ def main(revision: str) -> None:
         rows.append(engine.advance())
     sites = set(registry.site_map)
     new_s, new = _best(snapshot_sites, engine, sites)
-    old_s, old = _best(old_stream.snapshot_sites, engine, sites)
+    old_s, old = _best(old_stream.snapshot_sites, _NamedBufferEngine(engine), sites)
     for site in sites:
         a, b = msgspec.msgpack.decode(old[site]), msgspec.msgpack.decode(new[site])
         for x, y in [(a["buffer"], b["buffer"]), (a["open"], b["open"]),
