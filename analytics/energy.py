@@ -62,12 +62,12 @@ def point_windows(
     """
     edges = np.asarray(edges_ms, dtype=np.int64)
     if len(edges) < 2 or readings.empty:
-        return _empty_point_windows()
+        return _empty_point_windows(names)
     if "pid" not in readings.columns:
         readings = readings.assign(pid=point_ids(points, readings))
     prepared = _prepare(readings, points)
     if prepared is None:
-        return _empty_point_windows()
+        return _empty_point_windows(names)
     series_id, ts, value, is_counter, rated, rollover, is_power, pid = prepared
 
     first = np.ones(len(ts), dtype=bool)
@@ -142,11 +142,11 @@ def point_windows(
     return out
 
 
-def _empty_point_windows() -> pd.DataFrame:
+def _empty_point_windows(names: bool = True) -> pd.DataFrame:
+    named = {"site": pd.Series(dtype=object), "point": pd.Series(dtype=object)} if names else {}
     return pd.DataFrame(
         {
-            "site": pd.Series(dtype=object),
-            "point": pd.Series(dtype=object),
+            **named,
             "start_ms": pd.Series(dtype=np.int64),
             "integral": pd.Series(dtype=np.float64),
             "covered_s": pd.Series(dtype=np.float64),
@@ -185,25 +185,25 @@ class PointIds:
         sites = points.index.get_level_values("site").to_numpy(object)
         names = points.index.get_level_values("point").to_numpy(object)
         starts = np.flatnonzero(np.r_[True, sites[1:] != sites[:-1]]) if len(sites) else np.empty(0, np.int64)
-        ends = np.r_[starts[1:], len(sites)]
+        ends = np.r_[starts[1:], len(sites)].astype(np.int64)
         # the points table is sorted by site: each site's points are one run of rows
         self._runs = {str(sites[lo]): (int(lo), pd.Index(names[lo:hi], dtype=object))
                       for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True)}
         self._last: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def __call__(self, site: str, points: np.ndarray) -> np.ndarray:
+    def __call__(self, site: str, points: np.ndarray | list[str]) -> np.ndarray:
         """Each of ``points``' row in the points table, -1 for points (or a site) it does not hold."""
-        last = self._last.get(site)
-        if last is not None and len(last[0]) == len(points) and bool((last[0] == points).all()):
-            return last[1]
+        points = np.asarray(points, dtype=object)
         run = self._runs.get(site)
-        if run is None:
-            ids = np.full(len(points), -1, dtype=np.int64)
-        else:
-            at = run[1].get_indexer(points)
-            ids = np.where(at >= 0, run[0] + at, -1).astype(np.int64)
+        if run is None:  # an unknown site: nothing kept for it (a bad producer could send any number)
+            return np.full(len(points), -1, dtype=np.int64)
+        last = self._last.get(site)
+        if last is not None and np.array_equal(last[0], points):
+            return last[1]
+        at = run[1].get_indexer(points)
+        ids = np.where(at >= 0, run[0] + at, -1).astype(np.int64)
         ids.flags.writeable = False  # handed out again for the next batch like this one
-        self._last[site] = (points, ids)
+        self._last[site] = (points.copy(), ids)  # a copy: the caller may reuse its array
         return ids
 
 

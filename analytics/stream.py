@@ -135,6 +135,8 @@ class StreamEngine:
         if readings.empty:
             return 0
         pid = point_ids(self.points, readings) if pid is None else np.asarray(pid, dtype=np.int64)
+        if len(pid) != len(readings):
+            raise ValueError(f"{len(pid)} points-table rows for {len(readings)} readings")
         codes = self._pid_site[pid]
         unknown = pid < 0  # dead-lettered by the worker; the engine still counts them by their site name
         final_until = np.array([*(self._final_until.get(s, np.nan) for s in self._site_ids), np.nan])[codes]

@@ -232,7 +232,7 @@ class AnalyticsWorker:
                     extra["topic"] = self.settings.bus.topics.readings
                     letters.append(extra)
             # the points-table rows found while decoding go to the engine only, not to the other consumers
-            pid = readings.pop("pid").to_numpy(np.int64)
+            pid = readings.pop("pid").to_numpy(np.int64) if "pid" in readings.columns else None
             late = self.engine.add(readings, pid)
             if late:
                 self.stats.late_dropped += late

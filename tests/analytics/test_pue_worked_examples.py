@@ -79,6 +79,8 @@ def test_point_windows_without_names_are_the_same_rows_keyed_by_pid():
     named = point_windows(readings, reg.points_table, edges)
     bare = point_windows(readings, reg.points_table, edges, names=False)
     assert "site" not in bare.columns and "point" not in bare.columns and len(bare) == 3 * 6
+    empty = point_windows(readings.head(0), reg.points_table, edges, names=False)
+    assert empty.empty and list(empty.columns) == list(bare.columns)  # the same shape when nothing came
     pd.testing.assert_frame_equal(bare, named.drop(columns=["site", "point"]))
     keys = reg.points_table.index[named["pid"].to_numpy()]
     assert list(zip(named["site"], named["point"], strict=True)) == list(keys)
@@ -105,6 +107,12 @@ def test_point_ids_of_a_batch_match_the_points_table_lookup_for_repeated_and_cha
         assert got.tolist() == expected(site_id, names).tolist(), (site_id, names)
     assert ids("a", np.asarray(["it.ups", "facility.main", "cool.crah"], dtype=object)).min() >= 0
     assert (ids("zz", np.asarray(["it.ups"], dtype=object)) == -1).all()
+    # a caller that reuses its array for other names gets their rows, not the kept ones
+    reused = np.asarray(["it.ups", "cool.crah"], dtype=object)
+    first = ids("b", reused).tolist()
+    reused[0] = "facility.main"
+    assert ids("b", reused).tolist() == expected("b", ["facility.main", "cool.crah"]).tolist() != first
+    assert ids("b", ["it.ups", "cool.crah"]).tolist() == first  # a list is taken too
 
 
 def test_counter_rollover_is_booked_as_the_wrapped_increase():
