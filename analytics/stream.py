@@ -165,9 +165,8 @@ class StreamEngine:
         np.maximum.at(self._point_last, pid[known], ts[known])
         self._dirty.update(newest_by_site)
         # readings of points the registry does not know are counted above but never integrated: not buffered
-        self._pending.append(pd.DataFrame({
-            "pid": pid[known], "ts": ts[known], "value": readings["value"].to_numpy(np.float64)[known],
-            "quality": readings["quality"].to_numpy(np.int64)[known]}))
+        self._pending.append(_buffer_frame(pid[known], ts[known], readings["value"].to_numpy(np.float64)[known],
+                                           readings["quality"].to_numpy(np.int64)[known]))
         return n_late
 
     # -- output ------------------------------------------------------------------------------
@@ -503,9 +502,14 @@ def _obj_to_frame(obj: dict[str, object], index: list[str] | None) -> pd.DataFra
     return frame.set_index(index) if index and not frame.empty else frame
 
 
+def _buffer_frame(pid: np.ndarray, ts: np.ndarray, value: np.ndarray, quality: np.ndarray) -> pd.DataFrame:
+    """Buffered readings: each one's points-table row, time, value and quality."""
+    return pd.DataFrame({"pid": pid, "ts": ts, "value": value, "quality": quality})
+
+
 def _empty_buffer() -> pd.DataFrame:
-    return pd.DataFrame({"pid": np.empty(0, np.int64), "ts": np.empty(0, np.int64),
-                         "value": np.empty(0, np.float64), "quality": np.empty(0, np.int64)})
+    return _buffer_frame(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64),
+                         np.empty(0, np.int64))
 
 
 def _named_buffer(engine: StreamEngine, sites: set[str]) -> pd.DataFrame:
@@ -582,10 +586,9 @@ def restore_site(engine: StreamEngine, blob: bytes) -> str:
         pid = point_ids(engine.points, buffer)
         known = pid >= 0  # a point gone from the registry is not integrated any more
         others = engine._buffer_site_codes() != engine._site_code.get(site, -1)
-        engine._buffer = pd.concat([engine._buffer[others], pd.DataFrame({
-            "pid": pid[known], "ts": buffer["ts"].to_numpy(np.int64)[known],
-            "value": buffer["value"].to_numpy(np.float64)[known],
-            "quality": buffer["quality"].to_numpy(np.int64)[known]})], ignore_index=True)
+        engine._buffer = pd.concat([engine._buffer[others], _buffer_frame(
+            pid[known], buffer["ts"].to_numpy(np.int64)[known], buffer["value"].to_numpy(np.float64)[known],
+            buffer["quality"].to_numpy(np.int64)[known])], ignore_index=True)
 
     def replace(current: pd.DataFrame, obj: dict[str, object]) -> pd.DataFrame:
         incoming = _obj_to_frame(obj, ["site", "start_ms"])
