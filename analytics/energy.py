@@ -174,6 +174,16 @@ def point_ids(points: pd.DataFrame, readings: pd.DataFrame) -> np.ndarray:
     return np.asarray(points.index.get_indexer(keys), dtype=np.int64)
 
 
+def site_rows(points: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """Each site's run of rows ``[lo, hi)`` in a points table (sorted by site, so a site's points are one run)."""
+    sites = points.index.get_level_values("site").to_numpy(object)
+    if not len(sites):
+        return {}
+    starts = np.flatnonzero(np.r_[True, sites[1:] != sites[:-1]])
+    ends = np.r_[starts[1:], len(sites)]
+    return {str(sites[lo]): (lo, hi) for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True)}
+
+
 class PointIds:
     """:func:`point_ids` for one site's batch of point names at a time, as a consumer decodes them.
 
@@ -182,13 +192,8 @@ class PointIds:
     """
 
     def __init__(self, points: pd.DataFrame) -> None:
-        sites = points.index.get_level_values("site").to_numpy(object)
         names = points.index.get_level_values("point").to_numpy(object)
-        starts = np.flatnonzero(np.r_[True, sites[1:] != sites[:-1]]) if len(sites) else np.empty(0, np.int64)
-        ends = np.r_[starts[1:], len(sites)].astype(np.int64)
-        # the points table is sorted by site: each site's points are one run of rows
-        self._runs = {str(sites[lo]): (int(lo), pd.Index(names[lo:hi], dtype=object))
-                      for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True)}
+        self._runs = {site: (lo, pd.Index(names[lo:hi], dtype=object)) for site, (lo, hi) in site_rows(points).items()}
         self._last: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def __call__(self, site: str, points: np.ndarray | list[str]) -> np.ndarray:

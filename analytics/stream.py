@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from dcpue.analytics.energy import EnergyParams, level_at, point_ids, point_windows
+from dcpue.analytics.energy import EnergyParams, level_at, point_ids, point_windows, site_rows
 from dcpue.analytics.groups import FLEET_ID, GroupAggregator
 from dcpue.analytics.pue import (
     MetricParams,
@@ -114,11 +114,7 @@ class StreamEngine:
         flow_pids = self.points.index.get_indexer(flow_of_points(self.points).index)
         self._flow_pids: dict[str, np.ndarray] = {
             str(site): flow_pids[self._pid_site[flow_pids] == code] for code, site in enumerate(self._site_ids)}
-        # the points of a site are one run of rows of the (sorted) points table
-        site_of_row = self._pid_site[:-1]
-        self._site_rows = {str(site): (int(np.searchsorted(site_of_row, code)),
-                                       int(np.searchsorted(site_of_row, code, side="right")))
-                           for code, site in enumerate(self._site_ids)}
+        self._site_rows = site_rows(self.points)
         self._final_until: dict[str, int] = {}  # base windows before this are folded and immutable
         self._open = pd.DataFrame()  # base-window flows that may still change, indexed (site, start_ms)
         self._acc: dict[str, pd.DataFrame] = {label: pd.DataFrame() for label in self.ROLLUPS}
