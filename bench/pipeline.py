@@ -260,7 +260,9 @@ def _rate_together(samples: list[tuple[float, tuple[int, ...]]], owned: list[lis
         series = [(t, sum(c[p] for p in partitions)) for t, c in samples]
         final = series[-1][1]
         at_formed = next((c for t, c in series if t >= formed), None)
-        start = next(((t, c) for t, c in series if t >= formed and at_formed is not None and c > at_formed), None)
+        if at_formed is None:
+            return None
+        start = next(((t, c) for t, c in series if t >= formed and c > at_formed), None)
         end = next((t for t, c in series if c >= final), None)
         if start is None or end is None or end <= start[0] or final <= start[1]:
             return None

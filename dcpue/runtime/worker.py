@@ -48,12 +48,9 @@ class WorkerStats:
 
 
 def validate_against_registry(frame: pd.DataFrame, registry: Registry) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split readings into those of known (site, point) and dead letters for the rest. A ``pid`` column (each
-    reading's row in the registry's points table, -1 for an unknown point) is used when the frame has one."""
-    if "pid" in frame.columns:
-        ok = frame["pid"].to_numpy() >= 0
-    else:
-        ok = pd.MultiIndex.from_arrays([frame["site"], frame["point"]]).isin(registry.points_table.index)
+    """Split readings into those of known (site, point) and dead letters for the rest, by the frame's ``pid``
+    column (each reading's row in the registry's points table, -1 for an unknown point: :class:`PointIds`)."""
+    ok = frame["pid"].to_numpy() >= 0
     if ok.all():
         return frame, pd.DataFrame(columns=DEAD_LETTER_COLUMNS)
     bad = frame[~ok]
@@ -232,7 +229,7 @@ class AnalyticsWorker:
                     extra["topic"] = self.settings.bus.topics.readings
                     letters.append(extra)
             # the points-table rows found while decoding go to the engine only, not to the other consumers
-            pid = readings.pop("pid").to_numpy(np.int64) if "pid" in readings.columns else None
+            pid = readings.pop("pid").to_numpy(np.int64)
             late = self.engine.add(readings, pid)
             if late:
                 self.stats.late_dropped += late
