@@ -163,6 +163,11 @@ _BAD = int(Quality.BAD | Quality.COLLECTOR_DOWN)
 _Prepared = tuple  # (series, ts, value, is_counter, rated_kw, rollover, is_power, pid), one entry per reading
 
 
+def usable_quality(quality: np.ndarray) -> np.ndarray:
+    """Whether each reading's ``quality`` flags let it be integrated (neither BAD nor COLLECTOR_DOWN)."""
+    return (np.asarray(quality) & _BAD) == 0
+
+
 def point_ids(points: pd.DataFrame, readings: pd.DataFrame) -> np.ndarray:
     """Each reading's row in ``points`` (a ``points_table``, sorted by site and point), -1 for unknown points.
 
@@ -224,7 +229,7 @@ def _prepare(readings: pd.DataFrame, points: pd.DataFrame) -> _Prepared | None:
     the last reading received per (site, point, ts) (a replay or a correction), convert to canonical units."""
     pid = readings["pid"].to_numpy(np.int64)
     ts = readings["ts"].to_numpy(np.int64)
-    keep = ((readings["quality"].to_numpy() & _BAD) == 0) & (pid >= 0)
+    keep = usable_quality(readings["quality"].to_numpy()) & (pid >= 0)
     pid, ts, value = pid[keep], ts[keep], readings["value"].to_numpy(np.float64)[keep]
     if not len(pid):
         return None

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from dcpue.analytics.energy import EnergyParams, level_at, point_ids, point_windows, site_rows
+from dcpue.analytics.energy import EnergyParams, level_at, point_ids, point_windows, site_rows, usable_quality
 from dcpue.analytics.groups import FLEET_ID, GroupAggregator
 from dcpue.analytics.pue import (
     MetricParams,
@@ -196,7 +196,7 @@ class StreamEngine:
         )
         site_rows.loc[site_rows["window"] == ROLLING_ANNUAL, "final"] = False  # a rolling figure never closes
         groups = self._groups.add(site_rows) if self._groups is not None else empty_windows()
-        self._prune_buffer(dirty)
+        self._prune_buffer()
         self._prune_accumulators()
         return pd.concat([site_rows, groups], ignore_index=True) if not groups.empty else site_rows
 
@@ -380,18 +380,25 @@ class StreamEngine:
         flows = rollup_flows(flows, starts.reindex(flows.index.get_level_values("site")).to_numpy(np.int64))
         return flows
 
-    def _prune_buffer(self, dirty: list[str]) -> None:
-        """Drop readings no open window needs; keep each series' last sample before the open range."""
+    def _prune_buffer(self) -> None:
+        """Drop the readings of closed windows, except each series' last usable one (not BAD): the start of
+        the interval that crosses into the open range, which is all an open window needs of the past."""
         if self._buffer.empty or not self._final_until:
             return
         buf = self._buffer
         final_until = np.array([*(self._final_until.get(s, -np.inf) for s in self._site_ids), -np.inf])
-        horizon = final_until[self._buffer_site_codes()] - self.max_gap_ms
-        old = buf["ts"].to_numpy() < horizon
+        ts = buf["ts"].to_numpy(np.int64)
+        old = ts < final_until[self._buffer_site_codes()]
         if not old.any():
             return
-        last_old = buf[old].sort_values("ts", kind="stable").drop_duplicates("pid", keep="last")
-        self._buffer = pd.concat([last_old, buf[~old]], ignore_index=True)
+        pid = buf["pid"].to_numpy(np.int64)
+        usable = np.flatnonzero(old & usable_quality(buf["quality"].to_numpy(np.int64)))
+        order = usable[np.lexsort((ts[usable], pid[usable]))]  # stable: of equal (pid, ts) the last received last
+        last_of_pid = np.ones(len(order), dtype=bool)
+        last_of_pid[:-1] = pid[order][1:] != pid[order][:-1]
+        keep = ~old
+        keep[order[last_of_pid]] = True
+        self._buffer = buf[keep].reset_index(drop=True)
 
     def drop_sites(self, sites: set[str]) -> None:
         """Forget everything about ``sites`` (another worker took them over)."""

@@ -123,10 +123,10 @@ def test_state_stays_bounded(reg):
         engine.advance()
     counters = engine.snapshot_counters()
     # only the open windows (closing delay max(lateness, max gap) = 5 min, plus the current minute)
-    # and the samples they need (back to one max gap before them) remain, for 2 sites × 3 points
+    # and the samples they need (each series' last one before them) remain, for 2 sites × 3 points
     open_minutes = engine.lateness_ms // MIN + 1
     assert counters["open_windows"] <= 2 * open_minutes
-    assert counters["buffered_readings"] <= 2 * 3 * (open_minutes + engine.max_gap_ms // MIN + 1)
+    assert counters["buffered_readings"] <= 2 * 3 * (open_minutes + 1)
     assert len(engine._acc["15m"]) <= 2 * 2  # closed quarter-hours are forgotten after emission
 
 
@@ -332,3 +332,26 @@ def test_version_1_snapshots_restore_the_same_state_as_version_2():
     for label in StreamEngine.ROLLUPS:
         pd.testing.assert_frame_equal(new._acc[label], legacy._acc[label])  # noqa: SLF001
     pd.testing.assert_frame_equal(new._open, engine._open.sort_index(), check_dtype=False)  # noqa: SLF001
+
+
+def test_a_bad_reading_after_a_counter_interval_start_does_not_cut_the_interval(reg):
+    """A counter's interval longer than the max gap is still booked; pruning the buffer must keep its start even
+    when a BAD reading of the same meter (never integrated) came after it. The meter is silent for 40 minutes,
+    longer than the close timeout: the minutes closed before it came back stay gaps, and the ones still open
+    then get the interval's share, 150 kW for a minute each."""
+    from dcpue.model import Quality, readings_frame
+
+    readings = fleet_readings(180)
+    meter = (readings["site"] == "a") & (readings["point"] == "facility.main")
+    silent = meter & (readings["ts"] > T0 + 60 * MIN) & (readings["ts"] < T0 + 100 * MIN)
+    marker = readings_frame("a", "facility.main", [T0 + 62 * MIN], np.nan, int(Quality.COLLECTOR_DOWN))
+    gappy = pd.concat([readings[~silent], marker], ignore_index=True).sort_values("ts", kind="stable")
+    stream = run(StreamEngine(reg), chunked(gappy, 7))
+    minutes = stream[(stream["window"] == "1m") & (stream["id"] == "a") & (stream["start_ms"] >= T0 + 60 * MIN)
+                     & (stream["start_ms"] < T0 + 100 * MIN)].sort_values("start_ms")
+    assert len(minutes) == 40 and minutes["final"].all()
+    kwh = minutes["facility_kwh"].to_numpy()
+    shared = np.flatnonzero(kwh > 0)
+    assert len(shared) and shared[-1] == 39 and (np.diff(shared) == 1).all()
+    np.testing.assert_allclose(kwh[shared], 150 / 60)
+    assert (kwh[:shared[0]] == 0).all()
