@@ -23,6 +23,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -80,6 +81,26 @@ def _tag_set(measurement: str, tags: Iterable[tuple[str, pd.Series]], index: pd.
     return out
 
 
+def _float_fields(key: str, values: np.ndarray) -> list[str]:
+    """``key=repr(value)`` for each value: the shortest text that reads back as the same number (what is not
+    finite comes out as ``key=null``, for the caller to mask).
+
+    msgspec's JSON encoder writes the same digits as ``repr`` about four times faster, and the same text
+    outside scientific notation, which ``repr`` uses below 1e-4 and from 1e16 on (with ``e+16``, ``e-05``):
+    those few take ``repr``, so the lines stay byte-for-byte what they were.
+    """
+    if not len(values):
+        return []
+    if "," in key:  # never for dcpue's field keys; the joined text below is split at commas
+        return [f"{key}={v!r}" for v in values.tolist()]
+    texts = msgspec.json.encode(values.tolist())[1:-1].decode()
+    fields = (key + "=" + texts.replace(",", "," + key + "=")).split(",")
+    magnitude = np.abs(values)
+    for i in np.flatnonzero(np.isfinite(values) & ((magnitude >= 1e16) | ((magnitude < 1e-4) & (magnitude > 0)))):
+        fields[i] = f"{key}={float(values[i])!r}"
+    return fields
+
+
 class _FieldSet:
     """Builds the comma-separated field set of every row; a part can be masked out per row. The parts are
     kept and joined once at the end (adding each to the growing text copied it once per field)."""
@@ -102,8 +123,7 @@ class _FieldSet:
 
     def add_float(self, key: str, values: object) -> None:
         array = np.asarray(values, dtype=np.float64)
-        # repr() is the shortest text that round-trips (numpy's str() of a float64 is the same text, slower)
-        self.add([f"{key}={v!r}" for v in array.tolist()], np.isfinite(array))
+        self.add(_float_fields(key, array), np.isfinite(array))
 
     def add_int(self, key: str, values: object) -> None:
         numbers = pd.to_numeric(pd.Series(np.asarray(values), index=self.index), errors="coerce")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dcpue.adapters.lineprotocol import (
     INVENTORY_FIELDS,
@@ -195,3 +197,17 @@ def test_window_fields_round_trip_and_leave_out_what_is_not_finite():
                 assert name not in fields
         assert fields["start_ms"] == f"{int(row['start_ms'])}i"
         assert fields["status"] == f'"{row["status"]}"'
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=50))
+def test_float_fields_are_the_shortest_round_trip_text_of_every_finite_value(values):
+    """The fast float text (msgspec's JSON digits) is exactly ``repr``: in and out of scientific notation."""
+    from dcpue.adapters.lineprotocol import _float_fields
+
+    array = np.asarray(values, dtype=np.float64)
+    fields = _float_fields("x", array)
+    assert len(fields) == len(values)
+    for value, text in zip(array.tolist(), fields, strict=True):
+        if np.isfinite(value):
+            assert text == f"x={value!r}"
