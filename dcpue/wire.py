@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from dcpue.errors import DecodeError
-from dcpue.model import Quality, readings_frame
+from dcpue.model import READING_COLUMNS, Quality, readings_frame
 
 SCHEMA = "dcpue.readings"
 VERSION = 1
@@ -97,8 +97,13 @@ def readings_of_batches(batches: list[DecodedBatch]) -> pd.DataFrame:
     if not batches:
         return readings_frame([], [], np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.int64))
     sites = np.repeat(np.array([b.site for b in batches], dtype=object), [len(b) for b in batches])
-    return readings_frame(sites, *(np.concatenate([getattr(b, c) for b in batches])
-                                   for c in ("points", "ts", "value", "quality")))
+    # the names stay Python strings (object columns): converting millions of them to pandas' Arrow-backed
+    # strings cost a worker more than decoding them, and what reads them compares, maps or formats them
+    # the same either way; the numbers are already int64/float64/int64
+    return pd.DataFrame({"site": pd.Series(sites, dtype=object, copy=False),
+                         "point": pd.Series(np.concatenate([b.points for b in batches]), dtype=object, copy=False),
+                         **{c: np.concatenate([getattr(b, c) for b in batches]) for c in ("ts", "value", "quality")}},
+                        columns=list(READING_COLUMNS))
 
 
 def encode_batch(site: str, point: Any, ts_ms: Any, value: Any, quality: Any = None) -> bytes:
