@@ -177,10 +177,10 @@ def windows_to_lines(windows: pd.DataFrame, sites: pd.DataFrame | None = None) -
         fields.add([f"{col}={v}i" for v in frame[col].astype(np.int64).tolist()])
     for col in FLOAT_FIELDS:
         fields.add_float(col, frame[col])
-    stamps = frame["end_ms"].astype(np.int64).astype(str)
-    lines = tags + " " + fields.fields + " " + stamps
+    lines = [f"{tag_set} {field_set} {stamp}" for tag_set, field_set, stamp
+             in zip(tags.tolist(), fields.fields.tolist(), frame["end_ms"].astype(np.int64).tolist(), strict=True)]
     assert len(lines) == n
-    return lines.tolist()
+    return lines
 
 
 def readings_to_lines(readings: pd.DataFrame, points: pd.DataFrame | None = None,
