@@ -84,6 +84,11 @@ class KafkaSettings(_Section):
     session_timeout_ms: int = Field(10_000, ge=1000)
     heartbeat_interval_ms: int = Field(3_000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=1000)
+    # how much a worker fetches per partition and per request: Kafka's 1 MiB per partition made a worker
+    # catching up wait for a round trip every ~250 batches (docs/performance.md); the worker's buffer
+    # holds at most this much per assigned partition
+    max_partition_fetch_bytes: int = Field(8 << 20, ge=1 << 16)
+    fetch_max_bytes: int = Field(64 << 20, ge=1 << 16)
 
     @model_validator(mode="after")
     def _secret_files(self) -> KafkaSettings:

@@ -217,6 +217,8 @@ class KafkaConsumerAdapter:
                 session_timeout_ms=self.settings.session_timeout_ms,
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
                 max_poll_interval_ms=self.settings.max_poll_interval_ms,
+                max_partition_fetch_bytes=self.settings.max_partition_fetch_bytes,
+                fetch_max_bytes=self.settings.fetch_max_bytes,
             )
         except kafka.errors.KafkaError as exc:
             raise DcpueError(f"cannot connect to Kafka at {self.settings.bootstrap_servers}: {exc}") from exc

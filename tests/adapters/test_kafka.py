@@ -57,7 +57,11 @@ def test_readings_through_kafka_give_the_embedded_figures(tansu_broker, tmp_path
     sent_by = time.time()
 
     store = FileStore(tmp_path / "k.sqlite").setup()
+    # the smallest fetches the settings allow still read everything; the settings reach the client
+    kafka = kafka.model_copy(update={"max_partition_fetch_bytes": 1 << 16, "fetch_max_bytes": 1 << 16})
     consumer = KafkaConsumerAdapter(kafka, [topics.readings], group_id=unique_name("g")).setup()
+    client = consumer._consumer.config
+    assert client["max_partition_fetch_bytes"] == client["fetch_max_bytes"] == 1 << 16
     dlq = KafkaProducerAdapter(kafka).setup()
     worker = AnalyticsWorker(reg, settings, consumer, store, dead_letter_producer=dlq, clock=lambda: T0 + 3 * 3_600_000)
     idle = 0
