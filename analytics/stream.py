@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from dcpue.analytics.energy import EnergyParams, level_at, point_ids, point_windows, site_rows, usable_quality
+from dcpue.analytics.energy import EnergyParams, point_ids, point_windows, site_rows, usable_quality
 from dcpue.analytics.groups import FLEET_ID, GroupAggregator
 from dcpue.analytics.pue import (
     MetricParams,
@@ -437,16 +437,43 @@ STATE_VERSION = 2  # 2: columns as raw numeric arrays and coded text; version 1 
 _READABLE_VERSIONS = (1, 2)
 
 
+def _int_categories(values: np.ndarray) -> np.ndarray:
+    """The ``np.min_scalar_type`` of each integer as a category: 0–3 unsigned 8–64 bit, 4–7 signed 8–64 bit."""
+    unsigned = np.searchsorted(np.array([255, 65_535, 2**32 - 1], dtype=np.uint64),
+                               np.maximum(values, 0).astype(np.uint64))
+    signed = 4 + (values < -128).astype(int) + (values < -32_768) + (values < -(2**31))
+    return np.where(values >= 0, unsigned, signed)
+
+
+_SCALAR_TYPES = [np.dtype(t) for t in ("u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8")]
+# the type an integer column takes in a checkpoint: np.result_type of the min_scalar_type of its min and max
+_RESULT_TYPES = np.array([[np.result_type(a, b).str for b in _SCALAR_TYPES] for a in _SCALAR_TYPES], dtype=object)
+
+
+def _local_codes(codes: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For codes sorted into runs (one per site) beginning at ``starts``: each code's number in order of first
+    appearance within its run; every run's distinct codes in that order, one run after the other; and where
+    each run's begin in those (plus their end)."""
+    run = np.repeat(np.arange(len(starts), dtype=np.int64), np.diff(np.r_[starts, len(codes)]))
+    span = int(codes.max(initial=0)) + 2
+    # runs are contiguous, so numbering the (run, code) pairs by first appearance numbers each run's codes
+    # consecutively from the number of its first element
+    numbers, pairs = pd.factorize(run * span + (codes + 1))
+    offsets = numbers[starts]
+    return numbers - offsets[run], pairs % span - 1, np.r_[offsets, len(pairs)]
+
+
 def _frames_to_objs(frame: pd.DataFrame, wanted: set[str]) -> dict[str, dict[str, object]]:
     """The rows of each site of ``wanted`` in ``frame`` as plain msgpack-able data, site → object: numeric
     columns as one raw array block per type (integers per site in the smallest type that holds them),
-    text columns as codes into the site's values. Each column is read and ordered once for all sites
-    (encoding a frame per site cost as much as computing at rack scale)."""
+    text columns as codes into the site's values. Each column is read, ordered, typed and coded once for
+    all sites (encoding a frame per site cost as much as computing at rack scale; typing and coding a
+    column per site cost most of a checkpoint)."""
     if frame.empty:
         return {}
     flat = frame.reset_index() if frame.index.names != [None] else frame
-    site_codes, site_names = pd.factorize(flat["site"].to_numpy(dtype=object))
-    keep = np.isin(site_names.astype(object), list(wanted))[site_codes]
+    site_codes, site_names = pd.factorize(flat["site"])
+    keep = np.isin(np.asarray(site_names, dtype=object), list(wanted))[site_codes]
     order = np.flatnonzero(keep)
     if not len(order):
         return {}
@@ -455,37 +482,70 @@ def _frames_to_objs(frame: pd.DataFrame, wanted: set[str]) -> dict[str, dict[str
     starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
     ends = np.r_[starts[1:], len(order)]
     columns = [str(c) for c in flat.columns]
-    numeric: list[tuple[int, np.ndarray]] = []
-    text: list[tuple[int, np.ndarray, np.ndarray]] = []
+    numeric: list[tuple[int, np.ndarray, np.ndarray | None]] = []  # (position, values, per-site type if integer)
+    text: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for position, name in enumerate(flat.columns):
         values = flat[name]
         if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
-            numeric.append((position, values.to_numpy()[order]))
+            array = values.to_numpy()[order]
+            types = None
+            if array.dtype.kind in "iu":  # quality fits a byte, timestamps do not
+                types = _RESULT_TYPES[_int_categories(np.minimum.reduceat(array, starts)),
+                                      _int_categories(np.maximum.reduceat(array, starts))]
+            numeric.append((position, array, types))
         else:
             codes, uniques = pd.factorize(values, use_na_sentinel=True)
-            text.append((position, codes[order], np.asarray(uniques.astype(object), dtype=object)))
+            local, used, used_starts = _local_codes(codes[order], starts)
+            text.append((position, local, used, used_starts, np.asarray(uniques.astype(object), dtype=object)))
+    # a site's blocks depend on its integer columns' types only: lay them out once per combination of those
+    # (most sites share one); a block of columns of one type at every site is stacked once for all sites
+    int_types = [types for _, _, types in numeric if types is not None]
+    combos = np.stack(int_types, axis=1) if int_types else np.empty((len(starts), 0), dtype=object)
+    layouts: dict[tuple[str, ...], list[tuple[str, list[int], list[np.ndarray], bool]]] = {}
+    stacked: dict[tuple[int, ...], np.ndarray] = {}
     out = {}
-    for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
-        blocks: dict[str, tuple[list[int], list[np.ndarray]]] = {}
-        for position, array in numeric:
-            part = array[lo:hi]
-            if part.dtype.kind in "iu":  # quality fits a byte, timestamps do not
-                part = part.astype(np.result_type(np.min_scalar_type(part.min()), np.min_scalar_type(part.max())))
-            positions, arrays = blocks.setdefault(part.dtype.str, ([], []))
-            positions.append(position)
-            arrays.append(part)
+    for k, (lo, hi) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        combo = tuple(combos[k])
+        layout = layouts.get(combo)
+        if layout is None:
+            layout = layouts[combo] = _block_layout(numeric, combo)
+        blocks = []
+        for dtype, positions, arrays, fixed in layout:
+            if fixed:  # the same type at every site: a slice of the columns stacked for all sites
+                key = tuple(positions)
+                if key not in stacked:
+                    stacked[key] = np.stack(arrays, dtype=dtype, casting="unsafe")
+                raw = stacked[key][:, lo:hi].tobytes()
+            else:
+                raw = np.stack([a[lo:hi] for a in arrays], dtype=dtype, casting="unsafe").tobytes()
+            blocks.append([dtype, positions, raw])
         coded = []
-        for position, codes, uniques in text:
-            local, used = pd.factorize(codes[lo:hi])  # codes into this site's own values
-            gap = np.flatnonzero(used < 0)  # a missing value (code -1) keeps code -1 and no entry in the values
+        for position, local, used, used_starts, uniques in text:
+            site_local = local[lo:hi]
+            site_used = used[used_starts[k]:used_starts[k + 1]]
+            gap = np.flatnonzero(site_used < 0)  # a missing value (code -1) keeps code -1 and no entry in the values
             if len(gap):
-                local = np.where(local == gap[0], -1, local - (local > gap[0]))
-                used = np.delete(used, gap[0])
-            coded.append([position, local.astype("<i4").tobytes(), [uniques[i] for i in used]])
-        out[str(site_names[sorted_codes[lo]])] = {
-            "columns": columns, "rows": hi - lo, "coded": coded,
-            "blocks": [[dtype, positions, np.stack(arrays).tobytes()] for dtype, (positions, arrays) in blocks.items()]}
+                site_local = np.where(site_local == gap[0], -1, site_local - (site_local > gap[0]))
+                site_used = np.delete(site_used, gap[0])
+            coded.append([position, site_local.astype("<i4").tobytes(), [uniques[i] for i in site_used]])
+        out[str(site_names[sorted_codes[lo]])] = {"columns": columns, "rows": hi - lo, "coded": coded,
+                                                  "blocks": blocks}
     return out
+
+
+def _block_layout(numeric: list[tuple[int, np.ndarray, np.ndarray | None]],
+                  int_types: tuple[str, ...]) -> list[tuple[str, list[int], list[np.ndarray], bool]]:
+    """The blocks of a site whose integer columns take ``int_types``: (type, column positions, columns, whether
+    every column of the block has that type at every site), blocks in order of their first column."""
+    types = iter(int_types)
+    blocks: dict[str, tuple[list[int], list[np.ndarray], list[bool]]] = {}
+    for position, array, per_site in numeric:
+        dtype = array.dtype.str if per_site is None else next(types)
+        positions, arrays, fixed = blocks.setdefault(dtype, ([], [], []))
+        positions.append(position)
+        arrays.append(array)
+        fixed.append(per_site is None)
+    return [(dtype, positions, arrays, all(fixed)) for dtype, (positions, arrays, fixed) in blocks.items()]
 
 
 def _obj_to_frame(obj: dict[str, object], index: list[str] | None) -> pd.DataFrame:
@@ -516,14 +576,17 @@ def _empty_buffer() -> pd.DataFrame:
 
 
 def _named_buffer(engine: StreamEngine, sites: set[str]) -> pd.DataFrame:
-    """The buffered readings of ``sites`` as a readings frame (site and point names from the points table),
-    in the order buffered: what a checkpoint stores."""
+    """The buffered readings of ``sites`` as a readings frame, in the order buffered: what a checkpoint stores.
+    Site and point names are categoricals over the points table's names (codes, not a string per reading)."""
     rows = np.flatnonzero(engine._site_mask(sites)[engine._buffer_site_codes()])
     buf = engine._buffer
     pid = buf["pid"].to_numpy(np.int64)[rows]
     index = engine.points.index
-    return pd.DataFrame({"site": level_at(index, "site", pid), "point": level_at(index, "point", pid),
-                         "ts": buf["ts"].to_numpy(np.int64)[rows], "value": buf["value"].to_numpy(np.float64)[rows],
+    names = {level: pd.Categorical.from_codes(index.codes[index.names.index(level)][pid],
+                                              categories=index.levels[index.names.index(level)])
+             for level in ("site", "point")}
+    return pd.DataFrame({**names, "ts": buf["ts"].to_numpy(np.int64)[rows],
+                         "value": buf["value"].to_numpy(np.float64)[rows],
                          "quality": buf["quality"].to_numpy(np.int64)[rows]})
 
 
@@ -543,12 +606,15 @@ def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[st
     opened = _frames_to_objs(engine._open, wanted)
     accs = {label: _frames_to_objs(acc, wanted) for label, acc in engine._acc.items()}
     point_last: dict[str, dict[str, int]] = {}
-    names = engine.points.index.get_level_values("point")
+    index = engine.points.index
+    level = index.names.index("point")
+    names, name_codes = index.levels[level].to_numpy(object), index.codes[level]  # each distinct name converted once
     for site in wanted:
         lo, hi = engine._site_rows.get(site, (0, 0))
         seen = lo + np.flatnonzero(engine._point_last[lo:hi] > NEVER)
         if len(seen):
-            point_last[site] = dict(zip(names[seen], engine._point_last[seen].tolist(), strict=True))
+            point_last[site] = dict(zip(names[name_codes[seen]].tolist(), engine._point_last[seen].tolist(),
+                                        strict=True))
     out = {}
     for site in wanted:
         state = {

@@ -45,6 +45,7 @@ class _NamedBufferEngine:
     def __init__(self, engine: StreamEngine) -> None:
         self._engine = engine
         named = _named_buffer(engine, set(engine._site_code))  # every site: every buffered row, in order
+        named = named.astype({"site": object, "point": object})  # names as those revisions held them
         self._buffer = named.assign(pid=engine._buffer["pid"].to_numpy())
 
     def __getattr__(self, name: str):
