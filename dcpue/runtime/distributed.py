@@ -95,7 +95,8 @@ def analytics_stage(settings: Settings, registry: Registry, stores: list[Any],
         advice = recommendation_writer([*shared, *stores], producer, topics.recommendations)
     worker = AnalyticsWorker(registry, settings, consumer, sink, dead_letter_producer=producer, clock=clock,
                              emit_groups=emit_groups, state=state, alerts=alerts, alert_output=alert_output,
-                             health=inputs, cooling=cooling, recommendation_output=advice)
+                             health=inputs, cooling=cooling, recommendation_output=advice,
+                             overlap_writes=True)  # InfluxDB and Kafka answer while the next poll is computed
     return Stage(worker, [lambda: _final_checkpoint(worker), *([cooling.close] if cooling else []), consumer.close,
                           *([inputs.close] if inputs is not None else []), producer.close,
                           *[store.close for store in stores]])

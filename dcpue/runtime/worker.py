@@ -11,8 +11,9 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -85,6 +86,17 @@ def reject_future(frame: pd.DataFrame, now_ms: int, max_future_s: float) -> tupl
     return frame[~ahead], letters
 
 
+class _Results(NamedTuple):
+    """What one step computed, to be written before its offsets are committed."""
+
+    windows: pd.DataFrame
+    dead: pd.DataFrame  # dead letters
+    readings: pd.DataFrame
+    events: list[Any]  # alert events
+    advice: list[Any]  # cooling recommendations
+    sent_ms: np.ndarray  # the producer send times of the messages behind them [ms]
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """A site's state and the bus position it includes: (partition, next offset) of that site.
@@ -154,7 +166,8 @@ class AnalyticsWorker:
                  emit_groups: bool = True, state: StateStore | None = None,
                  alerts: Any = None, alert_output: Callable[[list[Any]], None] | None = None,
                  health: Consumer | None = None, cooling: Any = None,
-                 recommendation_output: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+                 recommendation_output: Callable[[list[dict[str, Any]]], None] | None = None,
+                 overlap_writes: bool = False) -> None:
         self.registry = registry
         self.settings = settings
         self.consumer = consumer
@@ -183,9 +196,11 @@ class AnalyticsWorker:
         self._skip_before: dict[str, tuple[int, int]] = {}  # site → position its restored state includes
         self._durable_offsets = bool(getattr(consumer, "durable_offsets", False))
         self._last_prune_ms = 0
-        # (windows, dead letters, readings, alert events, recommendations) not yet written
-        self._unwritten: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[Any], list[Any]] | None = None
-        self._unwritten_sent_ms = np.empty(0, dtype=np.int64)  # producer send times of the messages behind them
+        self._unwritten: list[_Results] = []  # computed and not yet written, oldest first
+        # with overlap_writes, the oldest of them may be being written in the background while the next poll is
+        # fetched and computed; it stays in _unwritten until the write succeeded
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="dcpue-writer") if overlap_writes else None
+        self._writing: Future[SinkError | None] | None = None
         # from a batch's send (Kafka CreateTime) to its results written: what "live" PUE lags behind the collectors
         self.write_latency = LatencyHistogram()
         self._uncommitted = False
@@ -202,7 +217,7 @@ class AnalyticsWorker:
     def step(self, timeout_s: float = 0.5, max_records: int | None = None) -> int:
         """Process one poll's worth of messages (at most ``max_records``, default ``bus.max_poll_records``);
         returns how many messages were handled."""
-        if self._unwritten is not None and not self._write():
+        if self._unwritten and self._writing is None and not self._write_all():  # a failed write first
             self._keep_membership()
             return 0
         if self._paused:
@@ -215,6 +230,7 @@ class AnalyticsWorker:
             timeout_s = min(timeout_s, due_in)
         messages = self.consumer.poll(timeout_s, max_records or self.settings.bus.max_poll_records)
         if not messages and not health and not health_letters:
+            self._collect_write()  # idle: the last step's write had its time
             if self._uncommitted and time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s:
                 self.checkpoint()
             return 0
@@ -244,48 +260,71 @@ class AnalyticsWorker:
         events = (self.alerts.observe(readings=readings, windows=rows, health=health, settled=self._settled_sites())
                   if self.alerts is not None else [])
         advice = self.cooling.observe(readings) if self.cooling is not None else []
-        self._unwritten = (rows, dead, readings if readings is not None else pd.DataFrame(), events, advice)
-        self._unwritten_sent_ms = np.fromiter((m.timestamp_ms for m in messages if m.timestamp_ms is not None),
-                                              dtype=np.int64)
+        sent_ms = np.fromiter((m.timestamp_ms for m in messages if m.timestamp_ms is not None), dtype=np.int64)
+        self._collect_write()  # the last step's write, done while this step fetched and computed
+        self._unwritten.append(_Results(rows, dead, readings if readings is not None else pd.DataFrame(), events,
+                                        advice, sent_ms))
         self._uncommitted = True
         self.stats.messages += len(messages)
-        if self._write() and time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s:
+        commit_due = time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s
+        if self._writer is not None and not commit_due and len(self._unwritten) == 1:
+            self._writing = self._writer.submit(self._write_results, self._unwritten[0])
+        elif self._write_all() and commit_due:
             self.checkpoint()
         return len(messages)
 
-    def _write(self) -> bool:
-        """Write the pending results; on failure keep them, back off and return False."""
-        assert self._unwritten is not None
-        rows, dead, raw, events, advice = self._unwritten
+    def _write_results(self, results: _Results) -> SinkError | None:
+        """Write one step's results to every output; the error if one refused them (they are then kept)."""
         started = time.perf_counter()
         try:
-            self.store.write_windows(rows)
-            if not raw.empty and hasattr(self.store, "write_readings"):
-                self.store.write_readings(raw)  # type: ignore[attr-defined]
-            if not dead.empty:
-                self._dead_letter(dead)
-            if events and self.alert_output is not None:
-                self.alert_output(events)
-            if advice and self.recommendation_output is not None:
-                self.recommendation_output(advice)
+            self.store.write_windows(results.windows)
+            if not results.readings.empty and hasattr(self.store, "write_readings"):
+                self.store.write_readings(results.readings)  # type: ignore[attr-defined]
+            if not results.dead.empty:
+                self._dead_letter(results.dead)
+            if results.events and self.alert_output is not None:
+                self.alert_output(results.events)
+            if results.advice and self.recommendation_output is not None:
+                self.recommendation_output(results.advice)
         except SinkError as exc:
-            self._count_error("store_write")
-            log.warning("store write failed, keeping %d rows and retrying: %s", len(rows), exc)
-            self._backoff.wait()
-            return False
-        self._backoff.reset()
-        self._unwritten = None
-        if self._unwritten_sent_ms.size:
-            self.write_latency.add(time.time() - self._unwritten_sent_ms / 1000.0)
-            self._unwritten_sent_ms = np.empty(0, dtype=np.int64)
+            return exc
         self.stats.last_write_s = time.perf_counter() - started
-        self.stats.windows_written += len(rows)
+        return None
+
+    def _written(self, error: SinkError | None) -> bool:
+        """Account for the write of the oldest unwritten results: drop them if it succeeded, else keep them."""
+        results = self._unwritten[0]
+        if error is not None:
+            self._count_error("store_write")
+            log.warning("store write failed, keeping %d rows and retrying: %s", len(results.windows), error)
+            return False
+        self._unwritten.pop(0)
+        if results.sent_ms.size:
+            self.write_latency.add(time.time() - results.sent_ms / 1000.0)
+        self.stats.windows_written += len(results.windows)
         self._prune_live()
+        return True
+
+    def _collect_write(self) -> None:
+        """Wait for the background write, if one is running, and account for it."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            if self._written(writing.result()):
+                self._backoff.reset()
+
+    def _write_all(self) -> bool:
+        """Write every pending result in order, here and now; on failure keep them, back off and return False."""
+        self._collect_write()
+        while self._unwritten:
+            if not self._written(self._write_results(self._unwritten[0])):
+                self._backoff.wait()
+                return False
+            self._backoff.reset()
         return True
 
     def checkpoint(self) -> bool:
         """Save the touched sites' state, then commit the offsets; False if results are still unwritten."""
-        if self._unwritten is not None and not self._write():
+        if not self._write_all():
             return False
         if self.alerts is not None:
             self._alerts_touched |= self.alerts.take_touched() & self._alert_sites
