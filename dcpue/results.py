@@ -118,13 +118,16 @@ def conform_windows(frame: pd.DataFrame) -> pd.DataFrame:
     data: dict[str, object] = {}
     for col, dtype in WINDOW_DTYPES.items():
         if col in frame.columns:
-            values = frame[col].to_numpy()
+            series = frame[col]
             if dtype is str:
-                data[col] = pd.Series(values, dtype=object).fillna("").astype(str).to_numpy()
+                if isinstance(series.dtype, pd.StringDtype) and not series.hasnans:
+                    data[col] = series.array  # already text without gaps: taken as it is, not converted twice
+                else:
+                    data[col] = pd.Series(series.to_numpy(), dtype=object).fillna("").astype(str).to_numpy()
             elif dtype is np.float64:
-                data[col] = values.astype(np.float64, copy=False)
+                data[col] = series.to_numpy().astype(np.float64, copy=False)
             else:
-                data[col] = values.astype(dtype)  # type: ignore[arg-type]
+                data[col] = series.to_numpy().astype(dtype)  # type: ignore[arg-type]
         else:
             data[col] = np.full(n, _DEFAULTS[dtype], dtype=object if dtype is str else dtype)  # type: ignore[arg-type]
     return pd.DataFrame(data)
