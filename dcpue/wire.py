@@ -93,7 +93,8 @@ class DecodedBatch:
 
 
 def readings_of_batches(batches: list[DecodedBatch]) -> pd.DataFrame:
-    """One readings DataFrame with the valid readings of every batch, in order."""
+    """One readings DataFrame with the valid readings of every batch, in order; ``site`` and ``point`` are
+    object columns of Python strings (the columns of :data:`READING_COLUMNS`, the numbers in their dtypes)."""
     if not batches:
         return readings_frame([], [], np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.int64))
     sites = np.repeat(np.array([b.site for b in batches], dtype=object), [len(b) for b in batches])
