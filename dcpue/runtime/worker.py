@@ -200,7 +200,7 @@ class AnalyticsWorker:
         # with overlap_writes, the oldest of them may be being written in the background while the next poll is
         # fetched and computed; it stays in _unwritten until the write succeeded
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="dcpue-writer") if overlap_writes else None
-        self._writing: Future[SinkError | None] | None = None
+        self._writing: Future[SinkError | float] | None = None
         # from a batch's send (Kafka CreateTime) to its results written: what "live" PUE lags behind the collectors
         self.write_latency = LatencyHistogram()
         self._uncommitted = False
@@ -273,8 +273,9 @@ class AnalyticsWorker:
             self.checkpoint()
         return len(messages)
 
-    def _write_results(self, results: _Results) -> SinkError | None:
-        """Write one step's results to every output; the error if one refused them (they are then kept)."""
+    def _write_results(self, results: _Results) -> SinkError | float:
+        """Write one step's results to every output: when they were written (Unix time [s]), or the error if
+        one refused them (they are then kept)."""
         started = time.perf_counter()
         try:
             self.store.write_windows(results.windows)
@@ -289,18 +290,18 @@ class AnalyticsWorker:
         except SinkError as exc:
             return exc
         self.stats.last_write_s = time.perf_counter() - started
-        return None
+        return time.time()
 
-    def _written(self, error: SinkError | None) -> bool:
+    def _written(self, outcome: SinkError | float) -> bool:
         """Account for the write of the oldest unwritten results: drop them if it succeeded, else keep them."""
         results = self._unwritten[0]
-        if error is not None:
+        if isinstance(outcome, SinkError):
             self._count_error("store_write")
-            log.warning("store write failed, keeping %d rows and retrying: %s", len(results.windows), error)
+            log.warning("store write failed, keeping %d rows and retrying: %s", len(results.windows), outcome)
             return False
         self._unwritten.pop(0)
-        if results.sent_ms.size:
-            self.write_latency.add(time.time() - results.sent_ms / 1000.0)
+        if results.sent_ms.size:  # to when they were written (in the background: not when that was noticed)
+            self.write_latency.add(outcome - results.sent_ms / 1000.0)
         self.stats.windows_written += len(results.windows)
         self._prune_live()
         return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import pytest
 
@@ -220,8 +222,13 @@ def test_a_step_returns_while_its_results_are_written_and_a_checkpoint_waits_for
     assert writing.wait(10)  # the write started in the background and is held there...
     assert store.query_windows("site", "1m").empty  # ...while the step has returned
     release.set()
+    while not worker._writing.done():
+        time.sleep(0.01)
+    time.sleep(1.0)  # written; noticed a second later
     assert worker.checkpoint()  # waits for it, then commits
     assert len(store.query_windows("site", "1m")) == 9 and bus.lag("g", topic) == 5
+    # the latency runs to when the results were written, not to when the worker noticed
+    assert worker.write_latency.count == 1 and worker.write_latency.max_s < 0.9
     store.close()
 
 
