@@ -219,6 +219,8 @@ class KafkaConsumerAdapter:
                 max_poll_interval_ms=self.settings.max_poll_interval_ms,
                 max_partition_fetch_bytes=self.settings.max_partition_fetch_bytes,
                 fetch_max_bytes=self.settings.fetch_max_bytes,
+                fetch_min_bytes=self.settings.fetch_min_bytes,
+                fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             )
         except kafka.errors.KafkaError as exc:
             raise DcpueError(f"cannot connect to Kafka at {self.settings.bootstrap_servers}: {exc}") from exc

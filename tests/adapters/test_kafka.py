@@ -62,6 +62,7 @@ def test_readings_through_kafka_give_the_embedded_figures(tansu_broker, tmp_path
     consumer = KafkaConsumerAdapter(kafka, [topics.readings], group_id=unique_name("g")).setup()
     client = consumer._consumer.config
     assert client["max_partition_fetch_bytes"] == client["fetch_max_bytes"] == 1 << 16
+    assert (client["fetch_min_bytes"], client["fetch_max_wait_ms"]) == (kafka.fetch_min_bytes, kafka.fetch_max_wait_ms)
     dlq = KafkaProducerAdapter(kafka).setup()
     worker = AnalyticsWorker(reg, settings, consumer, store, dead_letter_producer=dlq, clock=lambda: T0 + 3 * 3_600_000)
     idle = 0
