@@ -89,9 +89,10 @@ class KafkaSettings(_Section):
     # holds at most this much per assigned partition
     max_partition_fetch_bytes: int = Field(8 << 20, ge=1 << 16)
     fetch_max_bytes: int = Field(64 << 20, ge=1 << 16)
-    # a worker's fetch waits for this many bytes or this long, whichever comes first: every step re-works the
-    # open windows of the sites it touches, so a worker fed live, a few batches at a time, spent most of its
-    # CPU on steps (docs/performance.md); with a backlog the bytes are there at once
+    # an analytics worker's fetch of readings waits for this many bytes or this long, whichever comes first:
+    # every step re-works the open windows of the sites it touches, so a worker fed live, a few batches at a
+    # time, spent most of its CPU on steps (docs/performance.md); with a backlog the bytes are there at once.
+    # Other consumers (aggregator, notify, the live page's feeder) fetch whatever is there.
     fetch_min_bytes: int = Field(1 << 20, ge=1)
     fetch_max_wait_ms: int = Field(500, ge=0, le=10_000)
 

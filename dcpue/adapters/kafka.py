@@ -139,7 +139,11 @@ class KafkaProducerAdapter:
         After an error the records are forgotten here: the caller sends them again (its writes are idempotent).
         """
         timeout = timeout_s if timeout_s is not None else self.settings.send_timeout_s
-        self._producer.flush(timeout=timeout)
+        try:
+            self._producer.flush(timeout=timeout)
+        except _kafka().errors.KafkaTimeoutError as exc:  # acknowledgements slower than the timeout: not written
+            self._futures = []
+            raise SinkError(f"Kafka did not acknowledge records within {timeout:g} s: {exc}") from exc
         futures, self._futures = self._futures, []
         failed = unacknowledged(futures)
         if failed:
@@ -196,10 +200,14 @@ class KafkaConsumerAdapter:
 
     durable_offsets = True  # offsets identify a record across restarts and workers
 
-    def __init__(self, settings: KafkaSettings, topics: list[str], group_id: str | None = None) -> None:
+    def __init__(self, settings: KafkaSettings, topics: list[str], group_id: str | None = None,
+                 fill_fetches: bool = False) -> None:
+        """``fill_fetches``: fetches wait for ``fetch_min_bytes`` or ``fetch_max_wait_ms`` (the analytics worker's
+        readings: fewer, larger steps); otherwise they return as soon as there is a record (low-traffic topics)."""
         self.settings = settings
         self.topics = list(topics)
         self.group_id = group_id or settings.group_id
+        self.fill_fetches = fill_fetches
         self.on_revoked: Callable[[list[int]], None] | None = None
         self.on_assigned: Callable[[list[int]], None] | None = None
         self._consumer: Any = None
@@ -219,7 +227,7 @@ class KafkaConsumerAdapter:
                 max_poll_interval_ms=self.settings.max_poll_interval_ms,
                 max_partition_fetch_bytes=self.settings.max_partition_fetch_bytes,
                 fetch_max_bytes=self.settings.fetch_max_bytes,
-                fetch_min_bytes=self.settings.fetch_min_bytes,
+                fetch_min_bytes=self.settings.fetch_min_bytes if self.fill_fetches else 1,
                 fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             )
         except kafka.errors.KafkaError as exc:

@@ -74,7 +74,7 @@ def analytics_stage(settings: Settings, registry: Registry, stores: list[Any],
     kafka, topics = settings.bus.kafka, settings.bus.topics
     producer = KafkaProducerAdapter(kafka).setup()
     state = KafkaStateStore(kafka, topics.state, producer).setup()
-    consumer = KafkaConsumerAdapter(kafka, [topics.readings]).setup()
+    consumer = KafkaConsumerAdapter(kafka, [topics.readings], fill_fetches=True).setup()
     sink = FanoutSink(*shared, *stores, BusResultSink(producer, topics.metrics))
     alerts = alert_output = inputs = None
     if settings.alerts.enabled:
@@ -184,8 +184,12 @@ def view_stage(settings: Settings, store: Any, group_id: str) -> Stage:
 
 
 def _final_checkpoint(worker: Any) -> None:
-    if not worker.checkpoint():
-        log.warning("stopping with results not written; the next worker replays them")
+    try:
+        if not worker.checkpoint():
+            log.warning("stopping with results not written; the next worker replays them")
+    finally:
+        if hasattr(worker, "close"):
+            worker.close()  # no background write may outlive the producer and stores closed next
 
 
 class DistributedDemo:

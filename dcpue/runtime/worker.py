@@ -261,9 +261,10 @@ class AnalyticsWorker:
                   if self.alerts is not None else [])
         advice = self.cooling.observe(readings) if self.cooling is not None else []
         sent_ms = np.fromiter((m.timestamp_ms for m in messages if m.timestamp_ms is not None), dtype=np.int64)
-        self._collect_write()  # the last step's write, done while this step fetched and computed
+        # queued before the last step's write is collected: should that write raise, these are not lost either
         self._unwritten.append(_Results(rows, dead, readings if readings is not None else pd.DataFrame(), events,
                                         advice, sent_ms))
+        self._collect_write()  # the last step's write, done while this step fetched and computed
         self._uncommitted = True
         self.stats.messages += len(messages)
         commit_due = time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s
@@ -309,9 +310,24 @@ class AnalyticsWorker:
     def _collect_write(self) -> None:
         """Wait for the background write, if one is running, and account for it."""
         if self._writing is not None:
-            writing, self._writing = self._writing, None
-            if self._written(writing.result()):
+            try:
+                outcome = self._writing.result()
+            except BaseException:
+                # the write raised (not a refused write: a bug): it is over, its results stay queued for the final
+                # checkpoint; interrupted while it runs (SIGTERM), it stays marked running and is waited for again
+                if self._writing.done():
+                    self._writing = None
+                raise
+            self._writing = None
+            if self._written(outcome):
                 self._backoff.reset()
+
+    def close(self) -> None:
+        """Wait for a background write still running and stop the writer thread (after the last checkpoint)."""
+        if self._writer is not None:
+            if self._writing is not None:
+                self._writing.exception()  # done, whatever its outcome: nothing writes after this returns
+            self._writer.shutdown(wait=True)
 
     def _write_all(self) -> bool:
         """Write every pending result in order, here and now; on failure keep them, back off and return False."""

@@ -59,7 +59,7 @@ def test_readings_through_kafka_give_the_embedded_figures(tansu_broker, tmp_path
     store = FileStore(tmp_path / "k.sqlite").setup()
     # the smallest fetches the settings allow still read everything; the settings reach the client
     kafka = kafka.model_copy(update={"max_partition_fetch_bytes": 1 << 16, "fetch_max_bytes": 1 << 16})
-    consumer = KafkaConsumerAdapter(kafka, [topics.readings], group_id=unique_name("g")).setup()
+    consumer = KafkaConsumerAdapter(kafka, [topics.readings], group_id=unique_name("g"), fill_fetches=True).setup()
     client = consumer._consumer.config
     assert client["max_partition_fetch_bytes"] == client["fetch_max_bytes"] == 1 << 16
     assert (client["fetch_min_bytes"], client["fetch_max_wait_ms"]) == (kafka.fetch_min_bytes, kafka.fetch_max_wait_ms)
@@ -172,6 +172,30 @@ def test_a_failed_send_fails_its_flush_only(tansu_broker):  # noqa: F811
         producer.flush()
     finally:
         producer.close()
+
+
+def test_acknowledgements_slower_than_the_timeout_are_a_failed_write_not_a_crash():
+    """With the broker gone, records wait in the producer: the flush times out as a SinkError (the worker keeps
+    its results and retries) instead of kafka-python's timeout error stopping the worker."""
+    from dcpue.errors import SinkError
+    from tests.servers import run_tansu
+
+    with run_tansu() as broker:
+        topics, kafka, _ = kafka_setup(broker, "slow")
+        create_topics(kafka, topics)
+        producer = KafkaProducerAdapter(kafka).setup()
+        producer.send(topics.readings, b"placed", key="s1")
+        producer.flush()  # the topic's metadata is known from here on: the next send goes to the accumulator
+    try:
+        producer.send(topics.readings, b"waiting", key="s1")
+        with pytest.raises(SinkError, match="did not acknowledge records within 1 s"):
+            producer.flush(timeout_s=1.0)
+        assert producer._futures == []  # forgotten here: the caller sends again
+    finally:
+        from kafka.errors import KafkaTimeoutError
+
+        with pytest.raises(KafkaTimeoutError):  # kafka-python's close flushes first, and times out the same way
+            producer.close(timeout_s=0.5)
 
 
 def _sent(base_offset: int | None, error: Exception | None = None):  # noqa: ANN202
