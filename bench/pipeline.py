@@ -172,8 +172,8 @@ class _Distributed:
                                    DCPUE_STORE__PATH=str(self.workdir / "unused.sqlite"), DCPUE_ALERTS__ENABLED="false",
                                    DCPUE_STORE__INFLUXDB__WRITE_READINGS="false",
                                    DCPUE_BUS__COMMIT_INTERVAL_S=str(COMMIT_INTERVAL_S))
-        for fast in ("SESSION_TIMEOUT_MS", "HEARTBEAT_INTERVAL_MS", "MAX_POLL_INTERVAL_MS"):
-            self.env.pop(f"DCPUE_BUS__KAFKA__{fast}")  # the tests' fast group settings: production defaults here
+        for fast in ("SESSION_TIMEOUT_MS", "HEARTBEAT_INTERVAL_MS", "MAX_POLL_INTERVAL_MS", "FETCH_MIN_BYTES"):
+            self.env.pop(f"DCPUE_BUS__KAFKA__{fast}")  # the tests' fast settings: production defaults here
         subprocess.run([*DCPUE, "topics", "create", "--kafka", self.broker.bootstrap_servers], env=self.env,
                        check=True, capture_output=True)
         self.topic = f"{self.prefix}.readings.v1"

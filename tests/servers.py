@@ -100,6 +100,8 @@ def distributed_env(prefix: str, partitions: int = 4, **extra: str) -> dict[str,
         "DCPUE_BUS__KAFKA__SESSION_TIMEOUT_MS": str(fast["session_timeout_ms"]),
         "DCPUE_BUS__KAFKA__HEARTBEAT_INTERVAL_MS": str(fast["heartbeat_interval_ms"]),
         "DCPUE_BUS__KAFKA__MAX_POLL_INTERVAL_MS": str(fast["max_poll_interval_ms"]),
+        # a worker's fetch returns what is there: the tests' few batches never fill 1 MiB (docs/testing.md)
+        "DCPUE_BUS__KAFKA__FETCH_MIN_BYTES": "1",
         # a collector's spool is private to the test, and its metrics port any free one
         "DCPUE_COLLECT__SPOOL__PATH": str(Path(tempfile.gettempdir()) / f"dcpue-spool-{prefix}.sqlite"),
         "DCPUE_COLLECT__METRICS_PORT": "0",
