@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from dcpue.analytics.energy import EnergyParams, point_ids, point_windows, site_rows, usable_quality
+from dcpue.analytics.energy import EnergyParams, level_at, point_ids, point_windows, site_rows, usable_quality
 from dcpue.analytics.groups import FLEET_ID, GroupAggregator
 from dcpue.analytics.pue import (
     MetricParams,
@@ -609,16 +609,15 @@ def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[st
     buffers = _frames_to_objs(_named_buffer(engine, wanted), wanted)
     opened = _frames_to_objs(engine._open, wanted)
     accs = {label: _frames_to_objs(acc, wanted) for label, acc in engine._acc.items()}
+    seen = {site: lo + np.flatnonzero(engine._point_last[lo:hi] > NEVER)
+            for site in wanted for lo, hi in [engine._site_rows.get(site, (0, 0))]}
+    names = level_at(engine.points.index, "point", np.concatenate([np.empty(0, np.int64), *seen.values()])).tolist()
     point_last: dict[str, dict[str, int]] = {}
-    index = engine.points.index
-    level = index.names.index("point")
-    names, name_codes = index.levels[level].to_numpy(object), index.codes[level]  # each distinct name converted once
-    for site in wanted:
-        lo, hi = engine._site_rows.get(site, (0, 0))
-        seen = lo + np.flatnonzero(engine._point_last[lo:hi] > NEVER)
-        if len(seen):
-            point_last[site] = dict(zip(names[name_codes[seen]].tolist(), engine._point_last[seen].tolist(),
-                                        strict=True))
+    at = 0
+    for site, rows in seen.items():  # the names were looked up once for every site
+        if len(rows):
+            point_last[site] = dict(zip(names[at:at + len(rows)], engine._point_last[rows].tolist(), strict=True))
+        at += len(rows)
     out = {}
     for site in wanted:
         state = {
