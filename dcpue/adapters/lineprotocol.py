@@ -157,7 +157,6 @@ def windows_to_lines(windows: pd.DataFrame, sites: pd.DataFrame | None = None) -
     if windows.empty:
         return []
     frame = conform_windows(windows)
-    n = len(frame)
     scope = frame["scope"]
     is_site = (scope == "site").to_numpy()
     site_tag = pd.Series(np.where(is_site, frame["id"], ""), dtype=object)
@@ -179,7 +178,6 @@ def windows_to_lines(windows: pd.DataFrame, sites: pd.DataFrame | None = None) -
         fields.add_float(col, frame[col])
     lines = [f"{tag_set} {field_set} {stamp}" for tag_set, field_set, stamp
              in zip(tags.tolist(), fields.fields.tolist(), frame["end_ms"].astype(np.int64).tolist(), strict=True)]
-    assert len(lines) == n
     return lines
 
 
