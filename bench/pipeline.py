@@ -149,7 +149,7 @@ def run_embedded(registry: Any, batches: list[Batch], readings: int, workdir: Pa
 class _Distributed:
     """A broker, VictoriaMetrics, fresh topics, and `dcpue analyze` worker processes in one consumer group."""
 
-    def __init__(self, registry: Any, workdir: Path, partitions: int) -> None:
+    def __init__(self, registry: Any, workdir: Path, partitions: int, worker_env: dict[str, str] | None = None) -> None:
         from tests.servers import run_tansu, run_victoria_metrics
 
         self.workdir = workdir
@@ -159,6 +159,7 @@ class _Distributed:
         self.sites_file.write_text(dump_registry(registry), encoding="utf-8")
         self._broker_cm, self._vm_cm = run_tansu(), run_victoria_metrics()
         self.partitions = partitions
+        self.worker_env = worker_env or {}
         self.workers: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> _Distributed:
@@ -174,6 +175,7 @@ class _Distributed:
                                    DCPUE_BUS__COMMIT_INTERVAL_S=str(COMMIT_INTERVAL_S))
         for fast in ("SESSION_TIMEOUT_MS", "HEARTBEAT_INTERVAL_MS", "MAX_POLL_INTERVAL_MS", "FETCH_MIN_BYTES"):
             self.env.pop(f"DCPUE_BUS__KAFKA__{fast}")  # the tests' fast settings: production defaults here
+        self.env.update(self.worker_env)
         subprocess.run([*DCPUE, "topics", "create", "--kafka", self.broker.bootstrap_servers], env=self.env,
                        check=True, capture_output=True)
         self.topic = f"{self.prefix}.readings.v1"
@@ -288,11 +290,11 @@ def _latency(summary: str) -> dict[str, float | None]:
 
 
 def run_kafka(registry: Any, batches: list[Batch], readings: int, workdir: Path,
-              workers: int = 1) -> dict[str, Any]:
+              workers: int = 1, worker_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Everything produced first; then the bare consumer's rate; then ``workers`` `dcpue analyze` processes."""
     from kafka import KafkaConsumer
 
-    with _Distributed(registry, workdir, partitions=max(4, 2 * workers)) as dist:
+    with _Distributed(registry, workdir, partitions=max(4, 2 * workers), worker_env=worker_env) as dist:
         t0 = time.perf_counter()
         for site, data, _ in batches:
             dist.producer.send(dist.topic, data, key=site)
@@ -394,13 +396,13 @@ def run_kafka(registry: Any, batches: list[Batch], readings: int, workdir: Path,
 
 
 def run_paced(registry: Any, batches: list[Batch], readings: int, workdir: Path, rate: float,
-              sample_s: float) -> dict[str, Any]:
+              sample_s: float, worker_env: dict[str, str] | None = None) -> dict[str, Any]:
     """One worker already in its group; batches produced at ``rate`` readings/s (in order, as the collectors
     would send them); the worker's resident memory and CPU sampled every ``sample_s``; at the end its latency
     from a batch's send to its results written (the worker's own histogram, from each record's CreateTime)."""
     from kafka import KafkaConsumer
 
-    with _Distributed(registry, workdir, partitions=4) as dist:
+    with _Distributed(registry, workdir, partitions=4, worker_env=worker_env) as dist:
         parts = dist.partitions_of_topic()
         dist.start_workers(1)
         pid = dist.workers[0].pid
@@ -469,8 +471,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rate", type=float, default=10_000,
                         help="paced mode: readings/s sent (0: real time, the simulated minutes over as many minutes)")
     parser.add_argument("--sample-s", type=float, default=10, help="paced mode: seconds between memory samples")
+    parser.add_argument("--worker-env", action="append", default=[], metavar="DCPUE_NAME=VALUE",
+                        help="kafka and paced modes: a setting for the workers only (repeatable), e.g. "
+                             "DCPUE_BUS__MAX_POLL_RECORDS=10000")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
+    worker_env = dict(item.split("=", 1) for item in args.worker_env)
+    if any(not name.startswith("DCPUE_") for name in worker_env):
+        parser.error("--worker-env takes DCPUE_NAME=VALUE")
     t0 = time.perf_counter()
     registry, batches, readings = make_batches(args.sites, args.minutes, args.batch_minutes, racks=args.racks)
     prepare_s = time.perf_counter() - t0
@@ -478,11 +486,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.mode == "embedded":
             result = run_embedded(registry, batches, readings, Path(tmp))
         elif args.mode == "kafka":
-            result = run_kafka(registry, batches, readings, Path(tmp), workers=args.workers)
+            result = run_kafka(registry, batches, readings, Path(tmp), workers=args.workers, worker_env=worker_env)
         else:
             rate = args.rate or readings / (args.minutes * 60.0)
-            result = run_paced(registry, batches, readings, Path(tmp), rate=rate, sample_s=args.sample_s)
-    result.update({"sites": args.sites, "racks_per_site": args.racks, "minutes": args.minutes,
+            result = run_paced(registry, batches, readings, Path(tmp), rate=rate, sample_s=args.sample_s,
+                               worker_env=worker_env)
+    result.update({"sites": args.sites, "racks_per_site": args.racks, "minutes": args.minutes, "worker_env": worker_env,
                    "batch_minutes": args.batch_minutes,
                    "prepare_s": round(prepare_s, 2), "machine": _machine(),
                    "command": " ".join(["PYTHONPATH=. .venv/bin/python bench/pipeline.py", *(argv or sys.argv[1:])])})

@@ -430,7 +430,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     stage = analytics_stage(settings, registry, [result_store(settings, registry)], emit_groups=args.groups)
     _run_stage(stage, args.duration)
     stats = stage.worker.status()
-    print(f"dcpue analyze: {stats['messages']} batches, {stats['readings']} readings, "
+    print(f"dcpue analyze: {stats['messages']} batches in {stats['steps']} steps, {stats['readings']} readings, "
           f"{stats['windows_written']} windows written, {stats['dead_letters']} dead letters, "
           f"{stats['sites_restored']} sites restored from checkpoints{_latency_note(stats)}", flush=True)
     return 0

@@ -37,6 +37,7 @@ class WorkerStats:
     """Counters of one worker, for the status endpoint and self-monitoring."""
 
     messages: int = 0
+    steps: int = 0  # steps that handled messages: messages / steps is the poll size the worker got
     readings: int = 0
     dead_letters: int = 0
     late_dropped: int = 0
@@ -267,6 +268,7 @@ class AnalyticsWorker:
         self._collect_write()  # the last step's write, done while this step fetched and computed
         self._uncommitted = True
         self.stats.messages += len(messages)
+        self.stats.steps += 1
         commit_due = time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s
         if self._writer is not None and not commit_due and len(self._unwritten) == 1:
             self._writing = self._writer.submit(self._write_results, self._unwritten[0])
