@@ -100,15 +100,10 @@ def point_windows(
     covered[first] = 0.0
     booked[first] = 0.0
 
-    # cumulative curves per series, restarted at each series start
-    e_cum = _segment_cumsum(interval_energy, first)
-    c_cum = _segment_cumsum(covered, first)
-    b_cum = _segment_cumsum(booked, first)
-
     n_series = int(series_id[-1]) + 1
     starts = np.flatnonzero(first)
     ends = np.append(starts[1:], len(ts))  # exclusive
-    e_at, c_at, b_at = _interp_at_edges(ts, (e_cum, c_cum, b_cum), starts, ends, edges)
+    e_at, c_at, b_at = _interp_at_edges(ts, series_id, (interval_energy, covered, booked), starts, ends, edges)
 
     n_windows = len(edges) - 1
     integral = np.diff(e_at, axis=1)
@@ -248,36 +243,32 @@ def _prepare(readings: pd.DataFrame, points: pd.DataFrame) -> _Prepared | None:
             pid)
 
 
-def _segment_cumsum(values: np.ndarray, first: np.ndarray) -> np.ndarray:
-    """Cumulative sum of ``values`` restarting at every position where ``first`` is true."""
-    total = np.cumsum(values)
-    before_segment = total - values  # running total just before each position
-    idx = np.where(first, np.arange(len(first)), 0)
-    np.maximum.accumulate(idx, out=idx)  # index of the segment start for every position
-    return total - before_segment[idx]
+def _interp_at_edges(ts: np.ndarray, series_id: np.ndarray, values: tuple[np.ndarray, ...], starts: np.ndarray,
+                     ends: np.ndarray, edges: np.ndarray) -> list[np.ndarray]:
+    """Evaluate each series' cumulative curves of ``values`` (one array per curve, one value per sample at
+    ``ts``, each series' sum restarting at its start), interpolated linearly between samples, at every edge,
+    clamped at the series' ends; one (series × edge) array per curve.
 
-
-def _interp_at_edges(ts: np.ndarray, curves: tuple[np.ndarray, ...], starts: np.ndarray, ends: np.ndarray,
-                     edges: np.ndarray) -> list[np.ndarray]:
-    """Evaluate each series' piecewise-linear cumulative ``curves`` (sampled at the same ``ts``) at every edge,
-    clamped at the series' ends; one (series × edge) array per curve. The sample positions around every edge
-    are found once for all curves."""
-    n_series = len(starts)
-    # a global, strictly ordered key lets one searchsorted serve every series
-    span = np.int64(max(int(ts.max()), int(edges.max())) - min(int(ts.min()), int(edges.min())) + 2)
-    base = np.int64(min(int(ts.min()), int(edges.min())))
-    series_of_sample = np.repeat(np.arange(n_series, dtype=np.int64), ends - starts)
-    key = series_of_sample * span + (ts - base)
-    query = (np.arange(n_series, dtype=np.int64)[:, None] * span + (edges[None, :] - base)).ravel()
-    pos = np.searchsorted(key, query, side="right")  # first sample strictly after the edge
-    lo = np.repeat(starts, len(edges))
-    hi = np.repeat(ends, len(edges))
-    right = np.clip(pos, lo, hi - 1)
-    left = np.clip(pos - 1, lo, hi - 1)
+    The first sample after an edge is the series' start plus its samples at or before the edge: counted per
+    (series, edge) with one bincount over the samples, not a search per (series, edge). The running totals
+    restart per series only where they are read (the same subtraction as restarting them everywhere).
+    """
+    n_series, n_edges = len(starts), len(edges)
+    edges_before = np.searchsorted(edges, ts, side="left")  # edges < ts: a sample is at or before edge j ≥ this
+    at_or_before = np.bincount(series_id * (n_edges + 1) + edges_before, minlength=n_series * (n_edges + 1))
+    pos = starts[:, None] + np.cumsum(at_or_before.reshape(n_series, n_edges + 1)[:, :n_edges], axis=1)
+    right = np.minimum(pos, (ends - 1)[:, None]).ravel()  # pos ≥ start and pos - 1 ≤ end - 1 hold already
+    left = np.maximum(pos - 1, starts[:, None]).ravel()
     t_left, t_right = ts[left], ts[right]
     span_lr = (t_right - t_left).astype(np.float64)
     edge_flat = np.tile(edges, n_series)
     frac = np.where(span_lr > 0, (edge_flat - t_left) / np.where(span_lr > 0, span_lr, 1.0), 0.0)
     frac = np.clip(frac, 0.0, 1.0)
-    shape = (n_series, len(edges))
-    return [(cum[left] + frac * (cum[right] - cum[left])).reshape(shape) for cum in curves]
+    shape = (n_series, n_edges)
+    out = []
+    for curve in values:
+        total = np.cumsum(curve)
+        before_series = np.repeat(total[starts] - curve[starts], n_edges)  # the running total before each series
+        at_left = total[left] - before_series
+        out.append((at_left + frac * ((total[right] - before_series) - at_left)).reshape(shape))
+    return out
