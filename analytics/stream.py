@@ -112,6 +112,9 @@ class StreamEngine:
         self._max_ts: dict[str, int] = {}
         self._point_last = np.full(len(self.points), NEVER, dtype=np.int64)  # newest reading per point (by pid)
         flow_pids = self.points.index.get_indexer(flow_of_points(self.points).index)
+        # only energy-balance points are integrated (the flows): a sensor's readings are counted, not buffered
+        self._is_flow_pid = np.zeros(len(self.points) + 1, dtype=bool)  # the last entry: an unknown point (-1)
+        self._is_flow_pid[flow_pids] = True
         self._flow_pids: dict[str, np.ndarray] = {
             str(site): flow_pids[self._pid_site[flow_pids] == code] for code, site in enumerate(self._site_ids)}
         self._site_rows = site_rows(self.points)
@@ -160,9 +163,10 @@ class StreamEngine:
         known = ~unknown
         np.maximum.at(self._point_last, pid[known], ts[known])
         self._dirty.update(newest_by_site)
-        # readings of points the registry does not know are counted above but never integrated: not buffered
-        self._pending.append(_buffer_frame(pid[known], ts[known], readings["value"].to_numpy(np.float64)[known],
-                                           readings["quality"].to_numpy(np.int64)[known]))
+        # readings of points the registry does not know, and of sensors, are counted above but never integrated
+        flows = self._is_flow_pid[pid]
+        self._pending.append(_buffer_frame(pid[flows], ts[flows], readings["value"].to_numpy(np.float64)[flows],
+                                           readings["quality"].to_numpy(np.int64)[flows]))
         return n_late
 
     # -- output ------------------------------------------------------------------------------
@@ -656,7 +660,7 @@ def restore_site(engine: StreamEngine, blob: bytes) -> str:
     if not buffer.empty:
         buffer = readings_frame(buffer["site"], buffer["point"], buffer["ts"], buffer["value"], buffer["quality"])
         pid = point_ids(engine.points, buffer)
-        known = pid >= 0  # a point gone from the registry is not integrated any more
+        known = engine._is_flow_pid[pid]  # a point gone from the registry is not integrated any more, a sensor never
         others = engine._buffer_site_codes() != engine._site_code.get(site, -1)
         engine._buffer = pd.concat([engine._buffer[others], _buffer_frame(
             pid[known], buffer["ts"].to_numpy(np.int64)[known], buffer["value"].to_numpy(np.float64)[known],

@@ -300,6 +300,37 @@ def test_collector_down_markers_leave_every_figure_as_it_was(reg):
                                   marked[columns].sort_values(columns[:4]).reset_index(drop=True))
 
 
+def test_sensor_readings_are_counted_not_buffered_and_change_no_figure():
+    """Only energy-balance points are integrated: a site's temperature and humidity sensors are accepted and
+    counted, but neither buffered nor checkpointed, and every window is what it is without them."""
+    import msgspec
+
+    from dcpue.analytics.pue import flow_of_points
+    from dcpue.analytics.stream import _obj_to_frame, snapshot_sites
+    from dcpue.model import readings_frame
+    from tests.factories import point
+
+    plain_site = simple_site("a")
+    sensor = point("hall.temp", "sensor", "temperature", "degC")
+    reg = registry({**plain_site, "points": [*plain_site["points"], sensor]})
+    assert ("a", "hall.temp") in reg.points_table.index
+    assert ("a", "hall.temp") not in flow_of_points(reg.points_table).index
+    energy = pd.concat([counter_series("a", "facility.main", 150, 60), power_series("a", "it.ups", 100, 60)],
+                       ignore_index=True)
+    temps = readings_frame("a", "hall.temp", energy["ts"].unique(), 24.5, 0)
+    with_sensor = pd.concat([energy, temps], ignore_index=True).sort_values("ts", kind="stable")
+    engine = StreamEngine(reg)
+    rows = run(engine, chunked(with_sensor, 7))
+    plain = run(StreamEngine(reg), chunked(energy, 7))
+    assert engine.counters.accepted == len(with_sensor)
+    buffered = _obj_to_frame(msgspec.msgpack.decode(snapshot_sites(engine, ["a"])["a"])["buffer"], None)
+    assert set(buffered["point"]) == {"facility.main", "it.ups"}  # the CRAH sent nothing, the sensor is left out
+    assert engine.snapshot_counters()["buffered_readings"] == len(buffered)
+    columns = ["scope", "id", "window", "start_ms", "final", "pue", "facility_kwh", "it_kwh", "coverage"]
+    pd.testing.assert_frame_equal(plain[columns].sort_values(columns[:4]).reset_index(drop=True),
+                                  rows[columns].sort_values(columns[:4]).reset_index(drop=True))
+
+
 def test_version_1_snapshots_restore_the_same_state_as_version_2():
     """Checkpoints written before state version 2 (columns as lists of values) are still read."""
     import msgspec
