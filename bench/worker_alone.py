@@ -10,14 +10,21 @@ the metrics-topic messages (encoded, not sent) and the state checkpoints (encode
 Kafka poll returns what its fetches hold, up to ``bus.max_poll_records``). Its CPU time per reading is the
 figure to compare code revisions by: unlike the Kafka benchmark's rates it does not move with the broker,
 VictoriaMetrics and whatever else shares the cores (docs/performance.md).
+
+With ``--workers N`` (N > 1) the same batches are replayed into one worker and then into N workers at once,
+each in its own process with the partitions Kafka's range assignor would give it (the sites split by the
+producer's key hash, as on the benchmark's topic), alternately ``--repeat`` times. The ratio of their
+throughputs (all readings over the time until the last worker is done) is the group's scaling with no broker
+or VictoriaMetrics on the cores: what the workers themselves allow.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import statistics
 import time
-import zlib
 from typing import Any
 
 from bench.pipeline import _machine, make_batches
@@ -28,15 +35,32 @@ from dcpue.runtime.worker import AnalyticsWorker
 from dcpue.settings import load_settings
 
 
+def partition_of(site: str, partitions: int) -> int:
+    """The partition kafka-python's default partitioner gives a message keyed by ``site``."""
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(site.encode()) & 0x7FFFFFFF) % partitions
+
+
+def range_assignment(partitions: int, workers: int) -> list[list[int]]:
+    """The partitions Kafka's range assignor gives each of ``workers`` consumers of one topic."""
+    per, extra = divmod(partitions, workers)
+    bounds = [k * per + min(k, extra) for k in range(workers + 1)]
+    return [list(range(bounds[k], bounds[k + 1])) for k in range(workers)]
+
+
 class _ListConsumer:
-    """The messages, ``per_poll`` at a time, on 4 partitions by site as the benchmark's topic has them."""
+    """The messages, ``per_poll`` at a time, on partitions by site as the benchmark's topic has them; only those
+    of the ``owned`` partitions (all if ``None``)."""
 
     durable_offsets = True
 
-    def __init__(self, batches: list[tuple[str, bytes, int]], per_poll: int) -> None:
+    def __init__(self, batches: list[tuple[str, bytes, int]], per_poll: int, partitions: int = 4,
+                 owned: list[int] | None = None) -> None:
         now = int(time.time() * 1000)
-        self.messages = [Message("readings", data, site, (), zlib.crc32(site.encode()) % 4, offset, now)
-                         for offset, (site, data, _) in enumerate(batches)]
+        messages = [Message("readings", data, site, (), partition_of(site, partitions), offset, now)
+                    for offset, (site, data, _) in enumerate(batches)]
+        self.messages = [m for m in messages if owned is None or m.partition in owned]
         self.per_poll = per_poll
         self.position = 0
 
@@ -95,46 +119,118 @@ class _CountingState:
         return {}
 
 
-def run(sites: int, minutes: int, racks: int, per_poll: int, commit_s: float) -> dict[str, Any]:
-    registry, batches, readings = make_batches(sites, minutes, 1, racks=racks)
+def replay(registry: Any, batches: list[tuple[str, bytes, int]], per_poll: int, commit_s: float,
+           partitions: int = 4, owned: list[int] | None = None, start: Any = None) -> dict[str, Any]:
+    """One worker through the messages of the ``owned`` partitions; timed from ``start`` (a barrier all the
+    group's workers wait at, if given) to its last checkpoint."""
     settings = load_settings(None, bus={"commit_interval_s": commit_s}, alerts={"enabled": False})
-    consumer, producer, lines, state = (_ListConsumer(batches, per_poll), _CountingProducer(),
+    consumer, producer, lines, state = (_ListConsumer(batches, per_poll, partitions, owned), _CountingProducer(),
                                         _LineProtocolSink(registry.sites_table), _CountingState())
+    readings = sum(count for (site, _, count) in batches if owned is None or partition_of(site, partitions) in owned)
     # as `dcpue analyze` runs it, but writing in step: its background writes overlap waiting, not CPU
     worker = AnalyticsWorker(registry, settings, consumer, FanoutSink(lines, BusResultSink(producer, "metrics")),
                              clock=lambda: 2**62, emit_groups=False, state=state)
+    if start is not None:
+        start.wait()
     cpu0, t0 = time.process_time(), time.perf_counter()
     while consumer.position < len(consumer.messages):
         worker.step(0.0)
     worker.checkpoint()
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    t1 = time.perf_counter()
+    elapsed, cpu = t1 - t0, time.process_time() - cpu0
     status = worker.status()
     assert status["readings"] == readings, f"the worker saw {status['readings']} of {readings} readings"
-    return {"readings": readings, "batches": len(batches), "per_poll": per_poll, "commit_s": commit_s,
+    return {"readings": readings, "batches": len(consumer.messages), "per_poll": per_poll, "commit_s": commit_s,
             "seconds": round(elapsed, 2), "cpu_s": round(cpu, 2), "readings_per_cpu_s": round(readings / cpu),
             "cpu_us_per_reading": round(cpu / readings * 1e6, 3), "window_rows": status["windows_written"],
             "line_protocol_lines": lines.lines, "metrics_topic_bytes": producer.bytes,
-            "checkpoint_bytes": state.bytes}
+            "checkpoint_bytes": state.bytes, "started": t0, "ended": t1}
 
 
-def main() -> None:
+def run(sites: int, minutes: int, racks: int, per_poll: int, commit_s: float) -> dict[str, Any]:
+    """One worker through every batch."""
+    registry, batches, _ = make_batches(sites, minutes, 1, racks=racks)
+    result = replay(registry, batches, per_poll, commit_s)
+    del result["started"], result["ended"]
+    return result
+
+
+def _in_process(queue: Any, *args: Any) -> None:
+    try:
+        queue.put(replay(*args))
+    except BaseException as exc:  # noqa: BLE001 — the parent reports it
+        queue.put(exc)
+
+
+def _group_run(registry: Any, batches: list[tuple[str, bytes, int]], per_poll: int, commit_s: float,
+               workers: int, partitions: int) -> dict[str, Any]:
+    """``workers`` worker processes (forked: the batches are shared, not copied) started together on their
+    range-assigned partitions; the group's rate is every reading over the time until the last is done."""
+    context = multiprocessing.get_context("fork")
+    start, queue = context.Barrier(workers + 1), context.Queue()
+    procs = [context.Process(target=_in_process, args=(queue, registry, batches, per_poll, commit_s, partitions,
+                                                         owned, start))
+             for owned in range_assignment(partitions, workers)]
+    for proc in procs:
+        proc.start()
+    start.wait()
+    results = [queue.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise RuntimeError(f"a worker failed: {failed[0]!r}")
+    readings = sum(r["readings"] for r in results)
+    wall = max(r["ended"] for r in results) - min(r["started"] for r in results)
+    return {"workers": workers, "readings": readings, "seconds": round(wall, 2),
+            "readings_per_s": round(readings / wall),
+            "per_worker": [{k: r[k] for k in ("readings", "batches", "seconds", "cpu_s")} for r in results]}
+
+
+def run_group(sites: int, minutes: int, racks: int, per_poll: int, commit_s: float, workers: int,
+              repeat: int) -> dict[str, Any]:
+    """One worker, then ``workers`` at once, alternately ``repeat`` times; their rates and the ratio of medians."""
+    registry, batches, readings = make_batches(sites, minutes, 1, racks=racks)
+    partitions = max(4, 2 * workers)  # as the Kafka benchmark's topic
+    runs: dict[int, list[dict[str, Any]]] = {1: [], workers: []}
+    for _ in range(repeat):
+        for count in (1, workers):
+            runs[count].append(_group_run(registry, batches, per_poll, commit_s, count, partitions))
+    one = statistics.median(r["readings_per_s"] for r in runs[1])
+    many = statistics.median(r["readings_per_s"] for r in runs[workers])
+    return {"readings": readings, "batches": len(batches), "per_poll": per_poll, "commit_s": commit_s,
+            "partitions": partitions, "workers": workers, "repeat": repeat,
+            "one_worker_readings_per_s": round(one), "group_readings_per_s": round(many),
+            "group_over_one": round(many / one, 3),
+            "runs": {str(count): found for count, found in runs.items()}}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sites", type=int, default=200)
     parser.add_argument("--minutes", type=int, default=120)
     parser.add_argument("--racks", type=int, default=100)
     parser.add_argument("--per-poll", type=int, default=1000, help="messages a step takes")
     parser.add_argument("--commit-s", type=float, default=1.0, help="seconds between checkpoints (the benchmark's)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="above 1: one worker and then this many at once, each in its own process")
+    parser.add_argument("--repeat", type=int, default=3, help="with --workers: how many times each, alternately")
     parser.add_argument("--json", help="also write the result here")
-    args = parser.parse_args()
-    result = {**run(args.sites, args.minutes, args.racks, args.per_poll, args.commit_s),
+    args = parser.parse_args(argv)
+    measured = (run_group(args.sites, args.minutes, args.racks, args.per_poll, args.commit_s, args.workers,
+                          args.repeat) if args.workers > 1
+                else run(args.sites, args.minutes, args.racks, args.per_poll, args.commit_s))
+    result = {**measured,
               "sites": args.sites, "minutes": args.minutes, "racks_per_site": args.racks, "machine": _machine(),
               "command": "PYTHONPATH=. .venv/bin/python bench/worker_alone.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None)}
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                  if v is not None and (args.workers > 1 or k not in ("workers", "repeat")))}
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(result, out, indent=2)
             out.write("\n")
+    return result
 
 
 if __name__ == "__main__":

@@ -98,3 +98,36 @@ def test_paced_smoke_run_keeps_the_rate_and_reports_latency_and_memory(tmp_path)
     assert 0 < result["latency_p50_s"] <= result["latency_p99_s"] <= result["latency_max_s"]
     assert f"{result['readings']} readings" in result["worker_summary"]
     assert len(result["samples"]) >= 3 and all(s["rss_mb"] > 0 for s in result["samples"])
+
+
+def test_worker_alone_splits_the_batches_between_a_group_as_kafka_would(tmp_path):
+    """bench/worker_alone.py with two workers: each process replays its range-assigned partitions, between them
+    every reading once; one worker alone replays them all; the ratio of the two rates is reported."""
+    from bench.worker_alone import main, partition_of, range_assignment
+
+    assert range_assignment(4, 2) == [[0, 1], [2, 3]] and range_assignment(5, 2) == [[0, 1, 2], [3, 4]]
+    # kafka-python's default partitioner (murmur2 of the key), as the producer placed the benchmark's batches
+    from kafka.partitioner.default import DefaultPartitioner
+
+    class FourPartitions:
+        def topics(self):
+            return {"readings"}
+
+        def partitions_for_topic(self, topic):
+            return {0, 1, 2, 3}
+
+        def available_partitions_for_topic(self, topic):
+            return {0, 1, 2, 3}
+
+    sites = [f"gy-{n:03d}" for n in range(40)]
+    placed = [DefaultPartitioner().partition("readings", s, s.encode(), None, None, FourPartitions()) for s in sites]
+    assert [partition_of(s, 4) for s in sites] == placed and len(set(placed)) == 4
+    out = tmp_path / "group.json"
+    result = main(["--sites", "6", "--minutes", "6", "--racks", "2", "--per-poll", "4", "--workers", "2",
+                   "--repeat", "1", "--json", str(out)])
+    assert json.loads(out.read_text()) == result
+    [one], [group] = result["runs"]["1"], result["runs"]["2"]
+    assert one["readings"] == group["readings"] == result["readings"]
+    assert len(group["per_worker"]) == 2 and all(w["readings"] > 0 for w in group["per_worker"])
+    assert sum(w["batches"] for w in group["per_worker"]) == result["batches"] == 6 * 6
+    assert result["group_over_one"] == pytest.approx(group["readings_per_s"] / one["readings_per_s"], rel=1e-2)
