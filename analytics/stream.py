@@ -169,6 +169,12 @@ class StreamEngine:
                                            readings["quality"].to_numpy(np.int64)[flows]))
         return n_late
 
+    def sites_of(self, pid: np.ndarray) -> list[str]:
+        """The distinct sites of points-table rows ``pid`` (an unknown point, -1, has none), by site code: no
+        hashing of a name per reading."""
+        present = np.bincount(self._pid_site[np.asarray(pid, dtype=np.int64)], minlength=len(self._site_ids) + 1)
+        return self._site_ids[present[:-1] > 0].tolist()
+
     # -- output ------------------------------------------------------------------------------
     def advance(self) -> pd.DataFrame:
         """Recompute what new readings touched, finalize what lateness allows; return rows to upsert."""

@@ -252,7 +252,7 @@ class AnalyticsWorker:
                 self.stats.late_dropped += late
                 log.warning("dropped %d readings older than their closed windows (per site: status late_by_site)",
                             late)
-            self._touched.update(readings["site"].unique())
+            self._touched.update(self.engine.sites_of(pid))
             self.stats.readings += len(readings)
             if not readings.empty:
                 self.stats.newest_ts_ms = max(self.stats.newest_ts_ms, int(readings["ts"].max()))

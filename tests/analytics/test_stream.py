@@ -386,3 +386,11 @@ def test_a_bad_reading_after_a_counter_interval_start_does_not_cut_the_interval(
     assert len(shared) and shared[-1] == 39 and (np.diff(shared) == 1).all()
     np.testing.assert_allclose(kwh[shared], 150 / 60)
     assert (kwh[:shared[0]] == 0).all()
+
+
+def test_sites_of_names_each_site_of_the_given_points_once(reg):
+    engine = StreamEngine(reg)
+    rows = {site: engine.points.index.get_loc((site, "it.ups")) for site in ("a", "b")}
+    assert engine.sites_of(np.array([rows["b"], rows["b"], -1])) == ["b"]
+    assert sorted(engine.sites_of(np.array([rows["a"], rows["b"], rows["a"]]))) == ["a", "b"]
+    assert engine.sites_of(np.array([-1, -1])) == [] and engine.sites_of(np.array([], dtype=np.int64)) == []
