@@ -60,14 +60,27 @@ def point_windows(
     looking the names up. ``names=False`` leaves the ``site`` and ``point`` columns out, for callers that
     go on by ``pid`` (:func:`~dcpue.analytics.pue.site_flows` does).
     """
+    columns = point_window_columns(readings, points, edges_ms, params, names)
+    if columns is None:
+        return _empty_point_windows(names)
+    return pd.DataFrame(columns, columns=[*(["site", "point"] if names else []), *_WINDOW_COLUMNS, "pid"])
+
+
+_WINDOW_COLUMNS = ("start_ms", "integral", "covered_s", "booked_s", "samples", "resets", "spikes")
+
+
+def point_window_columns(readings: pd.DataFrame, points: pd.DataFrame, edges_ms: np.ndarray,
+                         params: EnergyParams = EnergyParams(), names: bool = True) -> dict[str, np.ndarray] | None:
+    """:func:`point_windows` as a dict of column arrays (``None`` for no rows): for callers that filter and
+    aggregate them further, without building a DataFrame of one row per (point, window) and copying it."""
     edges = np.asarray(edges_ms, dtype=np.int64)
     if len(edges) < 2 or readings.empty:
-        return _empty_point_windows(names)
+        return None
     if "pid" not in readings.columns:
         readings = readings.assign(pid=point_ids(points, readings))
     prepared = _prepare(readings, points)
     if prepared is None:
-        return _empty_point_windows(names)
+        return None
     series_id, ts, value, is_counter, rated, rollover, is_power, pid = prepared
 
     first = np.ones(len(ts), dtype=bool)
@@ -121,20 +134,17 @@ def point_windows(
     series_pid = pid[starts]
     named = {"site": np.repeat(level_at(points.index, "site", series_pid), n_windows),
              "point": np.repeat(level_at(points.index, "point", series_pid), n_windows)} if names else {}
-    out = pd.DataFrame(
-        {
-            **named,
-            "start_ms": np.tile(edges[:-1], n_series),
-            "integral": integral.ravel(),
-            "covered_s": covered_s.ravel(),
-            "booked_s": booked_s.ravel(),
-            "samples": samples.astype(np.int64),
-            "resets": resets.astype(np.int64),
-            "spikes": spike_count.astype(np.int64),
-        }
-    )
-    out["pid"] = np.repeat(series_pid, n_windows)
-    return out
+    return {
+        **named,
+        "start_ms": np.tile(edges[:-1], n_series),
+        "integral": integral.ravel(),
+        "covered_s": covered_s.ravel(),
+        "booked_s": booked_s.ravel(),
+        "samples": samples.astype(np.int64),
+        "resets": resets.astype(np.int64),
+        "spikes": spike_count.astype(np.int64),
+        "pid": np.repeat(series_pid, n_windows),
+    }
 
 
 def _empty_point_windows(names: bool = True) -> pd.DataFrame:

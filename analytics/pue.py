@@ -24,6 +24,7 @@ Definitions (energies over the same window, [kWh]):
 from __future__ import annotations
 
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +95,13 @@ def site_flows(pw: pd.DataFrame, points: pd.DataFrame, window_s: float | np.ndar
     return _site_flows_coded(pw, _flow_plan(points))
 
 
+def site_flows_of_columns(columns: Mapping[str, np.ndarray], points: pd.DataFrame) -> pd.DataFrame:
+    """:func:`site_flows` of :func:`~dcpue.analytics.energy.point_window_columns` (arrays with ``pid``)."""
+    if not len(columns["pid"]):
+        return _empty_flows()
+    return _site_flows_coded(columns, _flow_plan(points))
+
+
 @dataclass(frozen=True)
 class _FlowPlan:
     """A points table's energy-balance points ordered for :func:`_site_flows_coded`: by site, flow, boundary
@@ -149,16 +157,25 @@ def _flow_plan(points: pd.DataFrame) -> _FlowPlan:
     return plan
 
 
-def _site_flows_coded(pw: pd.DataFrame, plan: _FlowPlan) -> pd.DataFrame:
-    """:func:`site_flows` on arrays, for ``pw`` with a ``pid`` column: the same flows, in the same order."""
-    pid = pw["pid"].to_numpy(np.int64)
+def _site_flows_coded(pw: pd.DataFrame | Mapping[str, np.ndarray], plan: _FlowPlan) -> pd.DataFrame:
+    """:func:`site_flows` on arrays, for ``pw`` (a frame or column arrays) with ``pid``: the same flows, in the
+    same order."""
+    pid = np.asarray(pw["pid"], dtype=np.int64)
     known = pid >= 0
-    pw, pid = pw[known], pid[known]
-    if pw.empty:
+    every = bool(known.all())
+
+    def column(name: str, dtype: type) -> np.ndarray:
+        values = np.asarray(pw[name], dtype=dtype)
+        return values if every else values[known]
+
+    if not every:
+        pid = pid[known]
+    if not len(pid):
         return _empty_flows()
+    start_ms = column("start_ms", np.int64)
     row = plan.pid_row[pid]
     flow_point = row >= 0
-    starts = np.unique(pw["start_ms"].to_numpy(np.int64))
+    starts = np.unique(start_ms)
     present = np.zeros(len(plan.site_ids), dtype=bool)
     present[plan.site_of_pid[pid]] = True
     keep_rows = present[plan.row_site]  # every energy-balance point of the sites in pw
@@ -173,10 +190,10 @@ def _site_flows_coded(pw: pd.DataFrame, plan: _FlowPlan) -> pd.DataFrame:
     covered = np.zeros((n_rows, n_starts))
     booked = np.zeros((n_rows, n_starts))
     r = local[row[flow_point]]
-    c = np.searchsorted(starts, pw["start_ms"].to_numpy(np.int64)[flow_point])
-    integral[r, c] = pw["integral"].to_numpy(np.float64)[flow_point]
-    covered[r, c] = pw["covered_s"].to_numpy(np.float64)[flow_point]
-    booked[r, c] = pw["booked_s"].to_numpy(np.float64)[flow_point]
+    c = np.searchsorted(starts, start_ms[flow_point])
+    integral[r, c] = column("integral", np.float64)[flow_point]
+    covered[r, c] = column("covered_s", np.float64)[flow_point]
+    booked[r, c] = column("booked_s", np.float64)[flow_point]
     integral *= plan.factor[rows][:, None]
 
     # boundaries and flows of the selected sites, as offsets into the selected rows

@@ -19,13 +19,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from dcpue.analytics.energy import EnergyParams, level_at, point_ids, point_windows, site_rows, usable_quality
+from dcpue.analytics.energy import (
+    EnergyParams,
+    level_at,
+    point_ids,
+    point_window_columns,
+    site_rows,
+    usable_quality,
+)
 from dcpue.analytics.groups import FLEET_ID, GroupAggregator
 from dcpue.analytics.pue import (
     MetricParams,
     flow_of_points,
     rollup_flows,
-    site_flows,
+    site_flows_of_columns,
     window_metrics,
 )
 from dcpue.model import readings_frame
@@ -36,6 +43,7 @@ from dcpue.settings import EngineSettings
 DAY_MS = 86_400_000
 NEVER = -(2**62)  # "no reading yet" for a point's newest timestamp
 ANNUAL_DAYS = 365
+_FLOW_INPUTS = ("pid", "start_ms", "integral", "covered_s", "booked_s")  # what site flows read of point windows
 __all__ = ["FLEET_ID", "StreamEngine", "restore_site", "snapshot_sites", "window_ends", "window_starts"]
 
 
@@ -238,10 +246,12 @@ class StreamEngine:
             hi = max(self._max_ts[s] for s in sites) // self.base_ms * self.base_ms + self.base_ms
             edges = np.arange(lo, hi + 1, self.base_ms, dtype=np.int64)
             part = buf[self._site_mask(sites)[codes]] if len(by_lo) > 1 else buf
-            pw = point_windows(part, self.points, edges, self.energy_params, names=False)
+            pw = point_window_columns(part, self.points, edges, self.energy_params, names=False)
+            if pw is None:
+                continue
             # a window opens with the first interval inside it, i.e. once a reading is newer than its start
-            pw = pw[pw["start_ms"].to_numpy(np.int64) < newest[self._pid_site[pw["pid"].to_numpy()]]]
-            flows = site_flows(pw, self.points)
+            opened = pw["start_ms"] < newest[self._pid_site[pw["pid"]]]
+            flows = site_flows_of_columns({name: pw[name][opened] for name in _FLOW_INPUTS}, self.points)
             if flows.empty:
                 continue
             rows.append(flows)
