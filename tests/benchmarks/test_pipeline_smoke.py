@@ -33,6 +33,11 @@ def test_embedded_smoke_run_counts_every_reading(tmp_path):
     assert result["readings_per_s"] > 0 and result["cpu_s"] > 0 and result["peak_rss_mb"] > 0
 
 
+def test_worker_env_takes_only_dcpue_settings():
+    with pytest.raises(SystemExit):
+        _bench().main(["--mode", "kafka", "--worker-env", "PATH=/nowhere"])
+
+
 def test_rate_together_sums_each_workers_rate_between_its_own_commits():
     """Two workers, partitions 0-1 and 2-3, each committing its first large poll (5,000 messages) and then
     1,000 messages a second: once both work the group carries 2,000 a second. The first poll's commit,
@@ -69,7 +74,7 @@ def test_kafka_smoke_run_with_two_workers_and_rack_meters_counts_every_reading(t
     group, between them they take every batch and reading, and each reports its latency."""
     settings_before = {k: v for k, v in os.environ.items() if k.startswith("DCPUE_")}
     result = _bench().main(["--mode", "kafka", "--sites", "3", "--minutes", "10", "--batch-minutes", "5",
-                            "--racks", "4", "--workers", "2"])
+                            "--racks", "4", "--workers", "2", "--worker-env", "DCPUE_BUS__MAX_POLL_RECORDS=1"])
     # the workers' settings went to their processes only (a leak here once disabled alerting for later tests)
     assert {k: v for k, v in os.environ.items() if k.startswith("DCPUE_")} == settings_before
     assert result["batches"] == 3 * 2 and result["racks_per_site"] == 4
@@ -79,6 +84,9 @@ def test_kafka_smoke_run_with_two_workers_and_rack_meters_counts_every_reading(t
     assert len(summaries) == 2 and result["worker_exit"] == [None, None]  # both still running when all was done
     assert sum(_summary_count(s, "batches") for s in summaries) == result["batches"]
     assert sum(_summary_count(s, "readings") for s in summaries) == result["readings"]
+    # --worker-env reached the workers: one batch a poll, so as many steps as batches
+    assert result["worker_env"] == {"DCPUE_BUS__MAX_POLL_RECORDS": "1"}
+    assert all(_summary_count(s, "steps") == _summary_count(s, "batches") for s in summaries)
     assert all(" 0 dead letters" in s for s in summaries)
     assert result["raw_consumer_readings_per_s"] > 0 and result["readings_per_s"] > 0
     # the group's rate counts from its first partition assignment, inside the whole run

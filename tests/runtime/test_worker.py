@@ -49,6 +49,21 @@ def test_good_and_bad_input_side_by_side(setup):
     assert hour["pue"].iloc[0] == pytest.approx(1.5)
 
 
+def test_the_worker_counts_its_steps_and_the_messages_they_carried(setup):
+    """``steps`` counts the polls that brought messages (idle polls are not steps): messages ÷ steps is the
+    poll size a worker gets, what its per-step cost is spread over."""
+    bus, store, worker, topic = setup
+    producer = bus.producer()
+    readings = pd.concat([counter_series("a", "facility.main", 150, 30), power_series("a", "it.ups", 100, 30)])
+    for minute in range(6):
+        part = readings[(readings["ts"] - T0) // 300_000 == minute]
+        producer.send(topic, encode_frame("a", part), key="a")
+    taken = [worker.step(timeout_s=0.05, max_records=4) for _ in range(4)]
+    assert taken == [4, 2, 0, 0]
+    status = worker.status()
+    assert (status["messages"], status["steps"]) == (6, 2)
+
+
 def test_unknown_point_of_a_known_site_is_dead_lettered(setup):
     bus, store, worker, topic = setup
     bus.producer().send(topic, encode_batch("a", ["it.ups", "it.ghost"], [1_736_092_800_000] * 2, [1.0, 2.0]),
