@@ -95,11 +95,16 @@ def site_flows(pw: pd.DataFrame, points: pd.DataFrame, window_s: float | np.ndar
     return _site_flows_coded(pw, _flow_plan(points))
 
 
-def site_flows_of_columns(columns: Mapping[str, np.ndarray], points: pd.DataFrame) -> pd.DataFrame:
-    """:func:`site_flows` of :func:`~dcpue.analytics.energy.point_window_columns` (arrays with ``pid``)."""
-    if not len(columns["pid"]):
+def site_flows_of_columns(columns: Mapping[str, np.ndarray], points: pd.DataFrame,
+                          also: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
+    """:func:`site_flows` of :func:`~dcpue.analytics.energy.point_window_columns` (arrays with ``pid``).
+
+    ``also``: (site, start_ms) pairs to give flows even without a point window there (a site whose
+    sensors reported but its meters not yet: every flow of no coverage).
+    """
+    if not len(columns["pid"]) and (also is None or not len(also[0])):
         return _empty_flows()
-    return _site_flows_coded(columns, _flow_plan(points))
+    return _site_flows_coded(columns, _flow_plan(points), also)
 
 
 @dataclass(frozen=True)
@@ -157,9 +162,10 @@ def _flow_plan(points: pd.DataFrame) -> _FlowPlan:
     return plan
 
 
-def _site_flows_coded(pw: pd.DataFrame | Mapping[str, np.ndarray], plan: _FlowPlan) -> pd.DataFrame:
+def _site_flows_coded(pw: pd.DataFrame | Mapping[str, np.ndarray], plan: _FlowPlan,
+                      also: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
     """:func:`site_flows` on arrays, for ``pw`` (a frame or column arrays) with ``pid``: the same flows, in the
-    same order."""
+    same order; ``also`` as in :func:`site_flows_of_columns`."""
     pid = np.asarray(pw["pid"], dtype=np.int64)
     known = pid >= 0
     every = bool(known.all())
@@ -170,14 +176,17 @@ def _site_flows_coded(pw: pd.DataFrame | Mapping[str, np.ndarray], plan: _FlowPl
 
     if not every:
         pid = pid[known]
-    if not len(pid):
+    also_sites = np.empty(0, np.int64) if also is None else np.searchsorted(plan.site_ids, also[0])
+    also_starts = np.empty(0, np.int64) if also is None else np.asarray(also[1], dtype=np.int64)
+    if not len(pid) and not len(also_sites):
         return _empty_flows()
     start_ms = column("start_ms", np.int64)
     row = plan.pid_row[pid]
     flow_point = row >= 0
-    starts = np.unique(start_ms)
+    starts = np.unique(np.concatenate([start_ms, also_starts]))
     present = np.zeros(len(plan.site_ids), dtype=bool)
     present[plan.site_of_pid[pid]] = True
+    present[also_sites] = True
     keep_rows = present[plan.row_site]  # every energy-balance point of the sites in pw
     if not keep_rows.any():
         return _empty_flows()

@@ -123,6 +123,11 @@ class StreamEngine:
         # only energy-balance points are integrated (the flows): a sensor's readings are counted, not buffered
         self._is_flow_pid = np.zeros(len(self.points) + 1, dtype=bool)  # the last entry: an unknown point (-1)
         self._is_flow_pid[flow_pids] = True
+        # a site is in the energy balance from its first reading of any point on, and has windows (of no
+        # coverage, until its meters report) once any point reported a usable value: per site code, the oldest
+        # reading accepted and whether a sensor gave a usable one (the flow points' own are in the buffer)
+        self._first_ts = np.full(len(self._site_ids) + 1, np.iinfo(np.int64).max, dtype=np.int64)
+        self._sensor_seen = np.zeros(len(self._site_ids) + 1, dtype=bool)
         self._flow_pids: dict[str, np.ndarray] = {
             str(site): flow_pids[self._pid_site[flow_pids] == code] for code, site in enumerate(self._site_ids)}
         self._site_rows = site_rows(self.points)
@@ -173,6 +178,11 @@ class StreamEngine:
         self._dirty.update(newest_by_site)
         # readings of points the registry does not know, and of sensors, are counted above but never integrated
         flows = self._is_flow_pid[pid]
+        np.minimum.at(self._first_ts, codes[known], ts[known])
+        sensors = known & ~flows
+        if sensors.any():
+            usable = usable_quality(readings["quality"].to_numpy(np.int64)[sensors])
+            self._sensor_seen[codes[sensors][usable]] = True
         self._pending.append(_buffer_frame(pid[flows], ts[flows], readings["value"].to_numpy(np.float64)[flows],
                                            readings["quality"].to_numpy(np.int64)[flows]))
         return n_late
@@ -228,14 +238,17 @@ class StreamEngine:
         codes = self._buffer_site_codes()
         buf_mask = self._site_mask(dirty)[codes]
         buf, codes = self._buffer[buf_mask], codes[buf_mask]
-        if buf.empty:
-            return pd.DataFrame()
-        first_ts = pd.Series(buf["ts"].to_numpy(np.int64)).groupby(codes).min()  # one pass, not a filter per site
-        first_ts.index = self._site_ids[first_ts.index.to_numpy()]
-        lo_by_site = {
-            s: self._final_until[s] if s in self._final_until else int(first_ts[s]) // self.base_ms * self.base_ms
-            for s in dirty if s in self._final_until or s in first_ts.index
-        }
+        # the oldest reading of each site: of any point since this engine took the site, else (a site restored
+        # from an older checkpoint) of its buffer
+        first = self._first_ts.copy()
+        np.minimum.at(first, codes, buf["ts"].to_numpy(np.int64))
+        lo_by_site = {}
+        for site in dirty:
+            code = self._site_code.get(site)
+            if site in self._final_until:
+                lo_by_site[site] = self._final_until[site]
+            elif code is not None and first[code] < np.iinfo(np.int64).max:
+                lo_by_site[site] = int(first[code]) // self.base_ms * self.base_ms
         rows = []
         # sites usually advance together; group them by their first open window to share edges
         by_lo: dict[int, list[str]] = {}
@@ -247,11 +260,20 @@ class StreamEngine:
             edges = np.arange(lo, hi + 1, self.base_ms, dtype=np.int64)
             part = buf[self._site_mask(sites)[codes]] if len(by_lo) > 1 else buf
             pw = point_window_columns(part, self.points, edges, self.energy_params, names=False)
-            if pw is None:
+            # a site whose sensors reported has its windows even where its meters have not (no coverage there)
+            seen = [site for site in sites if self._sensor_seen[self._site_code[site]]]
+            if pw is None and not seen:
                 continue
+            if pw is None:
+                pw = {name: np.empty(0, np.float64 if name in ("integral", "covered_s", "booked_s") else np.int64)
+                      for name in _FLOW_INPUTS}
             # a window opens with the first interval inside it, i.e. once a reading is newer than its start
             opened = pw["start_ms"] < newest[self._pid_site[pw["pid"]]]
-            flows = site_flows_of_columns({name: pw[name][opened] for name in _FLOW_INPUTS}, self.points)
+            window_starts_of_seen = [edges[:-1][edges[:-1] < self._max_ts[site]] for site in seen]
+            flows = site_flows_of_columns(
+                {name: pw[name][opened] for name in _FLOW_INPUTS}, self.points,
+                also=(np.repeat(np.array(seen, dtype=object), [len(w) for w in window_starts_of_seen]),
+                      np.concatenate([np.empty(0, np.int64), *window_starts_of_seen])))
             if flows.empty:
                 continue
             rows.append(flows)
@@ -430,6 +452,9 @@ class StreamEngine:
         for site in sites:
             self._max_ts.pop(site, None)
             self._final_until.pop(site, None)
+            if site in self._site_code:
+                self._first_ts[self._site_code[site]] = np.iinfo(np.int64).max
+                self._sensor_seen[self._site_code[site]] = False
             lo, hi = self._site_rows.get(site, (0, 0))
             self._point_last[lo:hi] = NEVER
         self._dirty -= sites
@@ -650,6 +675,10 @@ def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[st
             "open": opened.get(site, empty),
             "acc": {label: parts.get(site, empty) for label, parts in accs.items()},
         }
+        code = engine._site_code.get(site)
+        if code is not None:  # what the buffer of energy-balance points does not tell (optional: newer than v2)
+            state["first_ts"] = int(engine._first_ts[code]) if engine._first_ts[code] < np.iinfo(np.int64).max else None
+            state["sensors_seen"] = bool(engine._sensor_seen[code])
         out[site] = msgspec.msgpack.encode(state)
     return out
 
@@ -667,6 +696,11 @@ def restore_site(engine: StreamEngine, blob: bytes) -> str:
         engine._max_ts[site] = int(state["max_ts"])
     if state["final_until"] is not None:
         engine._final_until[site] = int(state["final_until"])
+    code = engine._site_code.get(site)  # None: a site gone from the registry, whose readings are not integrated
+    if code is not None:
+        first = state.get("first_ts")
+        engine._first_ts[code] = int(first) if first is not None else np.iinfo(np.int64).max
+        engine._sensor_seen[code] = bool(state.get("sensors_seen", False))
     if state["point_last"]:
         points = list(state["point_last"])
         pids = point_ids(engine.points, pd.DataFrame({"site": [site] * len(points), "point": points}))
@@ -676,6 +710,11 @@ def restore_site(engine: StreamEngine, blob: bytes) -> str:
     if not buffer.empty:
         buffer = readings_frame(buffer["site"], buffer["point"], buffer["ts"], buffer["value"], buffer["quality"])
         pid = point_ids(engine.points, buffer)
+        if "first_ts" not in state and code is not None and (pid >= 0).any():
+            # a checkpoint from before sensors were left out of the buffer: its buffer holds them
+            sensor = (pid >= 0) & ~engine._is_flow_pid[pid]
+            engine._first_ts[code] = int(buffer["ts"].to_numpy(np.int64)[pid >= 0].min())
+            engine._sensor_seen[code] = bool((sensor & usable_quality(buffer["quality"].to_numpy(np.int64))).any())
         known = engine._is_flow_pid[pid]  # a point gone from the registry is not integrated any more, a sensor never
         others = engine._buffer_site_codes() != engine._site_code.get(site, -1)
         engine._buffer = pd.concat([engine._buffer[others], _buffer_frame(
