@@ -70,6 +70,8 @@ def measure(bootstrap: str, min_bytes: int, max_wait_ms: int, rate: float, secon
         sender.join()
         consumer.close()
         producer.close()
+    if not latency:
+        raise RuntimeError(f"no record came back in {seconds} s (fetch_min_bytes {min_bytes}, wait {max_wait_ms} ms)")
     lat, poll = np.array(latency), np.array(polls)
     return {"fetch_min_bytes": min_bytes, "fetch_max_wait_ms": max_wait_ms, "records": len(lat),
             "latency_p50_s": round(float(np.percentile(lat, 50)), 3),
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float, default=60.0, help="per setting")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
+    if args.rate <= 0 or args.seconds <= 0:
+        parser.error("--rate and --seconds must be positive")
     with run_tansu() as broker:
         runs = [measure(broker.bootstrap_servers, min_bytes, wait, args.rate, args.seconds)
                 for min_bytes, wait in SETTINGS]

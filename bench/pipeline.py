@@ -476,9 +476,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "DCPUE_BUS__MAX_POLL_RECORDS=10000")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
-    worker_env = dict(item.split("=", 1) for item in args.worker_env)
-    if any(not name.startswith("DCPUE_") for name in worker_env):
+    if any("=" not in item or not item.startswith("DCPUE_") for item in args.worker_env):
         parser.error("--worker-env takes DCPUE_NAME=VALUE")
+    worker_env = dict(item.split("=", 1) for item in args.worker_env)
+    if worker_env and args.mode == "embedded":
+        parser.error("--worker-env is for the kafka and paced modes (embedded runs no worker process)")
+    fixed = [n for n in worker_env if n.startswith(("DCPUE_BUS__TOPICS__", "DCPUE_BUS__KAFKA__PARTITIONS",
+                                                      "DCPUE_BUS__KAFKA__GROUP_ID", "DCPUE_BUS__KAFKA__BOOTSTRAP"))]
+    if fixed:
+        parser.error(f"--worker-env cannot set {', '.join(fixed)}: the benchmark itself reads those topics")
     t0 = time.perf_counter()
     registry, batches, readings = make_batches(args.sites, args.minutes, args.batch_minutes, racks=args.racks)
     prepare_s = time.perf_counter() - t0

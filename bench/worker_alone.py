@@ -24,7 +24,9 @@ import argparse
 import json
 import multiprocessing
 import statistics
+import threading
 import time
+from queue import Empty
 from typing import Any
 
 from bench.pipeline import _machine, make_batches
@@ -141,8 +143,10 @@ def replay(registry: Any, batches: list[tuple[str, bytes, int]], per_poll: int, 
     status = worker.status()
     assert status["readings"] == readings, f"the worker saw {status['readings']} of {readings} readings"
     return {"readings": readings, "batches": len(consumer.messages), "per_poll": per_poll, "commit_s": commit_s,
-            "seconds": round(elapsed, 2), "cpu_s": round(cpu, 2), "readings_per_cpu_s": round(readings / cpu),
-            "cpu_us_per_reading": round(cpu / readings * 1e6, 3), "window_rows": status["windows_written"],
+            "seconds": round(elapsed, 2), "cpu_s": round(cpu, 2),
+            "readings_per_cpu_s": round(readings / cpu) if cpu > 0 else None,
+            "cpu_us_per_reading": round(cpu / readings * 1e6, 3) if readings else None,
+            "window_rows": status["windows_written"],
             "line_protocol_lines": lines.lines, "metrics_topic_bytes": producer.bytes,
             "checkpoint_bytes": state.bytes, "started": t0, "ended": t1}
 
@@ -156,9 +160,11 @@ def run(sites: int, minutes: int, racks: int, per_poll: int, commit_s: float) ->
 
 
 def _in_process(queue: Any, *args: Any) -> None:
+    start = args[-1]
     try:
         queue.put(replay(*args))
     except BaseException as exc:  # noqa: BLE001 — the parent reports it
+        start.abort()  # the others, and the parent, stop waiting for this one at the barrier
         queue.put(exc)
 
 
@@ -173,13 +179,31 @@ def _group_run(registry: Any, batches: list[tuple[str, bytes, int]], per_poll: i
              for owned in range_assignment(partitions, workers)]
     for proc in procs:
         proc.start()
-    start.wait()
-    results = [queue.get() for _ in procs]
-    for proc in procs:
-        proc.join()
-    failed = [r for r in results if isinstance(r, BaseException)]
-    if failed:
-        raise RuntimeError(f"a worker failed: {failed[0]!r}")
+    results: list[Any] = []
+    try:
+        start.wait(timeout=600)
+        while len(results) < len(procs):
+            try:
+                results.append(queue.get(timeout=5))
+            except Empty:
+                if any(proc.exitcode not in (None, 0) for proc in procs):
+                    raise RuntimeError("a worker process died") from None
+    except threading.BrokenBarrierError:  # a worker failed before the start: every one says why on the queue
+        try:
+            while len(results) < len(procs):
+                results.append(queue.get(timeout=10))
+        except Empty:
+            pass
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+    # the cause first: the others only saw the start called off
+    failed = sorted((r for r in results if isinstance(r, BaseException)),
+                    key=lambda exc: isinstance(exc, threading.BrokenBarrierError))
+    if failed or len(results) < len(procs):
+        raise RuntimeError(f"a worker failed: {failed[0]!r}" if failed else "a worker never reached the start")
     readings = sum(r["readings"] for r in results)
     wall = max(r["ended"] for r in results) - min(r["started"] for r in results)
     return {"workers": workers, "readings": readings, "seconds": round(wall, 2),

@@ -268,7 +268,8 @@ class AnalyticsWorker:
         self._collect_write()  # the last step's write, done while this step fetched and computed
         self._uncommitted = True
         self.stats.messages += len(messages)
-        self.stats.steps += 1
+        if messages:  # not a poll that brought only health records or silences
+            self.stats.steps += 1
         commit_due = time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s
         if self._writer is not None and not commit_due and len(self._unwritten) == 1:
             self._writing = self._writer.submit(self._write_results, self._unwritten[0])

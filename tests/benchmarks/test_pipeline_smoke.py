@@ -139,3 +139,22 @@ def test_worker_alone_splits_the_batches_between_a_group_as_kafka_would(tmp_path
     assert len(group["per_worker"]) == 2 and all(w["readings"] > 0 for w in group["per_worker"])
     assert sum(w["batches"] for w in group["per_worker"]) == result["batches"] == 6 * 6
     assert result["group_over_one"] == pytest.approx(group["readings_per_s"] / one["readings_per_s"], rel=1e-2)
+
+
+def test_worker_alone_group_reports_a_worker_that_fails_before_the_start(monkeypatch):
+    """A worker process that fails while setting up breaks the start barrier: the run fails with its error
+    instead of waiting for it for ever."""
+    import bench.worker_alone as worker_alone
+    from bench.pipeline import make_batches
+
+    registry, batches, _ = make_batches(2, 2, 1, racks=1)
+
+    def fail_in_the_second(*args):
+        if args[5] == [2, 3]:  # the second worker's partitions
+            raise ValueError("no such settings file")
+        args[-1].wait()
+        return {}
+
+    monkeypatch.setattr(worker_alone, "replay", fail_in_the_second)
+    with pytest.raises(RuntimeError, match="no such settings file"):
+        worker_alone._group_run(registry, batches, 4, 1.0, workers=2, partitions=4)
