@@ -276,7 +276,11 @@ class StreamEngine:
                       np.concatenate([np.empty(0, np.int64), *window_starts_of_seen])))
             if flows.empty:
                 continue
-            rows.append(flows)
+            # the flows come for every window any of these sites opened: keep each site's own (a site whose
+            # newest reading is older than another's would otherwise show windows it has no reading in yet)
+            opened_here = flows.index.get_level_values("start_ms").to_numpy(np.int64) < _by_site(
+                flows.index, self._max_ts, np.int64, 0)
+            rows.append(flows if opened_here.all() else flows[opened_here])
         if not rows:
             return pd.DataFrame()
         flows = pd.concat(rows)

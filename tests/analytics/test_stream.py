@@ -440,3 +440,22 @@ def test_sites_of_names_each_site_of_the_given_points_once(reg):
     assert engine.sites_of(np.array([rows["b"], rows["b"], -1])) == ["b"]
     assert sorted(engine.sites_of(np.array([rows["a"], rows["b"], rows["a"]]))) == ["a", "b"]
     assert engine.sites_of(np.array([-1, -1])) == [] and engine.sites_of(np.array([], dtype=np.int64)) == []
+
+
+def test_a_site_has_no_window_before_it_has_a_reading_in_it(reg):
+    """Sites that advance together share their window edges; a site whose newest reading is older than the
+    other's gets no row for the windows only the other has opened (a window opens with a reading newer than its
+    start)."""
+    readings = fleet_readings(20)
+    lagging = (readings["site"] == "b") & (readings["ts"] >= T0 + 12 * MIN)
+    engine = StreamEngine(reg, EngineSettings())
+    engine.add(readings[~lagging])
+    rows = engine.advance()
+    minutes = rows[(rows["scope"] == "site") & (rows["window"] == "1m")]
+    b_newest = readings.loc[~lagging & (readings["site"] == "b"), "ts"].max()
+    assert minutes.loc[minutes["id"] == "b", "start_ms"].max() < b_newest
+    assert minutes.loc[minutes["id"] == "a", "start_ms"].max() == T0 + 19 * MIN
+    engine.add(readings[lagging])
+    later = engine.advance()
+    b_later = later[(later["id"] == "b") & (later["window"] == "1m")]
+    assert b_later["start_ms"].max() == T0 + 19 * MIN and (b_later["coverage"] > 0).all()
