@@ -13,7 +13,6 @@ held when the fetch came lets a record wait for the next fetch too.
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 import time
 import uuid
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.pipeline import _machine
+from bench.pipeline import _machine, report
 from tests.servers import run_tansu
 
 SETTINGS = [(1 << 20, 500), (1 << 20, 200), (1, 500)]  # (fetch_min_bytes, fetch_max_wait_ms)
@@ -95,11 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "runs": runs, "machine": _machine(),
               "command": "PYTHONPATH=. .venv/bin/python bench/fetch_wait_latency.py "
                          + " ".join(argv if argv is not None else [])}
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(result, out, indent=2)
-            out.write("\n")
+    report(result, args.json)
     return result
 
 

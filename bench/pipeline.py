@@ -115,6 +115,13 @@ def _machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
 
+def report(result: dict[str, Any], path: str | None, indent: int = 2) -> None:
+    """Print a benchmark's result as JSON and, with ``path``, write it there too."""
+    print(json.dumps(result, indent=indent))
+    if path:
+        Path(path).write_text(json.dumps(result, indent=indent) + "\n", encoding="utf-8")
+
+
 def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024.0  # Linux: kB
 
@@ -501,9 +508,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "batch_minutes": args.batch_minutes,
                    "prepare_s": round(prepare_s, 2), "machine": _machine(),
                    "command": " ".join(["PYTHONPATH=. .venv/bin/python bench/pipeline.py", *(argv or sys.argv[1:])])})
-    print(json.dumps(result, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    report(result, args.json, indent=1)
     return result
 
 

@@ -21,7 +21,6 @@ or VictoriaMetrics on the cores: what the workers themselves allow.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import statistics
 import threading
@@ -29,7 +28,7 @@ import time
 from queue import Empty
 from typing import Any
 
-from bench.pipeline import _machine, make_batches
+from bench.pipeline import _machine, make_batches, report
 from dcpue.adapters.lineprotocol import windows_to_lines
 from dcpue.ports import Message
 from dcpue.runtime.sinks import BusResultSink, FanoutSink
@@ -249,11 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "command": "PYTHONPATH=. .venv/bin/python bench/worker_alone.py " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                   if v is not None and (args.workers > 1 or k not in ("workers", "repeat")))}
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(result, out, indent=2)
-            out.write("\n")
+    report(result, args.json)
     return result
 
 
