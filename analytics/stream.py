@@ -42,8 +42,10 @@ from dcpue.settings import EngineSettings
 
 DAY_MS = 86_400_000
 NEVER = -(2**62)  # "no reading yet" for a point's newest timestamp
+NONE_YET = np.iinfo(np.int64).max  # "no reading yet" for a site's oldest timestamp
 ANNUAL_DAYS = 365
-_FLOW_INPUTS = ("pid", "start_ms", "integral", "covered_s", "booked_s")  # what site flows read of point windows
+_NO_POINT_WINDOWS = {name: np.empty(0, np.int64 if name in ("pid", "start_ms") else np.float64)
+                     for name in ("pid", "start_ms", "integral", "covered_s", "booked_s")}  # what site flows read
 __all__ = ["FLEET_ID", "StreamEngine", "restore_site", "snapshot_sites", "window_ends", "window_starts"]
 
 
@@ -126,7 +128,7 @@ class StreamEngine:
         # a site is in the energy balance from its first reading of any point on, and has windows (of no
         # coverage, until its meters report) once any point reported a usable value: per site code, the oldest
         # reading accepted and whether a sensor gave a usable one (the flow points' own are in the buffer)
-        self._first_ts = np.full(len(self._site_ids) + 1, np.iinfo(np.int64).max, dtype=np.int64)
+        self._first_ts = np.full(len(self._site_ids) + 1, NONE_YET, dtype=np.int64)
         self._sensor_seen = np.zeros(len(self._site_ids) + 1, dtype=bool)
         self._flow_pids: dict[str, np.ndarray] = {
             str(site): flow_pids[self._pid_site[flow_pids] == code] for code, site in enumerate(self._site_ids)}
@@ -238,49 +240,37 @@ class StreamEngine:
         codes = self._buffer_site_codes()
         buf_mask = self._site_mask(dirty)[codes]
         buf, codes = self._buffer[buf_mask], codes[buf_mask]
-        # the oldest reading of each site: of any point since this engine took the site, else (a site restored
-        # from an older checkpoint) of its buffer
-        first = self._first_ts.copy()
-        np.minimum.at(first, codes, buf["ts"].to_numpy(np.int64))
         lo_by_site = {}
-        for site in dirty:
-            code = self._site_code.get(site)
+        for site in dirty:  # from the closed windows on, or from the site's oldest reading of any point
+            first = self._first_ts[self._site_code[site]] if site in self._site_code else NONE_YET
             if site in self._final_until:
                 lo_by_site[site] = self._final_until[site]
-            elif code is not None and first[code] < np.iinfo(np.int64).max:
-                lo_by_site[site] = int(first[code]) // self.base_ms * self.base_ms
+            elif first < NONE_YET:
+                lo_by_site[site] = int(first) // self.base_ms * self.base_ms
         rows = []
         # sites usually advance together; group them by their first open window to share edges
         by_lo: dict[int, list[str]] = {}
         for site, lo in lo_by_site.items():
             by_lo.setdefault(lo, []).append(site)
-        newest = np.array([self._max_ts.get(s, np.nan) for s in self._site_ids], dtype=np.float64)
         for lo, sites in by_lo.items():
             hi = max(self._max_ts[s] for s in sites) // self.base_ms * self.base_ms + self.base_ms
             edges = np.arange(lo, hi + 1, self.base_ms, dtype=np.int64)
             part = buf[self._site_mask(sites)[codes]] if len(by_lo) > 1 else buf
             pw = point_window_columns(part, self.points, edges, self.energy_params, names=False)
             # a site whose sensors reported has its windows even where its meters have not (no coverage there)
-            seen = [site for site in sites if self._sensor_seen[self._site_code[site]]]
-            if pw is None and not seen:
+            seen = np.array([site for site in sites if self._sensor_seen[self._site_code[site]]], dtype=object)
+            if pw is None and not len(seen):
                 continue
-            if pw is None:
-                pw = {name: np.empty(0, np.float64 if name in ("integral", "covered_s", "booked_s") else np.int64)
-                      for name in _FLOW_INPUTS}
-            # a window opens with the first interval inside it, i.e. once a reading is newer than its start
-            opened = pw["start_ms"] < newest[self._pid_site[pw["pid"]]]
-            window_starts_of_seen = [edges[:-1][edges[:-1] < self._max_ts[site]] for site in seen]
-            flows = site_flows_of_columns(
-                {name: pw[name][opened] for name in _FLOW_INPUTS}, self.points,
-                also=(np.repeat(np.array(seen, dtype=object), [len(w) for w in window_starts_of_seen]),
-                      np.concatenate([np.empty(0, np.int64), *window_starts_of_seen])))
+            starts = edges[:-1]
+            flows = site_flows_of_columns(_NO_POINT_WINDOWS if pw is None else pw, self.points,
+                                          also=(np.repeat(seen, len(starts)), np.tile(starts, len(seen))))
             if flows.empty:
                 continue
-            # the flows come for every window any of these sites opened: keep each site's own (a site whose
-            # newest reading is older than another's would otherwise show windows it has no reading in yet)
-            opened_here = flows.index.get_level_values("start_ms").to_numpy(np.int64) < _by_site(
+            # a window opens with the first interval inside it, i.e. once the site has a reading newer than its
+            # start (the flows come for every window any site of the group opened)
+            opened = flows.index.get_level_values("start_ms").to_numpy(np.int64) < _by_site(
                 flows.index, self._max_ts, np.int64, 0)
-            rows.append(flows if opened_here.all() else flows[opened_here])
+            rows.append(flows if opened.all() else flows[opened])
         if not rows:
             return pd.DataFrame()
         flows = pd.concat(rows)
@@ -457,7 +447,7 @@ class StreamEngine:
             self._max_ts.pop(site, None)
             self._final_until.pop(site, None)
             if site in self._site_code:
-                self._first_ts[self._site_code[site]] = np.iinfo(np.int64).max
+                self._first_ts[self._site_code[site]] = NONE_YET
                 self._sensor_seen[self._site_code[site]] = False
             lo, hi = self._site_rows.get(site, (0, 0))
             self._point_last[lo:hi] = NEVER
@@ -681,7 +671,7 @@ def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[st
         }
         code = engine._site_code.get(site)
         if code is not None:  # what the buffer of energy-balance points does not tell (optional: newer than v2)
-            state["first_ts"] = int(engine._first_ts[code]) if engine._first_ts[code] < np.iinfo(np.int64).max else None
+            state["first_ts"] = int(engine._first_ts[code]) if engine._first_ts[code] < NONE_YET else None
             state["sensors_seen"] = bool(engine._sensor_seen[code])
         out[site] = msgspec.msgpack.encode(state)
     return out
@@ -703,7 +693,7 @@ def restore_site(engine: StreamEngine, blob: bytes) -> str:
     code = engine._site_code.get(site)  # None: a site gone from the registry, whose readings are not integrated
     if code is not None:
         first = state.get("first_ts")
-        engine._first_ts[code] = int(first) if first is not None else np.iinfo(np.int64).max
+        engine._first_ts[code] = int(first) if first is not None else NONE_YET
         engine._sensor_seen[code] = bool(state.get("sensors_seen", False))
     if state["point_last"]:
         points = list(state["point_last"])
