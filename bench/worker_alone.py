@@ -59,9 +59,12 @@ class _ListConsumer:
     def __init__(self, batches: list[tuple[str, bytes, int]], per_poll: int, partitions: int = 4,
                  owned: list[int] | None = None) -> None:
         now = int(time.time() * 1000)
-        messages = [Message("readings", data, site, (), partition_of(site, partitions), offset, now)
-                    for offset, (site, data, _) in enumerate(batches)]
-        self.messages = [m for m in messages if owned is None or m.partition in owned]
+        placed = [(partition_of(site, partitions), offset, site, data, count)
+                  for offset, (site, data, count) in enumerate(batches)]
+        mine = [item for item in placed if owned is None or item[0] in owned]
+        self.messages = [Message("readings", data, site, (), partition, offset, now)
+                         for partition, offset, site, data, _ in mine]
+        self.readings = sum(item[4] for item in mine)
         self.per_poll = per_poll
         self.position = 0
 
@@ -127,7 +130,7 @@ def replay(registry: Any, batches: list[tuple[str, bytes, int]], per_poll: int, 
     settings = load_settings(None, bus={"commit_interval_s": commit_s}, alerts={"enabled": False})
     consumer, producer, lines, state = (_ListConsumer(batches, per_poll, partitions, owned), _CountingProducer(),
                                         _LineProtocolSink(registry.sites_table), _CountingState())
-    readings = sum(count for (site, _, count) in batches if owned is None or partition_of(site, partitions) in owned)
+    readings = consumer.readings
     # as `dcpue analyze` runs it, but writing in step: its background writes overlap waiting, not CPU
     worker = AnalyticsWorker(registry, settings, consumer, FanoutSink(lines, BusResultSink(producer, "metrics")),
                              clock=lambda: 2**62, emit_groups=False, state=state)
@@ -158,10 +161,9 @@ def run(sites: int, minutes: int, racks: int, per_poll: int, commit_s: float) ->
     return result
 
 
-def _in_process(queue: Any, *args: Any) -> None:
-    start = args[-1]
+def _in_process(queue: Any, start: Any, *args: Any) -> None:
     try:
-        queue.put(replay(*args))
+        queue.put(replay(*args, start=start))
     except BaseException as exc:  # noqa: BLE001 — the parent reports it
         start.abort()  # the others, and the parent, stop waiting for this one at the barrier
         queue.put(exc)
@@ -173,8 +175,8 @@ def _group_run(registry: Any, batches: list[tuple[str, bytes, int]], per_poll: i
     range-assigned partitions; the group's rate is every reading over the time until the last is done."""
     context = multiprocessing.get_context("fork")
     start, queue = context.Barrier(workers + 1), context.Queue()
-    procs = [context.Process(target=_in_process, args=(queue, registry, batches, per_poll, commit_s, partitions,
-                                                         owned, start))
+    procs = [context.Process(target=_in_process, args=(queue, start, registry, batches, per_poll, commit_s,
+                                                         partitions, owned))
              for owned in range_assignment(partitions, workers)]
     for proc in procs:
         proc.start()

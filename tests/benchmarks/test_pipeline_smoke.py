@@ -149,10 +149,10 @@ def test_worker_alone_group_reports_a_worker_that_fails_before_the_start(monkeyp
 
     registry, batches, _ = make_batches(2, 2, 1, racks=1)
 
-    def fail_in_the_second(*args):
+    def fail_in_the_second(*args, start):
         if args[5] == [2, 3]:  # the second worker's partitions
             raise ValueError("no such settings file")
-        args[-1].wait()
+        start.wait()
         return {}
 
     monkeypatch.setattr(worker_alone, "replay", fail_in_the_second)
