@@ -80,7 +80,11 @@ def test_alerts_survive_a_killed_worker_reach_the_receiver_once_and_obey_a_silen
     sites_file = tmp_path / "sites.yaml"
     sites_file.write_text(dump_registry(REGISTRY), encoding="utf-8")
     config = tmp_path / "dcpue.yaml"
+    # readings arrive 15 simulated minutes per producer flush: a flush whose first partition reaches the worker
+    # a step before the other makes the other's sites look silent for 15 min. As `dcpue demo` does at speed,
+    # "no data" waits three such steps, so only a real silence (none here) raises it
     config.write_text(json.dumps({"alerts": {  # JSON is YAML
+        "no_data_after_s": 3 * 15 * 60,
         "water_class": "W40",
         "receivers": [{"name": "noc", "url": "http://127.0.0.1:{port}/hook", "secret": SECRET}],
         "routes": [{"receivers": ["noc"]}],
@@ -183,6 +187,7 @@ def test_alerts_survive_a_killed_worker_reach_the_receiver_once_and_obey_a_silen
     assert ga01[0][3] == ga01[1][3]  # one episode: the successor resolved the alert its predecessor fired
     pdu = [d[2] for d in delivered if d[:2] == ("gy-04", "CollectorDeviceDown")]
     assert pdu == ["firing", "resolved"], delivered  # health records reached the device rule
+    assert not any(name == "NoData" for _, name, *_ in delivered), delivered  # every site reported throughout
     assert not any(site == "tr-02" for site, *_ in delivered)  # silenced through the API …
     hot = [r for r in records if r["site"] == "tr-02" and r["family"] == "safety"]
     assert hot and all(r["silenced"] for r in hot)  # … and applied by the workers, which still record them
