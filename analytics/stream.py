@@ -14,6 +14,7 @@ upserts by key (the file store, InfluxDB) therefore ends with exactly one, final
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,6 +91,9 @@ class StreamEngine:
     """Incremental PUE windows for every site of a registry."""
 
     ROLLUPS = ("15m", "1h", "1d", "1mo")
+    # how long complete windows are kept after their end: days for the rolling annual figure, months ~13 months
+    # (complete quarters and hours were emitted final and are forgotten)
+    KEEP_COMPLETE_MS = {"1d": (ANNUAL_DAYS + 1) * DAY_MS, "1mo": 400 * DAY_MS}
 
     def __init__(self, registry: Registry, settings: EngineSettings = EngineSettings(),
                  emit_groups: bool = True) -> None:
@@ -135,7 +139,12 @@ class StreamEngine:
         self._site_rows = site_rows(self.points)
         self._final_until: dict[str, int] = {}  # base windows before this are folded and immutable
         self._open = pd.DataFrame()  # base-window flows that may still change, indexed (site, start_ms)
+        # sums of the rollup windows still taking base windows (a site's current quarter, hour, day, month)
         self._acc: dict[str, pd.DataFrame] = {label: pd.DataFrame() for label in self.ROLLUPS}
+        # complete days and months, per site: the rolling annual figure and checkpoints read them, a step only
+        # its own sites' (a worker running for a year holds 366 days of every site; reading them all at every
+        # step made a live step twice as slow as on its first day)
+        self._complete: dict[str, _CompleteSums] = {label: _CompleteSums() for label in self.KEEP_COMPLETE_MS}
         self._dirty: set[str] = set()
         self._groups = GroupAggregator(self.sites, self.metric_params) if emit_groups else None
 
@@ -344,16 +353,25 @@ class StreamEngine:
         return max(min(slowest, newest), newest - self.close_timeout_ms) - self.lateness_ms
 
     def _prune_accumulators(self) -> None:
-        """Forget sums no future row needs: closed 15 min and hour windows (already emitted final),
-        days older than the annual window, months older than ~13 months."""
-        keep_for = {"15m": 0, "1h": 0, "1d": (ANNUAL_DAYS + 1) * DAY_MS, "1mo": 400 * DAY_MS}
-        for label, keep_ms in keep_for.items():
+        """Take complete windows out of the running sums: quarters and hours are forgotten (emitted final),
+        days and months move to the complete sums, where those older than ``KEEP_COMPLETE_MS`` are dropped
+        (a site's, whenever it completes another)."""
+        for label in self.ROLLUPS:
             acc = self._acc[label]
             if acc.empty:
                 continue
             final_until = _by_site(acc.index, self._final_until, np.float64, np.nan)
-            ends = window_ends(acc.index.get_level_values("start_ms"), label, self.tz)
-            self._acc[label] = acc[ends + keep_ms > final_until]
+            complete = window_ends(acc.index.get_level_values("start_ms"), label, self.tz) <= final_until
+            if not complete.any():
+                continue
+            self._acc[label] = acc[~complete]
+            if label in self._complete:
+                done = acc[complete]
+                self._complete[label].add(done)
+                sites = done.index.get_level_values("site").unique().tolist()
+                self._complete[label].forget_before(
+                    {site: self._final_until[site] - self.KEEP_COMPLETE_MS[label] for site in sites},
+                    lambda starts, label=label: window_ends(starts, label, self.tz))
 
     def _combined(self, label: str, keys: pd.MultiIndex) -> pd.DataFrame:
         """Folded sums plus still-open base windows, for the given (site, start) windows of ``label``."""
@@ -397,7 +415,7 @@ class StreamEngine:
         starts = pd.Series(window_starts(today - (ANNUAL_DAYS - 1) * DAY_MS + DAY_MS // 2, "1d", self.tz),
                            index=sites)
         since_by_site = dict(zip(sites, starts.tolist(), strict=True))
-        parts = []
+        parts = [self._complete["1d"].sums_since(since_by_site)]
         days = self._acc["1d"]
         if not days.empty:
             since = _by_site(days.index, since_by_site, np.float64, np.nan)  # NaN for sites not dirty
@@ -443,6 +461,8 @@ class StreamEngine:
 
         self._open = keep(self._open)
         self._acc = {label: keep(acc) for label, acc in self._acc.items()}
+        for complete in self._complete.values():
+            complete.drop(sites)
         for site in sites:
             self._max_ts.pop(site, None)
             self._final_until.pop(site, None)
@@ -608,6 +628,103 @@ def _obj_to_frame(obj: dict[str, object], index: list[str] | None) -> pd.DataFra
     return frame.set_index(index) if index and not frame.empty else frame
 
 
+def _all_sums(engine: StreamEngine, label: str, sites: set[str]) -> pd.DataFrame:
+    """The running and complete sums of ``label`` windows of ``sites`` (what a checkpoint stores)."""
+    acc = engine._acc[label]
+    running = acc[acc.index.get_level_values("site").isin(sites)] if not acc.empty else acc
+    complete = engine._complete[label].frame(sites) if label in engine._complete else pd.DataFrame()
+    parts = [p for p in (running, complete) if not p.empty]
+    return pd.concat(parts) if len(parts) > 1 else parts[0] if parts else acc
+
+
+class _CompleteSums:
+    """The sums of complete windows of one length (days, months), per site, oldest first: appended once a
+    window completes, read site by site (a step's sites, a checkpoint's), never changed."""
+
+    def __init__(self) -> None:
+        self._starts: dict[str, np.ndarray] = {}  # site → window starts [ms], ascending
+        self._values: dict[str, np.ndarray] = {}  # site → (windows × columns) sums
+        self._columns: pd.Index | None = None
+        self._annual: dict[str, tuple[int, np.ndarray]] = {}  # site → (since, sums from then on), until it changes
+
+    def __len__(self) -> int:
+        return sum(len(starts) for starts in self._starts.values())
+
+    def add(self, rows: pd.DataFrame) -> None:
+        """Append complete windows (indexed (site, start_ms), flow columns), each newer than the site's others."""
+        self._columns = rows.columns
+        sites = rows.index.get_level_values("site").to_numpy(object)
+        starts = rows.index.get_level_values("start_ms").to_numpy(np.int64)
+        codes, names = pd.factorize(sites)
+        order = np.lexsort((starts, codes))
+        bounds = np.flatnonzero(np.r_[True, codes[order][1:] != codes[order][:-1], True])
+        values = rows.to_numpy(np.float64)[order]
+        starts = starts[order]
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            site = str(names[codes[order[lo]]])
+            if site in self._starts:
+                self._starts[site] = np.concatenate([self._starts[site], starts[lo:hi]])
+                self._values[site] = np.concatenate([self._values[site], values[lo:hi]])
+            else:
+                self._starts[site], self._values[site] = starts[lo:hi], values[lo:hi]
+            self._annual.pop(site, None)
+
+    def forget_before(self, until: dict[str, int], ends_of: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Drop each site's windows that ended at or before ``until[site]`` (``ends_of``: starts → ends)."""
+        for site, limit in until.items():
+            starts = self._starts.get(site)
+            if starts is None:
+                continue
+            keep = ends_of(starts) > limit
+            if not keep.all():
+                self._starts[site], self._values[site] = starts[keep], self._values[site][keep]
+                self._annual.pop(site, None)
+
+    def drop(self, sites: set[str]) -> None:
+        """Forget ``sites``."""
+        for site in sites:
+            self._starts.pop(site, None)
+            self._values.pop(site, None)
+            self._annual.pop(site, None)
+
+    def frame(self, sites: set[str] | list[str]) -> pd.DataFrame:
+        """The windows of ``sites``, indexed (site, start_ms)."""
+        held = [site for site in sites if site in self._starts]
+        if not held or self._columns is None:
+            return pd.DataFrame()
+        counts = [len(self._starts[site]) for site in held]
+        index = pd.MultiIndex.from_arrays([np.repeat(np.array(held, dtype=object), counts),
+                                           np.concatenate([self._starts[site] for site in held])],
+                                          names=["site", "start_ms"])
+        return pd.DataFrame(np.concatenate([self._values[site] for site in held]), index=index,
+                            columns=self._columns)
+
+    def sums_since(self, since: dict[str, int]) -> pd.DataFrame:
+        """Per site of ``since`` holding windows that start at or after ``since[site]``: their sum (NaN where
+        every one is NaN, as :func:`~dcpue.analytics.pue.rollup_flows` sums), indexed (site, since). Kept until
+        the site's windows or its ``since`` change: the annual figure asks at every step, a day changes once."""
+        sites, starts, sums = [], [], []
+        for site, start in since.items():
+            if site not in self._starts:
+                continue
+            cached = self._annual.get(site)
+            if cached is None or cached[0] != start:
+                chosen = self._values[site][self._starts[site] >= start]
+                if not len(chosen):
+                    continue
+                total = np.where(np.isnan(chosen), 0.0, chosen).sum(axis=0)
+                total[np.isnan(chosen).all(axis=0)] = np.nan
+                cached = self._annual[site] = (start, total)
+            sites.append(site)
+            starts.append(start)
+            sums.append(cached[1])
+        if not sites:
+            return pd.DataFrame()
+        index = pd.MultiIndex.from_arrays([np.array(sites, dtype=object), np.array(starts, dtype=np.int64)],
+                                          names=["site", "start_ms"])
+        return pd.DataFrame(np.stack(sums), index=index, columns=self._columns)
+
+
 def _buffer_frame(pid: np.ndarray, ts: np.ndarray, value: np.ndarray, quality: np.ndarray) -> pd.DataFrame:
     """Buffered readings: each one's points-table row, time, value and quality."""
     return pd.DataFrame({"pid": pid, "ts": ts, "value": value, "quality": quality})
@@ -647,7 +764,7 @@ def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[st
     empty = {"columns": [], "rows": 0, "coded": [], "blocks": []}
     buffers = _frames_to_objs(_named_buffer(engine, wanted), wanted)
     opened = _frames_to_objs(engine._open, wanted)
-    accs = {label: _frames_to_objs(acc, wanted) for label, acc in engine._acc.items()}
+    accs = {label: _frames_to_objs(_all_sums(engine, label, wanted), wanted) for label in engine.ROLLUPS}
     seen = {site: lo + np.flatnonzero(engine._point_last[lo:hi] > NEVER)
             for site in wanted for lo, hi in [engine._site_rows.get(site, (0, 0))]}
     names = level_at(engine.points.index, "point", np.concatenate([np.empty(0, np.int64), *seen.values()])).tolist()
@@ -727,5 +844,8 @@ def restore_site(engine: StreamEngine, blob: bytes) -> str:
 
     engine._open = replace(engine._open, state["open"])
     for label in engine.ROLLUPS:
+        # every sum goes back to the running ones; the next step moves the complete ones out
+        if label in engine._complete:
+            engine._complete[label].drop({site})
         engine._acc[label] = replace(engine._acc[label], state["acc"][label])
     return site

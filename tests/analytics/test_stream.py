@@ -459,3 +459,45 @@ def test_a_site_has_no_window_before_it_has_a_reading_in_it(reg):
     later = engine.advance()
     b_later = later[(later["id"] == "b") & (later["window"] == "1m")]
     assert b_later["start_ms"].max() == T0 + 19 * MIN and (b_later["coverage"] > 0).all()
+
+
+def test_complete_days_are_kept_per_site_and_the_annual_figure_sums_every_one(reg):
+    """Days leave the running sums once complete (a step reads only its sites' days, not a year of every site's);
+    the rolling annual figure still adds up every day, across a checkpoint and restore too."""
+    from dcpue.analytics.stream import restore_site, snapshot_sites
+
+    readings = fleet_readings(2 * 24 * 60 + 120)
+    chunks = chunked(readings, 180)
+    whole = StreamEngine(reg)
+    rows = run(whole, chunks)
+    assert {site: len(whole._complete["1d"].frame([site])) for site in ("a", "b")} == {"a": 2, "b": 2}
+    assert len(whole._acc["1d"]) == 2  # each site's current day only
+    days = rows[(rows["window"] == "1d") & (rows["scope"] == "site")]
+    for site in ("a", "b"):
+        annual = rows[(rows["window"] == "12mo") & (rows["id"] == site)].iloc[-1]
+        assert annual["facility_kwh"] == pytest.approx(days.loc[days["id"] == site, "facility_kwh"].sum(), rel=1e-12)
+
+    before, resumed = StreamEngine(reg), StreamEngine(reg)
+    half = len(chunks) // 2 + 2  # mid-day, with a complete day behind
+    run(before, chunks[:half])
+    assert len(before._complete["1d"]) > 0
+    for blob in snapshot_sites(before, {"a", "b"}).values():
+        restore_site(resumed, blob)
+    after = run(resumed, chunks[half:])
+    key = ["scope", "id", "window", "start_ms"]
+    got = after.set_index(key).sort_index()
+    want = rows.set_index(key).sort_index().loc[got.index]
+    np.testing.assert_allclose(got["facility_kwh"], want["facility_kwh"], rtol=1e-12)
+    np.testing.assert_allclose(got["coverage"], want["coverage"], rtol=1e-12)
+    assert {site: len(resumed._complete["1d"].frame([site])) for site in ("a", "b")} == {"a": 2, "b": 2}
+
+
+def test_complete_days_older_than_kept_are_forgotten(reg):
+    engine = StreamEngine(reg)
+    engine.KEEP_COMPLETE_MS = {"1d": 2 * 24 * HOUR, "1mo": 400 * 24 * HOUR}  # the annual figure keeps 366 days
+    run(engine, chunked(fleet_readings(4 * 24 * 60 + 60), 360))
+    for site in ("a", "b"):
+        starts = engine._complete["1d"].frame([site]).index.get_level_values("start_ms")
+        # a day is dropped once its end is two days behind the closed windows, when the site's next day completes
+        assert len(starts) == 2
+        assert starts.max() + 2 * 24 * HOUR + 24 * HOUR > engine._final_until[site]
