@@ -30,6 +30,7 @@ from dcpue.analytics.energy import (
 )
 from dcpue.analytics.groups import FLEET_ID, GroupAggregator
 from dcpue.analytics.pue import (
+    FLOW_COLUMNS,
     MetricParams,
     flow_of_points,
     rollup_flows,
@@ -496,8 +497,10 @@ def _by_site(index: pd.MultiIndex, values: dict[str, object], dtype: object, def
 # A site's engine state, so a restarted or rebalanced worker resumes without shortening its day and
 # month figures. Encoded with MessagePack (never pickle: a state blob may come from a shared topic).
 
-STATE_VERSION = 2  # 2: columns as raw numeric arrays and coded text; version 1 (lists of values) is still read
-_READABLE_VERSIONS = (1, 2)
+# 3: complete days and months apart from the running sums, as raw arrays (a year of days is most of a site's
+# state); 2: columns as raw numeric arrays and coded text; versions 1 (lists of values) and 2 are still read
+STATE_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 
 
 def _int_categories(values: np.ndarray) -> np.ndarray:
@@ -628,23 +631,14 @@ def _obj_to_frame(obj: dict[str, object], index: list[str] | None) -> pd.DataFra
     return frame.set_index(index) if index and not frame.empty else frame
 
 
-def _all_sums(engine: StreamEngine, label: str, sites: set[str]) -> pd.DataFrame:
-    """The running and complete sums of ``label`` windows of ``sites`` (what a checkpoint stores)."""
-    acc = engine._acc[label]
-    running = acc[acc.index.get_level_values("site").isin(sites)] if not acc.empty else acc
-    complete = engine._complete[label].frame(sites) if label in engine._complete else pd.DataFrame()
-    parts = [p for p in (running, complete) if not p.empty]
-    return pd.concat(parts) if len(parts) > 1 else parts[0] if parts else acc
-
-
 class _CompleteSums:
     """The sums of complete windows of one length (days, months), per site, oldest first: appended once a
     window completes, read site by site (a step's sites, a checkpoint's), never changed."""
 
     def __init__(self) -> None:
         self._starts: dict[str, np.ndarray] = {}  # site → window starts [ms], ascending
-        self._values: dict[str, np.ndarray] = {}  # site → (windows × columns) sums
-        self._columns: pd.Index | None = None
+        self._values: dict[str, np.ndarray] = {}  # site → (windows × flow columns) sums
+        self._columns = pd.Index(FLOW_COLUMNS)
         self._annual: dict[str, tuple[int, np.ndarray]] = {}  # site → (since, sums from then on), until it changes
 
     def __len__(self) -> int:
@@ -652,13 +646,12 @@ class _CompleteSums:
 
     def add(self, rows: pd.DataFrame) -> None:
         """Append complete windows (indexed (site, start_ms), flow columns), each newer than the site's others."""
-        self._columns = rows.columns
         sites = rows.index.get_level_values("site").to_numpy(object)
         starts = rows.index.get_level_values("start_ms").to_numpy(np.int64)
         codes, names = pd.factorize(sites)
         order = np.lexsort((starts, codes))
         bounds = np.flatnonzero(np.r_[True, codes[order][1:] != codes[order][:-1], True])
-        values = rows.to_numpy(np.float64)[order]
+        values = rows.reindex(columns=self._columns).to_numpy(np.float64)[order]
         starts = starts[order]
         for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
             site = str(names[codes[order[lo]]])
@@ -680,6 +673,28 @@ class _CompleteSums:
                 self._starts[site], self._values[site] = starts[keep], self._values[site][keep]
                 self._annual.pop(site, None)
 
+    def encode(self, site: str) -> dict[str, object] | None:
+        """``site``'s windows for a checkpoint: column names, starts and sums as raw little-endian arrays (a
+        copy of the memory each, where coding them as a frame cost a checkpoint of a year of days 7 ms a site)."""
+        starts = self._starts.get(site)
+        if starts is None:
+            return None
+        return {"columns": [str(c) for c in self._columns], "starts": starts.astype("<i8").tobytes(),
+                "sums": np.ascontiguousarray(self._values[site], dtype="<f8").tobytes()}
+
+    def restore(self, site: str, obj: dict[str, object] | None) -> None:
+        """Replace ``site``'s windows with those of :meth:`encode` (none if ``obj`` is None)."""
+        self.drop({site})
+        if obj is None:
+            return
+        columns = pd.Index([str(c) for c in obj["columns"]])  # type: ignore[union-attr]
+        starts = np.frombuffer(obj["starts"], dtype="<i8").astype(np.int64)  # type: ignore[arg-type]
+        sums = np.frombuffer(obj["sums"], dtype="<f8").reshape(len(starts), len(columns)).astype(np.float64)  # type: ignore[arg-type]
+        if not columns.equals(self._columns):  # written by a version with other flows: theirs by name
+            sums = pd.DataFrame(sums, columns=columns).reindex(columns=self._columns).to_numpy(np.float64)
+        if len(starts):
+            self._starts[site], self._values[site] = starts, sums
+
     def drop(self, sites: set[str]) -> None:
         """Forget ``sites``."""
         for site in sites:
@@ -690,7 +705,7 @@ class _CompleteSums:
     def frame(self, sites: set[str] | list[str]) -> pd.DataFrame:
         """The windows of ``sites``, indexed (site, start_ms)."""
         held = [site for site in sites if site in self._starts]
-        if not held or self._columns is None:
+        if not held:
             return pd.DataFrame()
         counts = [len(self._starts[site]) for site in held]
         index = pd.MultiIndex.from_arrays([np.repeat(np.array(held, dtype=object), counts),
@@ -764,7 +779,7 @@ def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[st
     empty = {"columns": [], "rows": 0, "coded": [], "blocks": []}
     buffers = _frames_to_objs(_named_buffer(engine, wanted), wanted)
     opened = _frames_to_objs(engine._open, wanted)
-    accs = {label: _frames_to_objs(_all_sums(engine, label, wanted), wanted) for label in engine.ROLLUPS}
+    accs = {label: _frames_to_objs(acc, wanted) for label, acc in engine._acc.items()}
     seen = {site: lo + np.flatnonzero(engine._point_last[lo:hi] > NEVER)
             for site in wanted for lo, hi in [engine._site_rows.get(site, (0, 0))]}
     names = level_at(engine.points.index, "point", np.concatenate([np.empty(0, np.int64), *seen.values()])).tolist()
@@ -785,6 +800,7 @@ def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[st
             "buffer": buffers.get(site, empty),
             "open": opened.get(site, empty),
             "acc": {label: parts.get(site, empty) for label, parts in accs.items()},
+            "complete": {label: sums.encode(site) for label, sums in engine._complete.items()},
         }
         code = engine._site_code.get(site)
         if code is not None:  # what the buffer of energy-balance points does not tell (optional: newer than v2)
@@ -844,8 +860,8 @@ def restore_site(engine: StreamEngine, blob: bytes) -> str:
 
     engine._open = replace(engine._open, state["open"])
     for label in engine.ROLLUPS:
-        # every sum goes back to the running ones; the next step moves the complete ones out
+        # before version 3 every sum was a running one: the next step moves the complete ones out
         if label in engine._complete:
-            engine._complete[label].drop({site})
+            engine._complete[label].restore(site, state.get("complete", {}).get(label))
         engine._acc[label] = replace(engine._acc[label], state["acc"][label])
     return site

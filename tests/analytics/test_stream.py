@@ -377,38 +377,52 @@ def test_a_site_whose_sensors_report_before_its_meters_has_its_windows_and_close
         assert fleet.loc[T0 + 30 * MIN, "pue"] == pytest.approx(1.5)
 
 
-def test_version_1_snapshots_restore_the_same_state_as_version_2():
-    """Checkpoints written before state version 2 (columns as lists of values) are still read."""
+def test_version_1_and_2_snapshots_restore_the_same_state_as_version_3():
+    """Checkpoints written before state version 3 (complete days among the running sums) and before version 2
+    (columns as lists of values) are still read, and the engine goes on as from a version 3 one."""
     import msgspec
 
-    from dcpue.analytics.stream import _obj_to_frame, restore_site, snapshot_sites
+    from dcpue.analytics.stream import _frames_to_objs, _obj_to_frame, restore_site, snapshot_sites
 
     reg = registry(simple_site("a"))
-    readings = pd.concat([counter_series("a", "facility.main", 150, 200), power_series("a", "it.ups", 100, 200)],
-                         ignore_index=True)
+    readings = pd.concat([counter_series("a", "facility.main", 150, 2 * 24 * 60 + 240),
+                          power_series("a", "it.ups", 100, 2 * 24 * 60 + 240)], ignore_index=True)
+    chunks = chunked(readings, 180)
     engine = StreamEngine(reg)
-    run(engine, chunked(readings, 15))
+    run(engine, chunks[:-1])
     blob = snapshot_sites(engine, ["a"])["a"]
     state = msgspec.msgpack.decode(blob)
-    assert state["v"] == 2
+    assert state["v"] == 3 and state["complete"]["1d"] is not None  # two complete days
+    v2_acc = {}
+    for label, obj in state["acc"].items():
+        running = _obj_to_frame(obj, ["site", "start_ms"])
+        complete = engine._complete[label].frame(["a"]) if label in engine._complete else pd.DataFrame()  # noqa: SLF001
+        every = pd.concat([f for f in (running, complete) if not f.empty])
+        v2_acc[label] = _frames_to_objs(every, {"a"})["a"]
+    v2 = {key: value for key, value in state.items() if key != "complete"} | {"v": 2, "acc": v2_acc}
 
     def as_v1(obj):
         frame = _obj_to_frame(obj, None)
         return {"columns": list(frame.columns), "data": [frame[c].tolist() for c in frame.columns]}
 
-    old = {**state, "v": 1, "buffer": as_v1(state["buffer"]), "open": as_v1(state["open"]),
-           "acc": {label: as_v1(obj) for label, obj in state["acc"].items()}}
-    restored = {}
-    for name, data in (("v2", blob), ("v1", msgspec.msgpack.encode(old))):
+    v1 = {**v2, "v": 1, "buffer": as_v1(v2["buffer"]), "open": as_v1(v2["open"]),
+          "acc": {label: as_v1(obj) for label, obj in v2["acc"].items()}}
+    restored, rows = {}, {}
+    for name, data in (("v3", blob), ("v2", msgspec.msgpack.encode(v2)), ("v1", msgspec.msgpack.encode(v1))):
         restored[name] = StreamEngine(reg)
         restore_site(restored[name], data)
-    new, legacy = restored["v2"], restored["v1"]
-    assert len(new._buffer) == len(engine._buffer) > 0 and len(new._open) > 0  # noqa: SLF001
-    pd.testing.assert_frame_equal(new._buffer, legacy._buffer)  # noqa: SLF001
-    pd.testing.assert_frame_equal(new._open, legacy._open)  # noqa: SLF001
-    for label in StreamEngine.ROLLUPS:
-        pd.testing.assert_frame_equal(new._acc[label], legacy._acc[label])  # noqa: SLF001
-    pd.testing.assert_frame_equal(new._open, engine._open.sort_index(), check_dtype=False)  # noqa: SLF001
+        rows[name] = run(restored[name], chunks[-1:])  # the complete days of v1 and v2 leave the running sums
+    want = run(engine, chunks[-1:])
+    for name, resumed in restored.items():
+        assert len(resumed._buffer) == len(engine._buffer) > 0 and len(resumed._open) > 0  # noqa: SLF001
+        pd.testing.assert_frame_equal(resumed._buffer, engine._buffer, check_dtype=False)  # noqa: SLF001
+        pd.testing.assert_frame_equal(resumed._open.sort_index(), engine._open.sort_index(), check_dtype=False)  # noqa: SLF001
+        for label in StreamEngine.ROLLUPS:
+            pd.testing.assert_frame_equal(resumed._acc[label].sort_index(), engine._acc[label].sort_index(),  # noqa: SLF001
+                                          check_dtype=False, check_index_type=False)
+        for label, complete in engine._complete.items():  # noqa: SLF001
+            pd.testing.assert_frame_equal(resumed._complete[label].frame(["a"]), complete.frame(["a"]))  # noqa: SLF001
+        pd.testing.assert_frame_equal(rows[name].reset_index(drop=True), want.reset_index(drop=True))
 
 
 def test_a_bad_reading_after_a_counter_interval_start_does_not_cut_the_interval(reg):
