@@ -158,3 +158,15 @@ def test_worker_alone_group_reports_a_worker_that_fails_before_the_start(monkeyp
     monkeypatch.setattr(worker_alone, "replay", fail_in_the_second)
     with pytest.raises(RuntimeError, match="no such settings file"):
         worker_alone._group_run(registry, batches, 4, 1.0, workers=2, partitions=4)
+
+
+def test_long_history_measures_a_step_and_a_checkpoint_before_and_after_a_year(tmp_path):
+    from bench.long_history import run
+
+    result = run(sites=3, per_step=2, minutes=1)
+    for phase in ("first_day", "with_a_year"):
+        assert result[phase]["steps"] == 2  # three sites' minute, two at a time
+        assert result[phase]["step_cpu_ms_p50"] > 0 and result[phase]["checkpoint_cpu_ms"] >= 0
+    assert result["sums_held_after_aging"]["1d"] == 3 * 367  # 366 complete days and the current one per site
+    # a year of days is most of a checkpoint: 366 daily sums of some 60 flow columns more per site
+    assert result["with_a_year"]["checkpoint_bytes"] > result["first_day"]["checkpoint_bytes"] + 3 * 366 * 400
