@@ -508,10 +508,32 @@ def test_complete_days_are_kept_per_site_and_the_annual_figure_sums_every_one(re
 
 def test_complete_days_older_than_kept_are_forgotten(reg):
     engine = StreamEngine(reg)
-    engine.KEEP_COMPLETE_MS = {"1d": 2 * 24 * HOUR, "1mo": 400 * 24 * HOUR}  # the annual figure keeps 366 days
-    run(engine, chunked(fleet_readings(4 * 24 * 60 + 60), 360))
+    engine.KEEP_COMPLETE_MS = {"1d": 2 * 24 * HOUR}  # the annual figure keeps 366 days
+    rows = run(engine, chunked(fleet_readings(4 * 24 * 60 + 60), 360))
     for site in ("a", "b"):
-        starts = engine._complete["1d"].frame([site]).index.get_level_values("start_ms")
-        # a day is dropped once its end is two days behind the closed windows, when the site's next day completes
-        assert len(starts) == 2
-        assert starts.max() + 2 * 24 * HOUR + 24 * HOUR > engine._final_until[site]
+        kept = engine._complete["1d"].frame([site]).index.get_level_values("start_ms").tolist()
+        days = rows[(rows["window"] == "1d") & (rows["id"] == site) & rows["final"]]["start_ms"].sort_values()
+        assert len(days) == 4
+        # a day goes once its end is two days behind the closed windows, when the site's next day completes
+        assert kept == days.tolist()[-2:]
+
+
+def test_restoring_a_site_replaces_everything_the_engine_held_of_it(reg):
+    """Rewound to an older checkpoint, an engine goes on exactly as one that starts from that checkpoint: nothing
+    it held of the site since (buffered readings, open windows, running sums, complete days) is left over."""
+    from dcpue.analytics.stream import restore_site, snapshot_sites
+
+    readings = fleet_readings(2 * 24 * 60 + 240)
+    # site b reports from 15:00 of the first day on: its checkpoint before that holds nothing at all
+    readings = readings[(readings["site"] == "a") | (readings["ts"] >= T0 + 15 * HOUR)]
+    chunks = chunked(readings, 180)
+    engine = StreamEngine(reg, emit_groups=False)
+    run(engine, chunks[:4])  # 12:00 of the first day
+    blobs = snapshot_sites(engine, {"a", "b"})
+    run(engine, chunks[4:12])  # a day completes; new running sums, windows and readings of both
+    fresh = StreamEngine(reg, emit_groups=False)
+    for blob in blobs.values():
+        restore_site(engine, blob)
+        restore_site(fresh, blob)
+    got, want = run(engine, chunks[4:]), run(fresh, chunks[4:])
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
