@@ -456,7 +456,7 @@ class StreamEngine:
         self._buffer = buf[keep].reset_index(drop=True)
 
     def drop_sites(self, sites: set[str]) -> None:
-        """Forget everything about ``sites`` (another worker took them over)."""
+        """Forget everything about ``sites`` (another worker took them over, or a checkpoint replaces them)."""
         self._merge_pending()
         if not self._buffer.empty:
             self._buffer = self._buffer[~self._site_mask(sites)[self._buffer_site_codes()]].reset_index(drop=True)
@@ -636,8 +636,8 @@ def _obj_to_frame(obj: dict[str, object], index: list[str] | None) -> pd.DataFra
 
 
 class _CompleteSums:
-    """The sums of complete windows of one length (days, months), per site, oldest first: appended once a
-    window completes, read site by site (a step's sites, a checkpoint's), never changed."""
+    """The sums of complete windows of one length (days), per site, oldest first: appended once a window
+    completes, read site by site (a step's sites, a checkpoint's), never changed."""
 
     def __init__(self) -> None:
         self._starts: dict[str, np.ndarray] = {}  # site → window starts [ms], ascending
@@ -822,15 +822,11 @@ def restore_site(engine: StreamEngine, blob: bytes) -> str:
     if not isinstance(state, dict) or state.get("v") not in _READABLE_VERSIONS:
         raise ValueError(f"unsupported engine state (version {state.get('v') if isinstance(state, dict) else '?'})")
     site = state["site"]
-    engine._merge_pending()
-    # what the engine held of the site goes, also where the checkpoint has nothing in its place
-    for held, value in ((engine._max_ts, state["max_ts"]), (engine._final_until, state["final_until"])):
-        if value is None:
-            held.pop(site, None)
-        else:
-            held[site] = int(value)
-    lo, hi = engine._site_rows.get(site, (0, 0))
-    engine._point_last[lo:hi] = NEVER
+    engine.drop_sites({site})  # what the engine held of the site goes, also where the checkpoint has nothing
+    if state["max_ts"] is not None:
+        engine._max_ts[site] = int(state["max_ts"])
+    if state["final_until"] is not None:
+        engine._final_until[site] = int(state["final_until"])
     code = engine._site_code.get(site)  # None: a site gone from the registry, whose readings are not integrated
     if code is not None:
         first = state.get("first_ts")
@@ -842,8 +838,6 @@ def restore_site(engine: StreamEngine, blob: bytes) -> str:
         stamps = np.array([int(state["point_last"][p]) for p in points], dtype=np.int64)
         engine._point_last[pids[pids >= 0]] = stamps[pids >= 0]  # a point gone from the registry waits for nothing
     buffer = _obj_to_frame(state["buffer"], None)
-    if code is not None and not engine._buffer.empty:
-        engine._buffer = engine._buffer[engine._buffer_site_codes() != code].reset_index(drop=True)
     if not buffer.empty:
         buffer = readings_frame(buffer["site"], buffer["point"], buffer["ts"], buffer["value"], buffer["quality"])
         pid = point_ids(engine.points, buffer)
@@ -857,19 +851,18 @@ def restore_site(engine: StreamEngine, blob: bytes) -> str:
             pid[known], buffer["ts"].to_numpy(np.int64)[known], buffer["value"].to_numpy(np.float64)[known],
             buffer["quality"].to_numpy(np.int64)[known])], ignore_index=True)
 
-    def replace(current: pd.DataFrame, obj: dict[str, object]) -> pd.DataFrame:
-        """``current`` with the site's rows replaced by the checkpoint's (none if it holds none)."""
+    def add(current: pd.DataFrame, obj: dict[str, object]) -> pd.DataFrame:
+        """``current`` (without the site: dropped above) and the checkpoint's rows of the site."""
         incoming = _obj_to_frame(obj, ["site", "start_ms"])
-        kept = current if current.empty else current[current.index.get_level_values("site") != site]
         if incoming.empty:
-            return kept
+            return current
         incoming.index = incoming.index.set_levels(incoming.index.levels[1].astype(np.int64), level=1)
-        return pd.concat([kept, incoming]).sort_index() if not kept.empty else incoming.sort_index()
+        return pd.concat([current, incoming]).sort_index() if not current.empty else incoming.sort_index()
 
-    engine._open = replace(engine._open, state["open"])
+    engine._open = add(engine._open, state["open"])
     for label in engine.ROLLUPS:
         # before version 3 every sum was a running one: the next step moves the complete ones out
         if label in engine._complete:
             engine._complete[label].restore(site, state.get("complete", {}).get(label))
-        engine._acc[label] = replace(engine._acc[label], state["acc"][label])
+        engine._acc[label] = add(engine._acc[label], state["acc"][label])
     return site
