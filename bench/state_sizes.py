@@ -57,5 +57,6 @@ print("group snapshot bytes: min", min(gs), "median", int(st.median(gs)), "max",
 last = hourly[-1]
 print("last: per site", last[1])
 acc = {l: len(a) for l, a in engine._acc.items()}
-print("engine acc rows:", acc, "open", len(engine._open), "buffer", len(engine._buffer))
+complete = {l: len(c) for l, c in engine._complete.items()}   # complete days, apart from the running sums
+print("engine acc rows:", acc, "complete:", complete, "open", len(engine._open), "buffer", len(engine._buffer))
 print("group recent rows per window:", {l: len(f) for l, f in groups._recent.items()})
