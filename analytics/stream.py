@@ -14,7 +14,7 @@ upserts by key (the file store, InfluxDB) therefore ends with exactly one, final
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,7 +48,8 @@ NONE_YET = np.iinfo(np.int64).max  # "no reading yet" for a site's oldest timest
 ANNUAL_DAYS = 365
 _NO_POINT_WINDOWS = {name: np.empty(0, np.int64 if name in ("pid", "start_ms") else np.float64)
                      for name in ("pid", "start_ms", "integral", "covered_s", "booked_s")}  # what site flows read
-__all__ = ["FLEET_ID", "StreamEngine", "restore_site", "snapshot_sites", "window_ends", "window_starts"]
+__all__ = ["FLEET_ID", "StreamEngine", "complete_gap", "restore_site", "snapshot_complete", "snapshot_sites",
+           "window_ends", "window_starts"]
 
 
 def window_starts(ts_ms: np.ndarray | pd.Series, label: str, tz: str = "UTC") -> np.ndarray:
@@ -478,6 +479,11 @@ class StreamEngine:
             self._point_last[lo:hi] = NEVER
         self._dirty -= sites
 
+    def newest_complete(self, site: str) -> int | None:
+        """The start of ``site``'s newest complete window kept (a day of the annual figure), None if none."""
+        newest = [n for sums in self._complete.values() if (n := sums.newest(site)) is not None]
+        return max(newest) if newest else None
+
     def snapshot_counters(self) -> dict[str, object]:
         """Counters for self-monitoring."""
         return {
@@ -501,10 +507,12 @@ def _by_site(index: pd.MultiIndex, values: dict[str, object], dtype: object, def
 # A site's engine state, so a restarted or rebalanced worker resumes without shortening its day and
 # month figures. Encoded with MessagePack (never pickle: a state blob may come from a shared topic).
 
-# 3: complete days apart from the running sums, as raw arrays (a year of days is most of a site's
-# state); 2: columns as raw numeric arrays and coded text; versions 1 (lists of values) and 2 are still read
-STATE_VERSION = 3
-_READABLE_VERSIONS = (1, 2, 3)
+# 4: the complete days up to a mark may be left out, to a record of their own (snapshot_complete) written
+# only when they change; 3: complete days apart from the running sums, as raw arrays (a year of days is most
+# of a site's state); 2: columns as raw numeric arrays and coded text; versions 1 (lists of values) to 3 are
+# still read. A reader of version 3 rejects version 4: it would have taken the days after the mark for all.
+STATE_VERSION = 4
+_READABLE_VERSIONS = (1, 2, 3, 4)
 
 
 def _int_categories(values: np.ndarray) -> np.ndarray:
@@ -677,25 +685,48 @@ class _CompleteSums:
                 self._starts[site], self._values[site] = starts[keep], self._values[site][keep]
                 self._annual.pop(site, None)
 
-    def encode(self, site: str) -> dict[str, object] | None:
-        """``site``'s windows for a checkpoint: column names, starts and sums as raw little-endian arrays (a
-        copy of the memory each, where coding them as a frame cost a checkpoint of a year of days 7 ms a site)."""
+    def newest(self, site: str) -> int | None:
+        """The start of ``site``'s newest window (None: it has none)."""
+        starts = self._starts.get(site)
+        return int(starts[-1]) if starts is not None and len(starts) else None
+
+    def encode(self, site: str, after: int | None = None) -> dict[str, object] | None:
+        """``site``'s windows (those that start after ``after`` if given; None if none) for a checkpoint: column
+        names, starts and sums as raw little-endian arrays (a copy of the memory each, where coding them as a
+        frame cost a checkpoint of a year of days 7 ms a site)."""
         starts = self._starts.get(site)
         if starts is None:
             return None
+        values = self._values[site]
+        if after is not None:
+            newer = starts > after
+            if not newer.any():
+                return None
+            starts, values = starts[newer], values[newer]
         return {"columns": [str(c) for c in self._columns], "starts": starts.astype("<i8").tobytes(),
-                "sums": np.ascontiguousarray(self._values[site], dtype="<f8").tobytes()}
+                "sums": np.ascontiguousarray(values, dtype="<f8").tobytes()}
 
-    def restore(self, site: str, obj: dict[str, object] | None) -> None:
-        """Replace ``site``'s windows with those of :meth:`encode` (none if ``obj`` is None)."""
-        self.drop({site})
+    def _decode(self, obj: dict[str, object] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Starts and sums (in this version's flow columns) of an :meth:`encode` object (none if None)."""
         if obj is None:
-            return
+            return np.empty(0, np.int64), np.empty((0, len(self._columns)))
         columns = pd.Index([str(c) for c in obj["columns"]])  # type: ignore[union-attr]
         starts = np.frombuffer(obj["starts"], dtype="<i8").astype(np.int64)  # type: ignore[arg-type]
         sums = np.frombuffer(obj["sums"], dtype="<f8").reshape(len(starts), len(columns)).astype(np.float64)  # type: ignore[arg-type]
         if not columns.equals(self._columns):  # written by a version with other flows: theirs by name
             sums = pd.DataFrame(sums, columns=columns).reindex(columns=self._columns).to_numpy(np.float64)
+        return starts, sums
+
+    def restore(self, site: str, obj: dict[str, object] | None, saved: dict[str, object] | None = None,
+                through: int | None = None) -> None:
+        """Replace ``site``'s windows with those of :meth:`encode` (none if ``obj`` is None), after the windows
+        of ``saved`` (another :meth:`encode` object) that start at or before ``through``."""
+        self.drop({site})
+        starts, sums = self._decode(obj)
+        if saved is not None and through is not None:
+            earlier, earlier_sums = self._decode(saved)
+            keep = (earlier <= through) & (earlier < (starts[0] if len(starts) else np.iinfo(np.int64).max))
+            starts, sums = np.concatenate([earlier[keep], starts]), np.concatenate([earlier_sums[keep], sums])
         if len(starts):
             self._starts[site], self._values[site] = starts, sums
 
@@ -769,9 +800,12 @@ def _named_buffer(engine: StreamEngine, sites: set[str]) -> pd.DataFrame:
                          "quality": buf["quality"].to_numpy(np.int64)[rows]})
 
 
-def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[str, bytes]:
+def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str],
+                   saved_through: Mapping[str, int] | None = None) -> dict[str, bytes]:
     """Everything the engine knows about each of ``sites``, encoded per site; see :func:`restore_site`.
 
+    A site in ``saved_through`` has its complete windows up to that start saved apart (a record of
+    :func:`snapshot_complete`): they are left out, and the mark is kept, so restoring needs that record.
     Each state frame is encoded once for all of ``sites`` (not filtered and encoded once per site), so
     checkpointing many sites after every worker step stays cheap.
     """
@@ -794,7 +828,9 @@ def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[st
             point_last[site] = dict(zip(names[at:at + len(rows)], engine._point_last[rows].tolist(), strict=True))
         at += len(rows)
     out = {}
+    marks = saved_through or {}
     for site in wanted:
+        after = marks.get(site)
         state = {
             "v": STATE_VERSION,
             "site": site,
@@ -804,7 +840,8 @@ def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[st
             "buffer": buffers.get(site, empty),
             "open": opened.get(site, empty),
             "acc": {label: parts.get(site, empty) for label, parts in accs.items()},
-            "complete": {label: sums.encode(site) for label, sums in engine._complete.items()},
+            "complete": {label: sums.encode(site, after) for label, sums in engine._complete.items()},
+            "complete_through": after,
         }
         code = engine._site_code.get(site)
         if code is not None:  # what the buffer of energy-balance points does not tell (optional: newer than v2)
@@ -814,14 +851,68 @@ def snapshot_sites(engine: StreamEngine, sites: set[str] | list[str]) -> dict[st
     return out
 
 
-def restore_site(engine: StreamEngine, blob: bytes) -> str:
-    """Load a site's state from :func:`snapshot_sites` into ``engine`` (replacing what it had); returns the site."""
+def snapshot_complete(engine: StreamEngine, sites: set[str] | list[str]) -> dict[str, tuple[int, bytes]]:
+    """Per site of ``sites`` holding complete windows (the days of the annual figure): the start of its newest
+    and a record of them all, for :func:`restore_site` with a checkpoint of :func:`snapshot_sites` whose
+    ``saved_through`` mark is at or before that start. Written apart, when a day completes, a year of days
+    is not carried by every checkpoint."""
+    import msgspec
+
+    out = {}
+    for site in sites:
+        newest = engine.newest_complete(site)
+        if newest is not None:
+            out[site] = (newest, msgspec.msgpack.encode({
+                "v": STATE_VERSION, "kind": "complete", "site": site, "through": newest,
+                "complete": {label: sums.encode(site) for label, sums in engine._complete.items()}}))
+    return out
+
+
+def _decode_complete(record: bytes | None, site: str) -> dict[str, object] | None:
+    import msgspec
+
+    if record is None:
+        return None
+    obj = msgspec.msgpack.decode(record)
+    if not isinstance(obj, dict) or obj.get("kind") != "complete" or obj.get("v") not in _READABLE_VERSIONS:
+        raise ValueError("not a record of complete windows")
+    if obj["site"] != site:
+        raise ValueError(f"record of complete windows of site {obj['site']!r}, not {site!r}")
+    return obj
+
+
+def complete_gap(blob: bytes, complete: bytes | None) -> str | None:
+    """Why the complete windows a checkpoint left out are not all in ``complete`` (None: they are, or it left
+    none out). :func:`restore_site` restores the rest; the annual figure then lacks the missing days."""
     import msgspec
 
     state = msgspec.msgpack.decode(blob)
-    if not isinstance(state, dict) or state.get("v") not in _READABLE_VERSIONS:
+    mark = state.get("complete_through") if isinstance(state, dict) else None
+    if mark is None:
+        return None
+    record = _decode_complete(complete, state["site"])
+    if record is None:
+        return f"its complete windows up to {mark} were saved apart, and that record is missing"
+    if record["through"] < mark:
+        return f"its complete windows up to {mark} were saved apart, and that record reaches {record['through']} only"
+    return None
+
+
+def restore_site(engine: StreamEngine, blob: bytes, complete: bytes | None = None) -> str:
+    """Load a site's state from :func:`snapshot_sites` into ``engine`` (replacing what it had); returns the site.
+
+    ``complete``: the site's newest record of :func:`snapshot_complete`, for a checkpoint that left its complete
+    windows out; its windows after the checkpoint's mark are not taken (the checkpoint has its own, or the
+    replay after it makes them again).
+    """
+    import msgspec
+
+    state = msgspec.msgpack.decode(blob)
+    if not isinstance(state, dict) or state.get("v") not in _READABLE_VERSIONS or state.get("kind") is not None:
         raise ValueError(f"unsupported engine state (version {state.get('v') if isinstance(state, dict) else '?'})")
     site = state["site"]
+    mark = state.get("complete_through")
+    saved = _decode_complete(complete, site) if mark is not None else None
     engine.drop_sites({site})  # what the engine held of the site goes, also where the checkpoint has nothing
     if state["max_ts"] is not None:
         engine._max_ts[site] = int(state["max_ts"])
@@ -863,6 +954,7 @@ def restore_site(engine: StreamEngine, blob: bytes) -> str:
     for label in engine.ROLLUPS:
         # before version 3 every sum was a running one: the next step moves the complete ones out
         if label in engine._complete:
-            engine._complete[label].restore(site, state.get("complete", {}).get(label))
+            engine._complete[label].restore(site, state.get("complete", {}).get(label),
+                                            saved["complete"].get(label) if saved else None, mark)
         engine._acc[label] = add(engine._acc[label], state["acc"][label])
     return site

@@ -6,8 +6,10 @@
 cluster or fleet rows, as a worker of a consumer group). Then, in real time's shape, each site's one-minute
 batch arrives ``--per-step`` sites at a time (1,000 sites: about 17 batches a second, a few per poll) for
 four minutes, and the CPU of each step (``add`` + ``advance``) is taken; then a checkpoint of every site
-(``snapshot_sites``: its CPU and bytes). Then every site is given a year of complete days and 13 months
-(its current day's and month's sums copied back in time: what a year of running leaves in the engine,
+(``snapshot_sites``: its CPU and bytes), as the worker writes it at every commit once each site's days are in
+a record of their own (state version 4), and as it wrote it before (every day in every checkpoint), and
+the days records themselves (``snapshot_complete``, written once a day per site). Then every site is given
+a year of complete days and 13 months (its current day's and month's sums copied back in time: what a year of running leaves in the engine,
 made in seconds instead of a year; it goes into the running sums, and the first step after, not timed,
 sorts it as the engine would have) and the same is measured again.
 
@@ -30,6 +32,11 @@ import numpy as np
 import pandas as pd
 
 from dcpue.analytics.stream import StreamEngine, snapshot_sites
+
+try:
+    from dcpue.analytics.stream import snapshot_complete
+except ImportError:  # a revision before state version 4: every checkpoint carries the days
+    snapshot_complete = None
 from dcpue.ingest.simulator import FleetSimulator, generate_fleet
 
 START = int(pd.Timestamp("2025-07-01", tz="Asia/Shanghai").value // 1_000_000)
@@ -72,15 +79,26 @@ def live(fleet: Fleet, per_step: int, minutes: int) -> dict[str, Any]:
             "step_cpu_ms_max": round(float(np.max(times)), 1)}
 
 
-def checkpoint(fleet: Fleet) -> dict[str, Any]:
-    """A checkpoint of every site: CPU [ms] and bytes."""
-    sites = set(fleet.registry.sites_table.index)
+def _timed(what: str, make: Any) -> dict[str, Any]:
+    """CPU [ms] and bytes of ``make()``'s blobs (a dict of bytes, or of (mark, bytes))."""
     started = time.process_time()
-    blobs = snapshot_sites(fleet.engine, sites)
+    blobs = make()
     cpu_ms = (time.process_time() - started) * 1000
-    sizes = [len(b) for b in blobs.values()]
-    return {"checkpoint_cpu_ms": round(cpu_ms), "checkpoint_bytes": sum(sizes),
-            "checkpoint_bytes_per_site_median": int(np.median(sizes))}
+    sizes = [len(b if isinstance(b, bytes) else b[1]) for b in blobs.values()]
+    return {f"{what}_cpu_ms": round(cpu_ms), f"{what}_bytes": sum(sizes),
+            f"{what}_bytes_per_site_median": int(np.median(sizes)) if sizes else 0}
+
+
+def checkpoint(fleet: Fleet) -> dict[str, Any]:
+    """A checkpoint of every site carrying its days, and (state version 4) one leaving them to a record of their
+    own, and those records: CPU [ms] and bytes of each."""
+    sites = set(fleet.registry.sites_table.index)
+    out = _timed("checkpoint", lambda: snapshot_sites(fleet.engine, sites))
+    if snapshot_complete is not None:
+        saved = {site: mark for site in sites if (mark := fleet.engine.newest_complete(site)) is not None}
+        out |= _timed("checkpoint_days_apart", lambda: snapshot_sites(fleet.engine, sites, saved_through=saved))
+        out |= _timed("days_record", lambda: snapshot_complete(fleet.engine, sites))
+    return out
 
 
 def age_a_year(engine: StreamEngine) -> None:

@@ -57,14 +57,31 @@ class ResultSink(Protocol):
         """Keep records that could not be used, with their reason (columns topic, key, reason, payload)."""
 
 
+STATE_KEY_PART = "#"  # "site#days": another record of the site's state, kept with the site's (not in site ids)
+
+
+def days_key(site: str) -> str:
+    """The state key of ``site``'s complete days, saved apart from its checkpoint."""
+    return f"{site}{STATE_KEY_PART}days"
+
+
+def state_key_site(key: str) -> str:
+    """The site a state key belongs to: ``key`` itself, or what comes before :data:`STATE_KEY_PART`."""
+    return key.split(STATE_KEY_PART, 1)[0]
+
+
 class StateStore(Protocol):
-    """Where a worker checkpoints its per-site engine state, written just before each offset commit."""
+    """Where a worker checkpoints its per-site engine state, written just before each offset commit.
+
+    Keys are sites, or a site and a part (``site#days``) for state of the site saved apart; a store that
+    places sites (on partitions) places every key of a site where the site's is.
+    """
 
     def save_states(self, states: dict[str, bytes]) -> None:
-        """Replace the saved state of each site given."""
+        """Replace the saved value of each key given."""
 
     def load_states(self, partitions: list[int] | None = None) -> dict[str, bytes]:
-        """The newest saved state of each site (only of sites on ``partitions`` if the store can tell)."""
+        """The newest saved value of each key (only of sites on ``partitions`` if the store can tell)."""
 
 
 class ResultStore(ResultSink, Protocol):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from dcpue.errors import CommitError, DcpueError, SinkError, missing_extra
-from dcpue.ports import Message
+from dcpue.ports import STATE_KEY_PART, Message, state_key_site
 from dcpue.settings import KafkaSettings, TopicSettings
 
 log = logging.getLogger(__name__)
@@ -121,17 +121,26 @@ class KafkaProducerAdapter:
         return self
 
     def send(self, topic: str, value: bytes, key: str | None = None,
-             headers: tuple[tuple[str, bytes], ...] = ()) -> None:
+             headers: tuple[tuple[str, bytes], ...] = (), partition: int | None = None) -> None:
+        """Queue a record (on ``partition`` if given, else where the default partitioner puts ``key``)."""
         kafka = _kafka()
         try:
             future = self._producer.send(topic, value=value, key=None if key is None else key.encode(),
-                                         headers=list(headers))
+                                         headers=list(headers), partition=partition)
         except kafka.errors.KafkaError as exc:
             if not exc.retriable:  # a record the broker can never take is not retried forever
                 raise
             # right after a broker restart the metadata wait can fail on a refused connection: the caller retries
             raise SinkError(f"Kafka not accepting records for {topic}: {exc}") from exc
         self._futures.append(future)
+
+    def partition_count(self, topic: str) -> int:
+        """How many partitions ``topic`` has (waits for its metadata like :meth:`send`)."""
+        kafka = _kafka()
+        try:
+            return len(self._producer.partitions_for(topic))
+        except kafka.errors.KafkaError as exc:
+            raise SinkError(f"Kafka did not tell the partitions of {topic}: {exc}") from exc
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every record sent so far is acknowledged; raise :class:`SinkError` otherwise.
@@ -428,10 +437,19 @@ class KafkaStateStore:
         return self
 
     def save_states(self, states: dict[str, bytes]) -> None:
-        """Write each site's state and wait until Kafka acknowledged all of them (else :class:`SinkError`)."""
+        """Write each key's state and wait until Kafka acknowledged all of them (else :class:`SinkError`).
+
+        A site's key goes where the default partitioner puts it, as the site's readings do; a key of a part of
+        a site's state (``site#days``) goes to that same partition, which its own hash would not give.
+        """
         assert self._producer is not None
-        for site, blob in states.items():
-            self._producer.send(self.topic, blob, key=site)
+        count = None
+        for key, blob in states.items():
+            partition = None
+            if STATE_KEY_PART in key:
+                count = count or self._producer.partition_count(self.topic)
+                partition = partition_for_key(state_key_site(key), count)
+            self._producer.send(self.topic, blob, key=key, partition=partition)
         self._producer.flush()
 
     def load_states(self, partitions: list[int] | None = None) -> dict[str, bytes]:

@@ -19,15 +19,17 @@ import numpy as np
 import pandas as pd
 
 from dcpue.analytics.energy import PointIds
-from dcpue.analytics.stream import StreamEngine, restore_site, snapshot_sites
+from dcpue.analytics.stream import StreamEngine, complete_gap, restore_site, snapshot_complete, snapshot_sites
 from dcpue.errors import CommitError, DecodeError, SinkError
-from dcpue.ports import Consumer, Message, Producer, ResultSink, StateStore
+from dcpue.ports import Consumer, Message, Producer, ResultSink, StateStore, days_key, state_key_site
 from dcpue.registry import Registry
 from dcpue.runtime.latency import LatencyHistogram
 from dcpue.settings import Settings
 from dcpue.wire import DecodedBatch, decode_batch, readings_of_batches
 
 log = logging.getLogger(__name__)
+
+NO_DAY = -(2**63)  # older than any day start
 
 DEAD_LETTER_COLUMNS = ["topic", "key", "reason", "payload"]
 
@@ -193,6 +195,9 @@ class AnalyticsWorker:
         self._touched: set[str] = set()  # sites changed since the last checkpoint
         self._owned: set[str] = set()  # sites whose state this worker holds
         self._restorable: dict[str, Checkpoint] = {}  # checkpoints of sites not yet seen since assignment
+        self._restorable_days: dict[str, bytes] = {}  # and their days saved apart (``site#days``)
+        # site → newest complete day in a days record the store acknowledged: checkpoints leave those days out
+        self._days_saved: dict[str, int] = {}
         self._position: dict[str, tuple[int, int]] = {}  # site → (partition, next offset) processed
         self._skip_before: dict[str, tuple[int, int]] = {}  # site → position its restored state includes
         self._durable_offsets = bool(getattr(consumer, "durable_offsets", False))
@@ -349,12 +354,15 @@ class AnalyticsWorker:
         if self.alerts is not None:
             self._alerts_touched |= self.alerts.take_touched() & self._alert_sites
         if self.state is not None and (self._touched or self._alerts_touched):
+            days = self._days_records()
             try:
-                self.state.save_states({site: cp.encode() for site, cp in self._checkpoints().items()})
+                self.state.save_states({days_key(site): blob for site, (_, blob) in days.items()}
+                                       | {site: cp.encode() for site, cp in self._checkpoints().items()})
             except SinkError as exc:
                 self._count_error("state_write")
                 log.warning("state checkpoint failed, offsets not committed: %s", exc)
                 return False
+            self._days_saved.update({site: newest for site, (newest, _) in days.items()})
         self._touched = set()
         self._alerts_touched = set()
         try:
@@ -367,10 +375,21 @@ class AnalyticsWorker:
         self._last_commit = time.monotonic()
         return True
 
+    def _days_records(self) -> dict[str, tuple[int, bytes]]:
+        """Days records (newest day, record) of the touched sites that completed a day since their last one.
+
+        A checkpoint leaves out only the days of a record already acknowledged, and carries the rest: whichever
+        of the two writes of a checkpoint lands, what was saved before it still restores.
+        """
+        engine_sites = self._touched & self._owned
+        newest = {site: self.engine.newest_complete(site) for site in engine_sites}
+        return snapshot_complete(self.engine, [site for site, day in newest.items()
+                                               if day is not None and day > self._days_saved.get(site, NO_DAY)])
+
     def _checkpoints(self) -> dict[str, Checkpoint]:
         """The checkpoints of every site whose engine or alert state changed since the last one."""
         engine_sites = self._touched & self._owned
-        blobs = snapshot_sites(self.engine, engine_sites)
+        blobs = snapshot_sites(self.engine, engine_sites, saved_through=self._days_saved)
         alert_sites = self._alerts_touched & self._alert_sites
         alert_blobs = self.alerts.snapshot_sites(alert_sites) if self.alerts is not None else {}
         out = {}
@@ -395,8 +414,14 @@ class AnalyticsWorker:
         """
         checkpoints = self.state.load_states(partitions) if self.state is not None else {}
         loaded = 0
-        for site, blob in checkpoints.items():
+        for key, blob in checkpoints.items():
+            site = state_key_site(key)
             if site in self._owned or site not in self.registry.site_map:
+                continue
+            if key == days_key(site):
+                self._restorable_days[site] = blob
+                continue
+            if key != site:  # a part this version does not know
                 continue
             try:
                 self._restorable[site] = Checkpoint.decode(blob)
@@ -452,7 +477,9 @@ class AnalyticsWorker:
         self._owned -= lost
         self._touched -= lost
         self._restorable.clear()
+        self._restorable_days.clear()
         for site in lost:
+            self._days_saved.pop(site, None)
             self._position.pop(site, None)
             self._skip_before.pop(site, None)
         if self.alerts is not None:
@@ -465,13 +492,18 @@ class AnalyticsWorker:
     def _take(self, site: str) -> None:
         """Start holding ``site``: restore its checkpoint if there is one."""
         checkpoint = self._restorable.pop(site, None)
+        days = self._restorable_days.pop(site, None)
         if self.alerts is not None and site not in self._alert_sites:  # keyed onto a partition unexpectedly
             self.alerts.own({site})
             self._alert_sites.add(site)
             self._restore_alerts(site, checkpoint)
         if checkpoint is not None:
             try:
-                restore_site(self.engine, checkpoint.state)
+                gap = complete_gap(checkpoint.state, days) if checkpoint.state else None
+                if gap:  # the state store lost a record: the annual figure lacks those days, the rest goes on
+                    self._count_error("bad_checkpoint")
+                    log.error("checkpoint of site %s: %s; the rolling annual figure lacks those days", site, gap)
+                restore_site(self.engine, checkpoint.state, days)
                 if self._durable_offsets and checkpoint.offset >= 0:
                     self._skip_before[site] = (checkpoint.partition, checkpoint.offset)
                     self._position[site] = (checkpoint.partition, checkpoint.offset)

@@ -377,9 +377,10 @@ def test_a_site_whose_sensors_report_before_its_meters_has_its_windows_and_close
         assert fleet.loc[T0 + 30 * MIN, "pue"] == pytest.approx(1.5)
 
 
-def test_version_1_and_2_snapshots_restore_the_same_state_as_version_3():
-    """Checkpoints written before state version 3 (complete days among the running sums) and before version 2
-    (columns as lists of values) are still read, and the engine goes on as from a version 3 one."""
+def test_version_1_to_3_snapshots_restore_the_same_state_as_version_4():
+    """Checkpoints written before state version 4 (no mark of complete days saved apart), before version 3
+    (complete days among the running sums) and before version 2 (columns as lists of values) are still read,
+    and the engine goes on as from a version 4 one."""
     import msgspec
 
     from dcpue.analytics.stream import _frames_to_objs, _obj_to_frame, restore_site, snapshot_sites
@@ -392,14 +393,15 @@ def test_version_1_and_2_snapshots_restore_the_same_state_as_version_3():
     run(engine, chunks[:-1])
     blob = snapshot_sites(engine, ["a"])["a"]
     state = msgspec.msgpack.decode(blob)
-    assert state["v"] == 3 and state["complete"]["1d"] is not None  # two complete days
+    assert state["v"] == 4 and state["complete"]["1d"] is not None and state["complete_through"] is None  # two days
+    v3 = {key: value for key, value in state.items() if key != "complete_through"} | {"v": 3}
     v2_acc = {}
     for label, obj in state["acc"].items():
         running = _obj_to_frame(obj, ["site", "start_ms"])
         complete = engine._complete[label].frame(["a"]) if label in engine._complete else pd.DataFrame()  # noqa: SLF001
         every = pd.concat([f for f in (running, complete) if not f.empty])
         v2_acc[label] = _frames_to_objs(every, {"a"})["a"]
-    v2 = {key: value for key, value in state.items() if key != "complete"} | {"v": 2, "acc": v2_acc}
+    v2 = {key: value for key, value in v3.items() if key != "complete"} | {"v": 2, "acc": v2_acc}
 
     def as_v1(obj):
         frame = _obj_to_frame(obj, None)
@@ -408,7 +410,8 @@ def test_version_1_and_2_snapshots_restore_the_same_state_as_version_3():
     v1 = {**v2, "v": 1, "buffer": as_v1(v2["buffer"]), "open": as_v1(v2["open"]),
           "acc": {label: as_v1(obj) for label, obj in v2["acc"].items()}}
     restored, rows = {}, {}
-    for name, data in (("v3", blob), ("v2", msgspec.msgpack.encode(v2)), ("v1", msgspec.msgpack.encode(v1))):
+    for name, data in (("v4", blob), ("v3", msgspec.msgpack.encode(v3)), ("v2", msgspec.msgpack.encode(v2)),
+                       ("v1", msgspec.msgpack.encode(v1))):
         restored[name] = StreamEngine(reg)
         restore_site(restored[name], data)
         rows[name] = run(restored[name], chunks[-1:])  # the complete days of v1 and v2 leave the running sums
@@ -537,3 +540,53 @@ def test_restoring_a_site_replaces_everything_the_engine_held_of_it(reg):
         restore_site(fresh, blob)
     got, want = run(engine, chunks[4:]), run(fresh, chunks[4:])
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+
+
+def test_complete_days_saved_apart_restore_the_same_state_as_days_carried_by_the_checkpoint(reg):
+    """A checkpoint may leave the days up to a mark to a record of their own (written once a day, not with every
+    checkpoint): restored with that record, or with a newer one, the engine goes on exactly as from a checkpoint
+    that carries every day; without it, what is missing is named and the rest restored."""
+    import msgspec
+
+    from dcpue.analytics.stream import complete_gap, restore_site, snapshot_complete, snapshot_sites
+
+    chunks = chunked(fleet_readings(3 * 24 * 60 + 240), 180)
+    engine = StreamEngine(reg, emit_groups=False)
+    run(engine, chunks[:12])  # 12:00 of the second day: one complete day each
+    first = snapshot_complete(engine, {"a", "b"})
+    assert {site: mark for site, (mark, _) in first.items()} == {"a": T0, "b": T0}
+    run(engine, chunks[12:20])  # a second day completes
+    assert engine.newest_complete("a") == T0 + 24 * HOUR
+    marks = {site: mark for site, (mark, _) in first.items()}
+    carried = snapshot_sites(engine, {"a", "b"})
+    apart = snapshot_sites(engine, {"a", "b"}, saved_through=marks)
+    newer = snapshot_complete(engine, {"a", "b"})  # written with the checkpoint; or only it, before a crash
+    for site in ("a", "b"):
+        state = msgspec.msgpack.decode(apart[site])
+        tail = np.frombuffer(state["complete"]["1d"]["starts"], dtype="<i8").tolist()
+        assert state["complete_through"] == T0 and tail == [T0 + 24 * HOUR]  # only the day after the mark
+        assert len(apart[site]) < len(carried[site])
+
+    want_engine = StreamEngine(reg, emit_groups=False)
+    for blob in carried.values():
+        restore_site(want_engine, blob)
+    want = run(want_engine, chunks[20:])
+    for records in (first, newer):
+        resumed = StreamEngine(reg, emit_groups=False)
+        for site, blob in apart.items():
+            assert complete_gap(blob, records[site][1]) is None
+            restore_site(resumed, blob, records[site][1])
+        for site in ("a", "b"):
+            pd.testing.assert_frame_equal(resumed._complete["1d"].frame([site]), engine._complete["1d"].frame([site]))  # noqa: SLF001
+        pd.testing.assert_frame_equal(run(resumed, chunks[20:]).reset_index(drop=True), want.reset_index(drop=True))
+
+    later = snapshot_sites(engine, {"a"}, saved_through={"a": T0 + 24 * HOUR})["a"]
+    assert "reaches" in complete_gap(later, first["a"][1])
+    assert "missing" in complete_gap(later, None)
+    partial = StreamEngine(reg, emit_groups=False)
+    restore_site(partial, later, first["a"][1])
+    assert partial._complete["1d"].frame(["a"]).index.get_level_values("start_ms").tolist() == [T0]  # noqa: SLF001
+    with pytest.raises(ValueError, match="unsupported engine state"):
+        restore_site(partial, first["a"][1])
+    with pytest.raises(ValueError, match="of site 'b'"):
+        restore_site(partial, apart["a"], first["b"][1])

@@ -169,4 +169,9 @@ def test_long_history_measures_a_step_and_a_checkpoint_before_and_after_a_year(t
         assert result[phase]["step_cpu_ms_p50"] > 0 and result[phase]["checkpoint_cpu_ms"] >= 0
     assert result["sums_held_after_aging"]["1d"] == 3 * 367  # 366 complete days and the current one per site
     # a year of days is most of a checkpoint: 366 daily sums of some 60 flow columns more per site
-    assert result["with_a_year"]["checkpoint_bytes"] > result["first_day"]["checkpoint_bytes"] + 3 * 366 * 400
+    year, first = result["with_a_year"], result["first_day"]
+    assert year["checkpoint_bytes"] > first["checkpoint_bytes"] + 3 * 366 * 400
+    # with the days in a record of their own the checkpoint stays as on the first day, the record holds the year
+    assert first["checkpoint_days_apart_bytes"] == first["checkpoint_bytes"] and first["days_record_bytes"] == 0
+    assert year["checkpoint_days_apart_bytes"] < first["checkpoint_bytes"] + 3 * 400
+    assert year["days_record_bytes"] > 3 * 366 * 400

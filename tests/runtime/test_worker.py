@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from dcpue.errors import SinkError
 from dcpue.runtime.bus import InProcessBus
 from dcpue.runtime.store import FileStore
 from dcpue.runtime.worker import AnalyticsWorker
@@ -308,3 +310,104 @@ def test_a_background_write_that_crashes_loses_neither_its_results_nor_the_next_
     worker.close()
     store.close()
     ref_store.close()
+
+
+class _RecordingStore(FileStore):
+    """The file store, remembering the keys of every save; ``fail_next`` makes the next save fail."""
+
+    def __init__(self, path) -> None:  # noqa: ANN001
+        super().__init__(path)
+        self.saves: list[list[str]] = []
+        self.fail_next = False
+
+    def save_states(self, states: dict[str, bytes]) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise SinkError("state store down")
+        self.saves.append(list(states))
+        super().save_states(states)
+
+
+def _days_fleet(days: int) -> tuple:
+    reg = registry(simple_site("a"))
+    minutes = days * 24 * 60 + 240
+    readings = pd.concat([counter_series("a", "facility.main", 150, minutes),
+                          power_series("a", "it.ups", 100, minutes)])
+    parts = [part for _, part in readings.groupby((readings["ts"] - T0) // (2 * 3_600_000))]
+    return reg, parts
+
+
+def _run_worker(reg, parts, store, bus, steps=None):  # noqa: ANN001, ANN202
+    settings = Settings(bus={"commit_interval_s": 0})
+    worker = AnalyticsWorker(reg, settings, bus.consumer([settings.bus.topics.readings], "g"), store, state=store)
+    taken = 0
+    while (steps is None or taken < steps) and worker.step(timeout_s=0.1, max_records=1):
+        taken += 1
+    return worker
+
+
+def _published(parts) -> InProcessBus:  # noqa: ANN001
+    bus = InProcessBus()
+    topic = Settings().bus.topics.readings
+    bus.consumer([topic], "g")
+    for part in parts:
+        bus.producer().send(topic, encode_frame("a", part), key="a")
+    return bus
+
+
+def test_a_sites_days_are_saved_apart_once_a_day_and_checkpoints_leave_them_out(tmp_path):
+    """A year of daily sums is most of a site's state: it is written when a day completes, under the site's
+    ``#days`` key, and the checkpoints written at every commit carry only what that record does not hold. A
+    worker restarted from them gives the figures of one that never stopped, the rolling annual one included."""
+    import msgspec
+
+    from dcpue.runtime.worker import Checkpoint
+
+    reg, parts = _days_fleet(3)
+    store = _RecordingStore(tmp_path / "w.sqlite").setup()
+    bus = _published(parts)
+    first = _run_worker(reg, parts, store, bus, steps=26)  # 52 hours: two days complete
+    days_saves = [n for n, keys in enumerate(store.saves) if "a#days" in keys]
+    assert len(store.saves) == 26 and len(days_saves) == 2  # once per completed day, not with every checkpoint
+    state = msgspec.msgpack.decode(Checkpoint.decode(store.load_states()["a"]).state)
+    assert state["complete_through"] == first.engine.newest_complete("a") == T0 + 24 * 3_600_000
+    assert state["complete"]["1d"] is None  # both days are in the record, not in the checkpoint
+    record = msgspec.msgpack.decode(store.load_states()["a#days"])
+    assert np.frombuffer(record["complete"]["1d"]["starts"], dtype="<i8").tolist() == [T0, T0 + 24 * 3_600_000]
+
+    second = _run_worker(reg, parts, store, bus)
+    assert second.stats.sites_restored == 1 and second.stats.errors.get("bad_checkpoint", 0) == 0
+    whole = FileStore(tmp_path / "whole.sqlite").setup()
+    _run_worker(reg, parts, whole, _published(parts))
+    for window in ("1d", "12mo"):
+        got, want = store.query_windows("site", window), whole.query_windows("site", window)
+        assert len(got) == len(want) > 0
+        np.testing.assert_allclose(got["facility_kwh"], want["facility_kwh"], rtol=1e-12)
+    annual = store.query_windows("site", "12mo").iloc[-1]
+    assert annual["facility_kwh"] == pytest.approx(store.query_windows("site", "1d")["facility_kwh"].sum(), rel=1e-12)
+    store.close()
+    whole.close()
+
+
+def test_a_failed_days_record_is_written_again_and_the_checkpoint_keeps_the_day_meanwhile(tmp_path):
+    import msgspec
+
+    from dcpue.runtime.worker import Checkpoint
+
+    reg, parts = _days_fleet(2)
+    store = _RecordingStore(tmp_path / "w.sqlite").setup()
+    bus = _published(parts)
+    worker = _run_worker(reg, parts, store, bus, steps=12)  # 24 hours: the first day not yet closed
+    while worker.engine.newest_complete("a") is None:
+        store.fail_next = True  # the save of the step that completes the day fails, offsets stay uncommitted
+        worker.step(timeout_s=0.1, max_records=1)
+    assert worker.stats.errors["state_write"] >= 1
+    assert "a#days" not in store.load_states()
+    worker.step(timeout_s=0.1, max_records=1)  # the next commit writes both
+    assert "a#days" in store.saves[-1]
+    state = msgspec.msgpack.decode(Checkpoint.decode(store.load_states()["a"]).state)
+    assert state["complete_through"] is None and len(state["complete"]["1d"]["starts"]) == 8  # the day, carried
+    worker.step(timeout_s=0.1, max_records=1)
+    state = msgspec.msgpack.decode(Checkpoint.decode(store.load_states()["a"]).state)
+    assert state["complete_through"] == T0 and state["complete"]["1d"] is None
+    store.close()
