@@ -48,20 +48,21 @@ COMMIT_INTERVAL_S = 1  # the workers' offset commits (and checkpoints)
 
 
 def make_batches(sites: int, minutes: int, batch_minutes: int, seed: int = 7,
-                 racks: int = 0) -> tuple[Any, list[Batch], int]:
-    """(registry, [(site, encoded batch, readings in it)], readings) for ``minutes`` of one-minute samples.
+                 racks: int = 0, start_ms: int = START) -> tuple[Any, list[Batch], int]:
+    """(registry, [(site, encoded batch, readings in it)], readings) for ``minutes`` of one-minute samples
+    from ``start_ms``.
 
     ``racks`` > 0 meters every site rack by rack, as a province-wide feed of rack power does: the site's PDU
     points (its IT load at category 2; the UPS output on old sites without PDU meters) are replaced by
     ``racks`` rack-PDU power points, each its own boundary, sharing that load in fixed proportions.
     """
     registry = generate_fleet(sites, seed=seed)
-    sim = FleetSimulator(registry, seed=seed, start_ms=START, sample_interval_s=60, faults=False)
+    sim = FleetSimulator(registry, seed=seed, start_ms=start_ms, sample_interval_s=60, faults=False)
     sim.setup()
     if racks:
         registry, shares = _rack_metered(registry, racks, seed)
     batches, readings = [], 0
-    for t in range(START + batch_minutes * 60_000, START + (minutes + 1) * 60_000, batch_minutes * 60_000):
+    for t in range(start_ms + batch_minutes * 60_000, start_ms + (minutes + 1) * 60_000, batch_minutes * 60_000):
         for site, frame in sim.poll(t):
             if racks:
                 frame = _racks_of(frame, shares[site])
@@ -451,6 +452,7 @@ def run_paced(registry: Any, batches: list[Batch], readings: int, workdir: Path,
         rss, cpu = _proc_sample(pid)
         samples.append({"t_s": round(time.perf_counter() - t0, 1), "rss_mb": round(rss, 1), "cpu_s": round(cpu, 2)})
         summary = dist.stop_workers()[0]
+        state = _state_topic_tally(dist)
     warm = [s for s in samples if s["t_s"] >= min(120.0, produce_s / 4)] or samples
     return {"mode": "paced", "readings": readings, "batches": len(batches), "rate_readings_per_s": rate,
             "achieved_readings_per_s": round(readings / produce_s), "producer_behind_max_s": round(behind_max, 2),
@@ -461,7 +463,40 @@ def run_paced(registry: Any, batches: list[Batch], readings: int, workdir: Path,
             "rss_growth_after_warmup": round(samples[-1]["rss_mb"] / warm[0]["rss_mb"] - 1, 3),
             "worker_cpu_share": round((samples[-1]["cpu_s"] - samples[0]["cpu_s"])
                                       / max(samples[-1]["t_s"] - samples[0]["t_s"], 1e-9), 3),
-            "samples": samples}
+            "state_topic": state, "samples": samples}
+
+
+def _state_topic_tally(dist: _Distributed) -> dict[str, Any]:
+    """Every record the worker wrote to its state topic (the test broker does not compact): how many and how
+    large, checkpoints (key: site) and days records (``site#days``) apart."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from dcpue.ports import STATE_KEY_PART
+
+    consumer = KafkaConsumer(bootstrap_servers=dist.broker.bootstrap_servers, enable_auto_commit=False)
+    try:
+        topic = f"{dist.prefix}.state.v1"
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        sizes: dict[str, list[int]] = {"checkpoints": [], "days_records": []}
+        sites_with_days: set[str] = set()
+        while True:
+            for records in consumer.poll(timeout_ms=500, max_records=10_000).values():
+                for r in records:
+                    key = r.key.decode()
+                    sizes["days_records" if STATE_KEY_PART in key else "checkpoints"].append(len(r.value))
+                    if STATE_KEY_PART in key:
+                        sites_with_days.add(key.split(STATE_KEY_PART)[0])
+            if all(consumer.position(tp) >= (consumer.highwater(tp) or 0) for tp in tps):
+                break
+    finally:
+        consumer.close()
+    out: dict[str, Any] = {"sites_with_a_days_record": len(sites_with_days)}
+    for kind, values in sizes.items():
+        out[kind] = {"records": len(values), "bytes": sum(values),
+                     "bytes_median": int(np.median(values)) if values else 0}
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -481,6 +516,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--worker-env", action="append", default=[], metavar="DCPUE_NAME=VALUE",
                         help="kafka and paced modes: a setting for the workers only (repeatable), e.g. "
                              "DCPUE_BUS__MAX_POLL_RECORDS=10000")
+    parser.add_argument("--start", default="2025-07-01T00:00",
+                        help="local time (Asia/Shanghai) of the first sample, e.g. 2025-07-01T23:45 to cross a day")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
     if any("=" not in item or not item.startswith("DCPUE_") for item in args.worker_env):
@@ -493,7 +530,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if fixed:
         parser.error(f"--worker-env cannot set {', '.join(fixed)}: the benchmark itself reads those topics")
     t0 = time.perf_counter()
-    registry, batches, readings = make_batches(args.sites, args.minutes, args.batch_minutes, racks=args.racks)
+    start_ms = int(pd.Timestamp(args.start, tz="Asia/Shanghai").value // 1_000_000)
+    registry, batches, readings = make_batches(args.sites, args.minutes, args.batch_minutes, racks=args.racks,
+                                               start_ms=start_ms)
     prepare_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="dcpue-bench-") as tmp:
         if args.mode == "embedded":
@@ -504,7 +543,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rate = args.rate or readings / (args.minutes * 60.0)
             result = run_paced(registry, batches, readings, Path(tmp), rate=rate, sample_s=args.sample_s,
                                worker_env=worker_env)
-    result.update({"sites": args.sites, "racks_per_site": args.racks, "minutes": args.minutes, "worker_env": worker_env,
+    result.update({"sites": args.sites, "racks_per_site": args.racks, "minutes": args.minutes, "start": args.start,
+                   "worker_env": worker_env,
                    "batch_minutes": args.batch_minutes,
                    "prepare_s": round(prepare_s, 2), "machine": _machine(),
                    "command": " ".join(["PYTHONPATH=. .venv/bin/python bench/pipeline.py", *(argv or sys.argv[1:])])})

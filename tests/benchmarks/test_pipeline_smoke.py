@@ -101,11 +101,15 @@ def test_kafka_smoke_run_with_two_workers_and_rack_meters_counts_every_reading(t
 @pytest.mark.integration
 def test_paced_smoke_run_keeps_the_rate_and_reports_latency_and_memory(tmp_path):
     result = _bench().main(["--mode", "paced", "--sites", "2", "--minutes", "12", "--rate", "400",
-                            "--sample-s", "0.25"])
+                            "--sample-s", "0.25", "--start", "2025-07-01T23:54"])
     assert abs(result["achieved_readings_per_s"] - 400) <= 40  # paced, not as fast as it goes
     assert 0 < result["latency_p50_s"] <= result["latency_p99_s"] <= result["latency_max_s"]
     assert f"{result['readings']} readings" in result["worker_summary"]
     assert len(result["samples"]) >= 3 and all(s["rss_mb"] > 0 for s in result["samples"])
+    # the run crosses local midnight: each site's first day completes and goes to its days record, once
+    state = result["state_topic"]
+    assert state["sites_with_a_days_record"] == 2 and state["days_records"]["records"] == 2
+    assert state["checkpoints"]["records"] >= 2
 
 
 def test_worker_alone_splits_the_batches_between_a_group_as_kafka_would(tmp_path):
