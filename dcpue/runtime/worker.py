@@ -381,14 +381,18 @@ class AnalyticsWorker:
         A checkpoint leaves out only the days of a record already acknowledged, and carries the rest: whichever
         of the two writes of a checkpoint lands, what was saved before it still restores.
         """
-        engine_sites = self._touched & self._owned
-        newest = {site: self.engine.newest_complete(site) for site in engine_sites}
+        newest = {site: self.engine.newest_complete(site) for site in self._engine_sites_due()}
         return snapshot_complete(self.engine, [site for site, day in newest.items()
                                                if day is not None and day > self._days_saved.get(site, NO_DAY)])
 
+    def _engine_sites_due(self) -> set[str]:
+        """Held sites whose checkpoint is due: their engine state or their alert state changed (a checkpoint
+        carries both, so one whose alerts alone changed is written with its engine state too)."""
+        return (self._touched | (self._alerts_touched & self._alert_sites)) & self._owned
+
     def _checkpoints(self) -> dict[str, Checkpoint]:
         """The checkpoints of every site whose engine or alert state changed since the last one."""
-        engine_sites = self._touched & self._owned
+        engine_sites = self._engine_sites_due()
         blobs = snapshot_sites(self.engine, engine_sites, saved_through=self._days_saved)
         alert_sites = self._alerts_touched & self._alert_sites
         alert_blobs = self.alerts.snapshot_sites(alert_sites) if self.alerts is not None else {}
@@ -397,7 +401,7 @@ class AnalyticsWorker:
             if site in blobs:
                 partition, offset = self._position.get(site, (-1, -1))
                 state = blobs[site]
-            else:  # only its alerts changed: keep the engine state and position it was restored with
+            else:  # not held yet, only its alerts changed: keep the engine state and position it was restored with
                 held = self._restorable.get(site)
                 partition, offset, state = (held.partition, held.offset, held.state) if held else (-1, -1, b"")
             out[site] = Checkpoint(partition, offset, state, alert_blobs.get(site, b""))

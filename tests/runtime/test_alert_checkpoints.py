@@ -99,3 +99,40 @@ def test_history_firing_is_the_newest_event_per_fingerprint_when_it_fires(tmp_pa
     assert [r["fingerprint"] for r in history.firing()] == [second.fingerprint, first.fingerprint]
     assert [r["site"] for r in history.firing(site="ga-01")] == ["ga-01"]
     history.close()
+
+
+def test_a_checkpoint_of_a_held_site_whose_alerts_alone_changed_keeps_its_engine_state(tmp_path: Path):
+    """A site that sends no readings for a while but whose device goes down changes only its alert state: its
+    checkpoint must still carry its engine state and position, or a restarted worker starts it afresh."""
+    store = FileStore(tmp_path / "dcpue.sqlite").setup()
+    sim = simulator()
+    bus = InProcessBus(10_000)
+    topics = SETTINGS.bus.topics
+    worker = AnalyticsWorker(REGISTRY, SETTINGS, bus.consumer([topics.readings], "analytics"), store,
+                             clock=lambda: START_MS + 30 * MIN, state=store,
+                             alerts=AlertEngine(REGISTRY, SETTINGS.engine, SETTINGS.alerts),
+                             alert_output=lambda e: None, health=bus.consumer([topics.health], "health"))
+    producer = bus.producer()
+    for minute in (15, 30):
+        publish_polls(sim, producer, topics.readings, lambda m=minute: START_MS + m * MIN)
+        while worker.step(timeout_s=0.01):
+            pass
+    assert worker.checkpoint()
+    before = Checkpoint.decode(store.load_states()["gy-04"])
+    assert before.state and before.offset > 0
+    for n in range(1, 9):  # only health records now: gy-04's device rule changes, no readings
+        producer.send(topics.health, json.dumps(DeviceHealth(
+            "pdu-7", "modbus", "gy-04", up=False, consecutive_failures=n,
+            last_error="timed out").record("c", START_MS + (30 + n) * MIN)).encode())
+    worker.step(timeout_s=0.01)
+    assert worker.checkpoint()
+    after = Checkpoint.decode(store.load_states()["gy-04"])
+    assert after.alerts != before.alerts  # the device rule's state changed and was saved
+    assert (after.partition, after.offset, after.state) == (before.partition, before.offset, before.state)
+    restarted = AnalyticsWorker(REGISTRY, SETTINGS, bus.consumer([topics.readings], "analytics"), store,
+                                clock=lambda: START_MS + 30 * MIN, state=store,
+                                alerts=AlertEngine(REGISTRY, SETTINGS.engine, SETTINGS.alerts),
+                                alert_output=lambda e: None)
+    restarted._take("gy-04")  # noqa: SLF001 (what its first message would do)
+    assert restarted.stats.sites_restored == 1 and not restarted.stats.errors.get("bad_checkpoint")
+    store.close()
