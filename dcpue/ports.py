@@ -57,12 +57,13 @@ class ResultSink(Protocol):
         """Keep records that could not be used, with their reason (columns topic, key, reason, payload)."""
 
 
-STATE_KEY_PART = "#"  # "site#days": another record of the site's state, kept with the site's (not in site ids)
+STATE_KEY_PART = "#"  # "site#days0": another record of the site's state, kept with the site's (not in site ids)
 
 
-def days_key(site: str) -> str:
-    """The state key of ``site``'s complete days, saved apart from its checkpoint."""
-    return f"{site}{STATE_KEY_PART}days"
+def days_key(site: str, slot: int) -> str:
+    """The state key of one of ``site``'s two records of complete days (``slot`` 0 or 1), saved apart from its
+    checkpoint."""
+    return f"{site}{STATE_KEY_PART}days{slot}"
 
 
 def state_key_site(key: str) -> str:
@@ -73,7 +74,7 @@ def state_key_site(key: str) -> str:
 class StateStore(Protocol):
     """Where a worker checkpoints its per-site engine state, written just before each offset commit.
 
-    Keys are sites, or a site and a part (``site#days``) for state of the site saved apart; a store that
+    Keys are sites, or a site and a part (``site#days0``) for state of the site saved apart; a store that
     places sites (on partitions) places every key of a site where the site's is.
     """
 

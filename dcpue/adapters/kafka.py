@@ -440,7 +440,7 @@ class KafkaStateStore:
         """Write each key's state and wait until Kafka acknowledged all of them (else :class:`SinkError`).
 
         A site's key goes where the default partitioner puts it, as the site's readings do; a key of a part of
-        a site's state (``site#days``) goes to that same partition, which its own hash would not give.
+        a site's state (``site#days0``) goes to that same partition, which its own hash would not give.
         """
         assert self._producer is not None
         count = None

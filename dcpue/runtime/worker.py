@@ -105,19 +105,21 @@ class Checkpoint:
     """A site's state and the bus position it includes: (partition, next offset) of that site.
 
     ``state`` is the PUE engine's (empty while the site sent nothing), ``alerts`` the alert engine's
-    (empty without alerting). Version 1 checkpoints (no alert state) are still read.
+    (empty without alerting), ``days_slot`` the days record (``site#days0`` or ``#days1``) holding the complete
+    days the engine state left out (None: it left none out). Version 1 checkpoints (no alert state) are still read.
     """
 
     partition: int
     offset: int
     state: bytes
     alerts: bytes = b""
+    days_slot: int | None = None
 
     def encode(self) -> bytes:
         import msgspec
 
         return msgspec.msgpack.encode({"v": 2, "p": self.partition, "o": self.offset, "s": self.state,
-                                       "a": self.alerts})
+                                       "a": self.alerts, "d": self.days_slot})
 
     @staticmethod
     def decode(blob: bytes) -> Checkpoint:
@@ -126,7 +128,47 @@ class Checkpoint:
         obj = msgspec.msgpack.decode(blob)
         if not isinstance(obj, dict) or obj.get("v") not in (1, 2):
             raise ValueError("not a dcpue worker checkpoint (version 1 or 2)")
-        return Checkpoint(int(obj["p"]), int(obj["o"]), bytes(obj["s"]), bytes(obj.get("a", b"")))
+        slot = obj.get("d")
+        return Checkpoint(int(obj["p"]), int(obj["o"]), bytes(obj["s"]), bytes(obj.get("a", b"")),
+                          None if slot is None else int(slot))
+
+
+@dataclass
+class DaysRecords:
+    """Where a site's complete days are saved apart: two records (``site#days0``, ``site#days1``), so a new one
+    never replaces the one a checkpoint on the store may still need (a newer record can lack days the older
+    checkpoint's replay needs: days older than a year are forgotten between them).
+
+    ``acked``: slot → newest day of the record the store acknowledged in it; ``pinned``: the slots a checkpoint
+    on the store may name (the newest acknowledged one's, and those of checkpoints sent since and not
+    acknowledged). A new record goes to a slot not pinned; a checkpoint names the newest acknowledged record
+    not being rewritten, and carries the days after it.
+    """
+
+    acked: dict[int, int] = field(default_factory=dict)
+    pinned: set[int] = field(default_factory=set)
+
+    def plan(self, newest: int | None) -> tuple[int | None, int | None]:
+        """(slot to write a new record to, or None; slot the checkpoint names, or None) for a site whose newest
+        complete day is ``newest``."""
+        write = None
+        if newest is not None and newest > max(self.acked.values(), default=NO_DAY):
+            write = next((slot for slot in (0, 1) if slot not in self.pinned), None)
+        named = max((slot for slot in self.acked if slot != write), key=self.acked.__getitem__, default=None)
+        return write, named
+
+    def saved(self, write: int | None, newest: int | None, named: int | None) -> None:
+        """The store acknowledged the checkpoint naming ``named`` and the record written to ``write``."""
+        self.pinned = set() if named is None else {named}
+        if write is not None and newest is not None:
+            self.acked[write] = newest
+
+    def failed(self, write: int | None, named: int | None) -> None:
+        """The save failed: either of its records may or may not be on the store."""
+        if named is not None:
+            self.pinned.add(named)
+        if write is not None:
+            self.acked.pop(write, None)
 
 
 @dataclass
@@ -195,9 +237,8 @@ class AnalyticsWorker:
         self._touched: set[str] = set()  # sites changed since the last checkpoint
         self._owned: set[str] = set()  # sites whose state this worker holds
         self._restorable: dict[str, Checkpoint] = {}  # checkpoints of sites not yet seen since assignment
-        self._restorable_days: dict[str, bytes] = {}  # and their days saved apart (``site#days``)
-        # site → newest complete day in a days record the store acknowledged: checkpoints leave those days out
-        self._days_saved: dict[str, int] = {}
+        self._restorable_days: dict[str, dict[int, bytes]] = {}  # and their days records, by slot
+        self._days: dict[str, DaysRecords] = {}  # held sites' days records: checkpoints leave their days out
         self._position: dict[str, tuple[int, int]] = {}  # site → (partition, next offset) processed
         self._skip_before: dict[str, tuple[int, int]] = {}  # site → position its restored state includes
         self._durable_offsets = bool(getattr(consumer, "durable_offsets", False))
@@ -354,15 +395,20 @@ class AnalyticsWorker:
         if self.alerts is not None:
             self._alerts_touched |= self.alerts.take_touched() & self._alert_sites
         if self.state is not None and (self._touched or self._alerts_touched):
-            days = self._days_records()
+            plans = self._days_plans()
+            records = snapshot_complete(self.engine, [site for site, plan in plans.items() if plan[1] is not None])
+            checkpoints = self._checkpoints(plans)
             try:
-                self.state.save_states({days_key(site): blob for site, (_, blob) in days.items()}
-                                       | {site: cp.encode() for site, cp in self._checkpoints().items()})
+                self.state.save_states({site: cp.encode() for site, cp in checkpoints.items()}
+                                       | {days_key(site, plans[site][1]): blob for site, (_, blob) in records.items()})
             except SinkError as exc:
+                for site, (_, write, named) in plans.items():
+                    self._days[site].failed(write if site in records else None, named)
                 self._count_error("state_write")
                 log.warning("state checkpoint failed, offsets not committed: %s", exc)
                 return False
-            self._days_saved.update({site: newest for site, (newest, _) in days.items()})
+            for site, (newest, write, named) in plans.items():
+                self._days[site].saved(write if site in records else None, newest, named)
         self._touched = set()
         self._alerts_touched = set()
         try:
@@ -375,36 +421,39 @@ class AnalyticsWorker:
         self._last_commit = time.monotonic()
         return True
 
-    def _days_records(self) -> dict[str, tuple[int, bytes]]:
-        """Days records (newest day, record) of the touched sites that completed a day since their last one.
-
-        A checkpoint leaves out only the days of a record already acknowledged, and carries the rest: whichever
-        of the two writes of a checkpoint lands, what was saved before it still restores.
-        """
-        newest = {site: self.engine.newest_complete(site) for site in self._engine_sites_due()}
-        return snapshot_complete(self.engine, [site for site, day in newest.items()
-                                               if day is not None and day > self._days_saved.get(site, NO_DAY)])
+    def _days_plans(self) -> dict[str, tuple[int | None, int | None, int | None]]:
+        """Per held site due a checkpoint: (its newest complete day, the days slot to write a new record to, the
+        days slot its checkpoint names); see :class:`DaysRecords`."""
+        plans = {}
+        for site in self._engine_sites_due():
+            newest = self.engine.newest_complete(site)
+            plans[site] = (newest, *self._days.setdefault(site, DaysRecords()).plan(newest))
+        return plans
 
     def _engine_sites_due(self) -> set[str]:
         """Held sites whose checkpoint is due: their engine state or their alert state changed (a checkpoint
         carries both, so one whose alerts alone changed is written with its engine state too)."""
         return (self._touched | (self._alerts_touched & self._alert_sites)) & self._owned
 
-    def _checkpoints(self) -> dict[str, Checkpoint]:
-        """The checkpoints of every site whose engine or alert state changed since the last one."""
-        engine_sites = self._engine_sites_due()
-        blobs = snapshot_sites(self.engine, engine_sites, saved_through=self._days_saved)
+    def _checkpoints(self, plans: dict[str, tuple[int | None, int | None, int | None]]) -> dict[str, Checkpoint]:
+        """The checkpoints of every site whose engine or alert state changed since the last one (``plans``: of
+        :meth:`_days_plans`, for each held one)."""
+        engine_sites = set(plans)
+        named = {site: slot for site, (_, _, slot) in plans.items() if slot is not None}
+        blobs = snapshot_sites(self.engine, engine_sites,
+                               saved_through={site: self._days[site].acked[slot] for site, slot in named.items()})
         alert_sites = self._alerts_touched & self._alert_sites
         alert_blobs = self.alerts.snapshot_sites(alert_sites) if self.alerts is not None else {}
         out = {}
         for site in sorted(engine_sites | alert_sites):
             if site in blobs:
                 partition, offset = self._position.get(site, (-1, -1))
-                state = blobs[site]
+                state, slot = blobs[site], named.get(site)
             else:  # not held yet, only its alerts changed: keep the engine state and position it was restored with
                 held = self._restorable.get(site)
-                partition, offset, state = (held.partition, held.offset, held.state) if held else (-1, -1, b"")
-            out[site] = Checkpoint(partition, offset, state, alert_blobs.get(site, b""))
+                partition, offset, state, slot = ((held.partition, held.offset, held.state, held.days_slot) if held
+                                                  else (-1, -1, b"", None))
+            out[site] = Checkpoint(partition, offset, state, alert_blobs.get(site, b""), slot)
             if site not in blobs and site in self._restorable:
                 self._restorable[site] = out[site]
         return out
@@ -422,8 +471,9 @@ class AnalyticsWorker:
             site = state_key_site(key)
             if site in self._owned or site not in self.registry.site_map:
                 continue
-            if key == days_key(site):
-                self._restorable_days[site] = blob
+            slot = next((slot for slot in (0, 1) if key == days_key(site, slot)), None)
+            if slot is not None:
+                self._restorable_days.setdefault(site, {})[slot] = blob
                 continue
             if key != site:  # a part this version does not know
                 continue
@@ -483,7 +533,7 @@ class AnalyticsWorker:
         self._restorable.clear()
         self._restorable_days.clear()
         for site in lost:
-            self._days_saved.pop(site, None)
+            self._days.pop(site, None)
             self._position.pop(site, None)
             self._skip_before.pop(site, None)
         if self.alerts is not None:
@@ -496,14 +546,20 @@ class AnalyticsWorker:
     def _take(self, site: str) -> None:
         """Start holding ``site``: restore its checkpoint if there is one."""
         checkpoint = self._restorable.pop(site, None)
-        days = self._restorable_days.pop(site, None)
+        records = self._restorable_days.pop(site, {})
         if self.alerts is not None and site not in self._alert_sites:  # keyed onto a partition unexpectedly
             self.alerts.own({site})
             self._alert_sites.add(site)
             self._restore_alerts(site, checkpoint)
         if checkpoint is not None:
+            # the slot its checkpoint names is never rewritten while a checkpoint on the store may name it
+            self._days[site] = DaysRecords(pinned=set() if checkpoint.days_slot is None else {checkpoint.days_slot})
+            days = records.get(checkpoint.days_slot) if checkpoint.days_slot is not None else None
             try:
-                gap = complete_gap(checkpoint.state, days) if checkpoint.state else None
+                try:
+                    gap = complete_gap(checkpoint.state, days) if checkpoint.state else None
+                except ValueError as exc:  # an unreadable record costs its days, not the rest of the checkpoint
+                    gap, days = f"its days record is unusable ({exc})", None
                 if gap:  # the state store lost a record: the annual figure lacks those days, the rest goes on
                     self._count_error("bad_checkpoint")
                     log.error("checkpoint of site %s: %s; the rolling annual figure lacks those days", site, gap)

@@ -226,20 +226,20 @@ def test_an_acknowledgement_without_an_offset_is_not_one():
 
 
 def test_every_state_record_of_a_site_lies_on_the_sites_partition(tansu_broker):  # noqa: F811
-    """A site's days, saved apart under ``site#days``, are read back by the worker that gains the site's
+    """A site's days, saved apart under ``site#days0``, are read back by the worker that gains the site's
     partition: they are written there, not where the default partitioner would hash their own key."""
     from dcpue.adapters.kafka import KafkaStateStore, partition_for_key
 
     topics, kafka, _ = kafka_setup(tansu_broker, "statekeys")
     create_topics(kafka, topics)
     sites = [f"site-{n}" for n in range(12)]
-    moved = [s for s in sites if partition_for_key(f"{s}#days", 4) != partition_for_key(s, 4)]
+    moved = [s for s in sites if partition_for_key(f"{s}#days0", 4) != partition_for_key(s, 4)]
     assert moved  # else the test would not tell
     store = KafkaStateStore(kafka, topics.state).setup()
     try:
-        store.save_states({key: key.encode() for site in sites for key in (site, f"{site}#days")})
+        store.save_states({key: key.encode() for site in sites for key in (site, f"{site}#days0")})
         for partition in range(4):
             on = {s for s in sites if partition_for_key(s, 4) == partition}
-            assert store.load_states([partition]) == {key: key.encode() for s in on for key in (s, f"{s}#days")}
+            assert store.load_states([partition]) == {key: key.encode() for s in on for key in (s, f"{s}#days0")}
     finally:
         store.close()

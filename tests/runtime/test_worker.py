@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -313,17 +314,23 @@ def test_a_background_write_that_crashes_loses_neither_its_results_nor_the_next_
 
 
 class _RecordingStore(FileStore):
-    """The file store, remembering the keys of every save; ``fail_next`` makes the next save fail."""
+    """The file store, remembering the keys of every save; ``fail_next`` makes the next save fail, ``land_only``
+    makes it fail after saving only the keys it names (as Kafka may acknowledge some records of a save)."""
 
     def __init__(self, path) -> None:  # noqa: ANN001
         super().__init__(path)
         self.saves: list[list[str]] = []
         self.fail_next = False
+        self.land_only: Callable[[str], bool] | None = None
 
     def save_states(self, states: dict[str, bytes]) -> None:
         if self.fail_next:
             self.fail_next = False
             raise SinkError("state store down")
+        if self.land_only is not None:
+            landed, self.land_only = {k: v for k, v in states.items() if self.land_only(k)}, None
+            super().save_states(landed)
+            raise SinkError(f"only {sorted(landed)} acknowledged")
         self.saves.append(list(states))
         super().save_states(states)
 
@@ -367,12 +374,16 @@ def test_a_sites_days_are_saved_apart_once_a_day_and_checkpoints_leave_them_out(
     store = _RecordingStore(tmp_path / "w.sqlite").setup()
     bus = _published(parts)
     first = _run_worker(reg, parts, store, bus, steps=26)  # 52 hours: two days complete
-    days_saves = [n for n, keys in enumerate(store.saves) if "a#days" in keys]
-    assert len(store.saves) == 26 and len(days_saves) == 2  # once per completed day, not with every checkpoint
-    state = msgspec.msgpack.decode(Checkpoint.decode(store.load_states()["a"]).state)
+    days_saves = [[key for key in keys if "#" in key] for keys in store.saves]
+    # once per completed day, not with every checkpoint; the second day's record does not replace the first's,
+    # which the checkpoint acknowledged before it still names
+    assert len(store.saves) == 26 and [keys for keys in days_saves if keys] == [["a#days0"], ["a#days1"]]
+    checkpoint = Checkpoint.decode(store.load_states()["a"])
+    state = msgspec.msgpack.decode(checkpoint.state)
     assert state["complete_through"] == first.engine.newest_complete("a") == T0 + 24 * 3_600_000
     assert state["complete"]["1d"] is None  # both days are in the record, not in the checkpoint
-    record = msgspec.msgpack.decode(store.load_states()["a#days"])
+    assert checkpoint.days_slot == 1
+    record = msgspec.msgpack.decode(store.load_states()["a#days1"])
     assert np.frombuffer(record["complete"]["1d"]["starts"], dtype="<i8").tolist() == [T0, T0 + 24 * 3_600_000]
 
     second = _run_worker(reg, parts, store, bus)
@@ -402,12 +413,79 @@ def test_a_failed_days_record_is_written_again_and_the_checkpoint_keeps_the_day_
         store.fail_next = True  # the save of the step that completes the day fails, offsets stay uncommitted
         worker.step(timeout_s=0.1, max_records=1)
     assert worker.stats.errors["state_write"] >= 1
-    assert "a#days" not in store.load_states()
+    assert "a#days0" not in store.load_states()
     worker.step(timeout_s=0.1, max_records=1)  # the next commit writes both
-    assert "a#days" in store.saves[-1]
+    assert "a#days0" in store.saves[-1]
     state = msgspec.msgpack.decode(Checkpoint.decode(store.load_states()["a"]).state)
     assert state["complete_through"] is None and len(state["complete"]["1d"]["starts"]) == 8  # the day, carried
     worker.step(timeout_s=0.1, max_records=1)
-    state = msgspec.msgpack.decode(Checkpoint.decode(store.load_states()["a"]).state)
-    assert state["complete_through"] == T0 and state["complete"]["1d"] is None
+    checkpoint = Checkpoint.decode(store.load_states()["a"])
+    state = msgspec.msgpack.decode(checkpoint.state)
+    assert state["complete_through"] == T0 and state["complete"]["1d"] is None and checkpoint.days_slot == 0
     store.close()
+
+
+def test_a_days_record_that_lands_without_its_checkpoint_leaves_the_previous_checkpoint_whole(tmp_path,
+                                                                                              monkeypatch):
+    """Catching up, one commit can span days enough that the oldest kept days are forgotten meanwhile. If its new
+    days record lands and its checkpoint does not, the worker that takes over restores the previous checkpoint:
+    the record that one names must still hold the days it left out. A year shrunk to 3 days makes it short."""
+    from dcpue.analytics import stream
+
+    monkeypatch.setattr(stream, "ANNUAL_DAYS", 3)
+    monkeypatch.setattr(stream.StreamEngine, "KEEP_COMPLETE_MS", {"1d": 4 * 86_400_000})
+    reg, parts = _days_fleet(12)
+    store = _RecordingStore(tmp_path / "w.sqlite").setup()
+    bus = _published(parts)
+    first = _run_worker(reg, parts, store, bus, steps=6 * 12 + 6)  # day 6, 12:00, one step a 2-hour batch
+    assert first.engine.newest_complete("a") == T0 + 5 * 86_400_000
+    store.land_only = lambda key: "#" in key  # five days in one step: the days record lands, the checkpoint not
+    assert first.step(timeout_s=0.1, max_records=5 * 12) == 5 * 12
+    assert first.stats.errors["state_write"] == 1
+    second = _run_worker(reg, parts, store, bus)  # the first one is gone; the next takes over from the store
+    assert second.stats.sites_restored == 1 and not second.stats.errors.get("bad_checkpoint")
+    whole = FileStore(tmp_path / "whole.sqlite").setup()
+    _run_worker(reg, parts, whole, _published(parts))
+    got, want = store.query_windows("site", "12mo"), whole.query_windows("site", "12mo")
+    assert len(got) == len(want) > 0
+    np.testing.assert_allclose(got["facility_kwh"], want["facility_kwh"], rtol=1e-12)
+    store.close()
+    whole.close()
+
+
+def test_an_unreadable_days_record_costs_its_days_not_the_rest_of_the_checkpoint(tmp_path):
+    reg, parts = _days_fleet(2)
+    store = _RecordingStore(tmp_path / "w.sqlite").setup()
+    bus = _published(parts)
+    _run_worker(reg, parts, store, bus, steps=20)  # 40 hours: a day complete and in its record
+    (key,) = [key for key in store.load_states() if "#" in key]
+    store.save_states({key: b"\x00not a record"})
+    second = _run_worker(reg, parts, store, bus)
+    assert second.stats.sites_restored == 1 and second.stats.errors["bad_checkpoint"] == 1
+    # the running day went on from the checkpoint: the second day's total is whole, as without the restart
+    whole = FileStore(tmp_path / "whole.sqlite").setup()
+    _run_worker(reg, parts, whole, _published(parts))
+    got, want = store.query_windows("site", "1d"), whole.query_windows("site", "1d")
+    np.testing.assert_allclose(got["facility_kwh"], want["facility_kwh"], rtol=1e-12)
+    store.close()
+    whole.close()
+
+
+def test_a_days_record_never_replaces_one_a_checkpoint_on_the_store_may_name():
+    from dcpue.runtime.worker import DaysRecords
+
+    days = DaysRecords()
+    assert days.plan(None) == (None, None)  # no complete day: nothing to write, nothing to name
+    assert days.plan(1) == (0, None)  # the first day: a record, and the checkpoint carries the day itself
+    days.saved(0, 1, None)
+    assert days.plan(1) == (None, 0)  # from now on the checkpoint leaves day 1 to record 0
+    days.saved(None, 1, 0)
+    assert days.plan(2) == (1, 0)  # a new day goes to the other record; the checkpoint still names record 0
+    days.saved(1, 2, 0)
+    assert days.plan(2) == (None, 1)
+    days.failed(None, 1)  # that checkpoint may or may not be on the store: records 0 and 1 are both pinned
+    assert days.plan(3) == (None, 1)  # so day 3 waits, carried by the checkpoint
+    days.saved(None, 3, 1)  # acknowledged: only record 1 is named now
+    assert days.plan(3) == (0, 1)
+    days.failed(0, 1)  # record 0 may hold day 2's or day 3's record: named by nothing until written again
+    assert days.acked == {1: 2} and days.plan(3) == (0, 1)
