@@ -48,8 +48,8 @@ NONE_YET = np.iinfo(np.int64).max  # "no reading yet" for a site's oldest timest
 ANNUAL_DAYS = 365
 _NO_POINT_WINDOWS = {name: np.empty(0, np.int64 if name in ("pid", "start_ms") else np.float64)
                      for name in ("pid", "start_ms", "integral", "covered_s", "booked_s")}  # what site flows read
-__all__ = ["FLEET_ID", "StreamEngine", "complete_gap", "restore_site", "snapshot_complete", "snapshot_sites",
-           "window_ends", "window_starts"]
+__all__ = ["FLEET_ID", "StreamEngine", "UnusableRecord", "complete_gap", "restore_site", "snapshot_complete",
+           "snapshot_sites", "window_ends", "window_starts"]
 
 
 def window_starts(ts_ms: np.ndarray | pd.Series, label: str, tz: str = "UTC") -> np.ndarray:
@@ -868,22 +868,43 @@ def snapshot_complete(engine: StreamEngine, sites: set[str] | list[str]) -> dict
     return out
 
 
+class UnusableRecord(ValueError):
+    """A record of complete windows (:func:`snapshot_complete`) that cannot be used: the checkpoint's other
+    state still can."""
+
+
 def _decode_complete(record: bytes | None, site: str) -> dict[str, object] | None:
+    """The record of ``site``'s complete windows, checked whole (its arrays too) before anything uses it."""
     import msgspec
 
     if record is None:
         return None
-    obj = msgspec.msgpack.decode(record)
-    if not isinstance(obj, dict) or obj.get("kind") != "complete" or obj.get("v") not in _READABLE_VERSIONS:
-        raise ValueError("not a record of complete windows")
-    if obj["site"] != site:
-        raise ValueError(f"record of complete windows of site {obj['site']!r}, not {site!r}")
+    try:
+        obj = msgspec.msgpack.decode(record)
+        if not isinstance(obj, dict) or obj.get("kind") != "complete" or obj.get("v") not in _READABLE_VERSIONS:
+            raise ValueError("not a record of complete windows")
+        if obj["site"] != site:
+            raise ValueError(f"a record of site {obj['site']!r}, not {site!r}")
+        obj["through"] = int(obj["through"])
+        if not isinstance(obj["complete"], dict):
+            raise ValueError("no windows")
+        for windows in obj["complete"].values():
+            _CompleteSums()._decode(windows)
+    except UnusableRecord:
+        raise
+    except Exception as exc:  # noqa: BLE001 — whatever is wrong with it, the record is what cannot be used
+        raise UnusableRecord(f"{type(exc).__name__}: {exc}") from exc
     return obj
 
 
 def complete_gap(blob: bytes, complete: bytes | None) -> str | None:
-    """Why the complete windows a checkpoint left out are not all in ``complete`` (None: they are, or it left
-    none out). :func:`restore_site` restores the rest; the annual figure then lacks the missing days."""
+    """Why the complete windows a checkpoint left out are not those of ``complete`` (None: they are, or it left
+    none out); :class:`UnusableRecord` if ``complete`` cannot be read. :func:`restore_site` restores the rest;
+    the annual figure then lacks the missing days.
+
+    The record a checkpoint names holds exactly the windows up to its mark: a record newer than the mark
+    has replaced it (a writer that did not know the checkpoint) and may lack old windows forgotten since.
+    """
     import msgspec
 
     state = msgspec.msgpack.decode(blob)
@@ -895,15 +916,18 @@ def complete_gap(blob: bytes, complete: bytes | None) -> str | None:
         return f"its complete windows up to {mark} were saved apart, and that record is missing"
     if record["through"] < mark:
         return f"its complete windows up to {mark} were saved apart, and that record reaches {record['through']} only"
+    if record["through"] > mark:
+        return (f"its complete windows up to {mark} were saved apart, and that record was replaced by one up to "
+                f"{record['through']}, which may lack the oldest of them")
     return None
 
 
 def restore_site(engine: StreamEngine, blob: bytes, complete: bytes | None = None) -> str:
     """Load a site's state from :func:`snapshot_sites` into ``engine`` (replacing what it had); returns the site.
 
-    ``complete``: the site's newest record of :func:`snapshot_complete`, for a checkpoint that left its complete
-    windows out; its windows after the checkpoint's mark are not taken (the checkpoint has its own, or the
-    replay after it makes them again).
+    ``complete``: the site's record of :func:`snapshot_complete` that a checkpoint leaving its complete windows
+    out names; its windows after the checkpoint's mark are not taken (the checkpoint has its own, or the replay
+    after it makes them again). :class:`UnusableRecord` if it cannot be read, before anything is changed.
     """
     import msgspec
 

@@ -19,7 +19,14 @@ import numpy as np
 import pandas as pd
 
 from dcpue.analytics.energy import PointIds
-from dcpue.analytics.stream import StreamEngine, complete_gap, restore_site, snapshot_complete, snapshot_sites
+from dcpue.analytics.stream import (
+    StreamEngine,
+    UnusableRecord,
+    complete_gap,
+    restore_site,
+    snapshot_complete,
+    snapshot_sites,
+)
 from dcpue.errors import CommitError, DecodeError, SinkError
 from dcpue.ports import Consumer, Message, Producer, ResultSink, StateStore, days_key, state_key_site
 from dcpue.registry import Registry
@@ -146,7 +153,9 @@ class DaysRecords:
     """
 
     acked: dict[int, int] = field(default_factory=dict)
-    pinned: set[int] = field(default_factory=set)
+    # a holder that has had no checkpoint acknowledged yet knows neither slot is free: a predecessor's checkpoint,
+    # even one of its saves landing late, may name either
+    pinned: set[int] = field(default_factory=lambda: {0, 1})
 
     def plan(self, newest: int | None) -> tuple[int | None, int | None]:
         """(slot to write a new record to, or None; slot the checkpoint names, or None) for a site whose newest
@@ -237,7 +246,7 @@ class AnalyticsWorker:
         self._touched: set[str] = set()  # sites changed since the last checkpoint
         self._owned: set[str] = set()  # sites whose state this worker holds
         self._restorable: dict[str, Checkpoint] = {}  # checkpoints of sites not yet seen since assignment
-        self._restorable_days: dict[str, dict[int, bytes]] = {}  # and their days records, by slot
+        self._restorable_days: dict[str, bytes] = {}  # and the days record each of those names
         self._days: dict[str, DaysRecords] = {}  # held sites' days records: checkpoints leave their days out
         self._position: dict[str, tuple[int, int]] = {}  # site → (partition, next offset) processed
         self._skip_before: dict[str, tuple[int, int]] = {}  # site → position its restored state includes
@@ -467,13 +476,14 @@ class AnalyticsWorker:
         """
         checkpoints = self.state.load_states(partitions) if self.state is not None else {}
         loaded = 0
+        records: dict[str, dict[int, bytes]] = {}
         for key, blob in checkpoints.items():
             site = state_key_site(key)
             if site in self._owned or site not in self.registry.site_map:
                 continue
             slot = next((slot for slot in (0, 1) if key == days_key(site, slot)), None)
             if slot is not None:
-                self._restorable_days.setdefault(site, {})[slot] = blob
+                records.setdefault(site, {})[slot] = blob
                 continue
             if key != site:  # a part this version does not know
                 continue
@@ -483,6 +493,10 @@ class AnalyticsWorker:
             except Exception as exc:  # noqa: BLE001 — a bad checkpoint means starting that site afresh
                 self._count_error("bad_checkpoint")
                 log.error("checkpoint of site %s unusable, starting it afresh: %s", site, exc)
+        for site, checkpoint in self._restorable.items():  # only the days record each checkpoint names is kept
+            named = records.get(site, {}).get(checkpoint.days_slot) if checkpoint.days_slot is not None else None
+            if named is not None:
+                self._restorable_days[site] = named
         if self.alerts is not None:
             gained = self._sites_on(partitions) - self._alert_sites
             self.alerts.own(gained)
@@ -546,19 +560,17 @@ class AnalyticsWorker:
     def _take(self, site: str) -> None:
         """Start holding ``site``: restore its checkpoint if there is one."""
         checkpoint = self._restorable.pop(site, None)
-        records = self._restorable_days.pop(site, {})
+        days = self._restorable_days.pop(site, None)
         if self.alerts is not None and site not in self._alert_sites:  # keyed onto a partition unexpectedly
             self.alerts.own({site})
             self._alert_sites.add(site)
             self._restore_alerts(site, checkpoint)
-        if checkpoint is not None:
-            # the slot its checkpoint names is never rewritten while a checkpoint on the store may name it
-            self._days[site] = DaysRecords(pinned=set() if checkpoint.days_slot is None else {checkpoint.days_slot})
-            days = records.get(checkpoint.days_slot) if checkpoint.days_slot is not None else None
+        self._days[site] = DaysRecords()  # no days record is written over until a checkpoint of ours is acknowledged
+        if checkpoint is not None and checkpoint.state:  # (empty: saved for the site's alerts alone)
             try:
                 try:
-                    gap = complete_gap(checkpoint.state, days) if checkpoint.state else None
-                except ValueError as exc:  # an unreadable record costs its days, not the rest of the checkpoint
+                    gap = complete_gap(checkpoint.state, days)
+                except UnusableRecord as exc:  # an unreadable record costs its days, not the rest of the checkpoint
                     gap, days = f"its days record is unusable ({exc})", None
                 if gap:  # the state store lost a record: the annual figure lacks those days, the rest goes on
                     self._count_error("bad_checkpoint")
@@ -571,6 +583,8 @@ class AnalyticsWorker:
                          checkpoint.partition, checkpoint.offset)
                 self.stats.sites_restored += 1
             except Exception as exc:  # noqa: BLE001
+                self.engine.drop_sites({site})  # nothing half restored stays: the site starts afresh, as logged
+                self._skip_before.pop(site, None)
                 self._count_error("bad_checkpoint")
                 log.error("checkpoint of site %s unusable, starting it afresh: %s", site, exc)
         self._owned.add(site)

@@ -544,11 +544,12 @@ def test_restoring_a_site_replaces_everything_the_engine_held_of_it(reg):
 
 def test_complete_days_saved_apart_restore_the_same_state_as_days_carried_by_the_checkpoint(reg):
     """A checkpoint may leave the days up to a mark to a record of their own (written once a day, not with every
-    checkpoint): restored with that record, or with a newer one, the engine goes on exactly as from a checkpoint
-    that carries every day; without it, what is missing is named and the rest restored."""
+    checkpoint): restored with that record the engine goes on exactly as from a checkpoint that carries every
+    day; with a newer one too (which is named: it may lack days forgotten since); without it, or with an older or
+    unreadable one, what is missing is named and the rest restored."""
     import msgspec
 
-    from dcpue.analytics.stream import complete_gap, restore_site, snapshot_complete, snapshot_sites
+    from dcpue.analytics.stream import UnusableRecord, complete_gap, restore_site, snapshot_complete, snapshot_sites
 
     chunks = chunked(fleet_readings(3 * 24 * 60 + 240), 180)
     engine = StreamEngine(reg, emit_groups=False)
@@ -574,7 +575,8 @@ def test_complete_days_saved_apart_restore_the_same_state_as_days_carried_by_the
     for records in (first, newer):
         resumed = StreamEngine(reg, emit_groups=False)
         for site, blob in apart.items():
-            assert complete_gap(blob, records[site][1]) is None
+            gap = complete_gap(blob, records[site][1])
+            assert gap is None if records is first else "replaced" in gap
             restore_site(resumed, blob, records[site][1])
         for site in ("a", "b"):
             pd.testing.assert_frame_equal(resumed._complete["1d"].frame([site]), engine._complete["1d"].frame([site]))  # noqa: SLF001
@@ -588,5 +590,12 @@ def test_complete_days_saved_apart_restore_the_same_state_as_days_carried_by_the
     assert partial._complete["1d"].frame(["a"]).index.get_level_values("start_ms").tolist() == [T0]  # noqa: SLF001
     with pytest.raises(ValueError, match="unsupported engine state"):
         restore_site(partial, first["a"][1])
-    with pytest.raises(ValueError, match="of site 'b'"):
-        restore_site(partial, apart["a"], first["b"][1])
+    record = msgspec.msgpack.decode(first["a"][1])
+    day = record["complete"]["1d"]
+    truncated = msgspec.msgpack.encode(record | {"complete": {"1d": day | {"sums": day["sums"][:-8]}}})
+    for bad, why in ((first["b"][1], "of site 'b'"), (b"\xc1", "Decode"), (truncated, "reshape")):
+        with pytest.raises(UnusableRecord, match=why):
+            complete_gap(apart["a"], bad)
+        with pytest.raises(UnusableRecord, match=why):  # found before anything was changed
+            restore_site(partial, apart["a"], bad)
+        assert partial._complete["1d"].frame(["a"]).index.get_level_values("start_ms").tolist() == [T0]  # noqa: SLF001

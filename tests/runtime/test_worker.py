@@ -474,9 +474,11 @@ def test_an_unreadable_days_record_costs_its_days_not_the_rest_of_the_checkpoint
 def test_a_days_record_never_replaces_one_a_checkpoint_on_the_store_may_name():
     from dcpue.runtime.worker import DaysRecords
 
-    days = DaysRecords()
+    days = DaysRecords()  # a new holder: a checkpoint of a predecessor, even one landing late, may name either record
     assert days.plan(None) == (None, None)  # no complete day: nothing to write, nothing to name
-    assert days.plan(1) == (0, None)  # the first day: a record, and the checkpoint carries the day itself
+    assert days.plan(1) == (None, None)  # so the first checkpoint carries its days and writes no record
+    days.saved(None, 1, None)
+    assert days.plan(1) == (0, None)  # now a record, and the checkpoint still carries the day itself
     days.saved(0, 1, None)
     assert days.plan(1) == (None, 0)  # from now on the checkpoint leaves day 1 to record 0
     days.saved(None, 1, 0)
@@ -489,3 +491,29 @@ def test_a_days_record_never_replaces_one_a_checkpoint_on_the_store_may_name():
     assert days.plan(3) == (0, 1)
     days.failed(0, 1)  # record 0 may hold day 2's or day 3's record: named by nothing until written again
     assert days.acked == {1: 2} and days.plan(3) == (0, 1)
+
+
+def test_a_checkpoint_that_fails_halfway_through_its_restore_leaves_nothing_of_it_behind(tmp_path):
+    """The site starts afresh, as the log says: no running sums, windows or clock of the broken checkpoint stay in
+    the engine, and the failure is counted once."""
+    import msgspec
+
+    from dcpue.runtime.worker import Checkpoint
+
+    reg, parts = _days_fleet(1)
+    store = _RecordingStore(tmp_path / "w.sqlite").setup()
+    bus = _published(parts)
+    _run_worker(reg, parts, store, bus, steps=4)
+    saved = Checkpoint.decode(store.load_states()["a"])
+    state = msgspec.msgpack.decode(saved.state)
+    assert state["max_ts"] is not None and state["open"]["rows"] > 0
+    state["acc"]["1d"] = {"columns": ["facility_kwh"], "rows": 3, "coded": [], "blocks": [[b"\x00", [0]]]}
+    store.save_states({"a": Checkpoint(saved.partition, saved.offset, msgspec.msgpack.encode(state)).encode()})
+    settings = Settings(bus={"commit_interval_s": 0})
+    second = AnalyticsWorker(reg, settings, bus.consumer([settings.bus.topics.readings], "g"), store, state=store)
+    second._take("a")  # noqa: SLF001 (what its first message does)
+    assert second.stats.sites_restored == 0 and second.stats.errors == {"bad_checkpoint": 1}
+    engine = second.engine
+    assert "a" not in engine._max_ts and "a" not in engine._final_until  # noqa: SLF001
+    assert engine._open.empty and all(acc.empty for acc in engine._acc.values())  # noqa: SLF001
+    store.close()
