@@ -127,12 +127,15 @@ def test_tansu_rebalance_splits_partitions(tansu_broker: Server) -> None:
             first.poll(timeout_ms=200)
         assert len(first.assignment()) == 4
         second = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, **fast_consumer_config())
-        # the join needs a rebalance round of both members; on a loaded 2-core machine that took over 20 s once
+        # the join needs a rebalance round of both members; on a loaded 2-core machine that took over 20 s once.
+        # Two each is not enough: mid-rebalance a member may still show its previous generation's partitions while
+        # the other shows its new ones (both held 0 and 1 once)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             first.poll(timeout_ms=100)
             second.poll(timeout_ms=100)
-            if len(first.assignment()) == 2 and len(second.assignment()) == 2:
+            mine, theirs = first.assignment(), second.assignment()
+            if len(mine) == 2 and len(theirs) == 2 and not mine & theirs:
                 break
         parts = sorted(tp.partition for c in (first, second) for tp in c.assignment())
         assert parts == [0, 1, 2, 3], (first.assignment(), second.assignment())

@@ -335,12 +335,12 @@ class _RecordingStore(FileStore):
         super().save_states(states)
 
 
-def _days_fleet(days: int) -> tuple:
+def _days_fleet(days: int, batch_hours: int = 2) -> tuple:
     reg = registry(simple_site("a"))
     minutes = days * 24 * 60 + 240
     readings = pd.concat([counter_series("a", "facility.main", 150, minutes),
                           power_series("a", "it.ups", 100, minutes)])
-    parts = [part for _, part in readings.groupby((readings["ts"] - T0) // (2 * 3_600_000))]
+    parts = [part for _, part in readings.groupby((readings["ts"] - T0) // (batch_hours * 3_600_000))]
     return reg, parts
 
 
@@ -429,18 +429,18 @@ def test_a_days_record_that_lands_without_its_checkpoint_leaves_the_previous_che
                                                                                               monkeypatch):
     """Catching up, one commit can span days enough that the oldest kept days are forgotten meanwhile. If its new
     days record lands and its checkpoint does not, the worker that takes over restores the previous checkpoint:
-    the record that one names must still hold the days it left out. A year shrunk to 3 days makes it short."""
+    the record that one names must still hold the days it left out. A year shrunk to 2 days makes it short."""
     from dcpue.analytics import stream
 
-    monkeypatch.setattr(stream, "ANNUAL_DAYS", 3)
-    monkeypatch.setattr(stream.StreamEngine, "KEEP_COMPLETE_MS", {"1d": 4 * 86_400_000})
-    reg, parts = _days_fleet(12)
+    monkeypatch.setattr(stream, "ANNUAL_DAYS", 2)
+    monkeypatch.setattr(stream.StreamEngine, "KEEP_COMPLETE_MS", {"1d": 3 * 86_400_000})
+    reg, parts = _days_fleet(9, batch_hours=6)
     store = _RecordingStore(tmp_path / "w.sqlite").setup()
     bus = _published(parts)
-    first = _run_worker(reg, parts, store, bus, steps=6 * 12 + 6)  # day 6, 12:00, one step a 2-hour batch
-    assert first.engine.newest_complete("a") == T0 + 5 * 86_400_000
-    store.land_only = lambda key: "#" in key  # five days in one step: the days record lands, the checkpoint not
-    assert first.step(timeout_s=0.1, max_records=5 * 12) == 5 * 12
+    first = _run_worker(reg, parts, store, bus, steps=4 * 4 + 2)  # day 4, 12:00, one step a 6-hour batch
+    assert first.engine.newest_complete("a") == T0 + 3 * 86_400_000
+    store.land_only = lambda key: "#" in key  # four days in one step: the days record lands, the checkpoint not
+    assert first.step(timeout_s=0.1, max_records=4 * 4) == 4 * 4
     assert first.stats.errors["state_write"] == 1
     second = _run_worker(reg, parts, store, bus)  # the first one is gone; the next takes over from the store
     assert second.stats.sites_restored == 1 and not second.stats.errors.get("bad_checkpoint")
