@@ -362,6 +362,19 @@ def _published(parts) -> InProcessBus:  # noqa: ANN001
     return bus
 
 
+def _assert_as_uninterrupted(store: FileStore, reg, parts, tmp_path, windows: tuple[str, ...]) -> None:  # noqa: ANN001
+    """``store``'s site windows equal those of one worker that ran through ``parts`` without a stop."""
+    whole = FileStore(tmp_path / "whole.sqlite").setup()
+    try:
+        _run_worker(reg, parts, whole, _published(parts))
+        for window in windows:
+            got, want = store.query_windows("site", window), whole.query_windows("site", window)
+            assert len(got) == len(want) > 0
+            np.testing.assert_allclose(got["facility_kwh"], want["facility_kwh"], rtol=1e-12)
+    finally:
+        whole.close()
+
+
 def test_a_sites_days_are_saved_apart_once_a_day_and_checkpoints_leave_them_out(tmp_path):
     """A year of daily sums is most of a site's state: it is written when a day completes, under the site's
     ``#days`` key, and the checkpoints written at every commit carry only what that record does not hold. A
@@ -370,14 +383,14 @@ def test_a_sites_days_are_saved_apart_once_a_day_and_checkpoints_leave_them_out(
 
     from dcpue.runtime.worker import Checkpoint
 
-    reg, parts = _days_fleet(3)
+    reg, parts = _days_fleet(3, batch_hours=4)
     store = _RecordingStore(tmp_path / "w.sqlite").setup()
     bus = _published(parts)
-    first = _run_worker(reg, parts, store, bus, steps=26)  # 52 hours: two days complete
+    first = _run_worker(reg, parts, store, bus, steps=14)  # 56 hours: two days complete
     days_saves = [[key for key in keys if "#" in key] for keys in store.saves]
     # once per completed day, not with every checkpoint; the second day's record does not replace the first's,
     # which the checkpoint acknowledged before it still names
-    assert len(store.saves) == 26 and [keys for keys in days_saves if keys] == [["a#days0"], ["a#days1"]]
+    assert len(store.saves) == 14 and [keys for keys in days_saves if keys] == [["a#days0"], ["a#days1"]]
     checkpoint = Checkpoint.decode(store.load_states()["a"])
     state = msgspec.msgpack.decode(checkpoint.state)
     assert state["complete_through"] == first.engine.newest_complete("a") == T0 + 24 * 3_600_000
@@ -388,16 +401,10 @@ def test_a_sites_days_are_saved_apart_once_a_day_and_checkpoints_leave_them_out(
 
     second = _run_worker(reg, parts, store, bus)
     assert second.stats.sites_restored == 1 and second.stats.errors.get("bad_checkpoint", 0) == 0
-    whole = FileStore(tmp_path / "whole.sqlite").setup()
-    _run_worker(reg, parts, whole, _published(parts))
-    for window in ("1d", "12mo"):
-        got, want = store.query_windows("site", window), whole.query_windows("site", window)
-        assert len(got) == len(want) > 0
-        np.testing.assert_allclose(got["facility_kwh"], want["facility_kwh"], rtol=1e-12)
+    _assert_as_uninterrupted(store, reg, parts, tmp_path, ("1d", "12mo"))
     annual = store.query_windows("site", "12mo").iloc[-1]
     assert annual["facility_kwh"] == pytest.approx(store.query_windows("site", "1d")["facility_kwh"].sum(), rel=1e-12)
     store.close()
-    whole.close()
 
 
 def test_a_failed_days_record_is_written_again_and_the_checkpoint_keeps_the_day_meanwhile(tmp_path):
@@ -444,31 +451,22 @@ def test_a_days_record_that_lands_without_its_checkpoint_leaves_the_previous_che
     assert first.stats.errors["state_write"] == 1
     second = _run_worker(reg, parts, store, bus)  # the first one is gone; the next takes over from the store
     assert second.stats.sites_restored == 1 and not second.stats.errors.get("bad_checkpoint")
-    whole = FileStore(tmp_path / "whole.sqlite").setup()
-    _run_worker(reg, parts, whole, _published(parts))
-    got, want = store.query_windows("site", "12mo"), whole.query_windows("site", "12mo")
-    assert len(got) == len(want) > 0
-    np.testing.assert_allclose(got["facility_kwh"], want["facility_kwh"], rtol=1e-12)
+    _assert_as_uninterrupted(store, reg, parts, tmp_path, ("12mo",))
     store.close()
-    whole.close()
 
 
 def test_an_unreadable_days_record_costs_its_days_not_the_rest_of_the_checkpoint(tmp_path):
-    reg, parts = _days_fleet(2)
+    reg, parts = _days_fleet(2, batch_hours=4)
     store = _RecordingStore(tmp_path / "w.sqlite").setup()
     bus = _published(parts)
-    _run_worker(reg, parts, store, bus, steps=20)  # 40 hours: a day complete and in its record
+    _run_worker(reg, parts, store, bus, steps=10)  # 40 hours: a day complete and in its record
     (key,) = [key for key in store.load_states() if "#" in key]
     store.save_states({key: b"\x00not a record"})
     second = _run_worker(reg, parts, store, bus)
     assert second.stats.sites_restored == 1 and second.stats.errors["bad_checkpoint"] == 1
     # the running day went on from the checkpoint: the second day's total is whole, as without the restart
-    whole = FileStore(tmp_path / "whole.sqlite").setup()
-    _run_worker(reg, parts, whole, _published(parts))
-    got, want = store.query_windows("site", "1d"), whole.query_windows("site", "1d")
-    np.testing.assert_allclose(got["facility_kwh"], want["facility_kwh"], rtol=1e-12)
+    _assert_as_uninterrupted(store, reg, parts, tmp_path, ("1d",))
     store.close()
-    whole.close()
 
 
 def test_a_days_record_never_replaces_one_a_checkpoint_on_the_store_may_name():
