@@ -890,8 +890,6 @@ def _decode_complete(record: bytes | None, site: str) -> dict[str, object] | Non
             raise ValueError("no windows")
         for windows in obj["complete"].values():
             _CompleteSums()._decode(windows)
-    except UnusableRecord:
-        raise
     except Exception as exc:  # noqa: BLE001 — whatever is wrong with it, the record is what cannot be used
         raise UnusableRecord(f"{type(exc).__name__}: {exc}") from exc
     return obj

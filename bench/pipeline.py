@@ -468,10 +468,10 @@ def run_paced(registry: Any, batches: list[Batch], readings: int, workdir: Path,
 
 def _state_topic_tally(dist: _Distributed) -> dict[str, Any]:
     """Every record the worker wrote to its state topic (the test broker does not compact): how many and how
-    large, checkpoints (key: site) and days records (``site#days``) apart."""
+    large, checkpoints (key: site) and days records (``site#days0``, ``site#days1``) apart."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from dcpue.ports import STATE_KEY_PART
+    from dcpue.ports import STATE_KEY_PART, state_key_site
 
     consumer = KafkaConsumer(bootstrap_servers=dist.broker.bootstrap_servers, enable_auto_commit=False)
     try:
@@ -487,7 +487,7 @@ def _state_topic_tally(dist: _Distributed) -> dict[str, Any]:
                     key = r.key.decode()
                     sizes["days_records" if STATE_KEY_PART in key else "checkpoints"].append(len(r.value))
                     if STATE_KEY_PART in key:
-                        sites_with_days.add(key.split(STATE_KEY_PART)[0])
+                        sites_with_days.add(state_key_site(key))
             if all(consumer.position(tp) >= (consumer.highwater(tp) or 0) for tp in tps):
                 break
     finally:

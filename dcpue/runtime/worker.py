@@ -169,7 +169,7 @@ class DaysRecords:
     def saved(self, write: int | None, newest: int | None, named: int | None) -> None:
         """The store acknowledged the checkpoint naming ``named`` and the record written to ``write``."""
         self.pinned = set() if named is None else {named}
-        if write is not None and newest is not None:
+        if write is not None and newest is not None:  # (a write is only planned for a site with a complete day)
             self.acked[write] = newest
 
     def failed(self, write: int | None, named: int | None) -> None:
@@ -412,12 +412,12 @@ class AnalyticsWorker:
                                        | {days_key(site, plans[site][1]): blob for site, (_, blob) in records.items()})
             except SinkError as exc:
                 for site, (_, write, named) in plans.items():
-                    self._days[site].failed(write if site in records else None, named)
+                    self._days[site].failed(write, named)
                 self._count_error("state_write")
                 log.warning("state checkpoint failed, offsets not committed: %s", exc)
                 return False
             for site, (newest, write, named) in plans.items():
-                self._days[site].saved(write if site in records else None, newest, named)
+                self._days[site].saved(write, newest, named)
         self._touched = set()
         self._alerts_touched = set()
         try:
@@ -572,7 +572,7 @@ class AnalyticsWorker:
                     gap = complete_gap(checkpoint.state, days)
                 except UnusableRecord as exc:  # an unreadable record costs its days, not the rest of the checkpoint
                     gap, days = f"its days record is unusable ({exc})", None
-                if gap:  # the state store lost a record: the annual figure lacks those days, the rest goes on
+                if gap:  # a record missing, replaced or unreadable: the annual figure may lack days; the rest goes on
                     self._count_error("bad_checkpoint")
                     log.error("checkpoint of site %s: %s; the rolling annual figure lacks those days", site, gap)
                 restore_site(self.engine, checkpoint.state, days)
