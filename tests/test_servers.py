@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -120,29 +121,43 @@ def test_tansu_rebalance_splits_partitions(tansu_broker: Server) -> None:
     topic = _create_topic(bootstrap)
     group = unique_name("dcpue-test-group")
     first = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, **fast_consumer_config())
-    second = None
+    second = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, **fast_consumer_config())
+    stop = threading.Event()
+    held: dict[int, set[Any]] = {0: set(), 1: set()}  # a consumer is not thread-safe: its own thread reads it
+
+    def member(index: int, consumer: KafkaConsumer) -> None:
+        while not stop.is_set():
+            consumer.poll(timeout_ms=100)
+            held[index] = consumer.assignment()
+
+    # each member polls back to back on its own thread, as members in their own processes do: kafka-python 3.0.12
+    # drops a join that completes while no poll waits for it, so two members polled in turn on one thread
+    # went on rebalancing for over 60 s on a loaded machine (the first held 2 and 3, the second nothing)
+    threads = [threading.Thread(target=member, args=(0, first))]
     try:
-        deadline = time.monotonic() + 10
-        while not first.assignment() and time.monotonic() < deadline:
-            first.poll(timeout_ms=200)
-        assert len(first.assignment()) == 4
-        second = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, **fast_consumer_config())
-        # the join needs a rebalance round of both members; on a loaded 2-core machine that took over 20 s once.
-        # Two each is not enough: mid-rebalance a member may still show its previous generation's partitions while
-        # the other shows its new ones (both held 0 and 1 once)
-        deadline = time.monotonic() + 60
+        threads[0].start()
+        deadline = time.monotonic() + 20
+        while len(held[0]) != 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(held[0]) == 4
+        threads.append(threading.Thread(target=member, args=(1, second)))
+        threads[1].start()
+        # mid-rebalance a member may still show its previous generation's partitions while the other shows its new
+        # ones (both held 0 and 1 once): wait for two each, disjoint
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            first.poll(timeout_ms=100)
-            second.poll(timeout_ms=100)
-            mine, theirs = first.assignment(), second.assignment()
+            mine, theirs = held[0], held[1]
             if len(mine) == 2 and len(theirs) == 2 and not mine & theirs:
                 break
-        parts = sorted(tp.partition for c in (first, second) for tp in c.assignment())
-        assert parts == [0, 1, 2, 3], (first.assignment(), second.assignment())
+            time.sleep(0.05)
+        assert sorted(tp.partition for tp in held[0] | held[1]) == [0, 1, 2, 3], held
+        assert not held[0] & held[1], held
     finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
         first.close()
-        if second is not None:
-            second.close()
+        second.close()
 
 
 @pytest.mark.parametrize("compression", ["gzip", "lz4", "zstd"])

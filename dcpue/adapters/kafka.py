@@ -209,6 +209,14 @@ class KafkaConsumerAdapter:
 
     durable_offsets = True  # offsets identify a record across restarts and workers
 
+    # kafka-python 3.0 (up to 3.0.12 at least) keeps only a group join that completes while a poll() is waiting
+    # for it: one that completes between polls is dropped and the next poll sends a new JoinGroup, which
+    # starts the group's rebalance over for every member. A caller that polls briefly and then works (or
+    # polls with timeout 0 while paused) may never join. So once a rebalance has begun, :meth:`poll` keeps
+    # polling back to back until it completes, for up to JOIN_WAIT_S.
+    JOIN_WAIT_S = 10.0
+    JOIN_SLICE_MS = 500
+
     def __init__(self, settings: KafkaSettings, topics: list[str], group_id: str | None = None,
                  fill_fetches: bool = False) -> None:
         """``fill_fetches``: fetches wait for ``fetch_min_bytes`` or ``fetch_max_wait_ms`` (the analytics worker's
@@ -222,6 +230,7 @@ class KafkaConsumerAdapter:
         self._consumer: Any = None
         self._subscribed = False
         self._events: list[tuple[str, list[int]]] = []
+        self._joining = False  # between a rebalance's revocation and its assignment
 
     def setup(self) -> KafkaConsumerAdapter:
         kafka = _kafka()
@@ -250,10 +259,12 @@ class KafkaConsumerAdapter:
 
         class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             def on_partitions_revoked(self, revoked: Any) -> None:
+                adapter._joining = True
                 adapter._events.append(("revoked", sorted(tp.partition for tp in revoked
                                                           if tp.topic == adapter.topics[0])))
 
             def on_partitions_assigned(self, assigned: Any) -> None:
+                adapter._joining = False
                 adapter._events.append(("assigned", sorted(tp.partition for tp in assigned
                                                            if tp.topic == adapter.topics[0])))
 
@@ -266,6 +277,9 @@ class KafkaConsumerAdapter:
         kafka = _kafka()
         try:
             batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+            deadline = time.monotonic() + self.JOIN_WAIT_S
+            while self._joining and time.monotonic() < deadline:  # see JOIN_WAIT_S
+                batches = self._consumer.poll(timeout_ms=self.JOIN_SLICE_MS, max_records=max_records)
         except kafka.errors.KafkaError as exc:
             if not exc.retriable:
                 raise
@@ -374,6 +388,7 @@ class KafkaTailConsumer:
         self.settings = settings
         self.topics = dict(topics)
         self._consumer: Any = None
+        self._earliest: list[Any] = []
 
     def setup(self) -> KafkaTailConsumer:
         kafka = _kafka()
@@ -390,11 +405,21 @@ class KafkaTailConsumer:
                 raise DcpueError(f"Kafka topic {topic} does not exist: run `dcpue topics create` first")
             by_start[start] += [kafka.TopicPartition(topic, p) for p in sorted(partitions)]
         self._consumer.assign(by_start["earliest"] + by_start["latest"])
+        self._earliest = by_start["earliest"]
         if by_start["earliest"]:
             self._consumer.seek_to_beginning(*by_start["earliest"])
         if by_start["latest"]:
             self._consumer.seek_to_end(*by_start["latest"])
         return self
+
+    def caught_up(self) -> bool:
+        """True once every topic read from ``"earliest"`` has been read to the end its last fetch reported (the
+        high watermark; not ``end_offsets()``, which some brokers answer per batch, see docs/testing.md)."""
+        for tp in self._earliest:
+            highwater = self._consumer.highwater(tp)
+            if highwater is None or self._consumer.position(tp) < highwater:
+                return False
+        return True
 
     def poll(self, timeout_s: float, max_records: int = 500) -> list[Message]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 NO_DAY = -(2**63)  # older than any day start
 
 DEAD_LETTER_COLUMNS = ["topic", "key", "reason", "payload"]
+INPUTS_LOAD_S = 30.0  # longest a starting worker waits for the silences topic before evaluating alerts
 
 
 @dataclass
@@ -234,6 +235,7 @@ class AnalyticsWorker:
         self.alerts = alerts  # a dcpue.analytics.alerts.engine.AlertEngine, or None
         self.alert_output = alert_output  # where its events go (history, alerts topic, webhooks)
         self.health = health
+        self._inputs_loaded = False  # the silences set before this worker started have been read
         self.cooling = cooling  # a dcpue.runtime.cooling.CoolingAdvisor, or None
         self.recommendation_output = recommendation_output  # store, InfluxDB, recommendations topic
         self._alert_sites: set[str] = set()  # sites whose alerts this worker answers for
@@ -611,7 +613,7 @@ class AnalyticsWorker:
 
         records: list[dict[str, Any]] = []
         letters: list[pd.DataFrame] = []
-        for message in self.health.poll(0.0, 1000):
+        for message in self._alert_input_messages():
             try:
                 if message.topic == self.settings.bus.topics.silences:
                     with self.alerts.lock:
@@ -639,6 +641,24 @@ class AnalyticsWorker:
                 elif not record.get("sites") and not self._grouped:  # names no site: one worker has all
                     records.append(record)
         return records, letters
+
+    def _alert_input_messages(self) -> list[Message]:
+        """New records of the alert inputs. The first call reads the silences topic to where it ended at start-up,
+        so that no reading is evaluated before the silences set earlier: a restarted worker would notify them."""
+        assert self.health is not None
+        messages = self.health.poll(0.0, 1000)
+        caught_up = getattr(self.health, "caught_up", None)
+        if self._inputs_loaded or caught_up is None:
+            return messages
+        deadline = time.monotonic() + INPUTS_LOAD_S
+        while not caught_up():
+            if time.monotonic() > deadline:
+                log.warning("the silences topic was not read to its end in %.0f s: going on, applying them as they "
+                            "arrive", INPUTS_LOAD_S)
+                break
+            messages += self.health.poll(0.2, 1000)
+        self._inputs_loaded = True
+        return messages
 
     def _count_error(self, kind: str) -> None:
         self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1

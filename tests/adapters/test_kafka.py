@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pandas as pd
@@ -243,3 +244,81 @@ def test_every_state_record_of_a_site_lies_on_the_sites_partition(tansu_broker):
             assert store.load_states([partition]) == {key: key.encode() for s in on for key in (s, f"{s}#days0")}
     finally:
         store.close()
+
+
+def test_a_member_that_works_between_short_polls_still_joins_and_rebalances(tansu_broker):  # noqa: F811
+    """kafka-python 3.0.12 drops a join that completes between polls and starts the group's rebalance over:
+    a worker that polls with timeout 0 while paused, or briefly between steps, never joined (30 s tried)."""
+    topics, kafka, _ = kafka_setup(tansu_broker, "join")
+    create_topics(kafka, topics)
+    topic, group = topics.readings, unique_name("g")
+    first = KafkaConsumerAdapter(kafka, [topic], group_id=group).setup()
+    second = KafkaConsumerAdapter(kafka, [topic], group_id=group).setup()
+    assigned: dict[str, list[int]] = {}
+    first.on_assigned = lambda parts: assigned.__setitem__("first", parts)
+    second.on_assigned = lambda parts: assigned.__setitem__("second", parts)
+    stop = threading.Event()
+
+    def work(member: KafkaConsumerAdapter, timeout_s: float) -> None:
+        while not stop.is_set():
+            member.poll(timeout_s)
+            time.sleep(0.2)  # the worker's step
+
+    members = [threading.Thread(target=work, args=(first, 0.0)), threading.Thread(target=work, args=(second, 0.1))]
+    try:
+        deadline = time.monotonic() + 20
+        while "first" not in assigned and time.monotonic() < deadline:
+            first.poll(0.0)  # a paused worker's poll
+            time.sleep(0.2)
+        assert assigned.get("first") == [0, 1, 2, 3]
+
+        first.pause()  # the first worker's sink is down; the second worker starts
+        for member in members:
+            member.start()
+        deadline = time.monotonic() + 30
+        while len(assigned.get("second", [])) != 2 or len(assigned["first"]) != 2:
+            assert time.monotonic() < deadline, assigned
+            time.sleep(0.1)
+        assert sorted(assigned["first"] + assigned["second"]) == [0, 1, 2, 3]
+    finally:
+        stop.set()
+        for member in members:
+            if member.is_alive():
+                member.join()
+        first.close()
+        second.close()
+
+
+def test_a_starting_worker_reads_the_silences_set_before_it_before_any_reading(tansu_broker, tmp_path):  # noqa: F811
+    """The first step reads the silences topic to its end: a restarted worker evaluated its first readings before
+    the silences set through the API had arrived, and notified a silenced alert."""
+    from dcpue.adapters.kafka import KafkaTailConsumer
+    from dcpue.analytics.alerts.engine import AlertEngine
+    from dcpue.analytics.alerts.silences import Silence
+    from dcpue.runtime.alerts import silence_record
+
+    topics, kafka, settings = kafka_setup(tansu_broker, "silences")
+    create_topics(kafka, topics)
+    silences = [Silence(matchers=[("site", "=", f"site-{i}")], starts_at_ms=T0, ends_at_ms=T0 + 86_400_000,
+                        created_by="test") for i in range(3)]
+    producer = KafkaProducerAdapter(kafka).setup()
+    for silence in silences:
+        key, value = silence_record(silence)
+        producer.send(topics.silences, value, key=key)
+    producer.flush()
+    producer.close()
+
+    reg = registry(simple_site("a"))
+    alerts = AlertEngine(reg, settings.engine, settings.alerts)
+    inputs = KafkaTailConsumer(kafka, {topics.health: "latest", topics.silences: "earliest"}).setup()
+    consumer = KafkaConsumerAdapter(kafka, [topics.readings], group_id=unique_name("g")).setup()
+    store = FileStore(tmp_path / "s.sqlite").setup()
+    worker = AnalyticsWorker(reg, settings, consumer, store, alerts=alerts, alert_output=lambda events: None,
+                             health=inputs, clock=lambda: T0)
+    try:
+        worker.step(timeout_s=0.0)
+        assert sorted(s.id for s in alerts.silences.list()) == sorted(s.id for s in silences)
+        assert inputs.caught_up()
+    finally:
+        consumer.close()
+        inputs.close()
