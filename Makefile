@@ -2,6 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# the suite's processes (pytest-xdist): most tests wait on servers and child processes, so two use both cores;
+# PYTEST_WORKERS=0 runs it in this one process
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup setup-test demo test test-long lint audit clean
 
@@ -15,7 +18,7 @@ demo: setup
 	$(VENV)/bin/dcpue demo $(DEMO_ARGS)
 
 test: setup-test
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # the long profiles of the fault-injection and fuzz suites (docs/reliability.md, docs/testing.md)
 test-long: setup-test
