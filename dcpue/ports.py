@@ -39,7 +39,8 @@ class Producer(Protocol):
 
 class Consumer(Protocol):
     def poll(self, timeout_s: float, max_records: int = 500) -> list[Message]:
-        """Return up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
+        """Return up to ``max_records`` records, waiting at most ``timeout_s`` for the first (a group consumer
+        in the middle of a rebalance may wait longer, until it has its partitions again)."""
 
     def commit(self) -> None:
         """Mark every record returned so far as processed (call only after its results are written)."""

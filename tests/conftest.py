@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-FAULT_ROW = "dcpue_fault_scenario"
+from tests.faults.profiles import FAULT_ROW, PROFILE, RESULTS_ENV
+
 FAULT_ROWS: list[dict[str, Any]] = []
 
 
@@ -21,10 +22,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
-    if not FAULT_ROWS:
+    if not FAULT_ROWS or hasattr(config, "workerinput"):  # an xdist worker: the controller reports
         return
-    from tests.faults.profiles import PROFILE, RESULTS_ENV
-
+    FAULT_ROWS.sort(key=lambda row: row["scenario"])
     terminalreporter.section(f"fault scenarios ({PROFILE.name} profile)")
     for row in FAULT_ROWS:
         terminalreporter.write_line(

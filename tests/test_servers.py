@@ -125,10 +125,15 @@ def test_tansu_rebalance_splits_partitions(tansu_broker: Server) -> None:
     stop = threading.Event()
     held: dict[int, set[Any]] = {0: set(), 1: set()}  # a consumer is not thread-safe: its own thread reads it
 
+    failures: list[BaseException] = []
+
     def member(index: int, consumer: KafkaConsumer) -> None:
-        while not stop.is_set():
-            consumer.poll(timeout_ms=100)
-            held[index] = consumer.assignment()
+        try:
+            while not stop.is_set():
+                consumer.poll(timeout_ms=100)
+                held[index] = consumer.assignment()
+        except BaseException as exc:  # noqa: BLE001 — reported by the test, not lost with the thread
+            failures.append(exc)
 
     # each member polls back to back on its own thread, as members in their own processes do: kafka-python 3.0.12
     # drops a join that completes while no poll waits for it, so two members polled in turn on one thread
@@ -139,7 +144,7 @@ def test_tansu_rebalance_splits_partitions(tansu_broker: Server) -> None:
         deadline = time.monotonic() + 20
         while len(held[0]) != 4 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(held[0]) == 4
+        assert not failures and len(held[0]) == 4, (failures, held)
         threads.append(threading.Thread(target=member, args=(1, second)))
         threads[1].start()
         # mid-rebalance a member may still show its previous generation's partitions while the other shows its new
@@ -150,8 +155,9 @@ def test_tansu_rebalance_splits_partitions(tansu_broker: Server) -> None:
             if len(mine) == 2 and len(theirs) == 2 and not mine & theirs:
                 break
             time.sleep(0.05)
+        assert not failures, failures
+        assert len(held[0]) == len(held[1]) == 2, held
         assert sorted(tp.partition for tp in held[0] | held[1]) == [0, 1, 2, 3], held
-        assert not held[0] & held[1], held
     finally:
         stop.set()
         for thread in threads:

@@ -213,7 +213,8 @@ class KafkaConsumerAdapter:
     # for it: one that completes between polls is dropped and the next poll sends a new JoinGroup, which
     # starts the group's rebalance over for every member. A caller that polls briefly and then works (or
     # polls with timeout 0 while paused) may never join. So once a rebalance has begun, :meth:`poll` keeps
-    # polling back to back until it completes, for up to JOIN_WAIT_S.
+    # polling back to back until it completes, for up to JOIN_WAIT_S. (This relies on the eager protocol of
+    # kafka-python's default assignors, which report every assignment, an empty one included.)
     JOIN_WAIT_S = 10.0
     JOIN_SLICE_MS = 500
 
@@ -417,7 +418,10 @@ class KafkaTailConsumer:
         high watermark; not ``end_offsets()``, which some brokers answer per batch, see docs/testing.md)."""
         for tp in self._earliest:
             highwater = self._consumer.highwater(tp)
-            if highwater is None or self._consumer.position(tp) < highwater:
+            if highwater is None:
+                return False
+            position = self._consumer.position(tp, timeout_ms=1000)
+            if position is None or position < highwater:
                 return False
         return True
 

@@ -246,6 +246,58 @@ def test_every_state_record_of_a_site_lies_on_the_sites_partition(tansu_broker):
         store.close()
 
 
+class _JoiningClient:
+    """kafka-python's consumer as the adapter sees it during a rebalance: the revocation comes in the first
+    poll, the assignment in poll number ``assigned_at`` (never, if None), and only while a poll is running."""
+
+    def __init__(self, assigned_at: int | None) -> None:
+        self.assigned_at, self.polls, self.listener, self.held = assigned_at, [], None, set()
+
+    def subscribe(self, topics, listener):  # noqa: ANN001, ANN201
+        self.topic, self.listener = topics[0], listener
+
+    def poll(self, timeout_ms, max_records):  # noqa: ANN001, ANN201
+        from kafka.structs import TopicPartition
+
+        self.polls.append(timeout_ms)
+        if len(self.polls) == 1:
+            self.listener.on_partitions_revoked(set())
+        if len(self.polls) == self.assigned_at:
+            self.held = {TopicPartition(self.topic, 0), TopicPartition(self.topic, 1)}
+            self.listener.on_partitions_assigned(self.held)
+        time.sleep(0.01)
+        return {}
+
+    def assignment(self):  # noqa: ANN201
+        return set(self.held)
+
+    def committed(self, tp):  # noqa: ANN001, ANN201
+        return 7
+
+    def seek(self, tp, offset):  # noqa: ANN001, ANN201
+        pass
+
+
+def test_a_begun_rebalance_is_polled_to_its_end_inside_one_poll():
+    """kafka-python 3.0.12 keeps a join only if a poll is running when it completes: so once the revocation is
+    seen, one adapter poll keeps polling, back to back, until the assignment (or for at most JOIN_WAIT_S)."""
+    adapter = KafkaConsumerAdapter(KafkaSettings(), ["readings"], group_id="g")
+    assigned: list[list[int]] = []
+    adapter.on_assigned = assigned.append
+    adapter._consumer = client = _JoiningClient(assigned_at=5)
+    assert adapter.poll(0.0) == []
+    assert assigned == [[0, 1]] and len(client.polls) == 5
+    assert client.polls[1:] == [adapter.JOIN_SLICE_MS] * 4
+    assert adapter.poll(0.0) == [] and len(client.polls) == 6  # joined: one client poll again
+
+    adapter = KafkaConsumerAdapter(KafkaSettings(), ["readings"], group_id="g")
+    adapter.JOIN_WAIT_S = 0.3
+    adapter._consumer = client = _JoiningClient(assigned_at=None)  # the group never completes the rebalance
+    started = time.monotonic()
+    assert adapter.poll(0.0) == []
+    assert 0.3 <= time.monotonic() - started < 2 and len(client.polls) > 2
+
+
 def test_a_member_that_works_between_short_polls_still_joins_and_rebalances(tansu_broker):  # noqa: F811
     """kafka-python 3.0.12 drops a join that completes between polls and starts the group's rebalance over:
     a worker that polls with timeout 0 while paused, or briefly between steps, never joined (30 s tried)."""
@@ -299,12 +351,17 @@ def test_a_starting_worker_reads_the_silences_set_before_it_before_any_reading(t
 
     topics, kafka, settings = kafka_setup(tansu_broker, "silences")
     create_topics(kafka, topics)
-    silences = [Silence(matchers=[("site", "=", f"site-{i}")], starts_at_ms=T0, ends_at_ms=T0 + 86_400_000,
-                        created_by="test") for i in range(3)]
+    silences = [Silence(matchers=[("site", "=", site)], starts_at_ms=T0, ends_at_ms=T0 + 86_400_000,
+                        created_by="test") for site in ("a", "b", "c")]
     producer = KafkaProducerAdapter(kafka).setup()
     for silence in silences:
         key, value = silence_record(silence)
         producer.send(topics.silences, value, key=key)
+    # two hours at PUE 1.5: PueAboveTarget fires at the silenced site
+    readings = pd.concat([counter_series("a", "facility.main", 150, 120), power_series("a", "it.ups", 100, 120)])
+    for minute in range(0, 121, 10):
+        part = readings[(readings["ts"] >= T0 + minute * 60_000) & (readings["ts"] < T0 + (minute + 10) * 60_000)]
+        producer.send(topics.readings, encode_frame("a", part), key="a")
     producer.flush()
     producer.close()
 
@@ -313,12 +370,20 @@ def test_a_starting_worker_reads_the_silences_set_before_it_before_any_reading(t
     inputs = KafkaTailConsumer(kafka, {topics.health: "latest", topics.silences: "earliest"}).setup()
     consumer = KafkaConsumerAdapter(kafka, [topics.readings], group_id=unique_name("g")).setup()
     store = FileStore(tmp_path / "s.sqlite").setup()
-    worker = AnalyticsWorker(reg, settings, consumer, store, alerts=alerts, alert_output=lambda events: None,
-                             health=inputs, clock=lambda: T0)
+    events: list = []
+    worker = AnalyticsWorker(reg, settings, consumer, store, alerts=alerts, alert_output=events.extend,
+                             health=inputs, clock=lambda: T0 + 3 * 3_600_000)
     try:
         worker.step(timeout_s=0.0)
         assert sorted(s.id for s in alerts.silences.list()) == sorted(s.id for s in silences)
         assert inputs.caught_up()
+        deadline = time.monotonic() + 30
+        while worker.stats.messages < 13:
+            assert time.monotonic() < deadline, worker.stats
+            worker.step(timeout_s=0.5)
     finally:
         consumer.close()
         inputs.close()
+        store.close()
+    fired = [e for e in events if e.labels["alertname"] == "PueAboveTarget"]
+    assert fired and all(e.site == "a" and e.silenced for e in fired), events

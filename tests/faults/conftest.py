@@ -8,10 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import FAULT_ROW
-
 from .harness import RESULTS
-from .profiles import PROFILE, PROFILE_ENV, RESULTS_ENV
+from .profiles import FAULT_ROW, PROFILE, PROFILE_ENV, RESULTS_ENV
 
 
 def pytest_report_header(config: pytest.Config) -> str:

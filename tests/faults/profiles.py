@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 PROFILE_ENV = "FAULTS_PROFILE"
 RESULTS_ENV = "FAULTS_RESULTS"
+FAULT_ROW = "dcpue_fault_scenario"  # a scenario's result row, as a test report's user property (tests/conftest.py)
 
 
 @dataclass(frozen=True)
