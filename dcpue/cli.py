@@ -533,12 +533,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             feed_alerts = KafkaProducerAdapter(settings.bus.kafka).setup()
         feed = FeedService.from_settings(settings, store, registry, alerts=AlertOutput(
             producer=feed_alerts, topic=settings.bus.topics.alerts) if feed_alerts is not None else None).start()
-    server, _thread, port = serve_http(settings, store, registry, status, stop, errors,
-                                       not_ready=stage.worker.not_ready, alerts=alerts,
-                                       feed=feed.status if feed else None)
-    from dcpue.runtime.embedded import spawn_guarded
-
     side_stages = [s for s in (alert_stage, advice_stage) if s is not None]
+
+    def not_ready() -> str | None:  # every view read to the end of its topics: a restart serves no partial lists
+        return next((reason for view in (stage, *side_stages) if (reason := view.worker.not_ready())), None)
+
+    server, _thread, port = serve_http(settings, store, registry, status, stop, errors,
+                                       not_ready=not_ready, alerts=alerts, feed=feed.status if feed else None)
+    from dcpue.runtime.embedded import spawn_guarded
 
     def follow_side_topics() -> None:
         while not stop.is_set():

@@ -332,10 +332,18 @@ class AlertFeed:
         self.events = 0
         self.silence_records = 0
         self.malformed = 0
+        self.caught_up = False  # both topics read to where they ended (checked on the polling thread)
+
+    def not_ready(self) -> str | None:
+        """Why the alert view is not complete yet (for ``/readyz``), or None."""
+        return None if self.caught_up else "alert view is still reading the alerts and silences topics"
 
     def step(self, timeout_s: float = 0.5) -> int:
         """Apply one poll's records; returns how many."""
         messages = self.consumer.poll(timeout_s, 2000)
+        if not self.caught_up:
+            check = getattr(self.consumer, "caught_up", None)
+            self.caught_up = check() if check is not None else not messages
         events = []
         for message in messages:
             try:

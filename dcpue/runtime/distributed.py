@@ -321,11 +321,19 @@ class RecommendationFeed:
         self.store = store
         self.records = 0
         self.malformed = 0
+        self.caught_up = False  # the topic read to where it ended (checked on the polling thread)
+
+    def not_ready(self) -> str | None:
+        """Why the recommendations view is not complete yet (for ``/readyz``), or None."""
+        return None if self.caught_up else "recommendation view is still reading the recommendations topic"
 
     def step(self, timeout_s: float = 0.5) -> int:
         import json
 
         messages = self.consumer.poll(timeout_s, 2000)
+        if not self.caught_up:
+            check = getattr(self.consumer, "caught_up", None)
+            self.caught_up = check() if check is not None else not messages
         records = []
         for message in messages:
             try:

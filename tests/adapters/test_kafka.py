@@ -387,3 +387,49 @@ def test_a_starting_worker_reads_the_silences_set_before_it_before_any_reading(t
         store.close()
     fired = [e for e in events if e.labels["alertname"] == "PueAboveTarget"]
     assert fired and all(e.site == "a" and e.silenced for e in fired), events
+
+
+def test_serves_side_views_are_not_ready_until_their_topics_are_read_to_the_end(tansu_broker, tmp_path):  # noqa: F811
+    """`dcpue serve`'s alert and recommendation views read compacted topics from their start: /readyz waits for
+    them, or a restarted serve would answer with part of the silences, alerts or recommendations."""
+    from dcpue.adapters.kafka import KafkaTailConsumer
+    from dcpue.analytics.alerts.model import AlertEvent, Status
+    from dcpue.analytics.alerts.silences import Silence
+    from dcpue.runtime.alerts import AlertBoard, AlertFeed, AlertHistory, event_record, silence_record
+    from dcpue.runtime.distributed import RecommendationFeed
+
+    topics, kafka, _ = kafka_setup(tansu_broker, "views")
+    create_topics(kafka, topics)
+    producer = KafkaProducerAdapter(kafka).setup()
+    key, value = silence_record(Silence(matchers=[("site", "=", "a")], starts_at_ms=T0, ends_at_ms=T0 + 3_600_000,
+                                        created_by="test"))
+    producer.send(topics.silences, value, key=key)
+    events = [AlertEvent(f"fp{i}", Status.FIRING, {"alertname": "PueAboveTarget", "site": "a"}, {}, T0 + i, None,
+                         1.3, 1) for i in range(300)]
+    for event in events:
+        producer.send(topics.alerts, json.dumps(event_record(event)).encode(), key="a")
+    for i in range(300):
+        producer.send(topics.recommendations, json.dumps({"site": f"s{i}", "ts_ms": T0}).encode(), key=f"s{i}")
+    producer.flush()
+    producer.close()
+
+    history = AlertHistory(tmp_path / "alerts.sqlite").setup()
+    board = AlertBoard(history)
+    alert_view = AlertFeed(KafkaTailConsumer(kafka, {topics.alerts: "earliest", topics.silences: "earliest"}).setup(),
+                           history, board, topics.alerts, topics.silences)
+    store = FileStore(tmp_path / "view.sqlite").setup()
+    advice_view = RecommendationFeed(KafkaTailConsumer(kafka, {topics.recommendations: "earliest"}).setup(), store)
+    try:
+        for view in (alert_view, advice_view):
+            assert view.not_ready()
+            deadline = time.monotonic() + 20
+            while view.not_ready():
+                assert time.monotonic() < deadline
+                view.step(0.0)  # as serve's side thread polls, briefly
+        assert len(history.recent(limit=1000)) == 300 and len(board.silences.list()) == 1
+        assert advice_view.records == 300
+    finally:
+        alert_view.consumer.close()
+        advice_view.consumer.close()
+        history.close()
+        store.close()
