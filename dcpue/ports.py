@@ -48,6 +48,13 @@ class Consumer(Protocol):
     def close(self) -> None: ...
 
 
+def read_to_end(consumer: Consumer, polled: list[Message]) -> bool:
+    """Whether ``consumer`` has read its topics to their end: its own ``caught_up()`` where it has one (Kafka:
+    a group consumer may poll nothing while it joins), else whether its last poll, ``polled``, was empty."""
+    check = getattr(consumer, "caught_up", None)
+    return bool(check()) if check is not None else not polled
+
+
 class ResultSink(Protocol):
     """Where analytics results are written: the local file store embedded, InfluxDB distributed."""
 

@@ -18,7 +18,7 @@ import pandas as pd
 from dcpue.analytics.groups import GroupAggregator
 from dcpue.analytics.pue import MetricParams
 from dcpue.errors import CommitError, DecodeError, SinkError
-from dcpue.ports import Consumer, Message, ResultSink, StateStore
+from dcpue.ports import Consumer, Message, ResultSink, StateStore, read_to_end
 from dcpue.registry import Registry
 from dcpue.runtime.worker import Backoff
 from dcpue.settings import Settings
@@ -214,9 +214,6 @@ class MetricsView:
     def step(self, timeout_s: float = 0.5, max_records: int = 500) -> int:
         """Apply one poll of window rows to the store; returns the number of messages."""
         messages = self.consumer.poll(timeout_s, max_records)
-        if not self.caught_up:
-            check = getattr(self.consumer, "caught_up", None)  # a group consumer may poll empty while joining
-            self.caught_up = check() if check is not None else not messages
         frames = decode_window_messages(messages, self.stats)
         if frames:
             rows = pd.concat(frames, ignore_index=True)
@@ -233,6 +230,7 @@ class MetricsView:
                 self.consumer.commit()
             except CommitError as exc:
                 log.info("view offsets not committed (%s); re-applying rows is harmless", exc)
+        self.caught_up = self.caught_up or read_to_end(self.consumer, messages)  # once this poll's rows are in
         return len(messages)
 
     def checkpoint(self) -> bool:

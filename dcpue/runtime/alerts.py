@@ -18,7 +18,7 @@ from typing import Any
 
 from dcpue.analytics.alerts.model import AlertEvent
 from dcpue.errors import SinkError
-from dcpue.ports import Producer
+from dcpue.ports import Producer, read_to_end
 
 log = logging.getLogger(__name__)
 
@@ -341,9 +341,6 @@ class AlertFeed:
     def step(self, timeout_s: float = 0.5) -> int:
         """Apply one poll's records; returns how many."""
         messages = self.consumer.poll(timeout_s, 2000)
-        if not self.caught_up:
-            check = getattr(self.consumer, "caught_up", None)
-            self.caught_up = check() if check is not None else not messages
         events = []
         for message in messages:
             try:
@@ -359,6 +356,7 @@ class AlertFeed:
         if events:
             self.history.write(events)
             self.events += len(events)
+        self.caught_up = self.caught_up or read_to_end(self.consumer, messages)  # once this poll's records are in
         return len(messages)
 
     def status(self) -> dict[str, int]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dcpue.ports import read_to_end
 from dcpue.registry import Registry
 from dcpue.runtime.aggregator import GroupWorker
 from dcpue.runtime.sinks import BusResultSink, FanoutSink
@@ -331,9 +332,6 @@ class RecommendationFeed:
         import json
 
         messages = self.consumer.poll(timeout_s, 2000)
-        if not self.caught_up:
-            check = getattr(self.consumer, "caught_up", None)
-            self.caught_up = check() if check is not None else not messages
         records = []
         for message in messages:
             try:
@@ -347,6 +345,7 @@ class RecommendationFeed:
         if records:
             self.store.write_recommendations(records)
             self.records += len(records)
+        self.caught_up = self.caught_up or read_to_end(self.consumer, messages)  # once this poll's records are in
         return len(messages)
 
     def status(self) -> dict[str, int]:

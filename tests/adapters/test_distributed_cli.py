@@ -120,12 +120,12 @@ def test_collect_and_analyze_processes_fill_influxdb(tansu_broker, victoria_metr
     try:
         first = serve.stdout.readline()
         url = first.split(" at ", 1)[1].split(" ", 1)[0]
-        for _ in range(60):  # not ready until the view has read the metrics topic to its end
+        for _ in range(60):  # not ready until every view has read its topics to the end
             try:
                 with urllib.request.urlopen(f"{url}readyz", timeout=5):
                     break
             except urllib.error.HTTPError as exc:
-                assert exc.code == 503 and "metrics topic" in exc.read().decode()
+                assert exc.code == 503 and "view is still reading" in exc.read().decode()
             time.sleep(0.5)
         rows: list = []
         for _ in range(40):

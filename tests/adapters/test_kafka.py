@@ -390,8 +390,8 @@ def test_a_starting_worker_reads_the_silences_set_before_it_before_any_reading(t
 
 
 def test_serves_side_views_are_not_ready_until_their_topics_are_read_to_the_end(tansu_broker, tmp_path):  # noqa: F811
-    """`dcpue serve`'s alert and recommendation views read compacted topics from their start: /readyz waits for
-    them, or a restarted serve would answer with part of the silences, alerts or recommendations."""
+    """`dcpue serve`'s alert and recommendation views read their topics from the start: /readyz waits for them,
+    or a restarted serve could answer with part of the silences, alerts or recommendations."""
     from dcpue.adapters.kafka import KafkaTailConsumer
     from dcpue.analytics.alerts.model import AlertEvent, Status
     from dcpue.analytics.alerts.silences import Silence
