@@ -197,6 +197,16 @@ def partition_for_key(key: str, partitions: int) -> int:
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
+def _at_highwater(consumer: Any, tp: Any) -> bool:
+    """Whether a kafka-python ``consumer`` has read partition ``tp`` up to the high watermark its last fetch
+    reported (False before any fetch answered)."""
+    highwater = consumer.highwater(tp)
+    if highwater is None:
+        return False
+    position = consumer.position(tp, timeout_ms=1000)
+    return position is not None and position >= highwater
+
+
 class KafkaConsumerAdapter:
     """:class:`~dcpue.ports.Consumer` in a consumer group, committing only when told to.
 
@@ -325,21 +335,14 @@ class KafkaConsumerAdapter:
         assignment = self._consumer.assignment() if self._consumer is not None else set()
         if not assignment:
             return False
-        for tp in assignment:
-            highwater = self._consumer.highwater(tp)
-            if highwater is None or self._consumer.position(tp) < highwater:
-                return False
-        return True
+        return all(_at_highwater(self._consumer, tp) for tp in assignment)
 
     def caught_up_partitions(self) -> set[int]:
         """Assigned partitions of the first subscribed topic whose position has reached the high watermark
         last reported by the broker (no backlog known)."""
         done = set()
         for tp in self._consumer.assignment() if self._consumer is not None else ():
-            if tp.topic != self.topics[0]:
-                continue
-            highwater = self._consumer.highwater(tp)
-            if highwater is not None and self._consumer.position(tp) >= highwater:
+            if tp.topic == self.topics[0] and _at_highwater(self._consumer, tp):
                 done.add(tp.partition)
         return done
 
@@ -416,14 +419,7 @@ class KafkaTailConsumer:
     def caught_up(self) -> bool:
         """True once every topic read from ``"earliest"`` has been read to the end its last fetch reported (the
         high watermark; not ``end_offsets()``, which some brokers answer per batch, see docs/testing.md)."""
-        for tp in self._earliest:
-            highwater = self._consumer.highwater(tp)
-            if highwater is None:
-                return False
-            position = self._consumer.position(tp, timeout_ms=1000)
-            if position is None or position < highwater:
-                return False
-        return True
+        return all(_at_highwater(self._consumer, tp) for tp in self._earliest)
 
     def poll(self, timeout_s: float, max_records: int = 500) -> list[Message]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
@@ -506,8 +502,7 @@ class KafkaStateStore:
                             states.pop(r.key.decode(), None)
                         else:
                             states[r.key.decode()] = r.value
-                highwater = {tp: consumer.highwater(tp) for tp in tps}
-                if all(h is not None and consumer.position(tp) >= h for tp, h in highwater.items()):
+                if all(_at_highwater(consumer, tp) for tp in tps):
                     return states
                 if time.monotonic() > next_report:
                     next_report += 10
