@@ -160,11 +160,28 @@ class KafkaProducerAdapter:
                             f"{_why_unacknowledged(failed[0])}")
 
     def close(self, timeout_s: float | None = None) -> None:
-        """Send what is queued (waiting up to ``timeout_s``, default ``send_timeout_s``) and disconnect."""
-        if self._producer is not None:
-            self._producer.close(timeout=self.settings.send_timeout_s if timeout_s is None else timeout_s)
-            self._producer = None
-            self._futures = []
+        """Send what is queued (waiting up to ``timeout_s``, default ``send_timeout_s``) and disconnect.
+
+        Records still unacknowledged then are dropped with a warning: their senders have not committed or
+        acknowledged anything past them (the spool keeps them, a worker's offsets stay behind them).
+        """
+        producer, self._producer, self._futures = self._producer, None, []
+        if producer is None:
+            return
+        timeout = self.settings.send_timeout_s if timeout_s is None else timeout_s
+        try:
+            producer.close(timeout=timeout)
+        except _kafka().errors.KafkaTimeoutError:
+            # kafka-python's close flushes first and raises on the flush's timeout, leaving its network thread and
+            # connections up: every close while the broker was away leaked them. Stop the thread without sending
+            # (it fails the queued records), then close again: nothing is left to flush.
+            log.warning("Kafka producer closed with records unacknowledged after %g s; they are dropped here and "
+                        "sent again by their owner", timeout)
+            sender = getattr(producer, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+                sender.join(self.settings.send_timeout_s)
+            producer.close(timeout=0)
 
 
 def unacknowledged(futures: list[Any]) -> list[Any]:

@@ -175,3 +175,63 @@ def test_a_collector_killed_mid_spool_delivers_the_spool_after_its_restart(kafka
     killed_run = readings_of(held)
     want = expected_readings(sites, int(killed_run["ts"].max()))
     assert unique(killed_run) == unique(want)  # and the spool held everything the killed run had made
+
+
+def _producer_threads() -> list[str]:
+    """The network threads of kafka-python producers still running in this process."""
+    import threading
+
+    from kafka.producer.sender import Sender
+
+    return [t.name for t in threading.enumerate() if isinstance(t, Sender) and t.is_alive()]
+
+
+def test_a_forwarder_that_drops_its_producer_in_an_outage_leaves_no_producer_running(kafka, tmp_path: Path):
+    """A forward that times out drops the producer with records still queued in it. kafka-python's close raised
+    its timeout error then and left the producer's network thread running through the outage; if the producer
+    was garbage-collected before the broker came back, its ``__del__`` close timed out too and nothing stopped
+    the thread: one more for every outage, for the collector's lifetime."""
+    from dcpue.adapters.kafka import KafkaProducerAdapter
+    from dcpue.ingest.spool import Forwarder, Spool, SpoolRecord
+
+    netcut, _ = kafka
+    prefix = unique_name("drop")
+    topics = TopicSettings(**{name: f"{prefix}.{name}.v1" for name in TopicSettings.model_fields})
+    create_topics(KafkaSettings(bootstrap_servers=netcut.address, partitions=1), topics)
+    topic = topics.readings
+    settings = KafkaSettings(bootstrap_servers=netcut.address, send_timeout_s=1.0)
+    before = _producer_threads()
+    spool = Spool(tmp_path / "s.sqlite", max_bytes=1 << 24).open()
+    forwarder = Forwarder(spool, lambda: KafkaProducerAdapter(settings).setup(), batch=5, max_backoff_s=0.5,
+                          send_timeout_s=1.0).start()
+    sent = 0
+
+    def append(n: int) -> None:
+        nonlocal sent
+        spool.append([SpoolRecord(topic, i.to_bytes(4, "big"), key="k") for i in range(sent, sent + n)])
+        sent += n
+        forwarder.wake.set()
+
+    try:
+        append(5)
+        wait_for(lambda: forwarder.forwarded_total == 5, 30, "the first records delivered")
+        netcut.cut()
+        try:
+            append(20)
+            # a forward that timed out with records queued in the producer, which is then dropped
+            wait_for(lambda: "did not acknowledge records" in (forwarder.last_error or ""), 60,
+                     "a forward to time out")
+            # the dropped producer is stopped now, not once the broker is back (a new one fails to connect)
+            wait_for(lambda: _producer_threads() == before, 5, "the dropped producer's thread to end")
+        finally:
+            netcut.restore()
+        wait_for(lambda: spool.depth == 0, 60, "the spool delivered after the outage")
+    finally:
+        forwarder.stop(drain_s=5)
+        spool.close()
+    deadline = time.monotonic() + 10  # a closed producer's thread ends within its close
+    while len(_producer_threads()) > len(before) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _producer_threads() == before
+    got = {int.from_bytes(v, "big") for v in topic_values(netcut.address, topic)}
+    assert got == set(range(sent))
