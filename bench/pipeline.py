@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dcpue.cli import configure_gc
 from dcpue.ingest.simulator import FleetSimulator, generate_fleet
 from dcpue.settings import load_settings
-from dcpue.wire import decode_batch, encode_frame
+from dcpue.wire import PollDecoder, encode_frame
 
 START = int(pd.Timestamp("2025-07-01", tz="Asia/Shanghai").value // 1_000_000)
 
@@ -319,11 +320,12 @@ def run_kafka(registry: Any, batches: list[Batch], readings: int, workdir: Path,
         # instead of asking for end offsets (Tansu answers ListOffsets per record batch, not per record)
         messages, decoded, t0 = len(batches), 0, time.perf_counter()
         read = 0
+        decoder = PollDecoder()  # decoded into columns a poll at a time, as the worker does
         while read < messages:
-            for records in consumer.poll(timeout_ms=500, max_records=10_000).values():
-                read += len(records)
-                for r in records:
-                    decoded += len(decode_batch(r.value))  # decoded into columns, as the worker does
+            values = [r.value for records in consumer.poll(timeout_ms=500, max_records=10_000).values()
+                      for r in records]
+            read += len(values)
+            decoded += int(decoder.decode(values).counts.sum())
             if time.perf_counter() - t0 > 600:
                 raise RuntimeError(f"the bare consumer read {read} of {messages} messages in 600 s")
         raw_s = time.perf_counter() - t0
@@ -529,6 +531,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                       "DCPUE_BUS__KAFKA__GROUP_ID", "DCPUE_BUS__KAFKA__BOOTSTRAP"))]
     if fixed:
         parser.error(f"--worker-env cannot set {', '.join(fixed)}: the benchmark itself reads those topics")
+    configure_gc(load_settings(None))  # the embedded worker and the bare consumer run as dcpue's processes do
     t0 = time.perf_counter()
     start_ms = int(pd.Timestamp(args.start, tz="Asia/Shanghai").value // 1_000_000)
     registry, batches, readings = make_batches(args.sites, args.minutes, args.batch_minutes, racks=args.racks,

@@ -30,6 +30,7 @@ from typing import Any
 
 from bench.pipeline import _machine, make_batches, report
 from dcpue.adapters.lineprotocol import windows_to_lines
+from dcpue.cli import configure_gc
 from dcpue.ports import Message
 from dcpue.runtime.sinks import BusResultSink, FanoutSink
 from dcpue.runtime.worker import AnalyticsWorker
@@ -128,6 +129,7 @@ def replay(registry: Any, batches: list[tuple[str, bytes, int]], per_poll: int, 
     """One worker through the messages of the ``owned`` partitions; timed from ``start`` (a barrier all the
     group's workers wait at, if given) to its last checkpoint."""
     settings = load_settings(None, bus={"commit_interval_s": commit_s}, alerts={"enabled": False})
+    configure_gc(settings)  # as `dcpue analyze` runs
     consumer, producer, lines, state = (_ListConsumer(batches, per_poll, partitions, owned), _CountingProducer(),
                                         _LineProtocolSink(registry.sites_table), _CountingState())
     readings = consumer.readings

@@ -13,6 +13,7 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import math
@@ -51,6 +52,18 @@ def _without_query(value: object) -> object:
     if "://" in text and "?" in text:
         return text.split("?", 1)[0] + "?<redacted>"
     return value
+
+
+def configure_gc(settings: Settings) -> None:
+    """Set the process's young-generation GC threshold from ``settings`` (0 leaves Python's)."""
+    if settings.gc_gen0_threshold:
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(settings.gc_gen0_threshold, gen1, gen2)
+
+
+def _configure_process(settings: Settings) -> None:
+    _configure_logging(settings.log_level)
+    configure_gc(settings)
 
 
 def _configure_logging(level: str) -> None:
@@ -114,7 +127,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                              store=store_options, **distributed,
                              simulator={"sites": args.sites, "speed": args.speed, "seed": args.seed,
                                         "faults": False if args.no_faults else None})
-    _configure_logging(settings.log_level)
+    _configure_process(settings)
     registry = _demo_registry(settings)
     store_path = Path(settings.store.path)
     _clear_demo_store(store_path)  # a fresh simulated timeline each run
@@ -219,7 +232,7 @@ def cmd_pue(args: argparse.Namespace) -> int:
     from dcpue.runtime.files import read_readings_file
 
     settings = load_settings(args.config, log_level=args.log_level, engine={"timezone": args.tz})
-    _configure_logging(settings.log_level)
+    _configure_process(settings)
     registry = load_registry(args.sites)
     readings, rejects = read_readings_file(args.readings, registry, naive_tz=settings.engine.timezone)
     if not rejects.empty:
@@ -268,7 +281,7 @@ def _kafka_settings(args: argparse.Namespace) -> Settings:
                              # validated with the rest: a public --host without API tokens is refused here,
                              # before anything connects to Kafka
                              http={"host": getattr(args, "host", None), "port": getattr(args, "port", None)})
-    _configure_logging(settings.log_level)
+    _configure_process(settings)
     return settings
 
 
@@ -341,7 +354,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from dcpue.ingest.poller import field_values_to_readings, resolve_targets
 
     settings = load_settings(args.config, log_level=args.log_level, registry=args.registry)
-    _configure_logging(settings.log_level)
+    _configure_process(settings)
     if (args.url is None) == (args.device is None):
         raise ConfigError("dcpue probe: give either a device URL or --device NAME (a device of collect.devices)")
     if args.device is not None:
@@ -644,7 +657,7 @@ def cmd_cooling_train(args: argparse.Namespace) -> int:
         from dcpue.runtime.files import read_readings_file
 
         settings = load_settings(args.config, log_level=args.log_level, registry=args.registry)
-        _configure_logging(settings.log_level)
+        _configure_process(settings)
         registry = _demo_registry(settings)
         if args.site not in registry.site_map:
             raise DcpueError(f"unknown site {args.site!r} in the registry")
@@ -800,7 +813,7 @@ def cmd_retire(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config, log_level=args.log_level, registry=args.registry,
                              store={"path": args.store, "influxdb": {"url": args.influx or None}})
-    _configure_logging(settings.log_level)
+    _configure_process(settings)
     if args.price is not None and not (math.isfinite(args.price) and args.price >= 0):
         raise ConfigError(f"--price {args.price}: the electricity price must be a number ≥ 0 [CNY/kWh]")
     tz = settings.engine.timezone

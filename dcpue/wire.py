@@ -16,6 +16,7 @@ carry NaN: a collector says "this point has no usable value now" without inventi
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ import pandas as pd
 
 from dcpue.errors import DecodeError
 from dcpue.model import READING_COLUMNS, Quality, readings_frame
+
+log = logging.getLogger(__name__)
 
 SCHEMA = "dcpue.readings"
 VERSION = 1
@@ -50,9 +53,24 @@ class _BatchV1(msgspec.Struct, forbid_unknown_fields=False):
     quality: list[int]
 
 
+class _BatchV1RawPoints(msgspec.Struct, forbid_unknown_fields=False):
+    """:class:`_BatchV1` with the point names left encoded: a site's collector sends the same names at every
+    poll, and decoding them into new strings was half of decoding a batch."""
+
+    schema: str
+    v: int
+    site: str
+    point: msgspec.Raw
+    ts: list[int]
+    value: list[float]
+    quality: list[int]
+
+
 _encoder = msgspec.msgpack.Encoder()
 _fast_decoder = msgspec.msgpack.Decoder(_BatchV1)
 _generic_decoder = msgspec.msgpack.Decoder()
+_raw_points_decoder = msgspec.msgpack.Decoder(_BatchV1RawPoints)
+_names_decoder = msgspec.msgpack.Decoder(list[str])
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,33 +166,184 @@ def decode_batch(data: bytes) -> DecodedBatch:
     except OverflowError:  # an integer beyond int64: judge record by record
         return _decode_slow(data)
     value = np.asarray(batch.value, dtype=np.float64) if n else np.empty(0, np.float64)
-    bad_ts = (ts < TS_MIN_MS) | (ts >= TS_MAX_MS)
-    bad_value = ~np.isfinite(value) & ~(np.isnan(value) & ((quality & NO_VALUE_FLAGS) != 0))
-    bad_quality = (quality < 0) | (quality > MAX_QUALITY)
-    bad_point = (np.zeros(n, dtype=bool) if all(batch.point)  # the usual case, without a Python loop per point
-                 else np.fromiter((not p for p in batch.point), dtype=bool, count=n))
-    bad = bad_ts | bad_value | bad_quality | bad_point
-    rejects: list[Reject] = []
-    if bad.any():
-        for i in np.flatnonzero(bad):
-            reason = _first_reason(
-                (bad_point[i], "point is empty"),
-                (bad_ts[i], f"ts {int(ts[i])} is outside 2000-01-01..2100-01-01 (expected ms since epoch)"),
-                (bad_value[i], f"value {value[i]!r} is not a finite number"),
-                (bad_quality[i], f"quality {int(quality[i])} is not a valid flag set (0..{MAX_QUALITY})"),
-            )
-            record = {
-                "point": batch.point[i],
-                "ts": int(ts[i]),
-                "value": _jsonable(value[i]),
-                "quality": int(quality[i]),
-            }
-            rejects.append(Reject(batch.site, int(i), reason, record))
+    bad = _bad_records(batch.point, ts, value, quality)
+    rejects = [] if bad is None else _rejects(batch.site, batch.point, ts, value, quality, bad, 0, n)
+    if bad is None:
+        return DecodedBatch(batch.site, np.asarray(batch.point, dtype=object), ts, value, quality, rejects)
     keep = ~bad
-    points = np.asarray(batch.point, dtype=object)
-    if not keep.all():
-        points, ts, value, quality = points[keep], ts[keep], value[keep], quality[keep]
-    return DecodedBatch(batch.site, points, ts, value, quality, rejects)
+    points = np.asarray(batch.point, dtype=object)[keep]
+    return DecodedBatch(batch.site, points, ts[keep], value[keep], quality[keep], rejects)
+
+
+def _bad_records(point: list[str], ts: np.ndarray, value: np.ndarray, quality: np.ndarray) -> np.ndarray | None:
+    """Which records of these columns are invalid (a boolean per record), or ``None`` if none is."""
+    bad = (ts < TS_MIN_MS) | (ts >= TS_MAX_MS) | (quality < 0) | (quality > MAX_QUALITY)
+    bad |= ~np.isfinite(value) & ~(np.isnan(value) & ((quality & NO_VALUE_FLAGS) != 0))
+    if not all(point):  # the usual case, without a Python loop per point
+        bad |= np.fromiter((not p for p in point), dtype=bool, count=len(point))
+    return bad if bad.any() else None
+
+
+def _rejects(site: str, point: list[str], ts: np.ndarray, value: np.ndarray, quality: np.ndarray,
+             bad: np.ndarray, lo: int, hi: int) -> list[Reject]:
+    """The :class:`Reject` of every bad record at positions ``lo``..``hi`` of the columns (one batch's records;
+    ``point`` is that batch's list), with its position in the batch and its first problem."""
+    rejects: list[Reject] = []
+    for i in lo + np.flatnonzero(bad[lo:hi]):
+        p, t, v, q = point[i - lo], int(ts[i]), float(value[i]), int(quality[i])
+        reason = _first_reason(
+            (not p, "point is empty"),
+            (not TS_MIN_MS <= t < TS_MAX_MS, f"ts {t} is outside 2000-01-01..2100-01-01 (expected ms since epoch)"),
+            (not math.isfinite(v) and not (math.isnan(v) and q & NO_VALUE_FLAGS),
+             f"value {value[i]!r} is not a finite number"),
+            (not 0 <= q <= MAX_QUALITY, f"quality {q} is not a valid flag set (0..{MAX_QUALITY})"),
+        )
+        rejects.append(Reject(site, int(i - lo), reason, {"point": p, "ts": t, "value": _jsonable(v), "quality": q}))
+    return rejects
+
+
+@dataclass(slots=True)
+class DecodedPoll:
+    """A poll's messages decoded together (:func:`decode_poll`).
+
+    Per message: its site, its error if it is not a batch at all, its rejected records, how many valid readings
+    it has and their point names. The valid readings of every message, message after message, in flat columns.
+    """
+
+    sites: list[str | None]
+    errors: list[DecodeError | None]
+    rejects: list[list[Reject]]
+    counts: np.ndarray  # int64: valid readings per message
+    points: list[list[str]]  # per message: the names of its valid readings
+    point: np.ndarray  # object (str), flat
+    ts: np.ndarray  # int64 [ms], flat
+    value: np.ndarray  # float64, flat
+    quality: np.ndarray  # int64, flat
+
+    def frame(self, include: np.ndarray | None = None) -> pd.DataFrame:
+        """The readings DataFrame of the messages ``include`` selects (all if ``None``), in message order."""
+        counts = self.counts if include is None else self.counts[include]
+        sites = self.sites if include is None else [s for s, keep in zip(self.sites, include, strict=True) if keep]
+        columns = [self.point, self.ts, self.value, self.quality]
+        if include is not None and not include.all():
+            rows = np.repeat(include, self.counts)
+            columns = [c[rows] for c in columns]
+        site = np.repeat(np.array(sites, dtype=object), counts)
+        return pd.DataFrame({"site": pd.Series(site, dtype=object, copy=False),
+                             "point": pd.Series(columns[0], dtype=object, copy=False),
+                             "ts": columns[1], "value": columns[2], "quality": columns[3]},
+                            columns=list(READING_COLUMNS))
+
+
+class PollDecoder:
+    """Decodes many batch messages at once (:meth:`decode`), keeping each site's last list of point names.
+
+    What :func:`decode_batch` gives for each message, with the numbers of all of them converted and validated
+    together (per message that cost more than decoding it), and a site's point names decoded only when their
+    encoded bytes differ from its last batch's.
+    """
+
+    MAX_SITES = 200_000  # names kept for at most this many sites (a bad producer could send any number)
+
+    def __init__(self) -> None:
+        self._names: dict[str, tuple[msgspec.Raw, list[str]]] = {}
+
+    def _point_names(self, site: str, raw: msgspec.Raw) -> list[str]:
+        last = self._names.get(site)
+        if last is not None and last[0] == raw:
+            return last[1]
+        names = _names_decoder.decode(raw)
+        if len(self._names) >= self.MAX_SITES:
+            self._names.clear()
+        self._names[site] = (raw.copy(), names)  # a copy: the Raw points into the message it came in
+        return names
+
+    def decode(self, values: list[bytes]) -> DecodedPoll:
+        """Decode ``values``; a message that is not a batch is reported in the result, never raised."""
+        n = len(values)
+        sites: list[str | None] = [None] * n
+        errors: list[DecodeError | None] = [None] * n
+        fast: list[tuple[int, str, list[str], _BatchV1RawPoints]] = []
+        slow: dict[int, DecodedBatch] = {}
+        for i, data in enumerate(values):
+            try:
+                try:
+                    batch = _raw_points_decoder.decode(data)
+                    _check_envelope(batch.schema, batch.v, batch.site)
+                    names = self._point_names(batch.site, batch.point)
+                except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as exc:
+                    if isinstance(exc, DecodeError):
+                        raise
+                    slow[i] = _decode_slow(data)
+                    continue
+                _check_lengths(names, batch.ts, batch.value, batch.quality)
+                fast.append((i, batch.site, names, batch))
+            except DecodeError as exc:
+                errors[i] = exc
+            except Exception as exc:  # noqa: BLE001 — a poison message must never stop the consumer
+                log.exception("unexpected decoder error in message %d of a poll", i)
+                errors[i] = DecodeError(f"decoder error: {type(exc).__name__}: {exc}")
+        return _flatten(values, sites, errors, fast, slow)
+
+
+def decode_poll(values: list[bytes]) -> DecodedPoll:
+    """Decode many batch messages at once (a :class:`PollDecoder` that keeps no names between calls)."""
+    return PollDecoder().decode(values)
+
+
+def _flatten(values: list[bytes], sites: list[str | None], errors: list[DecodeError | None],
+             fast: list[tuple[int, str, list[str], _BatchV1RawPoints]], slow: dict[int, DecodedBatch]) -> DecodedPoll:
+    """The poll's valid readings in flat columns: the well-formed batches converted and validated together,
+    the record-by-record ones (``slow``) put in their places."""
+    n = len(values)
+    ts_list: list[int] = []
+    value_list: list[float] = []
+    quality_list: list[int] = []
+    point_list: list[str] = []
+    for _, _, names, batch in fast:
+        ts_list += batch.ts
+        value_list += batch.value
+        quality_list += batch.quality
+        point_list += names
+    try:
+        ts, quality = np.array(ts_list, dtype=np.int64), np.array(quality_list, dtype=np.int64)
+    except OverflowError:  # an integer beyond int64 somewhere: judge those messages record by record
+        for i, *_ in fast:
+            try:
+                slow[i] = decode_batch(values[i])
+            except DecodeError as exc:
+                errors[i] = exc
+        fast, ts, quality, value_list, point_list = [], np.empty(0, np.int64), np.empty(0, np.int64), [], []
+    value = np.array(value_list, dtype=np.float64)
+    lengths = np.array([len(batch.ts) for *_, batch in fast], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    bad = _bad_records(point_list, ts, value, quality)
+    rejects: list[list[Reject]] = [[] for _ in range(n)]
+    counts = np.zeros(n, dtype=np.int64)
+    points: list[list[str]] = [[] for _ in range(n)]
+    for k, (i, site, names, _) in enumerate(fast):
+        sites[i], points[i], counts[i] = site, names, lengths[k]
+        if bad is not None and bad[starts[k]:starts[k + 1]].any():
+            lo, hi = int(starts[k]), int(starts[k + 1])
+            rejects[i] = _rejects(site, names, ts, value, quality, bad, lo, hi)
+            points[i] = [p for p, b in zip(names, bad[lo:hi], strict=True) if not b]
+            counts[i] = len(points[i])
+    point = np.array(point_list, dtype=object) if point_list else np.empty(0, dtype=object)
+    if bad is not None:
+        keep = ~bad
+        point, ts, value, quality = point[keep], ts[keep], value[keep], quality[keep]
+    if slow:  # rare: the record-by-record batches take their places among the others
+        for i, decoded in slow.items():
+            sites[i], rejects[i], points[i], counts[i] = (decoded.site, decoded.rejects, decoded.points.tolist(),
+                                                          len(decoded))
+        kept = np.concatenate([[0], np.cumsum([counts[i] for i, *_ in fast])])
+        at = {i: k for k, (i, *_) in enumerate(fast)}
+        columns = []
+        for col, name in zip((point, ts, value, quality), ("points", "ts", "value", "quality"), strict=True):
+            columns.append(np.concatenate([col[kept[at[i]]:kept[at[i] + 1]] if i in at else getattr(slow[i], name)
+                                           for i in sorted([*at, *slow])]))
+        point, ts, value, quality = columns
+    return DecodedPoll(sites, errors, rejects, counts, points, point, ts, value, quality)
 
 
 def _first_reason(*checks: tuple[bool, str]) -> str:

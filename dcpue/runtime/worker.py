@@ -27,12 +27,12 @@ from dcpue.analytics.stream import (
     snapshot_complete,
     snapshot_sites,
 )
-from dcpue.errors import CommitError, DecodeError, SinkError
+from dcpue.errors import CommitError, SinkError
 from dcpue.ports import Consumer, Message, Producer, ResultSink, StateStore, days_key, state_key_site
 from dcpue.registry import Registry
 from dcpue.runtime.latency import LatencyHistogram
 from dcpue.settings import Settings
-from dcpue.wire import DecodedBatch, decode_batch, readings_of_batches
+from dcpue.wire import PollDecoder
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +231,7 @@ class AnalyticsWorker:
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.engine = StreamEngine(registry, settings.engine, emit_groups=emit_groups)
         self._point_ids = PointIds(self.engine.points)  # the engine's points table: the rows it expects
+        self._decoder = PollDecoder()
         self.state = state
         self.alerts = alerts  # a dcpue.analytics.alerts.engine.AlertEngine, or None
         self.alert_output = alert_output  # where its events go (history, alerts topic, webhooks)
@@ -668,41 +669,38 @@ class AnalyticsWorker:
         self._paused = False
 
     def _decode(self, messages: list[Message]) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
-        batches: list[DecodedBatch] = []
+        poll = self._decoder.decode([message.value for message in messages])
         letters: list[pd.DataFrame] = []
-        for message in messages:
-            try:
-                batch = decode_batch(message.value)
-            except Exception as exc:  # noqa: BLE001 — a poison message must never stop the worker
-                if not isinstance(exc, DecodeError):
-                    log.exception("unexpected decoder error at offset %s", message.offset)
-                    exc = DecodeError(f"decoder error: {type(exc).__name__}: {exc}")
+        include = poll.counts > 0
+        for n, message in enumerate(messages):
+            error, site = poll.errors[n], poll.sites[n]
+            if error is not None:
                 letters.append(pd.DataFrame([{
-                    "topic": message.topic, "key": message.key, "reason": str(exc),
+                    "topic": message.topic, "key": message.key, "reason": str(error),
                     "payload": {"offset": message.offset, "bytes_hex": message.value[:256].hex()},
                 }]))
                 continue
-            if message.key is not None and message.key != batch.site:
+            if message.key is not None and message.key != site:
                 letters.append(pd.DataFrame([{
                     "topic": message.topic, "key": message.key,
-                    "reason": f"message key {message.key!r} does not match batch site {batch.site!r}",
-                    "payload": {"offset": message.offset, "site": batch.site},
+                    "reason": f"message key {message.key!r} does not match batch site {site!r}",
+                    "payload": {"offset": message.offset, "site": site},
                 }]))
+                include[n] = False
                 continue
-            if not self._admit(batch.site, message):
+            if not self._admit(site, message):
+                include[n] = False
                 continue
-            if batch.rejects:
+            if poll.rejects[n]:
                 letters.append(pd.DataFrame([
-                    {"topic": message.topic, "key": batch.site, "reason": r.reason, "payload": r.to_dict()}
-                    for r in batch.rejects
+                    {"topic": message.topic, "key": site, "reason": r.reason, "payload": r.to_dict()}
+                    for r in poll.rejects[n]
                 ]))
-            if len(batch):
-                batches.append(batch)
-        if not batches:
+        if not include.any():
             return [], letters
         # one DataFrame for the whole poll: building one per small batch cost more than decoding them
-        frame = readings_of_batches(batches)
-        frame["pid"] = np.concatenate([self._point_ids(b.site, b.points) for b in batches])
+        frame = poll.frame(include)
+        frame["pid"] = np.concatenate([self._point_ids(poll.sites[n], poll.points[n]) for n in np.flatnonzero(include)])
         return [frame], letters
 
     def _admit(self, site: str, message: Message) -> bool:

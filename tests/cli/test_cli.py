@@ -153,3 +153,38 @@ def test_serve_on_a_public_address_without_api_tokens_is_refused_before_connecti
     assert refused.returncode == 2, refused.stderr
     assert "http" in refused.stderr and "http.tokens" in refused.stderr
     assert not (tmp_path / "view.sqlite").exists()
+
+
+def test_a_dcpue_process_collects_garbage_at_the_configured_threshold(monkeypatch):
+    """`gc_gen0_threshold` (default 50,000) replaces Python's 700 for the young generation; 0 keeps Python's."""
+    import gc
+
+    from dcpue.cli import configure_gc
+    from dcpue.settings import load_settings
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, before[1], before[2])
+        configure_gc(load_settings(None))
+        assert gc.get_threshold() == (50_000, before[1], before[2])
+        monkeypatch.setenv("DCPUE_GC_GEN0_THRESHOLD", "20000")
+        configure_gc(load_settings(None))
+        assert gc.get_threshold()[0] == 20_000
+        gc.set_threshold(700, before[1], before[2])
+        configure_gc(load_settings(None, gc_gen0_threshold=0))
+        assert gc.get_threshold()[0] == 700
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_dcpue_commands_apply_the_gc_threshold(export):
+    """A command configures its process from its settings: here `dcpue pue`, in a child process."""
+    path, sites = export
+    code = ("import gc, sys\nfrom dcpue.cli import main\n"
+            "rc = main(['pue', sys.argv[1], '--sites', sys.argv[2], '--format', 'csv'])\n"
+            "print('threshold', gc.get_threshold()[0])\nsys.exit(rc)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DCPUE_")} | {"DCPUE_GC_GEN0_THRESHOLD": "12345"}
+    done = subprocess.run([sys.executable, "-c", code, str(path), str(sites)], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "threshold 12345"

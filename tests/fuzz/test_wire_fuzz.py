@@ -168,6 +168,66 @@ def test_corrupted_messages_raise_decode_error_or_keep_only_valid_readings(data)
     assert all(r.reason for r in batch.rejects)
 
 
+# -- a poll decoded at once: the same as its messages decoded one by one ---------------------------------------
+
+
+@st.composite
+def poll_message(draw: st.DrawFn) -> bytes:
+    """A message of a poll: hostile ones, and batches of a few sites whose point names repeat, change length or
+    order, or hold a bad record (the decoder keeps each site's last names), some with a record of the wrong type
+    or beyond int64 (judged record by record, in their places among the others)."""
+    kind = draw(st.sampled_from(["hostile", "typed", "typed", "typed", "slow", "overflow"]))
+    if kind == "hostile":
+        return draw(st.one_of(corrupted(), message().map(lambda km: km[1]), st.binary(max_size=20)))
+    site = draw(st.sampled_from(["a", "b"]))
+    names = draw(st.sampled_from([["p0", "p1", "p2"], ["p0", "p1", "p2"], ["p1", "p0", "p2"], ["p0", "p1"], [],
+                                  ["p0", "", "p2"]]))
+    n = len(names)
+    ts = [T0 + draw(st.integers(-1, 10**6)) for _ in range(n)]
+    value = [draw(st.one_of(st.floats(0, 100), st.just(math.nan), st.just(math.inf))) for _ in range(n)]
+    quality = [draw(st.sampled_from([0, 0, 4, 16, -1])) for _ in range(n)]
+    if kind == "overflow" and n:  # an integer beyond int64: the poll's batches are judged record by record
+        ts[draw(st.integers(0, n - 1))] = 2**63 + 5
+    if kind == "slow" and n:  # a value of the wrong type: this batch is judged record by record
+        value[draw(st.integers(0, n - 1))] = "1.5"
+    return msgspec.msgpack.encode({"schema": "dcpue.readings", "v": 1, "site": site, "point": names, "ts": ts,
+                                   "value": value, "quality": quality})
+
+
+@fuzz(60)
+@given(st.lists(st.lists(poll_message(), max_size=8), min_size=1, max_size=4))
+def test_a_poll_decoded_at_once_is_its_messages_decoded_one_by_one(polls):
+    from dcpue.wire import PollDecoder
+
+    decoder = PollDecoder()  # one decoder across the polls, as a worker keeps it
+    for values in polls:
+        poll = decoder.decode(values)
+        point, ts, value, quality = [], [], [], []
+        for n, data in enumerate(values):
+            try:
+                batch = decode_batch(data)
+            except DecodeError as exc:
+                assert poll.errors[n] is not None and str(poll.errors[n]) == str(exc)
+                assert poll.counts[n] == 0 and poll.points[n] == [] and poll.rejects[n] == []
+                continue
+            assert poll.errors[n] is None and poll.sites[n] == batch.site
+            assert [r.to_dict() for r in poll.rejects[n]] == [r.to_dict() for r in batch.rejects]
+            assert poll.counts[n] == len(batch) and poll.points[n] == batch.points.tolist()
+            point += batch.points.tolist()
+            ts += batch.ts.tolist()
+            value += batch.value.tolist()
+            quality += batch.quality.tolist()
+        assert poll.point.tolist() == point and poll.ts.tolist() == ts and poll.quality.tolist() == quality
+        assert all(_same(a, b) for a, b in zip(poll.value.tolist(), value, strict=True))
+        assert len(poll.value) == len(value)
+        include = np.array([n % 2 == 0 for n in range(len(values))], dtype=bool)
+        frame = poll.frame(include)
+        rows = np.repeat(include, poll.counts)
+        assert frame["point"].tolist() == poll.point[rows].tolist()
+        assert frame["site"].tolist() == [poll.sites[n] for n in range(len(values)) if include[n]
+                                          for _ in range(poll.counts[n])]
+
+
 # -- the worker: every record becomes a reading or a dead letter with a reason ------------------------------
 
 NOW = T0 + 3_600_000
