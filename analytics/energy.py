@@ -19,6 +19,7 @@ from the same samples and their sums are consistent.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,21 +205,21 @@ class PointIds:
     def __init__(self, points: pd.DataFrame) -> None:
         names = points.index.get_level_values("point").to_numpy(object)
         self._runs = {site: (lo, pd.Index(names[lo:hi], dtype=object)) for site, (lo, hi) in site_rows(points).items()}
-        self._last: dict[str, tuple[list[str], np.ndarray]] = {}
+        self._last: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
 
-    def __call__(self, site: str, points: np.ndarray | list[str]) -> np.ndarray:
+    def __call__(self, site: str, points: np.ndarray | Sequence[str]) -> np.ndarray:
         """Each of ``points``' row in the points table, -1 for points (or a site) it does not hold."""
         run = self._runs.get(site)
         if run is None:  # an unknown site: nothing kept for it (a bad producer could send any number)
             return np.full(len(points), -1, dtype=np.int64)
-        names = points if isinstance(points, list) else list(points)
+        names = points if isinstance(points, tuple) else tuple(points)  # kept as given: a tuple cannot change
         last = self._last.get(site)
-        if last is not None and last[0] == names:  # lists of str: compared in C, not element by element in numpy
+        if last is not None and last[0] == names:  # tuples of str: compared in C, not element by element in numpy
             return last[1]
         at = run[1].get_indexer(np.asarray(names, dtype=object))
         ids = np.where(at >= 0, run[0] + at, -1).astype(np.int64)
         ids.flags.writeable = False  # handed out again for the next batch like this one
-        self._last[site] = (list(names), ids)  # a copy: the caller may reuse its list
+        self._last[site] = (names, ids)
         return ids
 
 

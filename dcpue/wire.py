@@ -70,7 +70,7 @@ _encoder = msgspec.msgpack.Encoder()
 _fast_decoder = msgspec.msgpack.Decoder(_BatchV1)
 _generic_decoder = msgspec.msgpack.Decoder()
 _raw_points_decoder = msgspec.msgpack.Decoder(_BatchV1RawPoints)
-_names_decoder = msgspec.msgpack.Decoder(list[str])
+_names_decoder = msgspec.msgpack.Decoder(tuple[str, ...])  # immutable: one is handed to every caller
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +214,7 @@ class DecodedPoll:
     errors: list[DecodeError | None]
     rejects: list[list[Reject]]
     counts: np.ndarray  # int64: valid readings per message
-    points: list[list[str]]  # per message: the names of its valid readings
+    points: list[tuple[str, ...]]  # per message: the names of its valid readings (shared with the decoder's cache)
     point: np.ndarray  # object (str), flat
     ts: np.ndarray  # int64 [ms], flat
     value: np.ndarray  # float64, flat
@@ -243,19 +243,26 @@ class PollDecoder:
     encoded bytes differ from its last batch's.
     """
 
-    MAX_SITES = 200_000  # names kept for at most this many sites (a bad producer could send any number)
+    # the encoded names kept, in bytes, at most (a bad producer could send any number of sites and names); past
+    # it the names are forgotten and decoded again. 1,000 sites of 126 points take about 2.5 MB
+    MAX_CACHED_BYTES = 32 << 20
 
     def __init__(self) -> None:
-        self._names: dict[str, tuple[msgspec.Raw, list[str]]] = {}
+        self._names: dict[str, tuple[msgspec.Raw, tuple[str, ...]]] = {}
+        self._cached_bytes = 0
 
-    def _point_names(self, site: str, raw: msgspec.Raw) -> list[str]:
+    def _point_names(self, site: str, raw: msgspec.Raw) -> tuple[str, ...]:
         last = self._names.get(site)
         if last is not None and last[0] == raw:
             return last[1]
         names = _names_decoder.decode(raw)
-        if len(self._names) >= self.MAX_SITES:
+        if self._cached_bytes + len(raw) > self.MAX_CACHED_BYTES:
             self._names.clear()
+            self._cached_bytes = 0
+        if last is not None and site in self._names:
+            self._cached_bytes -= len(last[0])
         self._names[site] = (raw.copy(), names)  # a copy: the Raw points into the message it came in
+        self._cached_bytes += len(raw)
         return names
 
     def decode(self, values: list[bytes]) -> DecodedPoll:
@@ -263,26 +270,23 @@ class PollDecoder:
         n = len(values)
         sites: list[str | None] = [None] * n
         errors: list[DecodeError | None] = [None] * n
-        fast: list[tuple[int, str, list[str], _BatchV1RawPoints]] = []
+        fast: list[tuple[int, str, tuple[str, ...], _BatchV1RawPoints]] = []
         slow: dict[int, DecodedBatch] = {}
         for i, data in enumerate(values):
             try:
                 try:
                     batch = _raw_points_decoder.decode(data)
-                    _check_envelope(batch.schema, batch.v, batch.site)
+                    # the names before the envelope: a name that is not UTF-8 makes the message "not MessagePack",
+                    # as decode_batch says
                     names = self._point_names(batch.site, batch.point)
-                except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as exc:
-                    if isinstance(exc, DecodeError):
-                        raise
+                except (msgspec.DecodeError, UnicodeDecodeError, ValueError):
                     slow[i] = _decode_slow(data)
                     continue
+                _check_envelope(batch.schema, batch.v, batch.site)
                 _check_lengths(names, batch.ts, batch.value, batch.quality)
                 fast.append((i, batch.site, names, batch))
-            except DecodeError as exc:
-                errors[i] = exc
             except Exception as exc:  # noqa: BLE001 — a poison message must never stop the consumer
-                log.exception("unexpected decoder error in message %d of a poll", i)
-                errors[i] = DecodeError(f"decoder error: {type(exc).__name__}: {exc}")
+                errors[i] = _decode_error(exc, i)
         return _flatten(values, sites, errors, fast, slow)
 
 
@@ -291,8 +295,17 @@ def decode_poll(values: list[bytes]) -> DecodedPoll:
     return PollDecoder().decode(values)
 
 
+def _decode_error(exc: Exception, i: int) -> DecodeError:
+    """``exc`` as the reason message ``i`` of a poll is dead-lettered with (an unexpected one also logged)."""
+    if isinstance(exc, DecodeError):
+        return exc
+    log.error("unexpected decoder error in message %d of a poll", i, exc_info=exc)
+    return DecodeError(f"decoder error: {type(exc).__name__}: {exc}")
+
+
 def _flatten(values: list[bytes], sites: list[str | None], errors: list[DecodeError | None],
-             fast: list[tuple[int, str, list[str], _BatchV1RawPoints]], slow: dict[int, DecodedBatch]) -> DecodedPoll:
+             fast: list[tuple[int, str, tuple[str, ...], _BatchV1RawPoints]],
+             slow: dict[int, DecodedBatch]) -> DecodedPoll:
     """The poll's valid readings in flat columns: the well-formed batches converted and validated together,
     the record-by-record ones (``slow``) put in their places."""
     n = len(values)
@@ -311,8 +324,8 @@ def _flatten(values: list[bytes], sites: list[str | None], errors: list[DecodeEr
         for i, *_ in fast:
             try:
                 slow[i] = decode_batch(values[i])
-            except DecodeError as exc:
-                errors[i] = exc
+            except Exception as exc:  # noqa: BLE001 — as in the decoding loop
+                errors[i] = _decode_error(exc, i)
         fast, ts, quality, value_list, point_list = [], np.empty(0, np.int64), np.empty(0, np.int64), [], []
     value = np.array(value_list, dtype=np.float64)
     lengths = np.array([len(batch.ts) for *_, batch in fast], dtype=np.int64)
@@ -320,13 +333,13 @@ def _flatten(values: list[bytes], sites: list[str | None], errors: list[DecodeEr
     bad = _bad_records(point_list, ts, value, quality)
     rejects: list[list[Reject]] = [[] for _ in range(n)]
     counts = np.zeros(n, dtype=np.int64)
-    points: list[list[str]] = [[] for _ in range(n)]
+    points: list[tuple[str, ...]] = [() for _ in range(n)]
     for k, (i, site, names, _) in enumerate(fast):
         sites[i], points[i], counts[i] = site, names, lengths[k]
         if bad is not None and bad[starts[k]:starts[k + 1]].any():
             lo, hi = int(starts[k]), int(starts[k + 1])
             rejects[i] = _rejects(site, names, ts, value, quality, bad, lo, hi)
-            points[i] = [p for p, b in zip(names, bad[lo:hi], strict=True) if not b]
+            points[i] = tuple(p for p, b in zip(names, bad[lo:hi], strict=True) if not b)
             counts[i] = len(points[i])
     point = np.array(point_list, dtype=object) if point_list else np.empty(0, dtype=object)
     if bad is not None:
@@ -334,7 +347,7 @@ def _flatten(values: list[bytes], sites: list[str | None], errors: list[DecodeEr
         point, ts, value, quality = point[keep], ts[keep], value[keep], quality[keep]
     if slow:  # rare: the record-by-record batches take their places among the others
         for i, decoded in slow.items():
-            sites[i], rejects[i], points[i], counts[i] = (decoded.site, decoded.rejects, decoded.points.tolist(),
+            sites[i], rejects[i], points[i], counts[i] = (decoded.site, decoded.rejects, tuple(decoded.points.tolist()),
                                                           len(decoded))
         kept = np.concatenate([[0], np.cumsum([counts[i] for i, *_ in fast])])
         at = {i: k for k, (i, *_) in enumerate(fast)}
@@ -365,7 +378,7 @@ def _check_envelope(schema: object, version: object, site: object) -> None:
 
 
 def _check_lengths(*columns: object) -> int:
-    if not all(isinstance(c, list) for c in columns):
+    if not all(isinstance(c, list | tuple) for c in columns):  # tuple: names from a PollDecoder's cache
         raise DecodeError("batch columns point, ts, value and quality must be lists")
     lengths = {len(c) for c in columns}  # type: ignore[arg-type]
     if len(lengths) != 1:

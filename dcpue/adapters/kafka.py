@@ -97,6 +97,8 @@ def connection_config(settings: KafkaSettings) -> dict[str, Any]:
 class KafkaProducerAdapter:
     """:class:`~dcpue.ports.Producer` on Kafka; records keyed by site stay on one partition."""
 
+    CLOSE_JOIN_S = 5.0  # how long a close waits for the network thread it stopped
+
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
         self._producer: Any = None
@@ -169,19 +171,23 @@ class KafkaProducerAdapter:
         if producer is None:
             return
         timeout = self.settings.send_timeout_s if timeout_s is None else timeout_s
+        kafka = _kafka()
         try:
             producer.close(timeout=timeout)
-        except _kafka().errors.KafkaTimeoutError:
+        except kafka.errors.KafkaTimeoutError:
             # kafka-python's close flushes first and raises on the flush's timeout, leaving its network thread and
             # connections up: every close while the broker was away leaked them. Stop the thread without sending
-            # (it fails the queued records), then close again: nothing is left to flush.
-            log.warning("Kafka producer closed with records unacknowledged after %g s; they are dropped here and "
-                        "sent again by their owner", timeout)
+            # (it fails the queued records as it ends), then close again: nothing is left to flush.
+            log.warning("Kafka producer closed with records still unacknowledged: they are dropped here (a "
+                        "collector's spool keeps them, a worker has not committed past them)")
             sender = getattr(producer, "_sender", None)
             if sender is not None:
                 sender.force_close()
-                sender.join(self.settings.send_timeout_s)
-            producer.close(timeout=0)
+                sender.join(self.CLOSE_JOIN_S)
+            try:
+                producer.close(timeout=0)
+            except kafka.errors.KafkaTimeoutError:  # the thread is still in a blocking call (a slow DNS lookup)
+                log.warning("Kafka producer's network thread still stopping after %g s", self.CLOSE_JOIN_S)
 
 
 def unacknowledged(futures: list[Any]) -> list[Any]:

@@ -32,12 +32,12 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def _service(args: argparse.Namespace, *, need_destinations: bool = True) -> tuple[Any, Any, Any]:
     """(settings, FeedService, store) from the settings; the store must exist."""
-    from dcpue.cli import _configure_logging, _demo_registry
+    from dcpue.cli import _configure_process, _demo_registry
     from dcpue.feed.sender import FeedService
     from dcpue.runtime.store import FileStore
 
     settings = _settings(args)
-    _configure_logging(settings.log_level)
+    _configure_process(settings)
     feed = settings.feed
     if need_destinations and not feed.destinations and feed.file_drop is None:
         raise ConfigError("feed: no destinations and no file_drop configured (the `feed:` section, docs/feed.md)")
@@ -193,12 +193,12 @@ def cmd_receive(args: argparse.Namespace) -> int:
 def cmd_export_eu(args: argparse.Namespace) -> int:
     """The EU Delegated Regulation 2024/1364 annual report of each site, from the stored windows (docs/feed/)."""
     from dcpue.analytics.feed.eu import eu_annual_report, eu_report_to_csv
-    from dcpue.cli import _configure_logging, _demo_registry
+    from dcpue.cli import _configure_process, _demo_registry
     from dcpue.runtime.store import FileStore
     from dcpue.yamlio import read_yaml
 
     settings = _settings(args)
-    _configure_logging(settings.log_level)
+    _configure_process(settings)
     registry = _demo_registry(settings)
     known = {s.id: s for s in registry.sites}
     wanted = args.site or list(known)

@@ -151,3 +151,25 @@ def test_windows_encoded_by_id_are_the_same_messages_as_encoded_one_id_at_a_time
     assert encode_windows_by_id(windows.iloc[:0]) == []
     first_id, message = encode_windows_by_id(windows)[0]
     assert set(decode_windows(message)["id"]) == {first_id}
+
+
+def test_a_poll_decoder_keeps_point_names_within_its_byte_budget(monkeypatch):
+    """Each site's last names are kept to skip decoding them again, but only up to ``MAX_CACHED_BYTES`` of them
+    (a bad producer could send any number of sites): past it they are forgotten, and decoding stays right."""
+    from dcpue.wire import PollDecoder
+
+    monkeypatch.setattr(PollDecoder, "MAX_CACHED_BYTES", 200)
+    decoder = PollDecoder()
+    messages = [encode_batch(f"s{k}", [f"point-{i}" for i in range(5)], [TS] * 5, [1.0] * 5) for k in range(50)]
+    for _ in range(2):
+        poll = decoder.decode(messages)
+        assert poll.sites == [f"s{k}" for k in range(50)]
+        assert all(names == tuple(f"point-{i}" for i in range(5)) for names in poll.points)
+        assert decoder._cached_bytes <= 200 and len(decoder._names) < 50
+    kept = sum(len(raw) for raw, _ in decoder._names.values())
+    assert kept == decoder._cached_bytes
+    again = decoder.decode([messages[-1]])  # the same names again: handed out from the cache, unchangeable
+    assert again.points[0] is decoder._names["s49"][1] and isinstance(again.points[0], tuple)
+    changed = decoder.decode([encode_batch("s49", ["other"], [TS], [2.0])])  # a site's names replaced, not added
+    assert changed.points == [("other",)]
+    assert decoder._cached_bytes == sum(len(raw) for raw, _ in decoder._names.values()) < kept

@@ -176,9 +176,16 @@ def poll_message(draw: st.DrawFn) -> bytes:
     """A message of a poll: hostile ones, and batches of a few sites whose point names repeat, change length or
     order, or hold a bad record (the decoder keeps each site's last names), some with a record of the wrong type
     or beyond int64 (judged record by record, in their places among the others)."""
-    kind = draw(st.sampled_from(["hostile", "typed", "typed", "typed", "slow", "overflow"]))
+    kind = draw(st.sampled_from(["hostile", "typed", "typed", "typed", "slow", "overflow", "envelope"]))
     if kind == "hostile":
         return draw(st.one_of(corrupted(), message().map(lambda km: km[1]), st.binary(max_size=20)))
+    if kind == "envelope":  # a broken envelope, its names also broken (which one a decoder reports first matters)
+        names = draw(st.sampled_from([["p0"], [b"\xff\xfe".decode("latin-1")], [1]]))
+        raw = msgspec.msgpack.encode({"schema": draw(st.sampled_from(["dcpue.readings", "x"])), "v": 1,
+                                      "site": draw(st.sampled_from(["", "a"])), "point": names, "ts": [T0],
+                                      "value": [1.0], "quality": [0]})
+        # the latin-1 name re-encoded as its raw bytes: a MessagePack str that is not UTF-8
+        return raw.replace(b"\xa4\xc3\xbf\xc3\xbe", b"\xa2\xff\xfe")
     site = draw(st.sampled_from(["a", "b"]))
     names = draw(st.sampled_from([["p0", "p1", "p2"], ["p0", "p1", "p2"], ["p1", "p0", "p2"], ["p0", "p1"], [],
                                   ["p0", "", "p2"]]))
@@ -208,11 +215,11 @@ def test_a_poll_decoded_at_once_is_its_messages_decoded_one_by_one(polls):
                 batch = decode_batch(data)
             except DecodeError as exc:
                 assert poll.errors[n] is not None and str(poll.errors[n]) == str(exc)
-                assert poll.counts[n] == 0 and poll.points[n] == [] and poll.rejects[n] == []
+                assert poll.counts[n] == 0 and poll.points[n] == () and poll.rejects[n] == []
                 continue
             assert poll.errors[n] is None and poll.sites[n] == batch.site
             assert [r.to_dict() for r in poll.rejects[n]] == [r.to_dict() for r in batch.rejects]
-            assert poll.counts[n] == len(batch) and poll.points[n] == batch.points.tolist()
+            assert poll.counts[n] == len(batch) and poll.points[n] == tuple(batch.points.tolist())
             point += batch.points.tolist()
             ts += batch.ts.tolist()
             value += batch.value.tolist()
@@ -224,6 +231,10 @@ def test_a_poll_decoded_at_once_is_its_messages_decoded_one_by_one(polls):
         frame = poll.frame(include)
         rows = np.repeat(include, poll.counts)
         assert frame["point"].tolist() == poll.point[rows].tolist()
+        assert frame["ts"].dtype == np.int64 and frame["quality"].dtype == np.int64 and frame["value"].dtype == float
+        assert frame["ts"].tolist() == poll.ts[rows].tolist()
+        assert frame["quality"].tolist() == poll.quality[rows].tolist()
+        assert np.array_equal(frame["value"].to_numpy(), poll.value[rows], equal_nan=True)
         assert frame["site"].tolist() == [poll.sites[n] for n in range(len(values)) if include[n]
                                           for _ in range(poll.counts[n])]
 
