@@ -332,7 +332,7 @@ class Settings(BaseSettings):
     registry: Path | None = None  # site registry YAML; None: the simulator generates a demo fleet
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Python's young-generation garbage-collection threshold (container allocations between collections); 0:
-    # Python's own (700), at which a worker spent 15-20 % of its CPU collecting (docs/performance.md, seventh series)
+    # Python's own (700), at which a worker spent 14-15 % of its CPU collecting (docs/performance.md, seventh series)
     gc_gen0_threshold: int = Field(50_000, ge=0, le=10_000_000)
     engine: EngineSettings = EngineSettings()
     bus: BusSettings = BusSettings()
