@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,21 +42,9 @@ MAX_QUALITY = int(max(Quality)) * 2 - 1
 NO_VALUE_FLAGS = int(Quality.BAD | Quality.COLLECTOR_DOWN)
 
 
-class _BatchV1(msgspec.Struct, forbid_unknown_fields=False):
-    """Fast-path shape of a well-formed v1 batch."""
-
-    schema: str
-    v: int
-    site: str
-    point: list[str]
-    ts: list[int]
-    value: list[float]
-    quality: list[int]
-
-
 class _BatchV1RawPoints(msgspec.Struct, forbid_unknown_fields=False):
-    """:class:`_BatchV1` with the point names left encoded: a site's collector sends the same names at every
-    poll, and decoding them into new strings was half of decoding a batch."""
+    """Fast-path shape of a well-formed v1 batch, the point names left encoded: a site's collector sends the
+    same names at every poll, and decoding them into new strings was half of decoding a batch."""
 
     schema: str
     v: int
@@ -67,7 +56,6 @@ class _BatchV1RawPoints(msgspec.Struct, forbid_unknown_fields=False):
 
 
 _encoder = msgspec.msgpack.Encoder()
-_fast_decoder = msgspec.msgpack.Decoder(_BatchV1)
 _generic_decoder = msgspec.msgpack.Decoder()
 _raw_points_decoder = msgspec.msgpack.Decoder(_BatchV1RawPoints)
 _names_decoder = msgspec.msgpack.Decoder(tuple[str, ...])  # immutable: one is handed to every caller
@@ -153,29 +141,15 @@ def encode_frame(site: str, frame: pd.DataFrame) -> bytes:
 
 
 def decode_batch(data: bytes) -> DecodedBatch:
-    """Decode a batch message, keeping every valid record and rejecting the others with a reason."""
-    try:
-        batch = _fast_decoder.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError, ValueError):  # ValidationError is a DecodeError
-        return _decode_slow(data)
-    _check_envelope(batch.schema, batch.v, batch.site)
-    n = _check_lengths(batch.point, batch.ts, batch.value, batch.quality)
-    try:
-        ts = np.asarray(batch.ts, dtype=np.int64) if n else np.empty(0, np.int64)
-        quality = np.asarray(batch.quality, dtype=np.int64) if n else np.empty(0, np.int64)
-    except OverflowError:  # an integer beyond int64: judge record by record
-        return _decode_slow(data)
-    value = np.asarray(batch.value, dtype=np.float64) if n else np.empty(0, np.float64)
-    bad = _bad_records(batch.point, ts, value, quality)
-    rejects = [] if bad is None else _rejects(batch.site, batch.point, ts, value, quality, bad, 0, n)
-    if bad is None:
-        return DecodedBatch(batch.site, np.asarray(batch.point, dtype=object), ts, value, quality, rejects)
-    keep = ~bad
-    points = np.asarray(batch.point, dtype=object)[keep]
-    return DecodedBatch(batch.site, points, ts[keep], value[keep], quality[keep], rejects)
+    """Decode a batch message, keeping every valid record and rejecting the others with a reason; a message
+    that is not a batch raises :class:`~dcpue.errors.DecodeError` (a poll of one, :func:`decode_poll`)."""
+    poll = decode_poll([data])
+    if poll.errors[0] is not None:
+        raise poll.errors[0]
+    return DecodedBatch(poll.sites[0], poll.point, poll.ts, poll.value, poll.quality, poll.rejects[0])
 
 
-def _bad_records(point: list[str], ts: np.ndarray, value: np.ndarray, quality: np.ndarray) -> np.ndarray | None:
+def _bad_records(point: Sequence[str], ts: np.ndarray, value: np.ndarray, quality: np.ndarray) -> np.ndarray | None:
     """Which records of these columns are invalid (a boolean per record), or ``None`` if none is."""
     bad = (ts < TS_MIN_MS) | (ts >= TS_MAX_MS) | (quality < 0) | (quality > MAX_QUALITY)
     bad |= ~np.isfinite(value) & ~(np.isnan(value) & ((quality & NO_VALUE_FLAGS) != 0))
@@ -184,7 +158,7 @@ def _bad_records(point: list[str], ts: np.ndarray, value: np.ndarray, quality: n
     return bad if bad.any() else None
 
 
-def _rejects(site: str, point: list[str], ts: np.ndarray, value: np.ndarray, quality: np.ndarray,
+def _rejects(site: str, point: Sequence[str], ts: np.ndarray, value: np.ndarray, quality: np.ndarray,
              bad: np.ndarray, lo: int, hi: int) -> list[Reject]:
     """The :class:`Reject` of every bad record at positions ``lo``..``hi`` of the columns (one batch's records;
     ``point`` is that batch's list), with its position in the batch and its first problem."""
@@ -320,13 +294,19 @@ def _flatten(values: list[bytes], sites: list[str | None], errors: list[DecodeEr
         point_list += names
     try:
         ts, quality = np.array(ts_list, dtype=np.int64), np.array(quality_list, dtype=np.int64)
-    except OverflowError:  # an integer beyond int64 somewhere: judge those messages record by record
-        for i, *_ in fast:
+    except OverflowError:  # an integer beyond int64 somewhere: judge the messages holding one record by record
+        kept = []
+        for entry in fast:
+            i, *_, batch = entry
             try:
-                slow[i] = decode_batch(values[i])
-            except Exception as exc:  # noqa: BLE001 — as in the decoding loop
-                errors[i] = _decode_error(exc, i)
-        fast, ts, quality, value_list, point_list = [], np.empty(0, np.int64), np.empty(0, np.int64), [], []
+                np.array(batch.ts, dtype=np.int64), np.array(batch.quality, dtype=np.int64)
+                kept.append(entry)
+            except OverflowError:
+                try:
+                    slow[i] = _decode_slow(values[i])
+                except Exception as exc:  # noqa: BLE001 — as in the decoding loop
+                    errors[i] = _decode_error(exc, i)
+        return _flatten(values, sites, errors, kept, slow)
     value = np.array(value_list, dtype=np.float64)
     lengths = np.array([len(batch.ts) for *_, batch in fast], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)])

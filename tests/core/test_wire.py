@@ -173,3 +173,14 @@ def test_a_poll_decoder_keeps_point_names_within_its_byte_budget(monkeypatch):
     changed = decoder.decode([encode_batch("s49", ["other"], [TS], [2.0])])  # a site's names replaced, not added
     assert changed.points == [("other",)]
     assert decoder._cached_bytes == sum(len(raw) for raw, _ in decoder._names.values()) < kept
+
+
+@pytest.mark.parametrize("envelope", [{"site": ""}, {"schema": "other"}])
+def test_a_message_broken_in_its_envelope_and_its_names_is_reported_as_not_messagepack(envelope):
+    """A point name that is not UTF-8 makes the whole message unreadable: that is its reason, not the envelope's
+    (which a decoder would find first if it checked the envelope before decoding the names)."""
+    doc = {"schema": "dcpue.readings", "v": 1, "site": "a", "point": ["p\u00ff"], "ts": [TS], "value": [1.0],
+           "quality": [0]} | envelope
+    data = msgspec.msgpack.encode(doc).replace(b"\xa3p\xc3\xbf", b"\xa2p\xff")  # the name's bytes: not UTF-8
+    with pytest.raises(DecodeError, match="not a MessagePack message"):
+        decode_batch(data)
