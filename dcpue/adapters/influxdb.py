@@ -82,7 +82,8 @@ class InfluxSink:
         for number, start in enumerate(range(0, len(lines), size), 1):
             chunk = lines[start:start + size]
             try:
-                self._write.write(bucket=self.settings.bucket, org=self.settings.org, record=chunk,
+                # one text, not a list: the client serializes a list line by line (a tenth of a write's time)
+                self._write.write(bucket=self.settings.bucket, org=self.settings.org, record="\n".join(chunk),
                                   write_precision="ms")
             except Exception as exc:  # noqa: BLE001 — every client/transport error means "not written"
                 status = getattr(exc, "status", None)

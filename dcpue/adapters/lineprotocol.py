@@ -168,16 +168,50 @@ def windows_to_lines(windows: pd.DataFrame, sites: pd.DataFrame | None = None) -
         cluster = pd.Series(np.where(is_site, meta["cluster"].fillna("").to_numpy(), cluster), dtype=object)
     tags = _tag_set(MEASUREMENT, (("site", site_tag), ("scope", scope), ("cluster", cluster), ("city", city),
                                   ("window", frame["window"])), frame.index)
-    fields = _FieldSet(frame.index)
-    for col in STRING_FIELDS:
-        fields.add(col + "=" + _quote(frame[col]))
-    fields.add(pd.Series("final=" + np.where(frame["final"], "true", "false"), index=frame.index))
-    for col in INT_FIELDS:
-        fields.add([f"{col}={v}i" for v in frame[col].astype(np.int64).tolist()])
-    for col in FLOAT_FIELDS:
-        fields.add_float(col, frame[col])
-    lines = [f"{tag_set} {field_set} {stamp}" for tag_set, field_set, stamp
-             in zip(tags.tolist(), fields.fields.tolist(), frame["end_ms"].astype(np.int64).tolist(), strict=True)]
+    # the tag set and the fields every row has (strings, final, integers), one formatting per row
+    head = "%s " + ",".join([f"{col}=%s" for col in STRING_FIELDS]) + ",final=%s," + ",".join(
+        [f"{col}=%di" for col in INT_FIELDS])
+    heads = [head % row for row in zip(
+        tags.tolist(), *(_quote(frame[col]).tolist() for col in STRING_FIELDS),
+        np.where(frame["final"].to_numpy(bool), "true", "false").tolist(),
+        *(frame[col].to_numpy(np.int64).tolist() for col in INT_FIELDS), strict=True)]
+    return _with_float_fields(heads, np.column_stack([frame[col].to_numpy(np.float64) for col in FLOAT_FIELDS]),
+                              FLOAT_FIELDS, frame["end_ms"].to_numpy(np.int64).tolist())
+
+
+def _with_float_fields(heads: list[str], values: np.ndarray, keys: Sequence[str], stamps: list[int]) -> list[str]:
+    """``head,key=value,… stamp`` per row: the finite ``values`` (rows × keys) as :func:`_float_fields` writes
+    them, what is not finite left out.
+
+    Rows that leave out the same keys share one template, filled from one msgspec encoding of their values
+    (window rows come in a few such shapes: a template per row and field cost most of the lines' time).
+    """
+    lines: list[str] = [""] * len(heads)
+    finite = np.isfinite(values)
+    shapes = np.packbits(finite, axis=1)
+    shapes = np.ascontiguousarray(shapes).view(np.dtype((np.void, shapes.shape[1]))).ravel()
+    _, shape_of_row = np.unique(shapes, return_inverse=True)
+    order = np.argsort(shape_of_row, kind="stable")
+    bounds = np.flatnonzero(np.diff(shape_of_row[order])) + 1
+    for rows in np.split(order, bounds):
+        present = np.flatnonzero(finite[rows[0]])
+        if not len(present):
+            for r in rows.tolist():
+                lines[r] = f"{heads[r]} {stamps[r]}"
+            continue
+        template = "%s," + ",".join([f"{keys[k]}=%s" for k in present]) + " %d"
+        block = values[np.ix_(rows, present)]
+        texts = msgspec.json.encode(block.tolist())[2:-2].decode().split("],[")
+        for r, text in zip(rows.tolist(), texts, strict=True):
+            lines[r] = template % (heads[r], *text.split(","), stamps[r])
+        magnitude = np.abs(block)
+        # msgspec writes these outside scientific notation, repr in it (see _float_fields): repr's text kept
+        scientific = (magnitude >= 1e16) | ((magnitude < 1e-4) & (magnitude > 0))
+        for i in np.flatnonzero(scientific.any(axis=1)):
+            fields = texts[i].split(",")
+            for k in np.flatnonzero(scientific[i]):
+                fields[k] = repr(float(block[i, k]))
+            lines[rows[i]] = template % (heads[rows[i]], *fields, stamps[rows[i]])
     return lines
 
 
