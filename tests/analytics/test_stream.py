@@ -246,21 +246,16 @@ def test_a_snapshot_of_some_sites_holds_each_ones_state_and_no_other():
     assert restore_site(quiet, snapshot_sites(engine, {"quiet"})["quiet"]) == "quiet"
     assert quiet._buffer.empty and quiet._open.empty  # noqa: SLF001
 
-    def of(frame, site):
-        key = frame["site"] if "site" in frame.columns else frame.index.get_level_values("site")
-        return frame[np.asarray(key == site)]
-
     engine._merge_pending()  # noqa: SLF001
     for site, blob in blobs.items():
         alone = StreamEngine(reg)
         assert restore_site(alone, blob) == site
         alone._merge_pending()  # noqa: SLF001
-        assert len(of(engine._open, site)) > 0  # noqa: SLF001
-        pd.testing.assert_frame_equal(alone._open.sort_index(), of(engine._open, site).sort_index(),  # noqa: SLF001
-                                      check_dtype=False)
+        assert len(engine._open.frame([site])) > 0  # noqa: SLF001
+        pd.testing.assert_frame_equal(alone._open.frame(), engine._open.frame([site]), check_dtype=False)  # noqa: SLF001
         for label in StreamEngine.ROLLUPS:
-            pd.testing.assert_frame_equal(alone._acc[label].sort_index(),  # noqa: SLF001
-                                          of(engine._acc[label], site).sort_index(), check_dtype=False)  # noqa: SLF001
+            pd.testing.assert_frame_equal(alone._acc[label].frame(),  # noqa: SLF001
+                                          engine._acc[label].frame([site]), check_dtype=False)  # noqa: SLF001
         # the buffer holds each reading's points-table row, the same in both engines (one registry)
         site_of_reading = engine._pid_site[engine._buffer["pid"].to_numpy()]  # noqa: SLF001
         mine = engine._buffer[site_of_reading == engine._site_code[site]]  # noqa: SLF001
@@ -419,9 +414,9 @@ def test_version_1_to_3_snapshots_restore_the_same_state_as_version_4():
     for name, resumed in restored.items():
         assert len(resumed._buffer) == len(engine._buffer) > 0 and len(resumed._open) > 0  # noqa: SLF001
         pd.testing.assert_frame_equal(resumed._buffer, engine._buffer, check_dtype=False)  # noqa: SLF001
-        pd.testing.assert_frame_equal(resumed._open.sort_index(), engine._open.sort_index(), check_dtype=False)  # noqa: SLF001
+        pd.testing.assert_frame_equal(resumed._open.frame(), engine._open.frame(), check_dtype=False)  # noqa: SLF001
         for label in StreamEngine.ROLLUPS:
-            pd.testing.assert_frame_equal(resumed._acc[label].sort_index(), engine._acc[label].sort_index(),  # noqa: SLF001
+            pd.testing.assert_frame_equal(resumed._acc[label].frame(), engine._acc[label].frame(),  # noqa: SLF001
                                           check_dtype=False, check_index_type=False)
         for label, complete in engine._complete.items():  # noqa: SLF001
             pd.testing.assert_frame_equal(resumed._complete[label].frame(["a"]), complete.frame(["a"]))  # noqa: SLF001
