@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dcpue.analytics.batch import batch_windows
 from dcpue.analytics.stream import StreamEngine, window_ends, window_starts
@@ -594,3 +596,22 @@ def test_complete_days_saved_apart_restore_the_same_state_as_days_carried_by_the
         with pytest.raises(UnusableRecord, match=why):  # found before anything was changed
             restore_site(partial, apart["a"], bad)
         assert partial._complete["1d"].frame(["a"]).index.get_level_values("start_ms").tolist() == [T0]  # noqa: SLF001
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=946_684_800_000, max_value=4_102_444_800_000), min_size=1, max_size=20),
+       st.lists(st.tuples(st.sampled_from(["1m", "15m", "1h", "1d", "1mo"]),
+                          st.sampled_from(["UTC", "Asia/Shanghai", "Europe/Berlin", "America/St_Johns"]),
+                          st.booleans()), min_size=1, max_size=8))
+def test_window_bounds_asked_again_are_those_converted_anew(times, asks):
+    """Window starts and ends are converted once per (label, zone) and time, then looked up: asked again, in any
+    order of labels, zones and kinds, each is what converting it afresh gives."""
+    from dcpue.analytics import stream
+
+    ts = np.array(times, dtype=np.int64)
+    for label, tz, ends in asks:
+        if ends:
+            starts = stream._window_starts(ts, label, tz)  # noqa: SLF001
+            assert window_ends(starts, label, tz).tolist() == stream._window_ends(starts, label, tz).tolist()  # noqa: SLF001
+        else:
+            assert window_starts(ts, label, tz).tolist() == stream._window_starts(ts, label, tz).tolist()  # noqa: SLF001
