@@ -40,13 +40,17 @@ def _module_at(revision: str, path: str, name: str, workdir: Path):
 
 class _NamedBufferEngine:
     """The engine as revisions before ae17c1d kept it, for their ``snapshot_sites``: a buffer with site and
-    point names beside each reading's ``pid``; everything else is the engine's own."""
+    point names beside each reading's ``pid``, open windows and running sums in a frame each; everything else
+    is the engine's own."""
 
     def __init__(self, engine: StreamEngine) -> None:
         self._engine = engine
         named = _named_buffer(engine, set(engine._site_code))  # every site: every buffered row, in order
         named = named.astype({"site": object, "point": object})  # names as those revisions held them
         self._buffer = named.assign(pid=engine._buffer["pid"].to_numpy())
+        # open windows and running sums as one frame each, as revisions before the eighth series kept them
+        self._open = engine._open.frame()
+        self._acc = {label: acc.frame() for label, acc in engine._acc.items()}
 
     def __getattr__(self, name: str):
         return getattr(self._engine, name)
