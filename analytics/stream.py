@@ -53,8 +53,9 @@ __all__ = ["FLEET_ID", "StreamEngine", "UnusableRecord", "complete_gap", "restor
            "snapshot_sites", "window_ends", "window_starts"]
 
 
-# window bounds already converted, per (label, zone, start or end): a step asks for the same few minutes' windows
-# again and again, and a conversion through pandas' time zones costs a live step of 5 sites a tenth of its time
+# window bounds already converted, per (start or end, label, zone): a step asks for the bounds of the same few
+# window starts again and again, and a conversion through pandas' time zones cost a live step of 5 sites a
+# tenth of its time (raw reading times, each asked once, are converted without it)
 _BOUNDS: dict[tuple[str, str, str], dict[int, int]] = {}
 _BOUNDS_KEPT = 1 << 16  # per (label, zone, kind); forgotten all at once when full
 _BOUNDS_ASKED = 4096  # more distinct times than this in one call are converted without the table
@@ -448,14 +449,15 @@ class StreamEngine:
         sites = [s for s in dirty if s in self._max_ts]
         if not sites:
             return pd.DataFrame()
-        today = window_starts(np.array([self._max_ts[s] for s in sites], dtype=np.int64), "1d", self.tz)
+        newest, at = np.unique(np.array([self._max_ts[s] for s in sites], dtype=np.int64), return_inverse=True)
+        today = _window_starts(newest, "1d", self.tz)[at]  # raw times, seldom asked again: not kept in _BOUNDS
         starts = pd.Series(window_starts(today - (ANNUAL_DAYS - 1) * DAY_MS + DAY_MS // 2, "1d", self.tz),
                            index=sites)
         since_by_site = dict(zip(sites, starts.tolist(), strict=True))
         parts = [self._complete["1d"].sums_since(since_by_site)]
         days = self._acc["1d"].frame(sites)
         if not days.empty:
-            since = _by_site(days.index, since_by_site, np.float64, np.nan)  # NaN for sites not dirty
+            since = _by_site(days.index, since_by_site, np.float64, np.nan)
             keep = days.index.get_level_values("start_ms").to_numpy(np.int64) >= since
             parts.append(days[keep])
         parts.append(self._open.frame(sites))
@@ -683,7 +685,9 @@ class _SiteRows:
         self._columns = pd.Index(FLOW_COLUMNS)
 
     def __len__(self) -> int:
-        return sum(len(starts) for starts in self._starts.values())
+        # the values copied in one call first: the status page counts them from another thread while a step
+        # replaces sites (iterating the dict itself could meet it changing size)
+        return sum(map(len, list(self._starts.values())))
 
     @property
     def empty(self) -> bool:
@@ -722,8 +726,8 @@ class _SiteRows:
             self._starts[site], self._values[site] = starts[lo:hi], values[lo:hi]
 
     def add(self, rows: pd.DataFrame) -> None:
-        """Add ``rows`` (one per (site, start_ms)) to the sums of the same windows, as rows of their own where a
-        site has none yet; a flow NaN on both sides stays NaN."""
+        """Add ``rows`` (one per (site, start_ms)) to the sums of the same windows, as rows of their own for
+        windows not held yet; a flow NaN on both sides stays NaN."""
         if rows.empty:
             return
         sites = rows.index.get_level_values("site").unique()

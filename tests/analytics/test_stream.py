@@ -615,3 +615,41 @@ def test_window_bounds_asked_again_are_those_converted_anew(times, asks):
             assert window_ends(starts, label, tz).tolist() == stream._window_ends(starts, label, tz).tolist()  # noqa: SLF001
         else:
             assert window_starts(ts, label, tz).tolist() == stream._window_starts(ts, label, tz).tolist()  # noqa: SLF001
+
+
+def test_counting_open_windows_while_a_step_replaces_sites_never_fails():
+    """The status page counts the engine's open windows from its own thread while the worker's step replaces
+    sites' rows: the count never meets the table changing size under it."""
+    import sys
+    import threading
+    import time
+
+    from dcpue.analytics.pue import FLOW_COLUMNS, site_start_index
+    from dcpue.analytics.stream import _SiteRows
+
+    sites = np.array([f"s{k}" for k in range(50)], dtype=object)
+    frame = pd.DataFrame(np.ones((150, len(FLOW_COLUMNS))), columns=list(FLOW_COLUMNS),
+                         index=site_start_index(sites, np.repeat(np.arange(50), 3), np.tile([0, MIN, 2 * MIN], 50)))
+    rows = _SiteRows()
+    stop, errors, counts = threading.Event(), [], set()
+
+    def step():
+        while not stop.is_set():
+            rows.put(frame, sites=sites.tolist())  # every site dropped, then put back
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, as a loaded machine may
+    worker = threading.Thread(target=step)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                counts.add(len(rows))
+            except RuntimeError as exc:
+                errors.append(exc)
+    finally:
+        stop.set()
+        worker.join()
+        sys.setswitchinterval(interval)
+    assert not errors and counts <= set(range(0, 151, 3))
