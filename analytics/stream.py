@@ -57,7 +57,7 @@ __all__ = ["FLEET_ID", "StreamEngine", "UnusableRecord", "complete_gap", "restor
 # window starts again and again, and a conversion through pandas' time zones cost a live step of 5 sites a
 # tenth of its time (raw reading times, each asked once, are converted without it)
 _BOUNDS: dict[tuple[str, str, str], dict[int, int]] = {}
-_BOUNDS_KEPT = 1 << 16  # per (label, zone, kind); forgotten all at once when full
+_BOUNDS_KEPT = 1 << 16  # per table (start or end, label, zone); forgotten all at once when full
 _BOUNDS_ASKED = 4096  # more distinct times than this in one call are converted without the table
 
 
@@ -674,10 +674,9 @@ def _obj_to_frame(obj: dict[str, object], index: list[str] | None) -> pd.DataFra
     return frame.set_index(index) if index and not frame.empty else frame
 
 
-class _SiteRows:
-    """Flow sums by (site, window start), each site's rows kept apart, sorted by start: a step reads and
-    replaces its own sites' rows (filtering and rebuilding one frame of every site's rows at every step cost a
-    live step of 5 sites of 1,000 nearly half its time)."""
+class _PerSite:
+    """Flow sums by (site, window start), each site's rows kept apart as arrays, sorted by start: read site by
+    site (a step's sites, a checkpoint's), never as one frame of every site."""
 
     def __init__(self) -> None:
         self._starts: dict[str, np.ndarray] = {}  # site → window starts [ms], ascending
@@ -705,6 +704,18 @@ class _SiteRows:
                                  np.concatenate([self._starts[site] for site in held]))
         return pd.DataFrame(np.concatenate([self._values[site] for site in held]), index=index,
                             columns=self._columns)
+
+    def drop(self, sites: set[str]) -> None:
+        """Forget ``sites``."""
+        for site in sites:
+            self._starts.pop(site, None)
+            self._values.pop(site, None)
+
+
+class _SiteRows(_PerSite):
+    """Sums that still change (open base windows, running rollup sums): a step reads and replaces its own
+    sites' rows (filtering and rebuilding one frame of every site's rows at every step cost a live step of 5
+    sites of 1,000 nearly half its time)."""
 
     def put(self, rows: pd.DataFrame, sites: Iterable[str] | None = None) -> None:
         """Replace the rows of ``sites`` (default: those in ``rows``) with ``rows`` (indexed (site, start_ms));
@@ -734,25 +745,14 @@ class _SiteRows:
         held = self.frame(sites)
         self.put(rollup_flows(pd.concat([held, rows])) if not held.empty else rows)
 
-    def drop(self, sites: set[str]) -> None:
-        """Forget ``sites``."""
-        for site in sites:
-            self._starts.pop(site, None)
-            self._values.pop(site, None)
 
-
-class _CompleteSums:
+class _CompleteSums(_PerSite):
     """The sums of complete windows of one length (days), per site, oldest first: appended once a window
-    completes, read site by site (a step's sites, a checkpoint's), never changed."""
+    completes, never changed."""
 
     def __init__(self) -> None:
-        self._starts: dict[str, np.ndarray] = {}  # site → window starts [ms], ascending
-        self._values: dict[str, np.ndarray] = {}  # site → (windows × flow columns) sums
-        self._columns = pd.Index(FLOW_COLUMNS)
+        super().__init__()
         self._annual: dict[str, tuple[int, np.ndarray]] = {}  # site → (since, sums from then on), until it changes
-
-    def __len__(self) -> int:
-        return sum(len(starts) for starts in self._starts.values())
 
     def add(self, rows: pd.DataFrame) -> None:
         """Append complete windows (indexed (site, start_ms), flow columns), each newer than the site's others."""
@@ -830,22 +830,9 @@ class _CompleteSums:
 
     def drop(self, sites: set[str]) -> None:
         """Forget ``sites``."""
+        super().drop(sites)
         for site in sites:
-            self._starts.pop(site, None)
-            self._values.pop(site, None)
             self._annual.pop(site, None)
-
-    def frame(self, sites: set[str] | list[str]) -> pd.DataFrame:
-        """The windows of ``sites``, indexed (site, start_ms)."""
-        held = [site for site in sites if site in self._starts]
-        if not held:
-            return pd.DataFrame()
-        counts = [len(self._starts[site]) for site in held]
-        index = pd.MultiIndex.from_arrays([np.repeat(np.array(held, dtype=object), counts),
-                                           np.concatenate([self._starts[site] for site in held])],
-                                          names=["site", "start_ms"])
-        return pd.DataFrame(np.concatenate([self._values[site] for site in held]), index=index,
-                            columns=self._columns)
 
     def sums_since(self, since: dict[str, int]) -> pd.DataFrame:
         """Per site of ``since`` holding windows that start at or after ``since[site]``: their sum (NaN where

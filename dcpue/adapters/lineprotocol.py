@@ -95,10 +95,14 @@ def _float_fields(key: str, values: np.ndarray) -> list[str]:
         return [f"{key}={v!r}" for v in values.tolist()]
     texts = msgspec.json.encode(values.tolist())[1:-1].decode()
     fields = (key + "=" + texts.replace(",", "," + key + "=")).split(",")
-    magnitude = np.abs(values)
-    for i in np.flatnonzero(np.isfinite(values) & ((magnitude >= 1e16) | ((magnitude < 1e-4) & (magnitude > 0)))):
+    for i in np.flatnonzero(np.isfinite(values) & _scientific(np.abs(values))):
         fields[i] = f"{key}={float(values[i])!r}"
     return fields
+
+
+def _scientific(magnitude: np.ndarray) -> np.ndarray:
+    """Where ``repr`` writes a number of this magnitude in scientific notation and msgspec does not."""
+    return (magnitude >= 1e16) | ((magnitude < 1e-4) & (magnitude > 0))
 
 
 class _FieldSet:
@@ -204,9 +208,7 @@ def _with_float_fields(heads: list[str], values: np.ndarray, keys: Sequence[str]
         texts = msgspec.json.encode(block.tolist())[2:-2].decode().split("],[")
         for r, text in zip(rows.tolist(), texts, strict=True):
             lines[r] = template % (heads[r], *text.split(","), stamps[r])
-        magnitude = np.abs(block)
-        # msgspec writes these outside scientific notation, repr in it (see _float_fields): repr's text kept
-        scientific = (magnitude >= 1e16) | ((magnitude < 1e-4) & (magnitude > 0))
+        scientific = _scientific(np.abs(block))  # repr's text kept for these (see _float_fields)
         for i in np.flatnonzero(scientific.any(axis=1)):
             fields = texts[i].split(",")
             for k in np.flatnonzero(scientific[i]):
