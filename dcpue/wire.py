@@ -42,14 +42,23 @@ MAX_QUALITY = int(max(Quality)) * 2 - 1
 NO_VALUE_FLAGS = int(Quality.BAD | Quality.COLLECTOR_DOWN)
 
 
-class _BatchV1RawPoints(msgspec.Struct, forbid_unknown_fields=False):
-    """Fast-path shape of a well-formed v1 batch, the point names left encoded: a site's collector sends the
-    same names at every poll, and decoding them into new strings was half of decoding a batch."""
+class _BatchV1Raw(msgspec.Struct, forbid_unknown_fields=False):
+    """Fast-path shape of a v1 batch, its columns left encoded: a site's collector sends the same point names at
+    every poll (decoding them into new strings was half of decoding a batch), and numbers packed as msgspec packs
+    them are read straight into arrays (:func:`_packed_columns`), never made into Python objects."""
 
     schema: str
     v: int
     site: str
     point: msgspec.Raw
+    ts: msgspec.Raw
+    value: msgspec.Raw
+    quality: msgspec.Raw
+
+
+class _BatchV1Columns(msgspec.Struct, forbid_unknown_fields=False):
+    """The number columns of a v1 batch as lists, for a batch whose numbers are packed some other way."""
+
     ts: list[int]
     value: list[float]
     quality: list[int]
@@ -57,7 +66,8 @@ class _BatchV1RawPoints(msgspec.Struct, forbid_unknown_fields=False):
 
 _encoder = msgspec.msgpack.Encoder()
 _generic_decoder = msgspec.msgpack.Decoder()
-_raw_points_decoder = msgspec.msgpack.Decoder(_BatchV1RawPoints)
+_raw_decoder = msgspec.msgpack.Decoder(_BatchV1Raw)
+_columns_decoder = msgspec.msgpack.Decoder(_BatchV1Columns)
 _names_decoder = msgspec.msgpack.Decoder(tuple[str, ...])  # immutable: one is handed to every caller
 
 
@@ -149,12 +159,14 @@ def decode_batch(data: bytes) -> DecodedBatch:
     return DecodedBatch(poll.sites[0], poll.point, poll.ts, poll.value, poll.quality, poll.rejects[0])
 
 
-def _bad_records(point: Sequence[str], ts: np.ndarray, value: np.ndarray, quality: np.ndarray) -> np.ndarray | None:
-    """Which records of these columns are invalid (a boolean per record), or ``None`` if none is."""
+def _bad_records(unnamed: np.ndarray | None, ts: np.ndarray, value: np.ndarray,
+                 quality: np.ndarray) -> np.ndarray | None:
+    """Which records of these columns are invalid (a boolean per record), or ``None`` if none is; ``unnamed``
+    says which have an empty point name (``None``: none has)."""
     bad = (ts < TS_MIN_MS) | (ts >= TS_MAX_MS) | (quality < 0) | (quality > MAX_QUALITY)
     bad |= ~np.isfinite(value) & ~(np.isnan(value) & ((quality & NO_VALUE_FLAGS) != 0))
-    if not all(point):  # the usual case, without a Python loop per point
-        bad |= np.fromiter((not p for p in point), dtype=bool, count=len(point))
+    if unnamed is not None:
+        bad |= unnamed
     return bad if bad.any() else None
 
 
@@ -213,55 +225,65 @@ class PollDecoder:
     """Decodes many batch messages at once (:meth:`decode`), keeping each site's last list of point names.
 
     What :func:`decode_batch` gives for each message, with the numbers of all of them converted and validated
-    together (per message that cost more than decoding it), and a site's point names decoded only when their
-    encoded bytes differ from its last batch's.
+    together (per message that cost more than decoding it): read straight from the messages' bytes where they are
+    packed as msgspec packs Python's numbers, through lists otherwise. A site's point names are decoded only when
+    their encoded bytes differ from its last batch's.
     """
 
-    # the encoded names kept, in bytes, at most (a bad producer could send any number of sites and names); past
-    # it the names are forgotten and decoded again. 1,000 sites of 126 points take about 2.5 MB
+    # the names kept, in bytes (encoded, and their array's references), at most (a bad producer could send any
+    # number of sites and names); past it the names are forgotten and decoded again. 1,000 sites of 126 points
+    # take about 3.5 MB
     MAX_CACHED_BYTES = 32 << 20
 
     def __init__(self) -> None:
-        self._names: dict[str, tuple[msgspec.Raw, tuple[str, ...]]] = {}
+        self._names: dict[str, _Names] = {}
         self._cached_bytes = 0
 
-    def _point_names(self, site: str, raw: msgspec.Raw) -> tuple[str, ...]:
+    def _point_names(self, site: str, raw: msgspec.Raw) -> _Names:
         last = self._names.get(site)
         if last is not None and last[0] == raw:
-            return last[1]
+            return last
         names = _names_decoder.decode(raw)
-        if self._cached_bytes + len(raw) > self.MAX_CACHED_BYTES:
+        # a copy of the bytes: the Raw points into the message it came in
+        entry = (raw.copy(), names, np.array(names, dtype=object).reshape(-1), all(names))
+        if self._cached_bytes + _names_bytes(entry) > self.MAX_CACHED_BYTES:
             self._names.clear()
             self._cached_bytes = 0
         if last is not None and site in self._names:
-            self._cached_bytes -= len(last[0])
-        self._names[site] = (raw.copy(), names)  # a copy: the Raw points into the message it came in
-        self._cached_bytes += len(raw)
-        return names
+            self._cached_bytes -= _names_bytes(last)
+        self._names[site] = entry
+        self._cached_bytes += _names_bytes(entry)
+        return entry
 
     def decode(self, values: list[bytes]) -> DecodedPoll:
         """Decode ``values``; a message that is not a batch is reported in the result, never raised."""
         n = len(values)
         sites: list[str | None] = [None] * n
         errors: list[DecodeError | None] = [None] * n
-        fast: list[tuple[int, str, tuple[str, ...], _BatchV1RawPoints]] = []
+        packed: list[_Packed] = []
+        listed: dict[int, tuple[str, _Names, _BatchV1Columns]] = {}
         slow: dict[int, DecodedBatch] = {}
         for i, data in enumerate(values):
             try:
                 try:
-                    batch = _raw_points_decoder.decode(data)
+                    batch = _raw_decoder.decode(data)
                     # the names before the envelope: a name that is not UTF-8 makes the message "not MessagePack",
                     # as decode_batch says
                     names = self._point_names(batch.site, batch.point)
+                    parts = _packed_columns(batch, len(names[1]))
+                    columns = _columns_decoder.decode(data) if parts is None else None
                 except (msgspec.DecodeError, UnicodeDecodeError, ValueError):
                     slow[i] = _decode_slow(data)
                     continue
                 _check_envelope(batch.schema, batch.v, batch.site)
-                _check_lengths(names, batch.ts, batch.value, batch.quality)
-                fast.append((i, batch.site, names, batch))
+                if columns is None:
+                    packed.append((i, batch.site, names, *parts))  # type: ignore[misc]
+                else:
+                    _check_lengths(names[1], columns.ts, columns.value, columns.quality)
+                    listed[i] = (batch.site, names, columns)
             except Exception as exc:  # noqa: BLE001 — a poison message must never stop the consumer
                 errors[i] = _decode_error(exc, i)
-        return _flatten(values, sites, errors, fast, slow)
+        return _flatten(values, sites, errors, packed, listed, slow)
 
 
 def decode_poll(values: list[bytes]) -> DecodedPoll:
@@ -277,51 +299,108 @@ def _decode_error(exc: Exception, i: int) -> DecodeError:
     return DecodeError(f"decoder error: {type(exc).__name__}: {exc}")
 
 
-def _flatten(values: list[bytes], sites: list[str | None], errors: list[DecodeError | None],
-             fast: list[tuple[int, str, tuple[str, ...], _BatchV1RawPoints]],
-             slow: dict[int, DecodedBatch]) -> DecodedPoll:
-    """The poll's valid readings in flat columns: the well-formed batches converted and validated together,
-    the record-by-record ones (``slow``) put in their places."""
+# a site's last point names: (encoded, decoded, as an object array, whether none is empty)
+_Names = tuple[msgspec.Raw, tuple[str, ...], np.ndarray, bool]
+# a message's number columns as msgspec packs Python's ints and floats: (message, site, names, ts, value,
+# quality), each column the bytes of its elements
+_Packed = tuple[int, str, _Names, memoryview, memoryview, memoryview]
+
+
+def _names_bytes(entry: _Names) -> int:
+    return len(entry[0]) + entry[2].nbytes
+_TAGGED_INT64 = np.dtype([("tag", "u1"), ("bits", ">u8")])  # uint 64 (0xcf) or int 64 (0xd3), big-endian
+_TAGGED_FLOAT64 = np.dtype([("tag", "u1"), ("value", ">f8")])  # float 64 (0xcb)
+_UINT64, _INT64, _FLOAT64, _FIXINT_END = 0xCF, 0xD3, 0xCB, 0x80
+
+
+def _packed_elements(raw: msgspec.Raw, count: int, width: int) -> memoryview | None:
+    """The elements of the MessagePack array ``raw`` if it has ``count`` of them in ``width`` bytes each, else
+    ``None``. Which elements they are is judged from their tags for the whole poll (:func:`_unpack_columns`)."""
+    view = memoryview(raw)
+    if not view:
+        return None
+    head = view[0]
+    if 0x90 <= head <= 0x9F:
+        size, start = head - 0x90, 1
+    elif head == 0xDC and len(view) >= 3:
+        size, start = int.from_bytes(view[1:3], "big"), 3
+    elif head == 0xDD and len(view) >= 5:
+        size, start = int.from_bytes(view[1:5], "big"), 5
+    else:
+        return None
+    return view[start:] if size == count and len(view) == start + width * count else None
+
+
+def _packed_columns(batch: _BatchV1Raw, count: int) -> tuple[memoryview, memoryview, memoryview] | None:
+    """The elements of a batch's ts, value and quality arrays if each has ``count`` elements of the width msgspec
+    packs them in (9 bytes for an int of 2**32 or more and for a float, 1 byte for an int below 128)."""
+    ts = _packed_elements(batch.ts, count, 9)
+    value = _packed_elements(batch.value, count, 9) if ts is not None else None
+    quality = _packed_elements(batch.quality, count, 1) if value is not None else None
+    return None if quality is None else (ts, value, quality)  # type: ignore[return-value]
+
+
+def _unpack_columns(packed: list[_Packed]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The ts, value and quality of every packed message, and which messages (their positions in ``packed``)
+    hold an element of another type than its width suggests; these must be decoded as lists.
+
+    An array whose elements take 9 bytes each and whose every 9th byte is a 9-byte type's tag holds only that
+    type: the first element starts at byte 0, and each one of 9 bytes ends where the next tag is read.
+    """
+    ts_rec = np.frombuffer(b"".join([entry[3] for entry in packed]), dtype=_TAGGED_INT64)
+    value_rec = np.frombuffer(b"".join([entry[4] for entry in packed]), dtype=_TAGGED_FLOAT64)
+    quality_bytes = np.frombuffer(b"".join([entry[5] for entry in packed]), dtype=np.uint8)
+    ts = ts_rec["bits"].astype(np.int64)  # an int 64's bits as they are; a uint 64 of 2**63 or more turns negative
+    tag = ts_rec["tag"]
+    wrong = ~(((tag == _UINT64) & (ts >= 0)) | (tag == _INT64))
+    wrong |= value_rec["tag"] != _FLOAT64
+    wrong |= quality_bytes >= _FIXINT_END
+    bad_messages = np.empty(0, dtype=np.int64)
+    if wrong.any():
+        ends = np.cumsum([len(entry[5]) for entry in packed])
+        bad_messages = np.unique(np.searchsorted(ends, np.flatnonzero(wrong), side="right"))
+    return ts, value_rec["value"].astype(np.float64), quality_bytes.astype(np.int64), bad_messages
+
+
+def _flatten(values: list[bytes], sites: list[str | None], errors: list[DecodeError | None], packed: list[_Packed],
+             listed: dict[int, tuple[str, _Names, _BatchV1Columns]], slow: dict[int, DecodedBatch]) -> DecodedPoll:
+    """The poll's valid readings in flat columns: the well-formed batches validated together, those whose
+    numbers are packed some other way converted from lists, the record-by-record ones (``slow``) put in their
+    places."""
     n = len(values)
-    ts_list: list[int] = []
-    value_list: list[float] = []
-    quality_list: list[int] = []
-    point_list: list[str] = []
-    for _, _, names, batch in fast:
-        ts_list += batch.ts
-        value_list += batch.value
-        quality_list += batch.quality
-        point_list += names
-    try:
-        ts, quality = np.array(ts_list, dtype=np.int64), np.array(quality_list, dtype=np.int64)
-    except OverflowError:  # an integer beyond int64 somewhere: judge the messages holding one record by record
-        kept = []
-        for entry in fast:
-            i, *_, batch = entry
+    fast = [(i, site, names) for i, site, names, *_ in packed]
+    if packed:
+        ts, value, quality, bad_messages = _unpack_columns(packed)
+    else:
+        ts, value, quality, bad_messages = (np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.int64),
+                                            np.empty(0, np.int64))
+    for k in bad_messages.tolist():
+        i, site, names = fast[k]
+        try:
+            listed[i] = (site, names, _columns_decoder.decode(values[i]))
+        except (msgspec.DecodeError, UnicodeDecodeError, ValueError):
             try:
-                np.array(batch.ts, dtype=np.int64), np.array(batch.quality, dtype=np.int64)
-                kept.append(entry)
-            except OverflowError:
-                try:
-                    slow[i] = _decode_slow(values[i])
-                except Exception as exc:  # noqa: BLE001 — as in the decoding loop
-                    errors[i] = _decode_error(exc, i)
-        return _flatten(values, sites, errors, kept, slow)
-    value = np.array(value_list, dtype=np.float64)
-    lengths = np.array([len(batch.ts) for *_, batch in fast], dtype=np.int64)
+                slow[i] = _decode_slow(values[i])
+            except Exception as exc:  # noqa: BLE001 — as in the decoding loop
+                errors[i] = _decode_error(exc, i)
+    if listed or len(bad_messages):
+        ts, value, quality, fast = _merge_listed(values, errors, slow, fast, ts, value, quality, listed)
+    lengths = np.array([len(names[1]) for _, _, names in fast], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)])
-    bad = _bad_records(point_list, ts, value, quality)
+    # the sites' cached arrays of names joined: no Python string is looked at per reading
+    point = np.concatenate([names[2] for _, _, names in fast]) if fast else np.empty(0, dtype=object)
+    named = all([names[3] for _, _, names in fast])
+    bad = _bad_records(None if named else point == "", ts, value, quality)
     rejects: list[list[Reject]] = [[] for _ in range(n)]
     counts = np.zeros(n, dtype=np.int64)
     points: list[tuple[str, ...]] = [() for _ in range(n)]
-    for k, (i, site, names, _) in enumerate(fast):
+    for k, (i, site, (_, names, _, _)) in enumerate(fast):
         sites[i], points[i], counts[i] = site, names, lengths[k]
         if bad is not None and bad[starts[k]:starts[k + 1]].any():
             lo, hi = int(starts[k]), int(starts[k + 1])
             rejects[i] = _rejects(site, names, ts, value, quality, bad, lo, hi)
             points[i] = tuple(p for p, b in zip(names, bad[lo:hi], strict=True) if not b)
             counts[i] = len(points[i])
-    point = np.array(point_list, dtype=object) if point_list else np.empty(0, dtype=object)
     if bad is not None:
         keep = ~bad
         point, ts, value, quality = point[keep], ts[keep], value[keep], quality[keep]
@@ -337,6 +416,35 @@ def _flatten(values: list[bytes], sites: list[str | None], errors: list[DecodeEr
                                            for i in sorted([*at, *slow])]))
         point, ts, value, quality = columns
     return DecodedPoll(sites, errors, rejects, counts, points, point, ts, value, quality)
+
+
+def _merge_listed(values: list[bytes], errors: list[DecodeError | None], slow: dict[int, DecodedBatch],
+                  fast: list[tuple[int, str, _Names]], ts: np.ndarray, value: np.ndarray, quality: np.ndarray,
+                  listed: dict[int, tuple[str, _Names, _BatchV1Columns]],
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, str, _Names]]]:
+    """The packed messages' columns and the listed ones' in message order (rare: a producer that packs numbers
+    another way than msgspec), without the packed ones found to hold other types, now listed or in ``slow``. A
+    listed message holding an integer beyond int64 goes to ``slow``."""
+    segments: dict[int, tuple[str, _Names, np.ndarray, np.ndarray, np.ndarray]] = {}
+    offset = 0
+    for i, site, names in fast:
+        end = offset + len(names[1])
+        if i not in listed and i not in slow and errors[i] is None:  # not a packed one found to hold other types
+            segments[i] = (site, names, ts[offset:end], value[offset:end], quality[offset:end])
+        offset = end
+    for i, (site, names, columns) in listed.items():
+        try:
+            segments[i] = (site, names, np.array(columns.ts, dtype=np.int64), np.array(columns.value, dtype=np.float64),
+                           np.array(columns.quality, dtype=np.int64))
+        except OverflowError:  # an integer beyond int64: judged record by record
+            try:
+                slow[i] = _decode_slow(values[i])
+            except Exception as exc:  # noqa: BLE001 — as in the decoding loop
+                errors[i] = _decode_error(exc, i)
+    order = sorted(segments)
+    merged = [np.concatenate([segments[i][k] for i in order]) if order else empty
+              for k, empty in ((2, np.empty(0, np.int64)), (3, np.empty(0, np.float64)), (4, np.empty(0, np.int64)))]
+    return merged[0], merged[1], merged[2], [(i, segments[i][0], segments[i][1]) for i in order]
 
 
 def _first_reason(*checks: tuple[bool, str]) -> str:

@@ -166,13 +166,13 @@ def test_a_poll_decoder_keeps_point_names_within_its_byte_budget(monkeypatch):
         assert poll.sites == [f"s{k}" for k in range(50)]
         assert all(names == tuple(f"point-{i}" for i in range(5)) for names in poll.points)
         assert decoder._cached_bytes <= 200 and len(decoder._names) < 50
-    kept = sum(len(raw) for raw, _ in decoder._names.values())
+    kept = sum(len(raw) + array.nbytes for raw, _, array, _ in decoder._names.values())
     assert kept == decoder._cached_bytes
     again = decoder.decode([messages[-1]])  # the same names again: handed out from the cache, unchangeable
     assert again.points[0] is decoder._names["s49"][1] and isinstance(again.points[0], tuple)
     changed = decoder.decode([encode_batch("s49", ["other"], [TS], [2.0])])  # a site's names replaced, not added
     assert changed.points == [("other",)]
-    assert decoder._cached_bytes == sum(len(raw) for raw, _ in decoder._names.values()) < kept
+    assert decoder._cached_bytes == sum(len(raw) + array.nbytes for raw, _, array, _ in decoder._names.values()) < kept
 
 
 @pytest.mark.parametrize("envelope", [{"site": ""}, {"schema": "other"}])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 import tempfile
 import time
 from pathlib import Path
@@ -323,3 +324,94 @@ def test_a_step_whose_readings_are_all_bad_quality_gives_rows_not_a_crash():
     rows = engine.advance()
     assert set(rows.loc[rows["window"] == "1m", "status"]) <= {"no_data"}
     assert rows["pue"].isna().all()
+
+
+# -- numbers packed as any MessagePack producer may pack them ------------------------------------------------
+
+
+def _packed_array(draw: st.DrawFn, elements: list[bytes]) -> msgspec.Raw:
+    n = len(elements)
+    heads = [b"\xdc" + n.to_bytes(2, "big"), b"\xdd" + n.to_bytes(4, "big")] + ([bytes([0x90 | n])] if n < 16 else [])
+    return msgspec.Raw(draw(st.sampled_from(heads)) + b"".join(elements))
+
+
+# a column's elements as msgspec packs them (9 bytes a ts or value, 1 byte a quality), and elements of the same
+# width not of the type it packs there, which the decoder must tell apart
+TS_PLAIN = st.one_of(st.integers(T0, T0 + 10**7), st.integers(TS_MAX_MS - 2, TS_MAX_MS + 2)).map(msgspec.msgpack.encode)
+TS_SAME_WIDTH = st.one_of(
+    st.integers(2**63, 2**64 - 1).map(msgspec.msgpack.encode),  # uint 64 beyond int 64
+    st.integers(-(2**63), 2**63 - 1).map(lambda v: b"\xd3" + v.to_bytes(8, "big", signed=True)),
+    st.floats().map(lambda v: b"\xcb" + struct.pack(">d", v)))
+VALUE_PLAIN = st.floats().map(lambda v: b"\xcb" + struct.pack(">d", v))
+VALUE_SAME_WIDTH = st.one_of(
+    st.integers(0, 2**64 - 1).map(lambda v: b"\xcf" + v.to_bytes(8, "big")),
+    st.integers(-(2**63), 2**63 - 1).map(lambda v: b"\xd3" + v.to_bytes(8, "big", signed=True)))
+QUALITY_PLAIN = st.integers(0, MAX_Q + 2).map(msgspec.msgpack.encode)
+QUALITY_SAME_WIDTH = st.sampled_from([b"\xff", b"\xe0", b"\xc0", b"\xc2", b"\xc3", b"\x80", b"\x90"])
+# an element of another width: an int shorter or fixed-width, a float 32, any other type
+OTHER_WIDTH = st.one_of(st.integers(-(2**63), 2**64 - 1).map(msgspec.msgpack.encode),
+                        st.integers(0, 255).map(lambda v: b"\xcc" + v.to_bytes(1, "big")),
+                        st.floats(width=32).map(lambda v: b"\xca" + struct.pack(">f", v)),
+                        ANY_SCALAR.map(msgspec.msgpack.encode))
+
+
+@st.composite
+def packed_any_way(draw: st.DrawFn) -> tuple[bytes, list[tuple]]:
+    """A batch whose numbers are packed as msgspec packs them, but for a few elements (if any) of the same width
+    and another type, or of another width, under any array header; and its records as a generic MessagePack
+    decoder reads them."""
+    n = draw(st.integers(1, 18))
+    names = [draw(st.sampled_from(["p0", "p1", "cool.crah", "p0", ""])) for _ in range(n)]
+    columns = []
+    for plain, same_width in ((TS_PLAIN, TS_SAME_WIDTH), (VALUE_PLAIN, VALUE_SAME_WIDTH),
+                              (QUALITY_PLAIN, QUALITY_SAME_WIDTH)):
+        column = [draw(plain) for _ in range(n)]
+        for _ in range(draw(st.sampled_from([0, 0, 1, 2]))):
+            column[draw(st.integers(0, n - 1))] = draw(same_width)
+        if draw(st.integers(0, 4)) == 0:
+            column[draw(st.integers(0, n - 1))] = draw(OTHER_WIDTH)
+        columns.append(column)
+    arrays = [_packed_array(draw, column) for column in columns]
+    doc = {"schema": "dcpue.readings", "v": 1, "site": "s", "point": names, "ts": arrays[0], "value": arrays[1],
+           "quality": arrays[2]}
+    data = msgspec.msgpack.encode(doc)
+    plain = msgspec.msgpack.decode(data)
+    return data, list(zip(plain["point"], plain["ts"], plain["value"], plain["quality"], strict=True))
+
+
+def _as_recorded(x: object) -> object:
+    """A record's field as a dead letter's JSON shows it."""
+    if x is None or isinstance(x, bool | int | str):
+        return x
+    return x if isinstance(x, float) and math.isfinite(x) else repr(x)
+
+
+@fuzz(200)
+@given(st.lists(st.one_of(packed_any_way(), st.builds(lambda: (VALID, None))), min_size=1, max_size=6))
+def test_numbers_packed_any_way_msgpack_allows_are_read_as_their_values(messages):
+    """The decoder reads numbers packed as msgspec packs them straight from their bytes, and any other packing as
+    lists: a poll mixing both keeps exactly the valid records, each with the value a generic decoder reads, and
+    rejects the others with the values it reads."""
+    from dcpue.wire import PollDecoder
+
+    poll = PollDecoder().decode([data for data, _ in messages])
+    ts, value, quality = [], [], []
+    for n, (data, records) in enumerate(messages):
+        if records is None:  # the msgspec-packed batch, as decoded on its own
+            records = [tuple(column) for column in zip(*(msgspec.msgpack.decode(data)[c] for c in
+                                                         ("point", "ts", "value", "quality")), strict=True)]
+        verdicts = [oracle(*r) for r in records]
+        good = [r for r, bad in zip(records, verdicts, strict=True) if not bad]
+        assert poll.errors[n] is None and poll.counts[n] == len(good)
+        assert [r.index for r in poll.rejects[n]] == [k for k, bad in enumerate(verdicts) if bad]
+        for reject in poll.rejects[n]:
+            point, t, v, q = records[reject.index]
+            assert reject.reason.split(" ", 1)[0] in verdicts[reject.index]
+            # as read, not as another type's bytes
+            assert (reject.record["ts"], reject.record["quality"]) == (_as_recorded(t), _as_recorded(q))
+        assert poll.points[n] == tuple(r[0] for r in good)
+        ts += [r[1] for r in good]
+        value += [float(r[2]) for r in good]
+        quality += [r[3] for r in good]
+    assert poll.ts.tolist() == ts and poll.quality.tolist() == quality
+    assert len(poll.value) == len(value) and all(_same(a, b) for a, b in zip(poll.value.tolist(), value, strict=True))
