@@ -19,6 +19,7 @@ from the same samples and their sums are consistent.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -138,6 +139,7 @@ def point_window_columns(readings: pd.DataFrame, points: pd.DataFrame, edges_ms:
     return {
         **named,
         "start_ms": np.tile(edges[:-1], n_series),
+        "window": np.tile(np.arange(n_windows, dtype=np.int64), n_series),  # position of start_ms among the edges
         "integral": integral.ravel(),
         "covered_s": covered_s.ravel(),
         "booked_s": booked_s.ravel(),
@@ -247,11 +249,26 @@ def _prepare(readings: pd.DataFrame, points: pd.DataFrame) -> _Prepared | None:
     first = np.ones(len(pid), dtype=bool)
     first[1:] = pid[1:] != pid[:-1]
     series = np.cumsum(first) - 1
-    return (series, ts, value * points["factor"].to_numpy(np.float64)[pid],
-            points["is_counter"].to_numpy(bool)[pid], points["rated_kw"].to_numpy(np.float64)[pid],
-            points["rollover"].to_numpy(np.float64)[pid],
-            (points["quantity"].to_numpy(object) == Quantity.POWER.value)[pid],
-            pid)
+    factor, is_counter, rated_kw, rollover, is_power = _point_columns(points)
+    return series, ts, value * factor[pid], is_counter[pid], rated_kw[pid], rollover[pid], is_power[pid], pid
+
+
+_POINT_COLUMNS: dict[int, tuple[weakref.ref[pd.DataFrame], tuple[np.ndarray, ...]]] = {}
+
+
+def _point_columns(points: pd.DataFrame) -> tuple[np.ndarray, ...]:
+    """A points table's (factor, is_counter, rated_kw, rollover, is_power) arrays, made once per table (comparing
+    its quantities cost a step a few ms)."""
+    cached = _POINT_COLUMNS.get(id(points))
+    if cached is not None and cached[0]() is points:
+        return cached[1]
+    columns = (points["factor"].to_numpy(np.float64), points["is_counter"].to_numpy(bool),
+               points["rated_kw"].to_numpy(np.float64), points["rollover"].to_numpy(np.float64),
+               points["quantity"].to_numpy(object) == Quantity.POWER.value)
+    for key in [k for k, (ref, _) in _POINT_COLUMNS.items() if ref() is None]:  # tables gone (tests make many)
+        del _POINT_COLUMNS[key]
+    _POINT_COLUMNS[id(points)] = (weakref.ref(points), columns)
+    return columns
 
 
 def _interp_at_edges(ts: np.ndarray, series_id: np.ndarray, values: tuple[np.ndarray, ...], starts: np.ndarray,

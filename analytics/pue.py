@@ -96,15 +96,19 @@ def site_flows(pw: pd.DataFrame, points: pd.DataFrame, window_s: float | np.ndar
 
 
 def site_flows_of_columns(columns: Mapping[str, np.ndarray], points: pd.DataFrame,
-                          also: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
+                          also: tuple[np.ndarray, np.ndarray] | None = None,
+                          starts: np.ndarray | None = None) -> pd.DataFrame:
     """:func:`site_flows` of :func:`~dcpue.analytics.energy.point_window_columns` (arrays with ``pid``).
 
     ``also``: (site, start_ms) pairs to give flows even without a point window there (a site whose
     sensors reported but its meters not yet: every flow of no coverage).
+    ``starts``: the window starts the columns were made for (their edges but the last), if every one of them has
+    a point window or an ``also`` pair; the columns then carry each row's position among them (``window``), and
+    the distinct starts are not searched for among the rows.
     """
     if not len(columns["pid"]) and (also is None or not len(also[0])):
         return _empty_flows()
-    return _site_flows_coded(columns, _flow_plan(points), also)
+    return _site_flows_coded(columns, _flow_plan(points), also, starts)
 
 
 @dataclass(frozen=True)
@@ -163,9 +167,10 @@ def _flow_plan(points: pd.DataFrame) -> _FlowPlan:
 
 
 def _site_flows_coded(pw: pd.DataFrame | Mapping[str, np.ndarray], plan: _FlowPlan,
-                      also: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
+                      also: tuple[np.ndarray, np.ndarray] | None = None,
+                      window_starts: np.ndarray | None = None) -> pd.DataFrame:
     """:func:`site_flows` on arrays, for ``pw`` (a frame or column arrays) with ``pid``: the same flows, in the
-    same order; ``also`` as in :func:`site_flows_of_columns`."""
+    same order; ``also`` and ``window_starts`` as in :func:`site_flows_of_columns`."""
     pid = np.asarray(pw["pid"], dtype=np.int64)
     known = pid >= 0
     every = bool(known.all())
@@ -180,10 +185,14 @@ def _site_flows_coded(pw: pd.DataFrame | Mapping[str, np.ndarray], plan: _FlowPl
     also_starts = np.empty(0, np.int64) if also is None else np.asarray(also[1], dtype=np.int64)
     if not len(pid) and not len(also_sites):
         return _empty_flows()
-    start_ms = column("start_ms", np.int64)
     row = plan.pid_row[pid]
     flow_point = row >= 0
-    starts = np.unique(np.concatenate([start_ms, also_starts]))
+    if window_starts is None:
+        start_ms = column("start_ms", np.int64)
+        starts = np.unique(np.concatenate([start_ms, also_starts]))
+        start_at = np.searchsorted(starts, start_ms[flow_point])
+    else:
+        starts, start_at = np.asarray(window_starts, dtype=np.int64), column("window", np.int64)[flow_point]
     present = np.zeros(len(plan.site_ids), dtype=bool)
     present[plan.site_of_pid[pid]] = True
     present[also_sites] = True
@@ -199,7 +208,7 @@ def _site_flows_coded(pw: pd.DataFrame | Mapping[str, np.ndarray], plan: _FlowPl
     covered = np.zeros((n_rows, n_starts))
     booked = np.zeros((n_rows, n_starts))
     r = local[row[flow_point]]
-    c = np.searchsorted(starts, start_ms[flow_point])
+    c = start_at
     integral[r, c] = column("integral", np.float64)[flow_point]
     covered[r, c] = column("covered_s", np.float64)[flow_point]
     booked[r, c] = column("booked_s", np.float64)[flow_point]

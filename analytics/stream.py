@@ -47,8 +47,9 @@ DAY_MS = 86_400_000
 NEVER = -(2**62)  # "no reading yet" for a point's newest timestamp
 NONE_YET = np.iinfo(np.int64).max  # "no reading yet" for a site's oldest timestamp
 ANNUAL_DAYS = 365
-_NO_POINT_WINDOWS = {name: np.empty(0, np.int64 if name in ("pid", "start_ms") else np.float64)
-                     for name in ("pid", "start_ms", "integral", "covered_s", "booked_s")}  # what site flows read
+_NO_POINT_WINDOWS = {  # what site flows read
+    name: np.empty(0, np.int64 if name in ("pid", "start_ms", "window") else np.float64)
+    for name in ("pid", "start_ms", "window", "integral", "covered_s", "booked_s")}
 __all__ = ["FLEET_ID", "StreamEngine", "UnusableRecord", "complete_gap", "restore_site", "snapshot_complete",
            "snapshot_sites", "window_ends", "window_starts"]
 
@@ -316,7 +317,8 @@ class StreamEngine:
                 continue
             starts = edges[:-1]
             flows = site_flows_of_columns(_NO_POINT_WINDOWS if pw is None else pw, self.points,
-                                          also=(np.repeat(seen, len(starts)), np.tile(starts, len(seen))))
+                                          also=(np.repeat(seen, len(starts)), np.tile(starts, len(seen))),
+                                          starts=starts)
             if flows.empty:
                 continue
             # a window opens with the first interval inside it, i.e. once the site has a reading newer than its

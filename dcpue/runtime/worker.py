@@ -295,7 +295,7 @@ class AnalyticsWorker:
             return 0
         frames, letters = self._decode(messages)
         letters += health_letters
-        readings = pd.concat(frames, ignore_index=True) if frames else None
+        readings = (frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)) if frames else None
         if readings is not None:
             readings, unknown = validate_against_registry(readings, self.registry)
             readings, future = reject_future(readings, self.clock(), self.settings.engine.max_future_s)

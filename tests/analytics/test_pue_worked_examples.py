@@ -86,6 +86,29 @@ def test_point_windows_without_names_are_the_same_rows_keyed_by_pid():
     assert list(zip(named["site"], named["point"], strict=True)) == list(keys)
 
 
+def test_site_flows_given_their_window_starts_are_those_found_among_the_point_windows():
+    """The streaming engine hands site flows the windows' starts (and each point window's position among them)
+    instead of having them searched for among the rows: the same flows, for meters with gaps, a site whose
+    meters come in only later, and a site with nothing but ``also`` pairs."""
+    from dcpue.analytics.energy import point_window_columns
+    from dcpue.analytics.pue import site_flows_of_columns
+
+    reg = registry(simple_site("a"), simple_site("b"), simple_site("c"))
+    it_with_gap = power_series("a", "it.ups", np.r_[np.full(30, 100.0), np.full(61, 120.0)], 90)
+    readings = pd.concat([counter_series("a", "facility.main", 150, 90), it_with_gap.drop(index=range(40, 55)),
+                          power_series("b", "cool.crah", 40, 30, start_ms=T0 + 50 * MIN)], ignore_index=True)
+    edges = T0 + np.arange(0, 91, 15) * MIN
+    starts = edges[:-1]
+    columns = point_window_columns(readings, reg.points_table, edges, names=False)
+    also = (np.repeat(np.array(["c"], dtype=object), len(starts)), starts)
+    searched = site_flows_of_columns(columns, reg.points_table, also=also)
+    given = site_flows_of_columns(columns, reg.points_table, also=also, starts=starts)
+    assert sorted(set(searched.index.get_level_values("site"))) == ["a", "b", "c"]
+    pd.testing.assert_frame_equal(given, searched, check_exact=True)
+    columns["window"] = np.roll(columns["window"], 1)  # positions that are not the rows' own: other flows
+    assert not site_flows_of_columns(columns, reg.points_table, also=also, starts=starts).equals(searched)
+
+
 def test_point_ids_of_a_batch_match_the_points_table_lookup_for_repeated_and_changed_batches():
     """PointIds gives what point_ids gives (-1 for an unknown point or site), for a batch like the site's
     last one (kept) as for a changed one (looked up again)."""
