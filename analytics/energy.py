@@ -237,15 +237,19 @@ def _prepare(readings: pd.DataFrame, points: pd.DataFrame) -> _Prepared | None:
     the last reading received per (site, point, ts) (a replay or a correction), convert to canonical units."""
     pid = readings["pid"].to_numpy(np.int64)
     ts = readings["ts"].to_numpy(np.int64)
+    value = readings["value"].to_numpy(np.float64)
     keep = usable_quality(readings["quality"].to_numpy()) & (pid >= 0)
-    pid, ts, value = pid[keep], ts[keep], readings["value"].to_numpy(np.float64)[keep]
+    if not keep.all():  # copies of every column only where some reading goes
+        pid, ts, value = pid[keep], ts[keep], value[keep]
     if not len(pid):
         return None
     order = np.lexsort((ts, pid))  # stable: among equal (point, ts) the order received
-    pid, ts, value = pid[order], ts[order], value[order]
+    pid, ts = pid[order], ts[order]
     last = np.ones(len(pid), dtype=bool)  # a repeated (site, point, ts): the last one received wins
     last[:-1] = (pid[:-1] != pid[1:]) | (ts[:-1] != ts[1:])
-    pid, ts, value = pid[last], ts[last], value[last]
+    if not last.all():
+        pid, ts, order = pid[last], ts[last], order[last]
+    value = value[order]
     first = np.ones(len(pid), dtype=bool)
     first[1:] = pid[1:] != pid[:-1]
     series = np.cumsum(first) - 1
@@ -285,18 +289,17 @@ def _interp_at_edges(ts: np.ndarray, series_id: np.ndarray, values: tuple[np.nda
     edges_before = np.searchsorted(edges, ts, side="left")  # edges < ts: a sample is at or before edge j ≥ this
     at_or_before = np.bincount(series_id * (n_edges + 1) + edges_before, minlength=n_series * (n_edges + 1))
     pos = starts[:, None] + np.cumsum(at_or_before.reshape(n_series, n_edges + 1)[:, :n_edges], axis=1)
-    right = np.minimum(pos, (ends - 1)[:, None]).ravel()  # pos ≥ start and pos - 1 ≤ end - 1 hold already
-    left = np.maximum(pos - 1, starts[:, None]).ravel()
+    right = np.minimum(pos, (ends - 1)[:, None])  # pos ≥ start and pos - 1 ≤ end - 1 hold already
+    left = np.maximum(pos - 1, starts[:, None])
     t_left, t_right = ts[left], ts[right]
     span_lr = (t_right - t_left).astype(np.float64)
-    edge_flat = np.tile(edges, n_series)
-    frac = np.where(span_lr > 0, (edge_flat - t_left) / np.where(span_lr > 0, span_lr, 1.0), 0.0)
-    frac = np.clip(frac, 0.0, 1.0)
-    shape = (n_series, n_edges)
+    frac = np.zeros((n_series, n_edges))
+    np.divide(edges[None, :] - t_left, span_lr, out=frac, where=span_lr > 0)
+    np.clip(frac, 0.0, 1.0, out=frac)
     out = []
     for curve in values:
         total = np.cumsum(curve)
-        before_series = np.repeat(total[starts] - curve[starts], n_edges)  # the running total before each series
+        before_series = (total[starts] - curve[starts])[:, None]  # the running total before each series
         at_left = total[left] - before_series
-        out.append((at_left + frac * ((total[right] - before_series) - at_left)).reshape(shape))
+        out.append(at_left + frac * ((total[right] - before_series) - at_left))
     return out
