@@ -445,8 +445,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     stats = stage.worker.status()
     print(f"dcpue analyze: {stats['messages']} batches in {stats['steps']} steps, {stats['readings']} readings, "
           f"{stats['windows_written']} windows written, {stats['dead_letters']} dead letters, "
-          f"{stats['sites_restored']} sites restored from checkpoints{_latency_note(stats)}", flush=True)
+          f"{stats['sites_restored']} sites restored from checkpoints{_latency_note(stats)}{_busy_note(stats)}",
+          flush=True)
     return 0
+
+
+def _busy_note(stats: dict[str, object]) -> str:
+    busy = stats.get("busy_s")
+    if not isinstance(busy, dict):
+        return ""
+    return "; main thread s: " + ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in busy.items())
 
 
 def _latency_note(stats: dict[str, object]) -> str:

@@ -55,8 +55,16 @@ class WorkerStats:
     sites_restored: int = 0
     windows_written: int = 0
     last_write_s: float = 0.0
+    write_s: float = 0.0  # every write of results, in the background or not
     newest_ts_ms: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    # the main thread's time by what it did [s]: waiting for and fetching messages (poll), decoding and checking
+    # them, the engine, alert rules and cooling advice, writing or waiting for a background write, checkpoints
+    # and commits. Where a worker that falls behind spends its time, and how much of it is spare (poll)
+    busy_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BUSY_PHASES, 0.0))
+
+
+BUSY_PHASES = ("poll", "decode", "engine", "alerts", "write", "checkpoint")
 
 
 def validate_against_registry(frame: pd.DataFrame, registry: Registry) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -287,7 +295,10 @@ class AnalyticsWorker:
             # an idle poll must not hold a coming commit back (the end of a burst waits no longer); an overdue
             # one (a commit that failed) keeps the whole timeout, so retries are paced by the poll
             timeout_s = min(timeout_s, due_in)
+        busy, polled = self.stats.busy_s, time.perf_counter()
         messages = self.consumer.poll(timeout_s, max_records or self.settings.bus.max_poll_records)
+        decoding = time.perf_counter()
+        busy["poll"] += decoding - polled
         if not messages and not health and not health_letters:
             self._collect_write()  # idle: the last step's write had its time
             if self._uncommitted and time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s:
@@ -305,6 +316,9 @@ class AnalyticsWorker:
                     letters.append(extra)
             # the points-table rows found while decoding go to the engine only, not to the other consumers
             pid = readings.pop("pid").to_numpy(np.int64)
+        computing = time.perf_counter()
+        busy["decode"] += computing - decoding
+        if readings is not None:
             late = self.engine.add(readings, pid)
             if late:
                 self.stats.late_dropped += late
@@ -315,10 +329,13 @@ class AnalyticsWorker:
             if not readings.empty:
                 self.stats.newest_ts_ms = max(self.stats.newest_ts_ms, int(readings["ts"].max()))
         rows = self.engine.advance()
+        observing = time.perf_counter()
+        busy["engine"] += observing - computing
         dead = pd.concat(letters, ignore_index=True) if letters else pd.DataFrame(columns=DEAD_LETTER_COLUMNS)
         events = (self.alerts.observe(readings=readings, windows=rows, health=health, settled=self._settled_sites())
                   if self.alerts is not None else [])
         advice = self.cooling.observe(readings) if self.cooling is not None else []
+        busy["alerts"] += time.perf_counter() - observing
         sent_ms = np.fromiter((m.timestamp_ms for m in messages if m.timestamp_ms is not None), dtype=np.int64)
         # queued before the last step's write is collected: should that write raise, these are not lost either
         self._unwritten.append(_Results(rows, dead, readings if readings is not None else pd.DataFrame(), events,
@@ -351,6 +368,8 @@ class AnalyticsWorker:
                 self.recommendation_output(results.advice)
         except SinkError as exc:
             return exc
+        finally:
+            self.stats.write_s += time.perf_counter() - started
         self.stats.last_write_s = time.perf_counter() - started
         return time.time()
 
@@ -371,6 +390,7 @@ class AnalyticsWorker:
     def _collect_write(self) -> None:
         """Wait for the background write, if one is running, and account for it."""
         if self._writing is not None:
+            started = time.perf_counter()
             try:
                 outcome = self._writing.result()
             except BaseException:
@@ -379,6 +399,8 @@ class AnalyticsWorker:
                 if self._writing.done():
                     self._writing = None
                 raise
+            finally:
+                self.stats.busy_s["write"] += time.perf_counter() - started
             self._writing = None
             if self._written(outcome):
                 self._backoff.reset()
@@ -393,17 +415,28 @@ class AnalyticsWorker:
     def _write_all(self) -> bool:
         """Write every pending result in order, here and now; on failure keep them, back off and return False."""
         self._collect_write()
-        while self._unwritten:
-            if not self._written(self._write_results(self._unwritten[0])):
-                self._backoff.wait()
-                return False
-            self._backoff.reset()
-        return True
+        started = time.perf_counter()
+        try:
+            while self._unwritten:
+                if not self._written(self._write_results(self._unwritten[0])):
+                    self._backoff.wait()
+                    return False
+                self._backoff.reset()
+            return True
+        finally:
+            self.stats.busy_s["write"] += time.perf_counter() - started
 
     def checkpoint(self) -> bool:
         """Save the touched sites' state, then commit the offsets; False if results are still unwritten."""
         if not self._write_all():
             return False
+        started = time.perf_counter()
+        try:
+            return self._save_and_commit()
+        finally:
+            self.stats.busy_s["checkpoint"] += time.perf_counter() - started
+
+    def _save_and_commit(self) -> bool:
         if self.alerts is not None:
             self._alerts_touched |= self.alerts.take_touched() & self._alert_sites
         if self.state is not None and (self._touched or self._alerts_touched):
@@ -745,4 +778,5 @@ class AnalyticsWorker:
         latency = {"write_latency_p50_s": self.write_latency.quantile(0.5),
                    "write_latency_p99_s": self.write_latency.quantile(0.99),
                    "write_latency_max_s": self.write_latency.max_s} if self.write_latency.count else {}
-        return {**self.stats.__dict__, **self.engine.snapshot_counters(), **latency, **cooling}
+        return {**self.stats.__dict__, "busy_s": dict(self.stats.busy_s), **self.engine.snapshot_counters(), **latency,
+                **cooling}

@@ -69,6 +69,9 @@ STATUS_METRICS: dict[str, StatusMetric] = {
     "open_windows": StatusMetric("dcpue_engine_open_windows", "gauge", "Windows the PUE engine holds open"),
     "last_write_s": StatusMetric("dcpue_store_last_write_duration_seconds", "gauge",
                                  "Duration of the last successful result-store write [s]"),
+    "write_s": StatusMetric("dcpue_store_write_seconds", "counter",
+                            "Time the analytics worker spent writing results (result store, dead letters, alerts, "
+                            "recommendations), in the background or not [s]"),
     "write_latency_p50_s": StatusMetric("dcpue_write_latency_p50_seconds", "gauge",
                                         "Median time from a reading batch's send (Kafka CreateTime) to its results "
                                         "written, since the worker started"),
@@ -84,6 +87,7 @@ STATUS_METRICS: dict[str, StatusMetric] = {
     "cooling_models": StatusMetric("dcpue_cooling_models", "gauge", "Sites with a trained cooling model"),
 }
 SINK_ERRORS = "dcpue_sink_errors"  # from the status' "errors": {kind: count}
+BUSY_SECONDS = "dcpue_worker_busy_seconds"  # from the status' "busy_s": {phase: seconds}
 ERROR_KINDS = ("store_write", "state_write", "commit", "bad_checkpoint")  # AnalyticsWorker._count_error
 FEED_STATES = ("pending", "delivered", "failed")
 
@@ -155,6 +159,17 @@ class StatusCollector(Collector):
                 else GaugeMetricFamily(spec.name, spec.help))
             family.add_metric([], value * spec.scale)
             yield family
+        busy = info.get("busy_s")
+        if isinstance(busy, dict):
+            phases = CounterMetricFamily(
+                BUSY_SECONDS, "The analytics worker's main thread by what it did [s]: poll (waiting for and "
+                "fetching messages: spare time when the worker keeps up), decode, engine, alerts (alert rules and "
+                "cooling advice), write (writing results or waiting for a background write), checkpoint (state and "
+                "offset commits)", labels=["phase"])
+            for phase, seconds in busy.items():
+                if _number(seconds) is not None:
+                    phases.add_metric([str(phase)], float(seconds))
+            yield phases
         errors = info.get("errors")
         if isinstance(errors, dict):
             sink = CounterMetricFamily(SINK_ERRORS, "Failures of the analytics worker by kind: store_write (result "

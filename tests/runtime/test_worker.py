@@ -250,6 +250,39 @@ def test_a_step_returns_while_its_results_are_written_and_a_checkpoint_waits_for
     store.close()
 
 
+def test_the_main_threads_time_is_told_by_what_it_did(tmp_path):
+    """``busy_s`` splits the main thread's time: a slow store shows as ``write`` (waiting for the background
+    write, or writing), an idle poll as ``poll``, a slow checkpoint as ``checkpoint``; the phases never add up
+    to more than the time that passed, and ``write_s`` counts every write wherever it ran."""
+    bus, store, worker, topic = _overlapping_worker(tmp_path)
+    real_write, real_commit = store.write_windows, worker.consumer.commit
+
+    def slow_write(rows):
+        time.sleep(0.3)
+        real_write(rows)
+
+    def slow_commit():
+        time.sleep(0.2)
+        real_commit()
+
+    store.write_windows, worker.consumer.commit = slow_write, slow_commit
+    started = time.perf_counter()
+    assert worker.step(timeout_s=0.1, max_records=1) == 1  # its write goes to the background...
+    assert worker.step(timeout_s=0.1, max_records=1) == 1  # ...and this step waits for it
+    assert worker.step(timeout_s=0.25, max_records=1) == 1
+    while worker.step(timeout_s=0.25, max_records=5):
+        pass  # the last poll finds nothing: at least 0.25 s of poll
+    assert worker.checkpoint()
+    elapsed = time.perf_counter() - started
+    busy = worker.status()["busy_s"]
+    assert set(busy) == {"poll", "decode", "engine", "alerts", "write", "checkpoint"}
+    assert busy["write"] >= 0.3 and busy["poll"] >= 0.25 and busy["checkpoint"] >= 0.2
+    assert busy["decode"] > 0 and busy["engine"] > 0 and busy["alerts"] > 0
+    assert sum(busy.values()) <= elapsed
+    assert worker.stats.write_s >= 0.3 * 4  # four steps' writes (the last took three batches), each slow
+    store.close()
+
+
 def test_overlapped_writes_that_fail_lose_nothing_and_keep_their_order(tmp_path):
     import threading
 
