@@ -308,6 +308,8 @@ _Packed = tuple[int, str, _Names, memoryview, memoryview, memoryview]
 
 def _names_bytes(entry: _Names) -> int:
     return len(entry[0]) + entry[2].nbytes
+
+
 _TAGGED_INT64 = np.dtype([("tag", "u1"), ("bits", ">u8")])  # uint 64 (0xcf) or int 64 (0xd3), big-endian
 _TAGGED_FLOAT64 = np.dtype([("tag", "u1"), ("value", ">f8")])  # float 64 (0xcb)
 _UINT64, _INT64, _FLOAT64, _FIXINT_END = 0xCF, 0xD3, 0xCB, 0x80

@@ -58,13 +58,14 @@ class WorkerStats:
     write_s: float = 0.0  # every write of results, in the background or not
     newest_ts_ms: int = 0
     errors: dict[str, int] = field(default_factory=dict)
-    # the main thread's time by what it did [s]: waiting for and fetching messages (poll), decoding and checking
-    # them, the engine, alert rules and cooling advice, writing or waiting for a background write, checkpoints
-    # and commits. Where a worker that falls behind spends its time, and how much of it is spare (poll)
+    # the main thread's time by what it did [s]: waiting for and fetching messages and alert inputs (poll),
+    # decoding and checking them, the engine, alert rules and cooling advice, writing or waiting for a background
+    # write (and backing off after a failed one), checkpoints and commits, partitions assigned or revoked (state
+    # loaded). Where a worker that falls behind spends its time, and how much of it is spare (poll)
     busy_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BUSY_PHASES, 0.0))
 
 
-BUSY_PHASES = ("poll", "decode", "engine", "alerts", "write", "checkpoint")
+BUSY_PHASES = ("poll", "decode", "engine", "alerts", "write", "checkpoint", "rebalance")
 
 
 def validate_against_registry(frame: pd.DataFrame, registry: Registry) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -275,10 +276,20 @@ class AnalyticsWorker:
         self._backoff = Backoff()
         self._paused = False
         if hasattr(consumer, "on_revoked"):  # a group consumer: state follows partition assignment
-            consumer.on_revoked = self._on_revoked  # type: ignore[attr-defined]
-            consumer.on_assigned = self._on_assigned  # type: ignore[attr-defined]
+            consumer.on_revoked = self._timed_rebalance(self._on_revoked)  # type: ignore[attr-defined]
+            consumer.on_assigned = self._timed_rebalance(self._on_assigned)  # type: ignore[attr-defined]
         else:
             self._on_assigned(None)
+
+    def _timed_rebalance(self, callback: Callable[[list[int]], None]) -> Callable[[list[int]], None]:
+        """``callback`` (run by the consumer inside a poll) with its time counted as ``rebalance``, not poll."""
+        def timed(partitions: list[int]) -> None:
+            started = time.perf_counter()
+            try:
+                callback(partitions)
+            finally:
+                self.stats.busy_s["rebalance"] += time.perf_counter() - started
+        return timed
 
     # -- the loop ------------------------------------------------------------------------------
     def step(self, timeout_s: float = 0.5, max_records: int | None = None) -> int:
@@ -289,16 +300,16 @@ class AnalyticsWorker:
             return 0
         if self._paused:
             self._resume()
+        busy, polled, rebalanced = self.stats.busy_s, time.perf_counter(), self.stats.busy_s["rebalance"]
         health, health_letters = self._poll_alert_inputs()
         due_in = self.settings.bus.commit_interval_s - (time.monotonic() - self._last_commit)
         if self._uncommitted and due_in > 0:
             # an idle poll must not hold a coming commit back (the end of a burst waits no longer); an overdue
             # one (a commit that failed) keeps the whole timeout, so retries are paced by the poll
             timeout_s = min(timeout_s, due_in)
-        busy, polled = self.stats.busy_s, time.perf_counter()
         messages = self.consumer.poll(timeout_s, max_records or self.settings.bus.max_poll_records)
         decoding = time.perf_counter()
-        busy["poll"] += decoding - polled
+        busy["poll"] += decoding - polled - (busy["rebalance"] - rebalanced)
         if not messages and not health and not health_letters:
             self._collect_write()  # idle: the last step's write had its time
             if self._uncommitted and time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s:
@@ -316,6 +327,7 @@ class AnalyticsWorker:
                     letters.append(extra)
             # the points-table rows found while decoding go to the engine only, not to the other consumers
             pid = readings.pop("pid").to_numpy(np.int64)
+        dead = pd.concat(letters, ignore_index=True) if letters else pd.DataFrame(columns=DEAD_LETTER_COLUMNS)
         computing = time.perf_counter()
         busy["decode"] += computing - decoding
         if readings is not None:
@@ -331,7 +343,6 @@ class AnalyticsWorker:
         rows = self.engine.advance()
         observing = time.perf_counter()
         busy["engine"] += observing - computing
-        dead = pd.concat(letters, ignore_index=True) if letters else pd.DataFrame(columns=DEAD_LETTER_COLUMNS)
         events = (self.alerts.observe(readings=readings, windows=rows, health=health, settled=self._settled_sites())
                   if self.alerts is not None else [])
         advice = self.cooling.observe(readings) if self.cooling is not None else []

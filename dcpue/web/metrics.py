@@ -164,8 +164,9 @@ class StatusCollector(Collector):
             phases = CounterMetricFamily(
                 BUSY_SECONDS, "The analytics worker's main thread by what it did [s]: poll (waiting for and "
                 "fetching messages: spare time when the worker keeps up), decode, engine, alerts (alert rules and "
-                "cooling advice), write (writing results or waiting for a background write), checkpoint (state and "
-                "offset commits)", labels=["phase"])
+                "cooling advice), write (writing results, waiting for a background write, backing off after a "
+                "failed one), checkpoint (state and offset commits), rebalance (partitions assigned or revoked, "
+                "their state loaded)", labels=["phase"])
             for phase, seconds in busy.items():
                 if _number(seconds) is not None:
                     phases.add_metric([str(phase)], float(seconds))

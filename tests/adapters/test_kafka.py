@@ -78,6 +78,8 @@ def test_readings_through_kafka_give_the_embedded_figures(tansu_broker, tmp_path
     status = worker.status()
     assert worker.write_latency.count == 27
     assert 0 < status["write_latency_p50_s"] <= status["write_latency_max_s"] <= time.time() - sent_by + 5
+    # the partitions' assignment ran inside a poll: counted as rebalance, apart from the poll's own time
+    assert status["busy_s"]["rebalance"] > 0 and status["busy_s"]["poll"] > 0
 
     stored = store.query_windows("site", "1h").set_index(["id", "start_ms"])
     expected = batch_windows(pd.concat(readings.values()), reg, "1h")

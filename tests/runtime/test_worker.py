@@ -275,7 +275,7 @@ def test_the_main_threads_time_is_told_by_what_it_did(tmp_path):
     assert worker.checkpoint()
     elapsed = time.perf_counter() - started
     busy = worker.status()["busy_s"]
-    assert set(busy) == {"poll", "decode", "engine", "alerts", "write", "checkpoint"}
+    assert set(busy) == {"poll", "decode", "engine", "alerts", "write", "checkpoint", "rebalance"}
     assert busy["write"] >= 0.3 and busy["poll"] >= 0.25 and busy["checkpoint"] >= 0.2
     assert busy["decode"] > 0 and busy["engine"] > 0 and busy["alerts"] > 0
     assert sum(busy.values()) <= elapsed

@@ -90,7 +90,7 @@ def test_metrics_of_a_pipeline_that_ran_equal_its_status(tmp_path: Path):
     assert got[("dcpue_bus_lag_messages", ())] == 0  # stop() drained the bus
     for kind in ("store_write", "state_write", "commit", "bad_checkpoint"):
         assert got[("dcpue_sink_errors_total", (("kind", kind),))] == status["errors"].get(kind, 0)
-    assert set(status["busy_s"]) == {"poll", "decode", "engine", "alerts", "write", "checkpoint"}
+    assert set(status["busy_s"]) == {"poll", "decode", "engine", "alerts", "write", "checkpoint", "rebalance"}
     for phase, seconds in status["busy_s"].items():
         assert got[("dcpue_worker_busy_seconds_total", (("phase", phase),))] == pytest.approx(seconds), phase
     assert status["busy_s"]["engine"] > 0 and status["write_s"] > 0
