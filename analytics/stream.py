@@ -483,11 +483,15 @@ class StreamEngine:
             return
         pid = buf["pid"].to_numpy(np.int64)
         usable = np.flatnonzero(old & usable_quality(buf["quality"].to_numpy(np.int64)))
-        order = usable[np.lexsort((ts[usable], pid[usable]))]  # stable: of equal (pid, ts) the last received last
-        last_of_pid = np.ones(len(order), dtype=bool)
-        last_of_pid[:-1] = pid[order][1:] != pid[order][:-1]
+        # each series' newest usable reading, of equal times the last received: its newest time, then the last
+        # row at that time (two passes over the rows; sorting them cost a backlog step several times more)
+        newest = np.full(len(self._pid_site), np.iinfo(np.int64).min)
+        np.maximum.at(newest, pid[usable], ts[usable])
+        at_newest = usable[ts[usable] == newest[pid[usable]]]
+        last_row = np.full(len(self._pid_site), -1, dtype=np.int64)
+        np.maximum.at(last_row, pid[at_newest], at_newest)
         keep = ~old
-        keep[order[last_of_pid]] = True
+        keep[last_row[last_row >= 0]] = True
         self._buffer = buf[keep].reset_index(drop=True)
 
     def drop_sites(self, sites: set[str]) -> None:

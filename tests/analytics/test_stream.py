@@ -132,6 +132,34 @@ def test_state_stays_bounded(reg):
     assert len(engine._acc["15m"]) <= 2 * 2  # closed quarter-hours are forgotten after emission
 
 
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 8), st.sampled_from([0, 0, 1, 4, 8, 12])), max_size=40),
+       st.integers(0, 9), st.integers(0, 9))
+def test_pruning_keeps_the_open_range_and_each_series_newest_usable_reading_before_it(rows, until_a, until_b):
+    """Past a site's closed range the buffer keeps, per series, only its newest usable reading (neither BAD nor
+    COLLECTOR_DOWN; of equal times the last received): where the interval into the open range starts."""
+    from dcpue.analytics.stream import _buffer_frame
+
+    engine = StreamEngine(registry(simple_site("a"), simple_site("b")))
+    pid = np.array([p for p, _, _ in rows], dtype=np.int64)  # rows 0-2: site a's points, 3-5: site b's
+    ts = T0 + MIN * np.array([t for _, t, _ in rows], dtype=np.int64)
+    quality = np.array([q for _, _, q in rows], dtype=np.int64)
+    engine._buffer = _buffer_frame(pid, ts, np.arange(len(rows), dtype=np.float64), quality)
+    until = {"a": T0 + until_a * MIN, "b": T0 + until_b * MIN}
+    engine._final_until.update(until)
+    site_of = engine._pid_site
+    newest: dict[int, tuple[int, int]] = {}  # pid -> (ts, row) of its newest usable reading before its site's range
+    keep = set()
+    for row, (p, t, q) in enumerate(zip(pid.tolist(), ts.tolist(), quality.tolist(), strict=True)):
+        if t >= until[engine._site_ids[site_of[p]]]:
+            keep.add(row)
+        elif q & 12 == 0 and (t, row) >= newest.get(p, (t, row)):
+            newest[p] = (t, row)
+    keep |= {row for _, row in newest.values()}
+    engine._prune_buffer()
+    assert sorted(engine._buffer["value"].astype(int).tolist()) == sorted(keep)
+
+
 def test_month_windows_follow_the_calendar():
     start = int(pd.Timestamp("2025-02-10T00:00+08:00").value // 1_000_000)
     [month] = window_starts(np.array([start]), "1mo", "Asia/Shanghai")
