@@ -20,14 +20,16 @@ from the same samples and their sums are consistent.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from dcpue.model import Quality, Quantity
 
+T = TypeVar("T")
 MS_PER_H = 3_600_000.0
 ROLLOVER_NEAR = 0.9  # a decrease counts as rollover only if the previous value was above 90 % of the maximum
 
@@ -257,22 +259,32 @@ def _prepare(readings: pd.DataFrame, points: pd.DataFrame) -> _Prepared | None:
     return series, ts, value * factor[pid], is_counter[pid], rated_kw[pid], rollover[pid], is_power[pid], pid
 
 
-_POINT_COLUMNS: dict[int, tuple[weakref.ref[pd.DataFrame], tuple[np.ndarray, ...]]] = {}
+PerTableCache = dict[int, tuple[weakref.ref[pd.DataFrame], Any]]
+
+
+def per_table(cache: PerTableCache, table: pd.DataFrame, build: Callable[[pd.DataFrame], T]) -> T:
+    """``build(table)``, made once per table object and kept in ``cache`` while the table lives (a registry's
+    points table is made once and read at every step; tests make many tables)."""
+    cached = cache.get(id(table))
+    if cached is not None and cached[0]() is table:
+        return cached[1]
+    made = build(table)
+    for key in [k for k, (ref, _) in cache.items() if ref() is None]:  # tables gone
+        del cache[key]
+    cache[id(table)] = (weakref.ref(table), made)
+    return made
+
+
+_POINT_COLUMNS: PerTableCache = {}
 
 
 def _point_columns(points: pd.DataFrame) -> tuple[np.ndarray, ...]:
     """A points table's (factor, is_counter, rated_kw, rollover, is_power) arrays, made once per table (comparing
     its quantities cost a step a few ms)."""
-    cached = _POINT_COLUMNS.get(id(points))
-    if cached is not None and cached[0]() is points:
-        return cached[1]
-    columns = (points["factor"].to_numpy(np.float64), points["is_counter"].to_numpy(bool),
-               points["rated_kw"].to_numpy(np.float64), points["rollover"].to_numpy(np.float64),
-               points["quantity"].to_numpy(object) == Quantity.POWER.value)
-    for key in [k for k, (ref, _) in _POINT_COLUMNS.items() if ref() is None]:  # tables gone (tests make many)
-        del _POINT_COLUMNS[key]
-    _POINT_COLUMNS[id(points)] = (weakref.ref(points), columns)
-    return columns
+    return per_table(_POINT_COLUMNS, points, lambda table: (
+        table["factor"].to_numpy(np.float64), table["is_counter"].to_numpy(bool),
+        table["rated_kw"].to_numpy(np.float64), table["rollover"].to_numpy(np.float64),
+        table["quantity"].to_numpy(object) == Quantity.POWER.value))
 
 
 def _interp_at_edges(ts: np.ndarray, series_id: np.ndarray, values: tuple[np.ndarray, ...], starts: np.ndarray,

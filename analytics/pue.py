@@ -23,14 +23,13 @@ Definitions (energies over the same window, [kWh]):
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from dcpue.analytics.energy import point_ids
+from dcpue.analytics.energy import PerTableCache, per_table, point_ids
 from dcpue.model import CoolingSubsystem, Role
 from dcpue.results import COOLING_SUBSYSTEM_COLUMNS, Scope, Status, conform_windows
 
@@ -127,13 +126,14 @@ class _FlowPlan:
     row_site: np.ndarray  # site code of each row
 
 
-_PLANS: dict[int, tuple[weakref.ref[pd.DataFrame], _FlowPlan]] = {}
+_PLANS: PerTableCache = {}
 
 
 def _flow_plan(points: pd.DataFrame) -> _FlowPlan:
-    cached = _PLANS.get(id(points))
-    if cached is not None and cached[0]() is points:
-        return cached[1]
+    return per_table(_PLANS, points, _make_flow_plan)
+
+
+def _make_flow_plan(points: pd.DataFrame) -> _FlowPlan:
     flows_of = flow_of_points(points)
     sites = points.index.get_level_values("site").to_numpy(object)
     site_ids, site_of_pid = np.unique(sites, return_inverse=True)
@@ -157,13 +157,9 @@ def _flow_plan(points: pd.DataFrame) -> _FlowPlan:
     flow_starts = np.flatnonzero(new_flow[boundary_starts])
     pid_row = np.full(len(points), -1, dtype=np.int64)
     pid_row[positions] = np.arange(n)
-    plan = _FlowPlan(pid_row, site_of_pid, np.asarray(site_ids, dtype=object),
+    return _FlowPlan(pid_row, site_of_pid, np.asarray(site_ids, dtype=object),
                      points["integral_factor"].to_numpy(np.float64)[positions], boundary_starts, flow_of_boundary,
                      site_code[boundary_starts][flow_starts], flow_col[boundary_starts][flow_starts], site_code)
-    for key in [k for k, (ref, _) in _PLANS.items() if ref() is None]:  # registries gone (tests make many)
-        del _PLANS[key]
-    _PLANS[id(points)] = (weakref.ref(points), plan)
-    return plan
 
 
 def _site_flows_coded(pw: pd.DataFrame | Mapping[str, np.ndarray], plan: _FlowPlan,
@@ -190,9 +186,9 @@ def _site_flows_coded(pw: pd.DataFrame | Mapping[str, np.ndarray], plan: _FlowPl
     if window_starts is None:
         start_ms = column("start_ms", np.int64)
         starts = np.unique(np.concatenate([start_ms, also_starts]))
-        start_at = np.searchsorted(starts, start_ms[flow_point])
+        c = np.searchsorted(starts, start_ms[flow_point])
     else:
-        starts, start_at = np.asarray(window_starts, dtype=np.int64), column("window", np.int64)[flow_point]
+        starts, c = np.asarray(window_starts, dtype=np.int64), column("window", np.int64)[flow_point]
     present = np.zeros(len(plan.site_ids), dtype=bool)
     present[plan.site_of_pid[pid]] = True
     present[also_sites] = True
@@ -208,7 +204,6 @@ def _site_flows_coded(pw: pd.DataFrame | Mapping[str, np.ndarray], plan: _FlowPl
     covered = np.zeros((n_rows, n_starts))
     booked = np.zeros((n_rows, n_starts))
     r = local[row[flow_point]]
-    c = start_at
     integral[r, c] = column("integral", np.float64)[flow_point]
     covered[r, c] = column("covered_s", np.float64)[flow_point]
     booked[r, c] = column("booked_s", np.float64)[flow_point]
