@@ -381,10 +381,7 @@ def _flatten(values: list[bytes], sites: list[str | None], errors: list[DecodeEr
         try:
             listed[i] = (site, names, _columns_decoder.decode(values[i]))
         except (msgspec.DecodeError, UnicodeDecodeError, ValueError):
-            try:
-                slow[i] = _decode_slow(values[i])
-            except Exception as exc:  # noqa: BLE001 — as in the decoding loop
-                errors[i] = _decode_error(exc, i)
+            _judge_record_by_record(values, i, slow, errors)
     if listed or len(bad_messages):
         ts, value, quality, fast = _merge_listed(values, errors, slow, fast, ts, value, quality, listed)
     lengths = np.array([len(names[1]) for _, _, names in fast], dtype=np.int64)
@@ -438,15 +435,21 @@ def _merge_listed(values: list[bytes], errors: list[DecodeError | None], slow: d
         try:
             segments[i] = (site, names, np.array(columns.ts, dtype=np.int64), np.array(columns.value, dtype=np.float64),
                            np.array(columns.quality, dtype=np.int64))
-        except OverflowError:  # an integer beyond int64: judged record by record
-            try:
-                slow[i] = _decode_slow(values[i])
-            except Exception as exc:  # noqa: BLE001 — as in the decoding loop
-                errors[i] = _decode_error(exc, i)
+        except OverflowError:  # an integer beyond int64
+            _judge_record_by_record(values, i, slow, errors)
     order = sorted(segments)
     merged = [np.concatenate([segments[i][k] for i in order]) if order else empty
               for k, empty in ((2, np.empty(0, np.int64)), (3, np.empty(0, np.float64)), (4, np.empty(0, np.int64)))]
     return merged[0], merged[1], merged[2], [(i, segments[i][0], segments[i][1]) for i in order]
+
+
+def _judge_record_by_record(values: list[bytes], i: int, slow: dict[int, DecodedBatch],
+                            errors: list[DecodeError | None]) -> None:
+    """Message ``i`` decoded record by record into ``slow``, or its error into ``errors``."""
+    try:
+        slow[i] = _decode_slow(values[i])
+    except Exception as exc:  # noqa: BLE001 — as in the decoding loop
+        errors[i] = _decode_error(exc, i)
 
 
 def _first_reason(*checks: tuple[bool, str]) -> str:
