@@ -460,6 +460,9 @@ class KafkaTailConsumer:
             self._consumer = None
 
 
+STATE_FETCH_WAIT_MS = 20
+
+
 class KafkaStateStore:
     """:class:`~dcpue.ports.StateStore` on a compacted topic keyed by site.
 
@@ -503,8 +506,10 @@ class KafkaStateStore:
     def load_states(self, partitions: list[int] | None = None) -> dict[str, bytes]:
         """The newest state per site on ``partitions`` (all partitions if ``None``)."""
         kafka = _kafka()
+        # a fetch of an empty partition waits fetch_max_wait_ms for data before it reports the high watermark
+        # (kafka-python's default, 500 ms, was most of a rebalance on a new deployment): read to the end, not wait
         consumer = kafka.KafkaConsumer(**connection_config(self.settings), enable_auto_commit=False,
-                                       group_id=None)
+                                       group_id=None, fetch_max_wait_ms=STATE_FETCH_WAIT_MS)
         try:
             known = consumer.partitions_for_topic(self.topic) or set()
             wanted = sorted(known if partitions is None else set(partitions) & known)
@@ -517,7 +522,7 @@ class KafkaStateStore:
             deadline = time.monotonic() + self.read_timeout_s
             next_report = time.monotonic() + 10
             while True:
-                for records in consumer.poll(timeout_ms=200, max_records=10_000).values():
+                for records in consumer.poll(timeout_ms=2 * STATE_FETCH_WAIT_MS, max_records=10_000).values():
                     for r in records:
                         if r.key is None:
                             continue
