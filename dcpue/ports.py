@@ -43,7 +43,10 @@ class Consumer(Protocol):
         in the middle of a rebalance may wait longer, until it has its partitions again)."""
 
     def commit(self) -> None:
-        """Mark every record returned so far as processed (call only after its results are written)."""
+        """Mark every record returned so far as processed (call only after its results are written).
+
+        A consumer may also offer ``positions()`` (where it stands now) and ``commit(positions)`` (mark the records
+        returned up to then): the analytics worker then saves a due checkpoint while it polls and computes on."""
 
     def close(self) -> None: ...
 

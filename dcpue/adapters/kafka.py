@@ -385,15 +385,26 @@ class KafkaConsumerAdapter:
     def resume(self) -> None:
         self._consumer.resume(*self._consumer.paused())
 
-    def commit(self) -> None:
-        """Commit the positions after everything returned by :meth:`poll` (synchronously).
+    def positions(self) -> dict[Any, Any]:
+        """Where this consumer stands (what :meth:`commit` would commit now), to commit later."""
+        return self._consumer._subscription.all_consumed_offsets()  # what KafkaConsumer.commit() itself takes
+
+    def commit(self, positions: dict[Any, Any] | None = None) -> None:
+        """Commit the positions after everything returned by :meth:`poll` (synchronously), or ``positions`` (of
+        :meth:`positions`; those of partitions no longer assigned are left to their new owner).
 
         Raises :class:`~dcpue.errors.CommitError` if the group refuses it (rebalancing, or this
         member was removed).
         """
         kafka = _kafka()
         try:
-            self._consumer.commit()
+            if positions is None:
+                self._consumer.commit()
+            else:
+                assigned = self._consumer.assignment()
+                kept = {tp: offset for tp, offset in positions.items() if tp in assigned}
+                if kept:
+                    self._consumer.commit(kept)
         except kafka.errors.KafkaError as exc:
             raise CommitError(f"offset commit refused by group {self.group_id}: {exc}") from exc
 
@@ -451,7 +462,7 @@ class KafkaTailConsumer:
                         tuple((k, v) for k, v in (r.headers or [])), r.partition, r.offset, _create_time(r))
                 for records in batches.values() for r in records]
 
-    def commit(self) -> None:
+    def commit(self, positions: Any = None) -> None:
         """Nothing to commit: a tail reader keeps no position."""
 
     def close(self) -> None:

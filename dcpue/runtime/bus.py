@@ -144,8 +144,12 @@ class BusConsumer:
     def poll(self, timeout_s: float, max_records: int = 500) -> list[Message]:
         return self._bus.read(self._topics, self._positions, max_records, timeout_s)
 
-    def commit(self) -> None:
-        self._bus.commit(self._group, dict(self._positions))
+    def positions(self) -> dict[str, int]:
+        """Where this consumer stands (what :meth:`commit` would commit now), to commit later."""
+        return dict(self._positions)
+
+    def commit(self, positions: dict[str, int] | None = None) -> None:
+        self._bus.commit(self._group, dict(self._positions) if positions is None else positions)
 
     def close(self) -> None:
         """Uncommitted records stay in the log for the group's next consumer."""

@@ -40,6 +40,7 @@ NO_DAY = -(2**63)  # older than any day start
 
 DEAD_LETTER_COLUMNS = ["topic", "key", "reason", "payload"]
 INPUTS_LOAD_S = 30.0  # longest a starting worker waits for the silences topic before evaluating alerts
+SAVING_POLL_S = 0.1  # longest poll while a checkpoint is saved in the background (its commit follows the poll)
 
 
 @dataclass
@@ -115,6 +116,25 @@ class _Results(NamedTuple):
     events: list[Any]  # alert events
     advice: list[Any]  # cooling recommendations
     sent_ms: np.ndarray  # the producer send times of the messages behind them [ms]
+
+
+_NOT_SAVED = "not saved"  # a deferred save whose results' write failed: its checkpoints were never sent
+
+
+@dataclass(slots=True)
+class _Save:
+    """The checkpoints of one commit, encoded when it was due, and what their outcome settles.
+
+    ``positions``: the consumer's positions when they were encoded, for a save made in the background while the
+    next poll is fetched and computed (None: commit the positions current when it is settled); ``outcome``: set
+    by the writer thread (None: saved, a :class:`SinkError`, or ``_NOT_SAVED``)."""
+
+    blobs: dict[str, bytes]
+    plans: dict[str, tuple[int | None, int | None, int | None]]  # site → (newest complete day, write slot, named slot)
+    touched: set[str]
+    alerts_touched: set[str]
+    positions: Any = None
+    outcome: SinkError | str | None = _NOT_SAVED
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +233,9 @@ class AnalyticsWorker:
     includes at least what the committed offsets say was processed. Each site's checkpoint carries
     the position of the last message it includes; a worker that takes the site over (restart or
     rebalance) restores it and skips that site's messages below that position, so a replay neither
-    loses nor counts a reading twice.
+    loses nor counts a reading twice. With ``overlap_writes`` (and a consumer that offers ``positions()``) a
+    due checkpoint is encoded at once and saved by the writer thread after the step's results, while the next
+    poll is fetched and computed; the positions of the step it holds are committed when that is done.
 
     If the store refuses a write, the results are kept, the consumer is paused (it stays in its
     group) and the write is retried with backoff; nothing is committed until it succeeds.
@@ -269,6 +291,10 @@ class AnalyticsWorker:
         # fetched and computed; it stays in _unwritten until the write succeeded
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="dcpue-writer") if overlap_writes else None
         self._writing: Future[SinkError | float] | None = None
+        # a checkpoint due while writes overlap is saved by the writer after the step's results, and its positions
+        # committed here once both are done: the next poll is fetched and computed meanwhile
+        self._defer_saves = overlap_writes and hasattr(consumer, "positions")
+        self._saving: _Save | None = None
         # from a batch's send (Kafka CreateTime) to its results written: what "live" PUE lags behind the collectors
         self.write_latency = LatencyHistogram()
         self._uncommitted = False
@@ -284,32 +310,41 @@ class AnalyticsWorker:
     def _timed_rebalance(self, callback: Callable[[list[int]], None]) -> Callable[[list[int]], None]:
         """``callback`` (run by the consumer inside a poll) with its time counted as ``rebalance``, not poll."""
         def timed(partitions: list[int]) -> None:
-            started = time.perf_counter()
+            busy = self.stats.busy_s
+            started, settling = time.perf_counter(), busy["write"] + busy["checkpoint"]
             try:
+                # a save in the background is settled first: its checkpoints are on the store before any are read
+                # (and its positions are committed only for the partitions this worker still has)
+                self._collect_write()
                 callback(partitions)
-            finally:
-                self.stats.busy_s["rebalance"] += time.perf_counter() - started
+            finally:  # (the settling counted as write and checkpoint)
+                busy["rebalance"] += time.perf_counter() - started - (busy["write"] + busy["checkpoint"] - settling)
         return timed
 
     # -- the loop ------------------------------------------------------------------------------
     def step(self, timeout_s: float = 0.5, max_records: int | None = None) -> int:
         """Process one poll's worth of messages (at most ``max_records``, default ``bus.max_poll_records``);
         returns how many messages were handled."""
+        if self._writing is not None and self._writing.done():
+            self._collect_write()  # a background save done: commit its positions before the poll, not after
         if self._unwritten and self._writing is None and not self._write_all():  # a failed write first
             self._keep_membership()
             return 0
         if self._paused:
             self._resume()
-        busy, polled, rebalanced = self.stats.busy_s, time.perf_counter(), self.stats.busy_s["rebalance"]
+        busy, polled = self.stats.busy_s, time.perf_counter()
+        accounted = sum(busy.values())  # of the poll's time, what rebalancing (and settling a save) took
         health, health_letters = self._poll_alert_inputs()
         due_in = self.settings.bus.commit_interval_s - (time.monotonic() - self._last_commit)
         if self._uncommitted and due_in > 0:
             # an idle poll must not hold a coming commit back (the end of a burst waits no longer); an overdue
             # one (a commit that failed) keeps the whole timeout, so retries are paced by the poll
             timeout_s = min(timeout_s, due_in)
+        if self._saving is not None:  # a background save's commit waits for this poll: an idle one is kept short
+            timeout_s = min(timeout_s, SAVING_POLL_S)
         messages = self.consumer.poll(timeout_s, max_records or self.settings.bus.max_poll_records)
         decoding = time.perf_counter()
-        busy["poll"] += decoding - polled - (busy["rebalance"] - rebalanced)
+        busy["poll"] += decoding - polled - (sum(busy.values()) - accounted)
         if not messages and not health and not health_letters:
             self._collect_write()  # idle: the last step's write had its time
             if self._uncommitted and time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s:
@@ -357,15 +392,27 @@ class AnalyticsWorker:
         if messages:  # not a poll that brought only health records or silences
             self.stats.steps += 1
         commit_due = time.monotonic() - self._last_commit >= self.settings.bus.commit_interval_s
-        if self._writer is not None and not commit_due and len(self._unwritten) == 1:
-            self._writing = self._writer.submit(self._write_results, self._unwritten[0])
+        if self._writer is not None and len(self._unwritten) == 1 and (not commit_due or self._defer_saves):
+            save = None
+            if commit_due:
+                started = time.perf_counter()
+                save = self._saving = self._prepare_save(self.consumer.positions())  # type: ignore[attr-defined]
+                self.stats.busy_s["checkpoint"] += time.perf_counter() - started
+            self._writing = self._writer.submit(self._write_results, self._unwritten[0], save)
         elif self._write_all() and commit_due:
             self.checkpoint()
         return len(messages)
 
-    def _write_results(self, results: _Results) -> SinkError | float:
+    def _write_results(self, results: _Results, save: _Save | None = None) -> SinkError | float:
         """Write one step's results to every output: when they were written (Unix time [s]), or the error if
-        one refused them (they are then kept)."""
+        one refused them (they are then kept). Then, if they were written, ``save``'s checkpoints (its outcome
+        set on it)."""
+        written = self._write_outputs(results)
+        if save is not None and not isinstance(written, SinkError):
+            save.outcome = self._save_states(save)
+        return written
+
+    def _write_outputs(self, results: _Results) -> SinkError | float:
         started = time.perf_counter()
         try:
             self.store.write_windows(results.windows)
@@ -399,7 +446,8 @@ class AnalyticsWorker:
         return True
 
     def _collect_write(self) -> None:
-        """Wait for the background write, if one is running, and account for it."""
+        """Wait for the background write, if one is running, and account for it; then settle the checkpoint saved
+        with it, if any (and commit its positions)."""
         if self._writing is not None:
             started = time.perf_counter()
             try:
@@ -409,12 +457,26 @@ class AnalyticsWorker:
                 # checkpoint; interrupted while it runs (SIGTERM), it stays marked running and is waited for again
                 if self._writing.done():
                     self._writing = None
+                    self._settle_failed_save()
                 raise
             finally:
                 self.stats.busy_s["write"] += time.perf_counter() - started
             self._writing = None
             if self._written(outcome):
                 self._backoff.reset()
+            if self._saving is not None:
+                save, self._saving = self._saving, None
+                started = time.perf_counter()
+                try:
+                    self._settle(save)
+                finally:
+                    self.stats.busy_s["checkpoint"] += time.perf_counter() - started
+
+    def _settle_failed_save(self) -> None:
+        if self._saving is not None:
+            save, self._saving = self._saving, None
+            save.outcome = _NOT_SAVED
+            self._settle(save)
 
     def close(self) -> None:
         """Wait for a background write still running and stop the writer thread (after the last checkpoint)."""
@@ -448,32 +510,61 @@ class AnalyticsWorker:
             self.stats.busy_s["checkpoint"] += time.perf_counter() - started
 
     def _save_and_commit(self) -> bool:
+        save = self._prepare_save()
+        save.outcome = self._save_states(save)
+        return self._settle(save)
+
+    def _prepare_save(self, positions: Any = None) -> _Save:
+        """Encode the checkpoints of every site changed since the last save (they are then no longer "touched")."""
         if self.alerts is not None:
             self._alerts_touched |= self.alerts.take_touched() & self._alert_sites
+        blobs: dict[str, bytes] = {}
+        plans: dict[str, tuple[int | None, int | None, int | None]] = {}
         if self.state is not None and (self._touched or self._alerts_touched):
             plans = self._days_plans()
             records = snapshot_complete(self.engine, [site for site, plan in plans.items() if plan[1] is not None])
-            checkpoints = self._checkpoints(plans)
-            try:
-                self.state.save_states({site: cp.encode() for site, cp in checkpoints.items()}
-                                       | {days_key(site, plans[site][1]): blob for site, (_, blob) in records.items()})
-            except SinkError as exc:
-                for site, (_, write, named) in plans.items():
+            blobs = ({site: cp.encode() for site, cp in self._checkpoints(plans).items()}
+                     | {days_key(site, plans[site][1]): blob for site, (_, blob) in records.items()})
+        save = _Save(blobs, plans, self._touched, self._alerts_touched, positions)
+        self._touched, self._alerts_touched = set(), set()
+        return save
+
+    def _save_states(self, save: _Save) -> SinkError | None:
+        """Send ``save``'s checkpoints to the state store (None: acknowledged)."""
+        if not save.blobs:
+            return None
+        try:
+            self.state.save_states(save.blobs)  # type: ignore[union-attr]
+        except SinkError as exc:
+            return exc
+        return None
+
+    def _settle(self, save: _Save) -> bool:
+        """Account for ``save``'s outcome: on success commit the offsets (``save.positions``, or the current ones);
+        otherwise its sites stay due a checkpoint and nothing is committed."""
+        if save.outcome is not None:
+            if save.outcome is not _NOT_SAVED:  # sent and refused: either record may or may not be on the store
+                for site, (_, write, named) in save.plans.items():
                     self._days[site].failed(write, named)
                 self._count_error("state_write")
-                log.warning("state checkpoint failed, offsets not committed: %s", exc)
-                return False
-            for site, (newest, write, named) in plans.items():
-                self._days[site].saved(write, newest, named)
-        self._touched = set()
-        self._alerts_touched = set()
+                log.warning("state checkpoint failed, offsets not committed: %s", save.outcome)
+            self._touched |= save.touched
+            self._alerts_touched |= save.alerts_touched
+            return False
+        for site, (newest, write, named) in save.plans.items():
+            self._days[site].saved(write, newest, named)
         try:
-            self.consumer.commit()  # only now: the results and the state of everything polled are saved
+            # only now: the results and the state of everything polled (up to the positions) are saved
+            if save.positions is None:
+                self.consumer.commit()
+            else:
+                self.consumer.commit(save.positions)  # type: ignore[call-arg]
         except CommitError as exc:
             self._count_error("commit")
             log.info("offsets not committed (%s); the checkpoint's positions keep the replay exact", exc)
             return False
-        self._uncommitted = False
+        # a background save's positions may be behind what has been polled since
+        self._uncommitted = save.positions is not None and self.consumer.positions() != save.positions  # type: ignore[attr-defined]
         self._last_commit = time.monotonic()
         return True
 

@@ -438,3 +438,40 @@ def test_serves_side_views_are_not_ready_until_their_topics_are_read_to_the_end(
         advice_view.consumer.close()
         history.close()
         store.close()
+
+
+def test_positions_taken_earlier_are_committed_as_they_were_and_only_for_partitions_held(tansu_broker):  # noqa: F811
+    """A worker saving a checkpoint in the background commits the positions it had when it encoded it: records
+    polled since stay uncommitted, and a partition no longer held is left to its new owner."""
+    from kafka import TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    topics, kafka, _ = kafka_setup(tansu_broker, "positions")
+    create_topics(kafka, topics)
+    topic, group = topics.readings, unique_name("g")
+    producer = KafkaProducerAdapter(kafka).setup()
+    for k in range(8):
+        producer.send(topic, b"x%d" % k, key="a", partition=0)
+    producer.flush()
+    consumer = KafkaConsumerAdapter(kafka, [topic], group_id=group).setup()
+    try:
+        got: list = []
+        deadline = time.monotonic() + 30
+        while len(got) < 3:
+            assert time.monotonic() < deadline
+            got += consumer.poll(0.5, max_records=3 - len(got))
+        held = consumer.positions()
+        assert held[TopicPartition(topic, 0)].offset == 3
+        while len(got) < 8:
+            assert time.monotonic() < deadline
+            got += consumer.poll(0.5)
+        elsewhere = TopicPartition(topics.metrics, 0)  # a partition this consumer does not hold
+        consumer.commit({**held, elsewhere: OffsetAndMetadata(5, "", -1)})
+        client = consumer._consumer
+        assert client.committed(TopicPartition(topic, 0)) == 3
+        assert client.committed(elsewhere) is None
+        consumer.commit()  # the current positions: everything polled
+        assert client.committed(TopicPartition(topic, 0)) == 8
+    finally:
+        consumer.close()
+        producer.close()

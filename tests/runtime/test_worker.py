@@ -346,6 +346,115 @@ def test_a_background_write_that_crashes_loses_neither_its_results_nor_the_next_
     ref_store.close()
 
 
+def _saving_worker(tmp_path, batches: int = 6):
+    """A worker that writes in the background and is due a checkpoint at every step, its state in its store."""
+    reg = registry(simple_site("a"))
+    settings = Settings(bus={"commit_interval_s": 0})
+    bus = InProcessBus()
+    store = FileStore(tmp_path / "s.sqlite").setup()
+    topic = settings.bus.topics.readings
+    worker = AnalyticsWorker(reg, settings, bus.consumer([topic], "g"), store, state=store, overlap_writes=True)
+    readings = pd.concat([counter_series("a", "facility.main", 150, 60), power_series("a", "it.ups", 100, 60)])
+    span_ms = 60 // batches * 60_000
+    for k in range(batches):
+        part = readings[(readings["ts"] >= T0 + k * span_ms) & (readings["ts"] < T0 + (k + 1) * span_ms)]
+        bus.producer().send(topic, encode_frame("a", part), key="a")
+    return bus, store, worker, topic
+
+
+def _saved_offset(store: FileStore) -> int:
+    from dcpue.runtime.worker import Checkpoint
+
+    return Checkpoint.decode(store.load_states()["a"]).offset
+
+
+def test_a_due_checkpoint_is_saved_while_the_next_poll_is_computed_and_commits_only_what_it_holds(tmp_path):
+    """With overlapped writes a due checkpoint is encoded at once and saved by the writer after the step's results;
+    its positions are committed once both are done, after the next poll: that poll's records stay uncommitted."""
+    import threading
+
+    bus, store, worker, topic = _saving_worker(tmp_path)
+    real_save, release, saving, steps_done = store.save_states, threading.Event(), threading.Event(), []
+
+    def held(states):
+        saving.set()
+        assert release.wait(10)
+        assert steps_done == [1]  # the next step was polled and computed while this save was held
+        real_save(states)
+
+    store.save_states = held
+    assert worker.step(timeout_s=0.1, max_records=1) == 1
+    assert saving.wait(10)  # the results are written, the checkpoint is being saved...
+    assert bus.lag("g", topic) == 6 and store.load_states() == {}  # ...and nothing is committed before it is
+    steps_done.append(1)
+    threading.Timer(0.3, release.set).start()
+    assert worker.step(timeout_s=0.1, max_records=2) == 2  # waits for the save after computing, then commits
+    assert bus.lag("g", topic) == 5 and _saved_offset(store) == 1  # the first message only: what the save holds
+    store.save_states = real_save
+    while worker.step(timeout_s=0.1, max_records=1):
+        pass
+    assert bus.lag("g", topic) == 0 and _saved_offset(store) == 6
+    assert worker.stats.errors.get("state_write", 0) == 0 and worker.status()["busy_s"]["checkpoint"] > 0
+    # the results are those of a worker that writes and saves in step
+    ref_bus, ref_store, ref_worker, _ = _saving_worker(tmp_path / "ref")
+    ref_worker._defer_saves = False
+    while ref_worker.step(timeout_s=0.1, max_records=1):
+        pass
+    for window in ("1m", "1h"):
+        pd.testing.assert_frame_equal(store.query_windows("site", window), ref_store.query_windows("site", window))
+    worker.close()
+    ref_worker.close()
+    store.close()
+    ref_store.close()
+
+
+def test_a_background_checkpoint_that_fails_commits_nothing_and_its_sites_are_saved_again(tmp_path):
+    bus, store, worker, topic = _saving_worker(tmp_path, batches=1)
+    real_save, calls = store.save_states, []
+
+    def failing_twice(states):
+        calls.append(sorted(states))
+        if len(calls) <= 2:
+            raise SinkError("state store unavailable")
+        real_save(states)
+
+    store.save_states = failing_twice
+    assert worker.step(timeout_s=0.1) == 1  # the only message: its site is not touched again
+    assert worker.step(timeout_s=0.1) == 0  # the background save failed; its site, due again, failed in step
+    assert worker.stats.errors["state_write"] == 2
+    assert bus.lag("g", topic) == 1 and store.load_states() == {}  # the failed saves committed nothing
+    worker.step(timeout_s=0.1)
+    assert calls == [["a"]] * 3 and bus.lag("g", topic) == 0 and _saved_offset(store) == 1
+    worker.close()
+    store.close()
+
+
+def test_a_background_checkpoint_is_not_sent_when_its_results_could_not_be_written(tmp_path):
+    bus, store, worker, topic = _saving_worker(tmp_path, batches=2)
+    real_write, real_save, events = store.write_windows, store.save_states, []
+
+    def failing_once(rows):
+        events.append("write")
+        if events.count("write") == 1:
+            raise SinkError("InfluxDB unavailable")
+        real_write(rows)
+
+    def save(states):
+        events.append("save")
+        real_save(states)
+
+    store.write_windows, store.save_states = failing_once, save
+    while worker.step(timeout_s=0.1, max_records=1) or worker._unwritten:
+        pass
+    # the failed write, written again, the next step's write, and only then a checkpoint (holding both steps)
+    assert events[:4] == ["write", "write", "write", "save"]
+    assert worker.stats.errors["store_write"] == 1 and "state_write" not in worker.stats.errors
+    assert bus.lag("g", topic) == 0 and _saved_offset(store) == 2
+    assert len(store.query_windows("site", "1m")) == 59
+    worker.close()
+    store.close()
+
+
 class _RecordingStore(FileStore):
     """The file store, remembering the keys of every save; ``fail_next`` makes the next save fail, ``land_only``
     makes it fail after saving only the keys it names (as Kafka may acknowledge some records of a save)."""
