@@ -118,7 +118,7 @@ class _Results(NamedTuple):
     sent_ms: np.ndarray  # the producer send times of the messages behind them [ms]
 
 
-_NOT_SAVED = "not saved"  # a deferred save whose results' write failed: its checkpoints were never sent
+_NOT_SAVED = "not saved"  # a background save not made (its results' write failed) or not finished (it raised)
 
 
 @dataclass(slots=True)
@@ -543,9 +543,10 @@ class AnalyticsWorker:
         """Account for ``save``'s outcome: on success commit the offsets (``save.positions``, or the current ones);
         otherwise its sites stay due a checkpoint and nothing is committed."""
         if save.outcome is not None:
-            if save.outcome is not _NOT_SAVED:  # sent and refused: either record may or may not be on the store
-                for site, (_, write, named) in save.plans.items():
-                    self._days[site].failed(write, named)
+            # refused, or not sent (a save that raised may have sent part): either record may be on the store or not
+            for site, (_, write, named) in save.plans.items():
+                self._days[site].failed(write, named)
+            if save.outcome is not _NOT_SAVED:
                 self._count_error("state_write")
                 log.warning("state checkpoint failed, offsets not committed: %s", save.outcome)
             self._touched |= save.touched

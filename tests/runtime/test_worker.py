@@ -455,6 +455,29 @@ def test_a_background_checkpoint_is_not_sent_when_its_results_could_not_be_writt
     store.close()
 
 
+def test_a_background_checkpoint_that_crashes_stops_the_worker_and_the_final_checkpoint_saves_it_again(tmp_path):
+    bus, store, worker, topic = _saving_worker(tmp_path, batches=3)
+    real_save = store.save_states
+
+    def crashing(states):
+        raise RuntimeError("client bug")
+
+    store.save_states = crashing
+    assert worker.step(timeout_s=0.1, max_records=1) == 1
+    while not worker._writing.done():
+        time.sleep(0.01)
+    with pytest.raises(RuntimeError, match="client bug"):
+        worker.step(timeout_s=0.1, max_records=1)  # raised as the step begins, before it polls
+    assert bus.lag("g", topic) == 3 and store.load_states() == {}
+    store.save_states = real_save
+    assert worker.checkpoint() and bus.lag("g", topic) == 2 and _saved_offset(store) == 1
+    while worker.step(timeout_s=0.1, max_records=1):
+        pass
+    assert bus.lag("g", topic) == 0 and _saved_offset(store) == 3
+    worker.close()
+    store.close()
+
+
 class _RecordingStore(FileStore):
     """The file store, remembering the keys of every save; ``fail_next`` makes the next save fail, ``land_only``
     makes it fail after saving only the keys it names (as Kafka may acknowledge some records of a save)."""
