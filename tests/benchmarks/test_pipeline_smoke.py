@@ -33,6 +33,22 @@ def test_embedded_smoke_run_counts_every_reading(tmp_path):
     assert result["readings_per_s"] > 0 and result["cpu_s"] > 0 and result["peak_rss_mb"] > 0
 
 
+def test_batches_kept_in_a_cache_are_those_made_for_the_same_arguments(tmp_path):
+    bench, cache = _bench(), tmp_path / "cache"
+    calls = []
+    made = bench._cached(str(cache), lambda *a, **k: calls.append((a, k)) or ("batches", a, k), 3, 30, racks=4)
+    assert made == ("batches", (3, 30), {"racks": 4}) and len(calls) == 1
+    assert bench._cached(str(cache), lambda *a, **k: calls.append((a, k)), 3, 30, racks=4) == made
+    assert len(calls) == 1 and len(list(cache.iterdir())) == 1  # read from the cache, not made again
+    bench._cached(str(cache), lambda *a, **k: calls.append((a, k)) or "other", 3, 30, racks=5)
+    assert len(calls) == 2 and len(list(cache.iterdir())) == 2  # other arguments: made and kept apart
+    result = bench.main(["--mode", "embedded", "--sites", "2", "--minutes", "10", "--batch-minutes", "5",
+                         "--batches-cache", str(cache)])
+    again = bench.main(["--mode", "embedded", "--sites", "2", "--minutes", "10", "--batch-minutes", "5",
+                        "--batches-cache", str(cache)])
+    assert len(list(cache.iterdir())) == 3 and again["readings"] == result["readings"] > 0
+
+
 def test_worker_env_takes_only_dcpue_settings():
     with pytest.raises(SystemExit):
         _bench().main(["--mode", "kafka", "--worker-env", "PATH=/nowhere"])
