@@ -261,6 +261,10 @@ class KafkaConsumerAdapter:
         self.fill_fetches = fill_fetches
         self.on_revoked: Callable[[list[int]], None] | None = None
         self.on_assigned: Callable[[list[int]], None] | None = None
+        # called on kafka-python's network thread when the partitions are about to be revoked, before this member
+        # rejoins the group (no other member has them yet): it may wait for work that must land first, and must
+        # not use this consumer
+        self.before_revoke: Callable[[], None] | None = None
         self._consumer: Any = None
         self._subscribed = False
         self._events: list[tuple[str, list[int]]] = []
@@ -293,6 +297,8 @@ class KafkaConsumerAdapter:
 
         class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             def on_partitions_revoked(self, revoked: Any) -> None:
+                if adapter.before_revoke is not None:
+                    adapter.before_revoke()
                 adapter._joining = True
                 adapter._events.append(("revoked", sorted(tp.partition for tp in revoked
                                                           if tp.topic == adapter.topics[0])))

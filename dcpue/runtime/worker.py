@@ -41,6 +41,7 @@ NO_DAY = -(2**63)  # older than any day start
 DEAD_LETTER_COLUMNS = ["topic", "key", "reason", "payload"]
 INPUTS_LOAD_S = 30.0  # longest a starting worker waits for the silences topic before evaluating alerts
 SAVING_POLL_S = 0.1  # longest poll while a checkpoint is saved in the background (its commit follows the poll)
+REVOKE_WAIT_S = 60.0  # longest a group rejoin waits for a checkpoint being saved in the background
 
 
 @dataclass
@@ -293,7 +294,9 @@ class AnalyticsWorker:
         self._writing: Future[SinkError | float] | None = None
         # a checkpoint due while writes overlap is saved by the writer after the step's results, and its positions
         # committed here once both are done: the next poll is fetched and computed meanwhile
-        self._defer_saves = overlap_writes and hasattr(consumer, "positions")
+        # (a group consumer must also let the save land before its partitions go to another member: before_revoke)
+        self._defer_saves = overlap_writes and hasattr(consumer, "positions") and (
+            not hasattr(consumer, "on_revoked") or hasattr(consumer, "before_revoke"))
         self._saving: _Save | None = None
         # from a batch's send (Kafka CreateTime) to its results written: what "live" PUE lags behind the collectors
         self.write_latency = LatencyHistogram()
@@ -304,6 +307,8 @@ class AnalyticsWorker:
         if hasattr(consumer, "on_revoked"):  # a group consumer: state follows partition assignment
             consumer.on_revoked = self._timed_rebalance(self._on_revoked)  # type: ignore[attr-defined]
             consumer.on_assigned = self._timed_rebalance(self._on_assigned)  # type: ignore[attr-defined]
+            if self._defer_saves:
+                consumer.before_revoke = self._let_save_land  # type: ignore[attr-defined]
         else:
             self._on_assigned(None)
 
@@ -313,13 +318,30 @@ class AnalyticsWorker:
             busy = self.stats.busy_s
             started, settling = time.perf_counter(), busy["write"] + busy["checkpoint"]
             try:
-                # a save in the background is settled first: its checkpoints are on the store before any are read
-                # (and its positions are committed only for the partitions this worker still has)
-                self._collect_write()
-                callback(partitions)
+                # a save in the background is settled first, committing nothing: the group has changed since its
+                # positions were taken (the partitions' owners replay from the last commit; the checkpoints skip
+                # what they hold)
+                self._collect_write(commit=False)
             finally:  # (the settling counted as write and checkpoint)
-                busy["rebalance"] += time.perf_counter() - started - (busy["write"] + busy["checkpoint"] - settling)
+                try:
+                    callback(partitions)
+                finally:
+                    busy["rebalance"] += (time.perf_counter() - started
+                                          - (busy["write"] + busy["checkpoint"] - settling))
         return timed
+
+    def _let_save_land(self) -> None:
+        """Wait for a checkpoint being saved in the background (called by the consumer before its group rebalances,
+        on the consumer's own thread while the main thread waits in a poll): the partitions' next owner reads the
+        state topic once the group has rebalanced, and must find it there, not see it land later."""
+        job = self._writing
+        if job is None or self._saving is None:
+            return
+        try:
+            job.exception(timeout=REVOKE_WAIT_S)
+        except TimeoutError:
+            log.warning("a checkpoint still being saved after %.0f s lets the group rebalance; its next owner may "
+                        "restore an older one (replaying more)", REVOKE_WAIT_S)
 
     # -- the loop ------------------------------------------------------------------------------
     def step(self, timeout_s: float = 0.5, max_records: int | None = None) -> int:
@@ -445,10 +467,12 @@ class AnalyticsWorker:
         self._prune_live()
         return True
 
-    def _collect_write(self) -> None:
+    def _collect_write(self, commit: bool = True) -> None:
         """Wait for the background write, if one is running, and account for it; then settle the checkpoint saved
-        with it, if any (and commit its positions)."""
-        if self._writing is not None:
+        with it, if any (and, with ``commit``, commit its positions)."""
+        if self._writing is None:
+            self._settle_failed_save()  # a save left without its write (interrupted before or after it): due again
+        else:
             started = time.perf_counter()
             try:
                 outcome = self._writing.result()
@@ -462,15 +486,17 @@ class AnalyticsWorker:
             finally:
                 self.stats.busy_s["write"] += time.perf_counter() - started
             self._writing = None
-            if self._written(outcome):
-                self._backoff.reset()
-            if self._saving is not None:
-                save, self._saving = self._saving, None
-                started = time.perf_counter()
-                try:
-                    self._settle(save)
-                finally:
-                    self.stats.busy_s["checkpoint"] += time.perf_counter() - started
+            try:
+                if self._written(outcome):
+                    self._backoff.reset()
+            finally:
+                if self._saving is not None:
+                    save, self._saving = self._saving, None
+                    started = time.perf_counter()
+                    try:
+                        self._settle(save, commit)
+                    finally:
+                        self.stats.busy_s["checkpoint"] += time.perf_counter() - started
 
     def _settle_failed_save(self) -> None:
         if self._saving is not None:
@@ -539,21 +565,26 @@ class AnalyticsWorker:
             return exc
         return None
 
-    def _settle(self, save: _Save) -> bool:
-        """Account for ``save``'s outcome: on success commit the offsets (``save.positions``, or the current ones);
-        otherwise its sites stay due a checkpoint and nothing is committed."""
+    def _settle(self, save: _Save, commit: bool = True) -> bool:
+        """Account for ``save``'s outcome: on success commit the offsets (``save.positions``, or the current ones;
+        not with ``commit`` False); otherwise its sites stay due a checkpoint and nothing is committed. (Sites
+        released since it was encoded have no days records here and are no longer due.)"""
         if save.outcome is not None:
+            self._touched |= save.touched & self._owned
+            self._alerts_touched |= save.alerts_touched & self._alert_sites
             # refused, or not sent (a save that raised may have sent part): either record may be on the store or not
             for site, (_, write, named) in save.plans.items():
-                self._days[site].failed(write, named)
+                if site in self._days:
+                    self._days[site].failed(write, named)
             if save.outcome is not _NOT_SAVED:
                 self._count_error("state_write")
                 log.warning("state checkpoint failed, offsets not committed: %s", save.outcome)
-            self._touched |= save.touched
-            self._alerts_touched |= save.alerts_touched
             return False
         for site, (newest, write, named) in save.plans.items():
-            self._days[site].saved(write, newest, named)
+            if site in self._days:
+                self._days[site].saved(write, newest, named)
+        if not commit:
+            return True
         try:
             # only now: the results and the state of everything polled (up to the positions) are saved
             if save.positions is None:

@@ -374,20 +374,22 @@ def test_a_due_checkpoint_is_saved_while_the_next_poll_is_computed_and_commits_o
     import threading
 
     bus, store, worker, topic = _saving_worker(tmp_path)
-    real_save, release, saving, steps_done = store.save_states, threading.Event(), threading.Event(), []
+    real_save, release, saving = store.save_states, threading.Event(), threading.Event()
 
     def held(states):
         saving.set()
         assert release.wait(10)
-        assert steps_done == [1]  # the next step was polled and computed while this save was held
+        deadline = time.monotonic() + 10
+        while worker.consumer.positions()[topic] < 3:  # the next step polls while this save is held
+            assert time.monotonic() < deadline, "the next step did not poll before the save was done"
+            time.sleep(0.01)
         real_save(states)
 
     store.save_states = held
     assert worker.step(timeout_s=0.1, max_records=1) == 1
     assert saving.wait(10)  # the results are written, the checkpoint is being saved...
     assert bus.lag("g", topic) == 6 and store.load_states() == {}  # ...and nothing is committed before it is
-    steps_done.append(1)
-    threading.Timer(0.3, release.set).start()
+    release.set()
     assert worker.step(timeout_s=0.1, max_records=2) == 2  # waits for the save after computing, then commits
     assert bus.lag("g", topic) == 5 and _saved_offset(store) == 1  # the first message only: what the save holds
     store.save_states = real_save
@@ -474,6 +476,73 @@ def test_a_background_checkpoint_that_crashes_stops_the_worker_and_the_final_che
     while worker.step(timeout_s=0.1, max_records=1):
         pass
     assert bus.lag("g", topic) == 0 and _saved_offset(store) == 3
+    worker.close()
+    store.close()
+
+
+def test_a_rebalance_waits_for_a_background_checkpoint_and_commits_none_of_its_positions(tmp_path):
+    """Before its partitions go to another member (kafka-python calls ``before_revoke`` before the group rejoins)
+    the worker lets a checkpoint being saved land: the next owner reads the state topic after the rebalance and
+    must find it. After the rebalance the save's positions are not committed: the group has changed since."""
+    import threading
+
+    from dcpue.runtime.bus import BusConsumer
+
+    class GroupConsumer(BusConsumer):  # what the worker needs of a group consumer: the rebalance callbacks
+        on_revoked = on_assigned = before_revoke = None
+
+    bus, store, unused, topic = _saving_worker(tmp_path / "unused")
+    unused.close()
+    settings = Settings(bus={"commit_interval_s": 0})
+    consumer = GroupConsumer(bus, [topic], "g")
+    worker = AnalyticsWorker(registry(simple_site("a")), settings, consumer, store, state=store, overlap_writes=True)
+    worker._on_assigned(None)
+    real_save, release, events = store.save_states, threading.Event(), []
+
+    def held(states):
+        assert release.wait(10)
+        real_save(states)
+        events.append("saved")
+
+    store.save_states = held
+    assert worker.step(timeout_s=0.1, max_records=1) == 1  # its checkpoint is being saved, and held
+    assert consumer.before_revoke is not None
+
+    def rejoin():  # kafka-python's network thread, while the main thread waits in a poll
+        consumer.before_revoke()
+        events.append("rejoined")
+
+    thread = threading.Thread(target=rejoin)
+    thread.start()
+    thread.join(0.3)
+    assert thread.is_alive() and events == []  # the rejoin waits for the save...
+    release.set()
+    thread.join(10)
+    assert events == ["saved", "rejoined"]  # ...which landed first
+    consumer.on_revoked([0])  # the adapter, after the rebalance: the save is settled, nothing committed
+    assert bus.lag("g", topic) == 6 and _saved_offset(store) == 1
+    assert worker._saving is None and worker._writing is None and "a" not in worker._owned
+    worker.close()
+    store.close()
+
+
+def test_a_checkpoint_interrupted_before_the_writer_took_it_is_saved_by_the_final_checkpoint(tmp_path):
+    """SIGTERM (KeyboardInterrupt) between encoding a due checkpoint and handing it to the writer: its sites are no
+    longer marked changed, so the final checkpoint must take them up again, or it would commit what it never saved."""
+    bus, store, worker, topic = _saving_worker(tmp_path, batches=3)
+    real_submit = worker._writer.submit
+
+    def interrupted(*args, **kwargs):
+        worker._writer.submit = real_submit
+        raise KeyboardInterrupt
+
+    worker._writer.submit = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        worker.step(timeout_s=0.1, max_records=1)
+    assert store.load_states() == {} and bus.lag("g", topic) == 3
+    assert worker.checkpoint()  # as `dcpue analyze` stops
+    assert bus.lag("g", topic) == 2 and _saved_offset(store) == 1
+    assert len(store.query_windows("site", "1m")) == 19  # the step's results written before the commit
     worker.close()
     store.close()
 
