@@ -337,6 +337,7 @@ class AnalyticsWorker:
         job = self._writing
         if job is None or self._saving is None:
             return
+        log.info("the group rebalances: waiting for the checkpoint being saved")
         try:
             job.exception(timeout=REVOKE_WAIT_S)
         except TimeoutError:

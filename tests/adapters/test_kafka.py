@@ -475,3 +475,55 @@ def test_positions_taken_earlier_are_committed_as_they_were_and_only_for_partiti
     finally:
         consumer.close()
         producer.close()
+
+
+def test_before_revoke_runs_before_the_member_rejoins_and_holds_the_rebalance_while_it_waits(tansu_broker):  # noqa: F811
+    """The worker waits in ``before_revoke`` for a checkpoint being saved: kafka-python calls it before this member
+    rejoins, so no other member is given the partitions until it has returned."""
+    topics, kafka, _ = kafka_setup(tansu_broker, "revoke")
+    create_topics(kafka, topics)
+    topic, group = topics.readings, unique_name("g")
+    first = KafkaConsumerAdapter(kafka, [topic], group_id=group).setup()
+    second = KafkaConsumerAdapter(kafka, [topic], group_id=group).setup()
+    events: list[tuple[str, float]] = []
+    first.on_assigned = lambda parts: events.append((f"first assigned {len(parts)}", time.monotonic()))
+    second.on_assigned = lambda parts: events.append((f"second assigned {len(parts)}", time.monotonic()))
+
+    def hold() -> None:
+        # nothing held at the first join, nor when the members close
+        if any(name.startswith("first assigned") for name, _ in events) and not stop.is_set():
+            events.append(("before_revoke", time.monotonic()))
+            time.sleep(1.0)  # a checkpoint being saved
+            events.append(("before_revoke returned", time.monotonic()))
+
+    stop = threading.Event()
+    first.before_revoke = hold
+    members: list[threading.Thread] = []
+
+    def work(member: KafkaConsumerAdapter) -> None:
+        while not stop.is_set():
+            member.poll(0.2)
+
+    try:
+        deadline = time.monotonic() + 20
+        while not events:
+            assert time.monotonic() < deadline
+            first.poll(0.2)
+        assert events[0][0] == "first assigned 4"
+        members += [threading.Thread(target=work, args=(m,)) for m in (first, second)]
+        for member in members:
+            member.start()
+        deadline = time.monotonic() + 30
+        while not any(name.startswith("second assigned") for name, _ in events):
+            assert time.monotonic() < deadline, events
+            time.sleep(0.1)
+        names = [name for name, _ in events]
+        at = dict(events)
+        assert names.index("before_revoke") < names.index("before_revoke returned")
+        assert at["second assigned 2"] >= at["before_revoke returned"]  # the group waited for it
+    finally:
+        stop.set()
+        for member in members:
+            member.join()
+        first.close()
+        second.close()
