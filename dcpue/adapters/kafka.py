@@ -297,19 +297,25 @@ class KafkaConsumerAdapter:
 
         class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             def on_partitions_revoked(self, revoked: Any) -> None:
+                adapter._joining = True  # first: the caller's poll waits for the join while before_revoke waits
                 if adapter.before_revoke is not None:
                     adapter.before_revoke()
+                adapter._record("revoked", revoked)
+
+            def on_partitions_lost(self, lost: Any) -> None:
+                # evicted from the group: the partitions are another member's already, nothing to wait for
                 adapter._joining = True
-                adapter._events.append(("revoked", sorted(tp.partition for tp in revoked
-                                                          if tp.topic == adapter.topics[0])))
+                adapter._record("revoked", lost)
 
             def on_partitions_assigned(self, assigned: Any) -> None:
                 adapter._joining = False
-                adapter._events.append(("assigned", sorted(tp.partition for tp in assigned
-                                                           if tp.topic == adapter.topics[0])))
+                adapter._record("assigned", assigned)
 
         self._consumer.subscribe(self.topics, listener=Listener())
         self._subscribed = True
+
+    def _record(self, kind: str, partitions: Any) -> None:
+        self._events.append((kind, sorted(tp.partition for tp in partitions if tp.topic == self.topics[0])))
 
     def poll(self, timeout_s: float, max_records: int = 500) -> list[Message]:
         if not self._subscribed:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,7 +42,6 @@ NO_DAY = -(2**63)  # older than any day start
 DEAD_LETTER_COLUMNS = ["topic", "key", "reason", "payload"]
 INPUTS_LOAD_S = 30.0  # longest a starting worker waits for the silences topic before evaluating alerts
 SAVING_POLL_S = 0.1  # longest poll while a checkpoint is saved in the background (its commit follows the poll)
-REVOKE_WAIT_S = 60.0  # longest a group rejoin waits for a checkpoint being saved in the background
 
 
 @dataclass
@@ -136,6 +136,21 @@ class _Save:
     alerts_touched: set[str]
     positions: Any = None
     outcome: SinkError | str | None = _NOT_SAVED
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _sending: bool = False
+    _abandoned: bool = False
+
+    def start_sending(self) -> bool:
+        """The writer's: whether to send the checkpoints (not if the save was abandoned)."""
+        with self._lock:
+            self._sending = not self._abandoned
+            return self._sending
+
+    def abandon(self) -> bool:
+        """Give the save up unless its checkpoints are being sent already; whether it was given up."""
+        with self._lock:
+            self._abandoned = not self._sending
+            return self._abandoned
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,12 +313,17 @@ class AnalyticsWorker:
         self._defer_saves = overlap_writes and hasattr(consumer, "positions") and (
             not hasattr(consumer, "on_revoked") or hasattr(consumer, "before_revoke"))
         self._saving: _Save | None = None
+        self._commits_blocked = False  # set when a rebalance was not followed through (see _timed_rebalance)
         # from a batch's send (Kafka CreateTime) to its results written: what "live" PUE lags behind the collectors
         self.write_latency = LatencyHistogram()
         self._uncommitted = False
         self._last_commit = time.monotonic()
         self._backoff = Backoff()
         self._paused = False
+        kafka = settings.bus.kafka
+        # the wait must end before the group coordinator, missing this member's heartbeats while kafka-python's
+        # network thread waits, drops it from the group (its partitions would then go on without it)
+        self._revoke_wait_s = max(0.5, (kafka.session_timeout_ms - 2 * kafka.heartbeat_interval_ms) / 1000)
         if hasattr(consumer, "on_revoked"):  # a group consumer: state follows partition assignment
             consumer.on_revoked = self._timed_rebalance(self._on_revoked)  # type: ignore[attr-defined]
             consumer.on_assigned = self._timed_rebalance(self._on_assigned)  # type: ignore[attr-defined]
@@ -322,6 +342,11 @@ class AnalyticsWorker:
                 # positions were taken (the partitions' owners replay from the last commit; the checkpoints skip
                 # what they hold)
                 self._collect_write(commit=False)
+            except BaseException:
+                # interrupted (SIGTERM) or failed: the partitions are released below, but the consumer will not
+                # rewind the ones it keeps, so its positions no longer match what is saved: commit nothing more
+                self._commits_blocked = True
+                raise
             finally:  # (the settling counted as write and checkpoint)
                 try:
                     callback(partitions)
@@ -334,15 +359,20 @@ class AnalyticsWorker:
         """Wait for a checkpoint being saved in the background (called by the consumer before its group rebalances,
         on the consumer's own thread while the main thread waits in a poll): the partitions' next owner reads the
         state topic once the group has rebalanced, and must find it there, not see it land later."""
-        job = self._writing
-        if job is None or self._saving is None:
+        job, save = self._writing, self._saving
+        if job is None or save is None:
             return
         log.info("the group rebalances: waiting for the checkpoint being saved")
         try:
-            job.exception(timeout=REVOKE_WAIT_S)
+            job.exception(timeout=self._revoke_wait_s)
         except TimeoutError:
-            log.warning("a checkpoint still being saved after %.0f s lets the group rebalance; its next owner may "
-                        "restore an older one (replaying more)", REVOKE_WAIT_S)
+            if save.abandon():  # its results are still being written: it is not sent (its sites stay due)
+                log.warning("results still being written after %.1f s as the group rebalances: their checkpoint "
+                            "is not sent", self._revoke_wait_s)
+            else:
+                log.warning("a checkpoint still being sent after %.1f s as the group rebalances: should it land "
+                            "after its partitions' next owner read the state topic, that owner and its successors "
+                            "may replay from an older one", self._revoke_wait_s)
 
     # -- the loop ------------------------------------------------------------------------------
     def step(self, timeout_s: float = 0.5, max_records: int | None = None) -> int:
@@ -419,7 +449,7 @@ class AnalyticsWorker:
             save = None
             if commit_due:
                 started = time.perf_counter()
-                save = self._saving = self._prepare_save(self.consumer.positions())  # type: ignore[attr-defined]
+                save = self._prepare_save(self.consumer.positions(), deferred=True)  # type: ignore[attr-defined]
                 self.stats.busy_s["checkpoint"] += time.perf_counter() - started
             self._writing = self._writer.submit(self._write_results, self._unwritten[0], save)
         elif self._write_all() and commit_due:
@@ -431,7 +461,7 @@ class AnalyticsWorker:
         one refused them (they are then kept). Then, if they were written, ``save``'s checkpoints (its outcome
         set on it)."""
         written = self._write_outputs(results)
-        if save is not None and not isinstance(written, SinkError):
+        if save is not None and not isinstance(written, SinkError) and save.start_sending():
             save.outcome = self._save_states(save)
         return written
 
@@ -472,7 +502,7 @@ class AnalyticsWorker:
         """Wait for the background write, if one is running, and account for it; then settle the checkpoint saved
         with it, if any (and, with ``commit``, commit its positions)."""
         if self._writing is None:
-            self._settle_failed_save()  # a save left without its write (interrupted before or after it): due again
+            self._settle_orphaned_save()
         else:
             started = time.perf_counter()
             try:
@@ -498,6 +528,15 @@ class AnalyticsWorker:
                         self._settle(save, commit)
                     finally:
                         self.stats.busy_s["checkpoint"] += time.perf_counter() - started
+
+    def _settle_orphaned_save(self) -> None:
+        """Settle a background save whose job was never recorded as running (an interruption while it was handed to
+        the writer), committing nothing: after whatever the writer still holds is done."""
+        save, self._saving = self._saving, None
+        if save is not None:
+            if self._writer is not None:
+                self._writer.submit(lambda: None).result()  # a job queued before the interruption runs first
+            self._settle(save, commit=False)
 
     def _settle_failed_save(self) -> None:
         if self._saving is not None:
@@ -541,8 +580,9 @@ class AnalyticsWorker:
         save.outcome = self._save_states(save)
         return self._settle(save)
 
-    def _prepare_save(self, positions: Any = None) -> _Save:
-        """Encode the checkpoints of every site changed since the last save (they are then no longer "touched")."""
+    def _prepare_save(self, positions: Any = None, deferred: bool = False) -> _Save:
+        """Encode the checkpoints of every site changed since the last save (they are then no longer "touched", the
+        save holds them: with ``deferred``, as the save to settle once the writer has done it)."""
         if self.alerts is not None:
             self._alerts_touched |= self.alerts.take_touched() & self._alert_sites
         blobs: dict[str, bytes] = {}
@@ -553,6 +593,8 @@ class AnalyticsWorker:
             blobs = ({site: cp.encode() for site, cp in self._checkpoints(plans).items()}
                      | {days_key(site, plans[site][1]): blob for site, (_, blob) in records.items()})
         save = _Save(blobs, plans, self._touched, self._alerts_touched, positions)
+        if deferred:
+            self._saving = save
         self._touched, self._alerts_touched = set(), set()
         return save
 
@@ -586,6 +628,10 @@ class AnalyticsWorker:
                 self._days[site].saved(write, newest, named)
         if not commit:
             return True
+        if self._commits_blocked:
+            log.warning("offsets not committed: a rebalance was interrupted; the next owners replay from the last "
+                        "commit")
+            return False
         try:
             # only now: the results and the state of everything polled (up to the positions) are saved
             if save.positions is None:

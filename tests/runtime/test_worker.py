@@ -480,12 +480,8 @@ def test_a_background_checkpoint_that_crashes_stops_the_worker_and_the_final_che
     store.close()
 
 
-def test_a_rebalance_waits_for_a_background_checkpoint_and_commits_none_of_its_positions(tmp_path):
-    """Before its partitions go to another member (kafka-python calls ``before_revoke`` before the group rejoins)
-    the worker lets a checkpoint being saved land: the next owner reads the state topic after the rebalance and
-    must find it. After the rebalance the save's positions are not committed: the group has changed since."""
-    import threading
-
+def _group_saving_worker(tmp_path):
+    """:func:`_saving_worker` with a consumer that, like a group consumer, has rebalance callbacks."""
     from dcpue.runtime.bus import BusConsumer
 
     class GroupConsumer(BusConsumer):  # what the worker needs of a group consumer: the rebalance callbacks
@@ -494,9 +490,20 @@ def test_a_rebalance_waits_for_a_background_checkpoint_and_commits_none_of_its_p
     bus, store, unused, topic = _saving_worker(tmp_path / "unused")
     unused.close()
     settings = Settings(bus={"commit_interval_s": 0})
-    consumer = GroupConsumer(bus, [topic], "g")
-    worker = AnalyticsWorker(registry(simple_site("a")), settings, consumer, store, state=store, overlap_writes=True)
+    worker = AnalyticsWorker(registry(simple_site("a")), settings, GroupConsumer(bus, [topic], "g"), store,
+                             state=store, overlap_writes=True)
     worker._on_assigned(None)
+    return bus, store, worker, topic
+
+
+def test_a_rebalance_waits_for_a_background_checkpoint_and_commits_none_of_its_positions(tmp_path):
+    """Before its partitions go to another member (kafka-python calls ``before_revoke`` before the group rejoins)
+    the worker lets a checkpoint being saved land: the next owner reads the state topic after the rebalance and
+    must find it. After the rebalance the save's positions are not committed: the group has changed since."""
+    import threading
+
+    bus, store, worker, topic = _group_saving_worker(tmp_path)
+    consumer = worker.consumer
     real_save, release, events = store.save_states, threading.Event(), []
 
     def held(states):
@@ -526,20 +533,71 @@ def test_a_rebalance_waits_for_a_background_checkpoint_and_commits_none_of_its_p
     store.close()
 
 
-def test_a_checkpoint_interrupted_before_the_writer_took_it_is_saved_by_the_final_checkpoint(tmp_path):
-    """SIGTERM (KeyboardInterrupt) between encoding a due checkpoint and handing it to the writer: its sites are no
-    longer marked changed, so the final checkpoint must take them up again, or it would commit what it never saved."""
+def test_a_checkpoint_whose_results_are_still_being_written_when_the_group_rebalances_is_not_sent(tmp_path):
+    """The wait before the rejoin is bounded (heartbeats stop meanwhile); a checkpoint not yet being sent by then is
+    given up, so it cannot land after the partitions' next owner read the state topic. Its sites stay due."""
+    import threading
+
+    bus, store, worker, topic = _group_saving_worker(tmp_path)
+    real_write, release, saves = store.write_windows, threading.Event(), []
+    store.save_states = lambda states: saves.append(sorted(states))
+
+    def held(rows):
+        assert release.wait(10)
+        real_write(rows)
+
+    store.write_windows = held
+    worker._revoke_wait_s = 0.2
+    assert worker.step(timeout_s=0.1, max_records=1) == 1
+    started = time.monotonic()
+    worker.consumer.before_revoke()
+    assert 0.2 <= time.monotonic() - started < 2  # waited its bound, no more
+    release.set()
+    worker.consumer.on_revoked([])  # kept its partitions: the save is settled, not sent, nothing committed
+    assert saves == [] and bus.lag("g", topic) == 6 and worker._touched == {"a"}
+    assert worker.checkpoint() and saves == [["a"]] and bus.lag("g", topic) == 5
+    worker.close()
+    store.close()
+
+
+def test_a_worker_whose_rebalance_was_interrupted_commits_nothing_more(tmp_path):
+    """Settling a background save inside the revocation raised (a bug, or SIGTERM while waiting): the partitions are
+    released, but the consumer will not rewind those it keeps; a commit of its positions could pass readings whose
+    state was dropped, so the worker commits nothing more (the next owners replay from the last commit)."""
+    bus, store, worker, topic = _group_saving_worker(tmp_path)
+
+    def crashing(rows):
+        raise RuntimeError("client bug")
+
+    store.write_windows = crashing
+    assert worker.step(timeout_s=0.1, max_records=1) == 1
+    with pytest.raises(RuntimeError, match="client bug"):
+        worker.consumer.on_revoked([0])
+    assert "a" not in worker._owned  # released all the same
+    store.write_windows = FileStore.write_windows.__get__(store)
+    assert not worker.checkpoint() and bus.lag("g", topic) == 6
+    worker.close()
+    store.close()
+
+
+@pytest.mark.parametrize("queued", [False, True])
+def test_a_checkpoint_interrupted_while_handed_to_the_writer_is_saved_by_the_final_checkpoint(tmp_path, queued):
+    """SIGTERM (KeyboardInterrupt) while a due checkpoint is handed to the writer, before or after the job was queued:
+    its sites are no longer marked changed, so the final checkpoint must take them up again (or know the job saved
+    them), or it would commit what was never saved; a job still queued is done before anything else is saved."""
     bus, store, worker, topic = _saving_worker(tmp_path, batches=3)
     real_submit = worker._writer.submit
 
     def interrupted(*args, **kwargs):
         worker._writer.submit = real_submit
+        if queued:
+            real_submit(*args, **kwargs)
         raise KeyboardInterrupt
 
     worker._writer.submit = interrupted
     with pytest.raises(KeyboardInterrupt):
         worker.step(timeout_s=0.1, max_records=1)
-    assert store.load_states() == {} and bus.lag("g", topic) == 3
+    assert bus.lag("g", topic) == 3
     assert worker.checkpoint()  # as `dcpue analyze` stops
     assert bus.lag("g", topic) == 2 and _saved_offset(store) == 1
     assert len(store.query_windows("site", "1m")) == 19  # the step's results written before the commit
