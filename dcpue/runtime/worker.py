@@ -502,7 +502,10 @@ class AnalyticsWorker:
         """Wait for the background write, if one is running, and account for it; then settle the checkpoint saved
         with it, if any (and, with ``commit``, commit its positions)."""
         if self._writing is None:
-            self._settle_orphaned_save()
+            if self._saving is not None and self._writer is not None:
+                # a save handed to the writer when an interruption came: what the writer still holds runs first
+                self._writer.submit(lambda: None).result()
+            self._settle_pending(commit=False)
         else:
             started = time.perf_counter()
             try:
@@ -512,7 +515,7 @@ class AnalyticsWorker:
                 # checkpoint; interrupted while it runs (SIGTERM), it stays marked running and is waited for again
                 if self._writing.done():
                     self._writing = None
-                    self._settle_failed_save()
+                    self._settle_pending(commit=False, failed=True)
                 raise
             finally:
                 self.stats.busy_s["write"] += time.perf_counter() - started
@@ -521,28 +524,20 @@ class AnalyticsWorker:
                 if self._written(outcome):
                     self._backoff.reset()
             finally:
-                if self._saving is not None:
-                    save, self._saving = self._saving, None
-                    started = time.perf_counter()
-                    try:
-                        self._settle(save, commit)
-                    finally:
-                        self.stats.busy_s["checkpoint"] += time.perf_counter() - started
+                self._settle_pending(commit)
 
-    def _settle_orphaned_save(self) -> None:
-        """Settle a background save whose job was never recorded as running (an interruption while it was handed to
-        the writer), committing nothing: after whatever the writer still holds is done."""
+    def _settle_pending(self, commit: bool, failed: bool = False) -> None:
+        """Settle the background save, if there is one (``failed``: its job raised, whatever it set)."""
         save, self._saving = self._saving, None
-        if save is not None:
-            if self._writer is not None:
-                self._writer.submit(lambda: None).result()  # a job queued before the interruption runs first
-            self._settle(save, commit=False)
-
-    def _settle_failed_save(self) -> None:
-        if self._saving is not None:
-            save, self._saving = self._saving, None
+        if save is None:
+            return
+        if failed:
             save.outcome = _NOT_SAVED
-            self._settle(save)
+        started = time.perf_counter()
+        try:
+            self._settle(save, commit)
+        finally:
+            self.stats.busy_s["checkpoint"] += time.perf_counter() - started
 
     def close(self) -> None:
         """Wait for a background write still running and stop the writer thread (after the last checkpoint)."""
